@@ -12,6 +12,7 @@ from pathlib import Path
 import typer
 
 from lightmoe_cli.errors import LightMoEError, fail
+from lightmoe_cli.loading import REPO_ROOT
 
 app = typer.Typer(
     name="lightmoe",
@@ -23,7 +24,6 @@ app = typer.Typer(
 demo_app = typer.Typer(help="Build the embedded demo model: corpus, training, model card.", no_args_is_help=True)
 app.add_typer(demo_app, name="demo")
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_TRAIN_RECIPE = REPO_ROOT / "recipes" / "training" / "demo-moe.yaml"
 
 
@@ -122,6 +122,21 @@ def demo_card(
         fail(e)
     console.print(f"card written to {Path(r.out) / 'README.md'} and {Path(r.out) / 'training.json'}")
     console.print(summary)
+
+
+@demo_app.command("show")
+def demo_show(
+    model: str = typer.Option(None, help="Model folder or cached hub id (default: the embedded demo model)."),
+    max_new_tokens: int = typer.Option(40, help="Tokens to generate per prompt."),
+) -> None:
+    """Load the demo model, show its card figures and continue one prompt per domain."""
+    _offline()
+    from lightmoe_cli.demo.show import show_demo
+
+    try:
+        show_demo(model, max_new_tokens)
+    except LightMoEError as e:
+        fail(e)
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -95,7 +95,7 @@ def _bible_documents(module: str) -> Iterator[Document]:
         if key is None or key[2] == "0":
             continue
         book, ch, v = key
-        text = " ".join(_TAG.sub(" ", _NOTE.sub(" ", line)).split())
+        text = " ".join(_TAG.sub("", _NOTE.sub(" ", line)).split())
         if not text:
             continue
         if (book, ch) != chapter_key:

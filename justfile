@@ -1,0 +1,68 @@
+# lightmoe tasks. `pip install rust-just` gives `just` on a fresh machine.
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+venv := ".venv"
+py := venv + "/bin/python"
+export HF_HUB_OFFLINE := "1"
+export HF_DATASETS_OFFLINE := "1"
+export TOKENIZERS_PARALLELISM := "false"
+
+# Show the recipes.
+default:
+    @just --list
+
+# venv + CPU torch (a wheel on local disk here) + lightmoe in editable mode + the corpus's Debian packages.
+setup:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    if [ ! -x {{py}} ]; then python3 -m venv {{venv}}; fi
+    stamp={{venv}}/.lightmoe-setup
+    want=$(sha256sum pyproject.toml | cut -c1-16)
+    if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+        {{py}} -m pip install -q --upgrade pip
+        {{py}} -m pip install -q "torch==2.13.0"
+        {{py}} -m pip install -q -e ".[dev]"
+        echo "$want" > "$stamp"
+    fi
+    just corpus-deps
+
+# Debian packages the demo corpus is built from (dictionary, bibles, Python docs).
+corpus-deps:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    pkgs="dict-gcide sword-text-web sword-text-sparv libsword-utils python3.11-doc"
+    missing=$(for p in $pkgs; do dpkg -s "$p" >/dev/null 2>&1 || echo "$p"; done)
+    if [ -n "$missing" ]; then
+        sudo_=""; [ "$(id -u)" = 0 ] || sudo_="sudo"
+        $sudo_ apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq $missing >/dev/null
+    fi
+
+# Build the multi-domain demo corpus into data/corpus.
+corpus: setup
+    {{venv}}/bin/lightmoe demo corpus --out data/corpus
+
+# Retrain the demo model from its recipe (about 2 hours on 2 cores), then measure it and write its card.
+train-demo: corpus
+    {{venv}}/bin/lightmoe demo train
+    {{venv}}/bin/lightmoe demo card
+
+# The main job on the embedded default model, as far as it is built.
+demo: setup
+    {{venv}}/bin/lightmoe models --arch qwen3_moe --arch mixtral --arch deepseek_v3
+    {{venv}}/bin/lightmoe demo show
+
+# Fast tests (slow and gpu excluded).
+test: setup
+    {{py}} -m pytest -q
+
+# All tests, slow ones included.
+test-all: setup
+    {{py}} -m pytest -q -m "not gpu"
+
+lint: setup
+    {{venv}}/bin/ruff check lightmoe_cli tests benchmarks
+
+# Benchmarks (print a table, write JSON under benchmarks/results).
+bench: setup
+    for b in benchmarks/bench_*.py; do {{py}} "$b"; done
