@@ -48,6 +48,67 @@ def models(
         fail(e)
 
 
+DEFAULT_CALIBRATION = REPO_ROOT / "recipes" / "calibration" / "demo.yaml"
+
+
+def _model_slug(name: str) -> str:
+    return Path(name).name if Path(name).exists() else name.replace("/", "--")
+
+
+@app.command()
+def profile(
+    model: str = typer.Option(None, "--model", "-m", help="Model folder or cached hub id (default: demo model)."),
+    tasks: Path = typer.Option(DEFAULT_CALIBRATION, "--tasks", "-t", help="Calibration recipe (YAML)."),
+    out: Path = typer.Option(None, "--out", "-o", help="Profile folder (default: artifacts/profiles/<model>)."),
+    max_tokens: int = typer.Option(None, help="Token cap per task (overrides the recipe)."),
+    batch_size: int = typer.Option(8, help="Sequences per forward pass."),
+    seq_len: int = typer.Option(256, help="Tokens per sequence (longer documents are cut into windows)."),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
+    dtype: str = typer.Option("float32", help="float32 (fast on CPU), bfloat16, float16 or auto."),
+    sample_tokens: int = typer.Option(512, help="Routed hidden states per layer for output-space similarity."),
+    similarity_layer: int = typer.Option(None, help="Layer shown in the similarity plot (default: middle)."),
+    save_traces: bool = typer.Option(False, help="Also write raw per-token routing traces (int16/fp16 chunks)."),
+    resume: bool = typer.Option(False, help="Continue an interrupted run from its last finished task."),
+    threads: int = typer.Option(None, help="torch CPU threads (default: all cores)."),
+) -> None:
+    """Trace routing on calibration tasks: expert frequency, co-activation and similarity per task and layer."""
+    _offline()
+    import torch
+    from rich.console import Console
+
+    from lightmoe_cli.loading import load_model_and_tokenizer, resolve_model
+    from lightmoe_cli.profile.run import ProfileSettings, run_profile
+    from lightmoe_cli.recipes import load_recipe
+    from lightmoe_cli.report import profile_tables, token_progress
+
+    console = Console()
+    for flag, value in (("--batch-size", batch_size), ("--seq-len", seq_len), ("--sample-tokens", sample_tokens)):
+        if value <= 0:
+            fail(f"{flag} must be positive")
+    if max_tokens is not None and max_tokens <= 0:
+        fail("--max-tokens must be positive (it caps the tokens profiled per task)")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        fail("--device cuda asked for, but torch sees no CUDA device: use --device cpu")
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        recipe = load_recipe(tasks, max_tokens)
+        name = resolve_model(model)
+        out = out or REPO_ROOT / "artifacts" / "profiles" / _model_slug(name)
+        lm, tok = load_model_and_tokenizer(name, device=device, dtype=dtype)
+        settings = ProfileSettings(seq_len=seq_len, batch_size=batch_size, sample_tokens=sample_tokens,
+                                   save_traces=save_traces, similarity_layer=similarity_layer)
+        with token_progress(console) as progress:
+            prof = run_profile(lm, tok, name, recipe, out, settings, resume=resume, progress=progress)
+    except torch.OutOfMemoryError:
+        fail(f"out of memory at --batch-size {batch_size}: try --batch-size {max(1, batch_size // 2)}")
+    except LightMoEError as e:
+        fail(e)
+    for table in profile_tables(prof.manifest):
+        console.print(table)
+    console.print(f"profile written to {prof.path} (plots in {prof.path / 'plots'})")
+
+
 @demo_app.command("corpus")
 def demo_corpus(
     out: Path = typer.Option(Path("data/corpus"), help="Folder for the corpus (one sub-folder per domain)."),

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 
 def domain_stats_table(stats: Sequence) -> Table:
@@ -20,3 +22,39 @@ def domain_stats_table(stats: Sequence) -> Table:
             cells += [f"{s.documents[split]:,}", f"{s.bytes[split] / 1e6:.2f}"]
         table.add_row(s.domain, *cells)
     return table
+
+
+class TokensPerSecondColumn(ProgressColumn):
+    """Tokens per second of a progress task (rich's own speed columns assume bytes)."""
+
+    def render(self, task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:,.0f} tok/s" if speed else "- tok/s", style="cyan")
+
+
+def token_progress(console) -> Progress:
+    """One bar per calibration task: tokens done / cap, tokens per second, time left."""
+    return Progress(TextColumn("{task.description:<14}"), BarColumn(), MofNCompleteColumn(),
+                    TokensPerSecondColumn(), TimeRemainingColumn(), console=console)
+
+
+def profile_tables(manifest: dict) -> list[Table]:
+    """Per-task routing summary and the between-task JS matrix of a profile manifest."""
+    t = Table(title=f"routing profile: {manifest['model']['name_or_path']}")
+    for col in ("task", "tokens", "routing entropy (bits)", "top-half coverage", "mean JS to other tasks (bits)"):
+        t.add_column(col, justify="left" if col == "task" else "right")
+    max_bits = max(manifest["model"]["num_experts"])
+    for s in manifest["summary"]:
+        t.add_row(s["name"], f"{s['tokens']:,}", f"{s['entropy_bits']:.2f}", f"{s['top_half_coverage']:.1%}",
+                  f"{s['mean_js_to_others_bits']:.3f}")
+    t.caption = (f"entropy out of log2({max_bits}); coverage = share of a task's picks on its own most frequent "
+                 f"half of experts (50% = uniform); JS per layer, averaged over layers")
+    names = [s["name"] for s in manifest["summary"]]
+    js = Table(title=f"Jensen-Shannon divergence between tasks (bits, mean over layers; overall "
+                     f"{manifest['mean_js_between_tasks_bits']:.3f})")
+    js.add_column("")
+    for n in names:
+        js.add_column(n[:10], justify="right")
+    for n, row in zip(names, manifest["js_between_tasks_bits"], strict=True):
+        js.add_row(n, *(f"{v:.3f}" for v in row))
+    return [t, js]

@@ -42,6 +42,10 @@ SAMPLE_PROMPTS = {
 }
 
 
+SPEC_HEADER = ("| layer | JS trained | JS at init | JS split-half | own top half | own top half at init "
+               "| others' top half | routing entropy (bits) | busiest expert | unused |\n" + "|---" * 10 + "|")
+
+
 @dataclass
 class RoutingCounts:
     """Expert selection counts on held-out text. counts[layer] is (n_domains, n_experts); halves likewise."""
@@ -217,7 +221,8 @@ about accuracy is measured on it. It is a toy: {mod['parameters'] / 1e6:.1f}M pa
 | experts per layer / top-k / expert width | {mod['experts']} / {mod['top_k']} / {mod['expert_intermediate']} |
 | vocabulary | {mod['vocab']} (byte-level BPE, trained with `tokenizers`) |
 | weights | {mod['weights_bytes'] / 2**20:.1f} MiB, {mod['dtype']} safetensors (compute in fp32 on CPU) |
-| training | {t['steps']:,} steps, {t['tokens']:,} tokens, {t['wall_s'] / 60:.0f} min at {t['tokens_per_s']:,.0f} tokens/s |
+| training | {t['steps']:,} steps, {t['tokens']:,} tokens, {t['wall_s'] / 60:.0f} min at \
+{t['tokens_per_s']:,.0f} tokens/s |
 | measured | {m['date']}, {m['machine']}, torch {m['versions']['torch']}, transformers {m['versions']['transformers']} |
 
 Load it with `AutoModelForCausalLM.from_pretrained("artifacts/demo-moe")`.
@@ -239,13 +244,13 @@ domain pairs. "Own top half" = share of a domain's activations covered by its ow
 experts (50% = no concentration); "others' top half" = share of OTHER domains' activations covered by that
 same half. References: the same architecture at initialisation, and split-half JS within one domain (noise).
 
-| layer | JS trained | JS at init | JS split-half | own top half | own top half at init | others' top half | routing entropy (bits) | busiest expert | unused |
-|---|---|---|---|---|---|---|---|---|---|
+{SPEC_HEADER}
 {spec_rows}
 
-Mean over layers: JS {tr['mean']['js_between_domains_bits']:.3f} bits trained vs {ini['mean']['js_between_domains_bits']:.3f} at
-init (noise floor {tr['mean']['js_split_half_bits']:.3f}); own top half {tr['mean']['top_half_coverage_own']:.1%} trained vs
-{ini['mean']['top_half_coverage_own']:.1%} at init; others' top half {tr['mean']['top_half_coverage_others']:.1%}.
+Mean over layers: JS {tr['mean']['js_between_domains_bits']:.3f} bits trained vs \
+{ini['mean']['js_between_domains_bits']:.3f} at init (noise floor {tr['mean']['js_split_half_bits']:.3f}); \
+own top half {tr['mean']['top_half_coverage_own']:.1%} trained vs {ini['mean']['top_half_coverage_own']:.1%} at init; others' top \
+half {tr['mean']['top_half_coverage_others']:.1%}.
 
 Own top-half coverage per domain and layer:
 

@@ -1,0 +1,54 @@
+"""Expert-to-expert similarity matrices, three kinds; each drives the redirect table (missing -> most similar).
+
+- weight: cosine between the experts' flattened weights (all of gate, up and down). Cheap and data-free, but
+  blind to the permutation symmetry of hidden units, so it is high only for experts that share an origin
+  (upcycled or copied experts).
+- output: mean cosine between two experts' outputs on the same sample of hidden states that the router sent to
+  this layer during calibration. What a redirect actually substitutes.
+- coactivation: cosine of the experts' co-activation profiles, C[i, j] / sqrt(C[i, i] * C[j, j]); experts picked
+  together for the same tokens serve the same inputs.
+All matrices are (E, E), symmetric, with 1 on the diagonal (0 for experts never seen, except the diagonal).
+"""
+
+from __future__ import annotations
+
+import torch
+
+SIMILARITY_KINDS = ("output", "weight", "coactivation")
+
+
+def cosine_matrix(x: torch.Tensor) -> torch.Tensor:
+    """(E, D) rows -> (E, E) pairwise cosine; a zero row has similarity 0 with everything else."""
+    x = x.double()
+    norms = x.norm(dim=1, keepdim=True)
+    unit = torch.where(norms > 0, x / norms.clamp_min(1e-300), torch.zeros_like(x))
+    sim = unit @ unit.T
+    sim.fill_diagonal_(1.0)
+    return sim
+
+
+def weight_similarity(flat_weights: torch.Tensor) -> torch.Tensor:
+    """(E, D) flattened expert weights -> (E, E) cosine."""
+    return cosine_matrix(flat_weights)
+
+
+def output_similarity(outputs: torch.Tensor) -> torch.Tensor:
+    """(E, N, H) each expert's output on the same N hidden states -> (E, E) mean per-token cosine."""
+    e, n, _ = outputs.shape
+    if n == 0:
+        return torch.eye(e, dtype=torch.float64)
+    o = outputs.double()
+    unit = o / o.norm(dim=-1, keepdim=True).clamp_min(1e-12)  # (E, N, H)
+    sim = torch.einsum("inh,jnh->ij", unit, unit) / n
+    sim.fill_diagonal_(1.0)
+    return sim
+
+
+def coactivation_similarity(coactivation: torch.Tensor) -> torch.Tensor:
+    """(E, E) co-activation counts -> (E, E) normalised co-occurrence C_ij / sqrt(C_ii C_jj)."""
+    c = coactivation.double()
+    d = c.diagonal().clone()
+    denom = torch.sqrt(torch.outer(d, d))
+    sim = torch.where(denom > 0, c / denom.clamp_min(1e-300), torch.zeros_like(c))
+    sim.fill_diagonal_(1.0)
+    return sim

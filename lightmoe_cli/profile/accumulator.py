@@ -1,0 +1,88 @@
+"""Streaming routing statistics: fixed-size accumulators, so memory stays flat however many tokens we see.
+
+Why separate from the hooks: the counting is plain tensor arithmetic on (tokens, top_k) arrays, testable with a
+hand-written routing, and the hooks only hand it what the real router chose.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class LayerStats:
+    """Routing statistics of one MoE layer on one task.
+
+    counts: (E,) how often each expert was selected (a token selecting it in its top-k counts once)
+    gate_mass: (E,) summed router weight given to each expert
+    coactivation: (E, E) tokens that selected both i and j; the diagonal equals `counts`
+    tokens: real (non-padding) tokens seen
+    """
+
+    counts: torch.Tensor
+    gate_mass: torch.Tensor
+    coactivation: torch.Tensor
+    tokens: int = 0
+
+    @classmethod
+    def empty(cls, num_experts: int) -> LayerStats:
+        return cls(torch.zeros(num_experts, dtype=torch.int64), torch.zeros(num_experts, dtype=torch.float64),
+                   torch.zeros(num_experts, num_experts, dtype=torch.int64))
+
+    def update(self, top_k_index: torch.Tensor, top_k_weights: torch.Tensor, mask: torch.Tensor | None) -> None:
+        """Add one forward's picks. top_k_index/weights: (T, K); mask: (T,) bool, True = real token."""
+        idx = top_k_index.reshape(top_k_index.shape[0], -1).long()
+        w = top_k_weights.reshape(idx.shape).double()
+        if mask is not None:
+            keep = mask.reshape(-1).bool()
+            idx, w = idx[keep], w[keep]
+        e = self.counts.shape[0]
+        valid = (idx >= 0) & (idx < e)  # an index == E is the "dropped" sentinel: not a selection
+        onehot = torch.zeros(idx.shape[0], e, dtype=torch.int64)
+        onehot.scatter_add_(1, idx.clamp(0, e - 1), valid.long())
+        onehot = onehot.clamp_(max=1)  # a token picking one expert twice (after a redirect) counts once
+        self.counts += onehot.sum(0)
+        self.gate_mass.index_add_(0, idx[valid], w[valid])
+        self.coactivation += onehot.T @ onehot
+        self.tokens += int(idx.shape[0])
+
+    def merge(self, other: LayerStats) -> None:
+        self.counts += other.counts
+        self.gate_mass += other.gate_mass
+        self.coactivation += other.coactivation
+        self.tokens += other.tokens
+
+
+@dataclass
+class TaskStats:
+    """Per-layer statistics of one calibration task, keyed by the real decoder layer index."""
+
+    name: str
+    layers: dict[int, LayerStats] = field(default_factory=dict)
+
+    @classmethod
+    def empty(cls, name: str, layer_experts: dict[int, int]) -> TaskStats:
+        return cls(name, {li: LayerStats.empty(e) for li, e in layer_experts.items()})
+
+    @property
+    def tokens(self) -> int:
+        return next(iter(self.layers.values())).tokens if self.layers else 0
+
+    def to_tensors(self) -> dict[str, torch.Tensor]:
+        """Flat tensor dict for safetensors: layer.{i}.{counts,gate_mass,coactivation,tokens}."""
+        out = {}
+        for li, s in self.layers.items():
+            out[f"layer.{li}.counts"] = s.counts
+            out[f"layer.{li}.gate_mass"] = s.gate_mass
+            out[f"layer.{li}.coactivation"] = s.coactivation
+            out[f"layer.{li}.tokens"] = torch.tensor([s.tokens], dtype=torch.int64)
+        return out
+
+    @classmethod
+    def from_tensors(cls, name: str, tensors: dict[str, torch.Tensor]) -> TaskStats:
+        layer_ids = sorted({int(k.split(".")[1]) for k in tensors})
+        return cls(name, {li: LayerStats(tensors[f"layer.{li}.counts"], tensors[f"layer.{li}.gate_mass"],
+                                         tensors[f"layer.{li}.coactivation"],
+                                         int(tensors[f"layer.{li}.tokens"][0])) for li in layer_ids})

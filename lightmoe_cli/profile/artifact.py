@@ -1,0 +1,105 @@
+"""The Profile artifact: one self-describing folder that the bundle builder and later policies read.
+
+    manifest.json                 schema, model identity, resolved recipe, settings, per-task tokens and summary,
+                                  library versions, sha256 of every file
+    stats/<task>.safetensors      per MoE layer: counts [E], gate_mass [E], coactivation [E, E], tokens
+    similarity.safetensors        per MoE layer: weight / output / coactivation [E, E]
+    traces/<task>/chunk_*.safetensors   optional raw routing (top-k ids int16, weights fp16, token ids)
+    plots/*.png                   frequency heatmaps by task, similarity heatmaps
+
+Loading verifies the schema and the hashes, so a truncated or edited profile is refused with one line.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from lightmoe_cli.errors import LightMoEError
+from lightmoe_cli.identity import sha256_file
+from lightmoe_cli.profile.accumulator import LayerStats, TaskStats
+
+SCHEMA_VERSION = 1
+
+
+class ProfileError(LightMoEError):
+    """A profile folder is missing, incomplete, corrupt or for another model."""
+
+
+@dataclass
+class Profile:
+    path: Path
+    manifest: dict
+
+    @property
+    def task_names(self) -> list[str]:
+        return list(self.manifest["tasks"])
+
+    @property
+    def layer_indices(self) -> list[int]:
+        return list(self.manifest["model"]["moe_layers"])
+
+    def task_stats(self, name: str) -> TaskStats:
+        from safetensors.torch import load_file
+
+        if name not in self.manifest["tasks"]:
+            raise ProfileError(f"profile has no task {name!r}; tasks: {', '.join(self.task_names)}")
+        return TaskStats.from_tensors(name, load_file(str(self.path / "stats" / f"{name}.safetensors")))
+
+    def total_stats(self) -> dict[int, LayerStats]:
+        """Statistics summed over all tasks, per layer."""
+        total: dict[int, LayerStats] = {}
+        for name in self.task_names:
+            for li, s in self.task_stats(name).layers.items():
+                if li in total:
+                    total[li].merge(s)
+                else:
+                    total[li] = LayerStats(s.counts.clone(), s.gate_mass.clone(), s.coactivation.clone(), s.tokens)
+        return total
+
+    def similarity(self, layer_index: int, kind: str) -> torch.Tensor:
+        from safetensors import safe_open
+
+        key = f"layer.{layer_index}.{kind}"
+        with safe_open(str(self.path / "similarity.safetensors"), "pt") as f:
+            if key not in f.keys():
+                kinds = sorted({k.split(".")[2] for k in f.keys()})
+                raise ProfileError(f"profile has no {kind} similarity for layer {layer_index}; has: {kinds}")
+            return f.get_tensor(key)
+
+    def check_model(self, identity: dict) -> None:
+        """Refuse to use this profile with another model."""
+        mine = self.manifest["model"]
+        if mine["fingerprint"] != identity["fingerprint"]:
+            raise ProfileError(f"profile {self.path} was made for {mine['name_or_path']} "
+                               f"(fingerprint {mine['fingerprint']}), not {identity['name_or_path']} "
+                               f"({identity['fingerprint']}): profile this model first")
+
+
+def load_profile(path: Path, verify: bool = True) -> Profile:
+    path = Path(path)
+    mpath = path / "manifest.json"
+    if not mpath.exists():
+        hint = " (an interrupted run: finish it with `lightmoe profile --resume`)" \
+            if path.with_name(path.name + ".partial").exists() else ""
+        raise ProfileError(f"{path} is not a lightmoe profile (no manifest.json){hint}")
+    try:
+        manifest = json.loads(mpath.read_text())
+    except json.JSONDecodeError as e:
+        raise ProfileError(f"{mpath} is corrupt ({e.msg}): profile again") from e
+    if manifest.get("kind") != "lightmoe-profile":
+        raise ProfileError(f"{path} is not a lightmoe profile (manifest kind {manifest.get('kind')!r})")
+    if manifest.get("schema_version") != SCHEMA_VERSION:
+        raise ProfileError(f"{path} has profile schema {manifest.get('schema_version')}, this lightmoe reads "
+                           f"{SCHEMA_VERSION}: profile again")
+    if verify:
+        for rel, digest in manifest["files"].items():
+            f = path / rel
+            if not f.exists():
+                raise ProfileError(f"{path}: file {rel} is missing: profile again")
+            if sha256_file(f) != digest:
+                raise ProfileError(f"{path}: file {rel} is corrupt (sha256 mismatch): profile again")
+    return Profile(path, manifest)

@@ -1,0 +1,49 @@
+"""Feed the model's experts to the pure similarity functions: weights via the adapter, outputs on sampled
+routed hidden states by calling the real experts module with every token sent to one expert."""
+
+from __future__ import annotations
+
+import torch
+
+from lightmoe_cli.analysis.similarity import (
+    coactivation_similarity,
+    output_similarity,
+    weight_similarity,
+)
+from lightmoe_cli.models import MoEAdapter, MoELayer
+
+
+def flat_expert_weights(adapter: MoEAdapter, layer: MoELayer) -> torch.Tensor:
+    """(E, D) every expert's tensors flattened and concatenated in a fixed order."""
+    rows = []
+    for e in range(layer.num_experts):
+        tensors = adapter.read_expert(layer, e)
+        rows.append(torch.cat([tensors[k].detach().float().reshape(-1) for k in sorted(tensors)]))
+    return torch.stack(rows)
+
+
+@torch.no_grad()
+def expert_outputs(layer: MoELayer, hidden: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+    """(N, H) hidden states -> (E, N, H): each expert's own output (router weight 1) on every state."""
+    n = hidden.shape[0]
+    param = next(layer.experts.parameters())
+    outs = []
+    for e in range(layer.num_experts):
+        parts = []
+        for s in range(0, n, chunk):
+            h = hidden[s:s + chunk].to(param.device, param.dtype)
+            idx = torch.full((h.shape[0], 1), e, dtype=torch.long, device=h.device)
+            w = torch.ones((h.shape[0], 1), dtype=h.dtype, device=h.device)
+            parts.append(layer.experts(h, idx, w).float().cpu())
+        outs.append(torch.cat(parts) if parts else torch.zeros(0, hidden.shape[-1]))
+    return torch.stack(outs)
+
+
+def layer_similarities(adapter: MoEAdapter, layer: MoELayer, coactivation: torch.Tensor,
+                       hidden_sample: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """The three (E, E) similarity matrices of one layer; `output` is omitted without a hidden sample."""
+    sims = {"weight": weight_similarity(flat_expert_weights(adapter, layer)),
+            "coactivation": coactivation_similarity(coactivation)}
+    if hidden_sample is not None and hidden_sample.numel():
+        sims["output"] = output_similarity(expert_outputs(layer, hidden_sample))
+    return sims

@@ -1,0 +1,60 @@
+"""PNG plots of a profile: expert frequency by task (one panel per layer) and a similarity heatmap."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> None:
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    os.replace(tmp, path)
+
+
+def frequency_heatmap(freq: dict[int, np.ndarray], tasks: list[str], path: Path, title: str) -> None:
+    """freq[layer] is (n_tasks, E) selection share per task; one panel per layer."""
+    plt = _plt()
+    layers = sorted(freq)
+    cols = min(2, len(layers))
+    rows = (len(layers) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(7 * cols, 0.35 * len(tasks) * rows + 1.5 * rows), squeeze=False)
+    for ax, li in zip(axes.flat, layers, strict=False):
+        im = ax.imshow(freq[li], aspect="auto", cmap="viridis", interpolation="nearest")
+        ax.set_title(f"layer {li}")
+        ax.set_yticks(range(len(tasks)), tasks, fontsize=8)
+        ax.set_xlabel("expert")
+        fig.colorbar(im, ax=ax, fraction=0.025, label="share of picks")
+    for ax in list(axes.flat)[len(layers):]:
+        ax.axis("off")
+    fig.suptitle(title)
+    _save(fig, path)
+    plt.close(fig)
+
+
+def similarity_heatmaps(sims: dict[str, np.ndarray], layer_index: int, path: Path) -> None:
+    """One panel per similarity kind for one layer."""
+    plt = _plt()
+    kinds = list(sims)
+    fig, axes = plt.subplots(1, len(kinds), figsize=(5.2 * len(kinds), 4.6), squeeze=False)
+    for ax, kind in zip(axes[0], kinds, strict=True):
+        m = sims[kind].copy()
+        np.fill_diagonal(m, np.nan)
+        im = ax.imshow(m, cmap="magma", interpolation="nearest")
+        ax.set_title(f"{kind} similarity, layer {layer_index}")
+        ax.set_xlabel("expert")
+        ax.set_ylabel("expert")
+        fig.colorbar(im, ax=ax, fraction=0.046)
+    _save(fig, path)
+    plt.close(fig)

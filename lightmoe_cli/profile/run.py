@@ -1,0 +1,194 @@
+"""`lightmoe profile`: trace every calibration task, then write the Profile folder atomically.
+
+Work goes into `<out>.partial/`; each finished task is saved there at once, so `--resume` skips it after an
+interruption. Only when every task, the similarities, the plots and the manifest are written is the folder
+renamed to `<out>`: a crash never leaves a half profile that looks complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lightmoe_cli.analysis.routing_stats import entropy_bits, mean_offdiagonal, pairwise_js_bits, top_half_coverage
+from lightmoe_cli.errors import LightMoEError
+from lightmoe_cli.identity import library_versions, model_identity, sha256_file
+from lightmoe_cli.profile.accumulator import TaskStats
+from lightmoe_cli.profile.artifact import SCHEMA_VERSION, Profile, load_profile
+from lightmoe_cli.recipes import CalibrationRecipe, iter_task_texts
+
+
+@dataclass
+class ProfileSettings:
+    seq_len: int = 256
+    batch_size: int = 8
+    sample_tokens: int = 512  # routed hidden states kept per layer for output-space similarity
+    save_traces: bool = False
+    trace_chunk_tokens: int = 65536
+    similarity_layer: int | None = None  # layer of the similarity plot (default: the middle MoE layer)
+    seed: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class TaskSummary:
+    name: str
+    tokens: int
+    entropy_bits: float  # mean over layers of the task's routing entropy
+    top_half_coverage: float  # mean over layers: share of picks on the task's own most frequent half
+    mean_js_to_others_bits: float  # mean over layers and other tasks
+
+
+def summarise(tasks: list[TaskStats]) -> tuple[list[TaskSummary], np.ndarray]:
+    """Per-task summary and the (n_tasks, n_tasks) JS matrix averaged over layers. Pure."""
+    layer_ids = list(tasks[0].layers)
+    js = np.mean([pairwise_js_bits(np.stack([t.layers[li].counts.numpy() for t in tasks])) for li in layer_ids],
+                 axis=0)
+    n = len(tasks)
+    out = []
+    for i, t in enumerate(tasks):
+        counts = [t.layers[li].counts.numpy() for li in layer_ids]
+        out.append(TaskSummary(
+            t.name, t.tokens, float(np.mean([entropy_bits(c) for c in counts])),
+            float(np.mean([top_half_coverage(c) for c in counts])),
+            float(js[i].sum() / (n - 1)) if n > 1 else 0.0))
+    return out, js
+
+
+def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    from safetensors.torch import save_file
+
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
+    os.replace(tmp, path)
+
+
+def _progress_key(identity: dict, recipe: CalibrationRecipe, settings: ProfileSettings) -> str:
+    return json.dumps({"model": identity["fingerprint"], "recipe": recipe.fingerprint(),
+                       "seq_len": settings.seq_len, "sample_tokens": settings.sample_tokens,
+                       "traces": settings.save_traces}, sort_keys=True)
+
+
+def run_profile(model, tokenizer, model_name: str, recipe: CalibrationRecipe, out: Path,
+                settings: ProfileSettings, resume: bool = False, progress=None) -> Profile:
+    """Profile `model` on every task of `recipe` into `out`; `progress` is an optional rich Progress."""
+    from lightmoe_cli.models import get_adapter
+    from lightmoe_cli.profile.batches import batches, token_windows
+    from lightmoe_cli.profile.expert_similarity import layer_similarities
+    from lightmoe_cli.profile.plots import frequency_heatmap, similarity_heatmaps
+    from lightmoe_cli.profile.tracer import HiddenSampler, TraceWriter, trace_task
+
+    adapter = get_adapter(model)
+    layers = adapter.moe_layers(model)
+    identity = model_identity(model, adapter, model_name)
+    out = Path(out)
+    work = out.with_name(out.name + ".partial")
+    key = _progress_key(identity, recipe, settings)
+    if work.exists() and not (resume and (work / "progress.key").exists()
+                              and (work / "progress.key").read_text() == key):
+        shutil.rmtree(work)
+    (work / "stats").mkdir(parents=True, exist_ok=True)
+    (work / "samples").mkdir(exist_ok=True)
+    (work / "progress.key").write_text(key)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    quota = max(1, settings.sample_tokens // len(recipe.tasks))
+
+    all_stats: list[TaskStats] = []
+    timings: dict[str, float] = {}
+    for task in recipe.tasks:
+        stats_path = work / "stats" / f"{task.name}.safetensors"
+        sample_path = work / "samples" / f"{task.name}.safetensors"
+        if resume and stats_path.exists() and sample_path.exists():
+            from safetensors.torch import load_file
+
+            all_stats.append(TaskStats.from_tensors(task.name, load_file(str(stats_path))))
+            if progress:
+                progress.console.print(f"resumed: task {task.name} already profiled")
+            continue
+        sampler = HiddenSampler(layers, quota, seed=settings.seed)
+        traces = TraceWriter(work / "traces" / task.name, settings.trace_chunk_tokens) \
+            if settings.save_traces else None
+        bar = progress.add_task(f"{task.name}", total=task.max_tokens) if progress else None
+        t0 = time.perf_counter()
+        texts = iter_task_texts(recipe, task)
+        windows = token_windows(tokenizer, texts, settings.seq_len, task.max_tokens)
+        stats = trace_task(model, layers, task.name, batches(windows, settings.batch_size, pad_id),
+                           sampler=sampler, sample_share=min(1.0, 2.0 * quota / task.max_tokens), traces=traces,
+                           on_batch=(lambda n, b=bar: progress.advance(b, n)) if progress else None)
+        timings[task.name] = time.perf_counter() - t0
+        if stats.tokens == 0:
+            raise LightMoEError(f"task {task.name} produced no tokens: its source is empty")
+        if progress:
+            progress.update(bar, total=stats.tokens, completed=stats.tokens)
+        _save_tensors({f"layer.{li}.hidden": h for li, h in sampler.tensors().items()}, sample_path)
+        _save_tensors(stats.to_tensors(), stats_path)
+        all_stats.append(stats)
+
+    # similarity over all tasks' statistics and hidden samples
+    from safetensors.torch import load_file
+
+    t0 = time.perf_counter()
+    samples = [load_file(str(work / "samples" / f"{t.name}.safetensors")) for t in recipe.tasks]
+    sims: dict[str, torch.Tensor] = {}
+    for m in layers:
+        coact = sum(s.layers[m.layer_index].coactivation for s in all_stats)
+        hidden = torch.cat([s[f"layer.{m.layer_index}.hidden"] for s in samples
+                            if s[f"layer.{m.layer_index}.hidden"].numel()] or [torch.zeros(0)])
+        for kind, mat in layer_similarities(adapter, m, coact, hidden if hidden.numel() else None).items():
+            sims[f"layer.{m.layer_index}.{kind}"] = mat.float()
+    _save_tensors(sims, work / "similarity.safetensors")
+    similarity_seconds = time.perf_counter() - t0
+    shutil.rmtree(work / "samples")
+
+    # plots
+    names = [t.name for t in all_stats]
+    (work / "plots").mkdir(exist_ok=True)
+    freq = {m.layer_index: np.stack([(s.layers[m.layer_index].counts.double()
+                                      / max(1, s.layers[m.layer_index].counts.sum())).numpy() for s in all_stats])
+            for m in layers}
+    frequency_heatmap(freq, names, work / "plots" / "expert_frequency.png",
+                      f"{model_name}: expert selection share by task")
+    li = settings.similarity_layer if settings.similarity_layer is not None else layers[len(layers) // 2].layer_index
+    if f"layer.{li}.weight" not in sims:
+        raise LightMoEError(f"--similarity-layer {li} is not an MoE layer; MoE layers: "
+                            f"{[m.layer_index for m in layers]}")
+    kinds = [k for k in ("output", "weight", "coactivation") if f"layer.{li}.{k}" in sims]
+    similarity_heatmaps({k: sims[f"layer.{li}.{k}"].numpy() for k in kinds}, li,
+                        work / "plots" / f"similarity_layer{li}.png")
+
+    summaries, js = summarise(all_stats)
+    (work / "progress.key").unlink()
+    files = {p.relative_to(work).as_posix(): sha256_file(p) for p in sorted(work.rglob("*")) if p.is_file()}
+    manifest = {
+        "kind": "lightmoe-profile",
+        "schema_version": SCHEMA_VERSION,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "model": identity,
+        "recipe": recipe.resolved(),
+        "settings": {k: v for k, v in settings.__dict__.items() if k != "extra"},
+        "tasks": {s.name: s.tokens for s in all_stats},
+        "summary": [s.__dict__ for s in summaries],
+        "js_between_tasks_bits": js.round(5).tolist(),
+        "mean_js_between_tasks_bits": mean_offdiagonal(js),
+        "similarity_kinds": sorted({k.split(".")[2] for k in sims}),
+        "timings_s": {"tasks": timings, "similarity": similarity_seconds},
+        "versions": library_versions(),
+        "files": files,
+    }
+    tmp = work / "manifest.json.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2))
+    os.replace(tmp, work / "manifest.json")
+    old = out.with_name(out.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        os.replace(out, old)
+    os.replace(work, out)
+    shutil.rmtree(old, ignore_errors=True)
+    return load_profile(out)

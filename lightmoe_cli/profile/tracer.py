@@ -1,0 +1,122 @@
+"""Run a model over one calibration task and collect routing statistics through hooks on the real experts call.
+
+Why hooks (never recomputing top-k from logits): DeepSeek-V3's correction bias and group limits, Mixtral's
+renormalisation and redirects all live in the model's own routing code; the experts module's inputs are the truth.
+Besides the statistics, the tracer can keep a small fixed-size sample of routed hidden states per layer (for
+output-space similarity) and stream raw traces to disk in chunks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import torch
+
+from lightmoe_cli.models import MoELayer, record_routing
+from lightmoe_cli.profile.accumulator import TaskStats
+from lightmoe_cli.profile.batches import TokenBatch
+
+
+class HiddenSampler:
+    """Up to `quota` hidden states per layer, drawn at random from real tokens (fixed memory)."""
+
+    def __init__(self, layers: list[MoELayer], quota: int, seed: int = 0):
+        self.quota = quota
+        self.samples: dict[int, list[torch.Tensor]] = {m.layer_index: [] for m in layers}
+        self.taken: dict[int, int] = {m.layer_index: 0 for m in layers}
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def offer(self, layer_index: int, hidden: torch.Tensor, mask: torch.Tensor | None, share: float) -> None:
+        """hidden: (T, H) the experts' input; takes about `share` of the real tokens until the quota is met."""
+        left = self.quota - self.taken[layer_index]
+        if left <= 0:
+            return
+        rows = hidden.reshape(-1, hidden.shape[-1])
+        if mask is not None:
+            rows = rows[mask.reshape(-1).bool()]
+        n = min(left, max(1, int(round(rows.shape[0] * share))), rows.shape[0])
+        pick = torch.randperm(rows.shape[0], generator=self.gen)[:n]
+        self.samples[layer_index].append(rows[pick].detach().float().cpu().clone())
+        self.taken[layer_index] += n
+
+    def tensors(self) -> dict[int, torch.Tensor]:
+        return {li: torch.cat(v) if v else torch.zeros(0) for li, v in self.samples.items()}
+
+
+class TraceWriter:
+    """Raw per-token routing (top-k ids int16, weights fp16), written in chunks of `chunk_tokens` tokens."""
+
+    def __init__(self, folder: Path, chunk_tokens: int = 65536):
+        self.folder = folder
+        self.chunk_tokens = chunk_tokens
+        self.buf: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        self.tokens_buf: list[torch.Tensor] = []
+        self.buffered = 0
+        self.chunks = 0
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def add(self, layer_index: int, idx: torch.Tensor, w: torch.Tensor) -> None:
+        self.buf.setdefault(layer_index, []).append((idx.to(torch.int16), w.to(torch.float16)))
+
+    def add_tokens(self, token_ids: torch.Tensor) -> None:
+        self.tokens_buf.append(token_ids.to(torch.int32))
+        self.buffered += token_ids.numel()
+        if self.buffered >= self.chunk_tokens:
+            self.flush()
+
+    def flush(self) -> None:
+        from safetensors.torch import save_file
+
+        if not self.buffered:
+            return
+        data = {"token_ids": torch.cat(self.tokens_buf)}
+        for li, parts in self.buf.items():
+            data[f"layer.{li}.ids"] = torch.cat([p[0] for p in parts])
+            data[f"layer.{li}.weights"] = torch.cat([p[1] for p in parts])
+        path = self.folder / f"chunk_{self.chunks:05d}.safetensors"
+        save_file(data, str(path) + ".tmp")
+        path.with_name(path.name + ".tmp").replace(path)
+        self.chunks += 1
+        self.buf, self.tokens_buf, self.buffered = {}, [], 0
+
+
+@torch.no_grad()
+def trace_task(model, layers: list[MoELayer], name: str, batches: Iterable[TokenBatch], *,
+               sampler: HiddenSampler | None = None, sample_share: float = 0.05,
+               traces: TraceWriter | None = None, on_batch: Callable[[int], None] | None = None) -> TaskStats:
+    """Forward every batch; statistics exclude padding. on_batch(real_tokens) is called after each batch."""
+    stats = TaskStats.empty(name, {m.layer_index: m.num_experts for m in layers})
+    current: dict[str, torch.Tensor | None] = {"mask": None}
+
+    def on_route(layer_index: int, top_k_index: torch.Tensor, top_k_weights: torch.Tensor) -> None:
+        mask = current["mask"]
+        stats.layers[layer_index].update(top_k_index.cpu(), top_k_weights.cpu(), mask)
+        if traces is not None:
+            keep = mask.bool() if mask is not None else slice(None)
+            traces.add(layer_index, top_k_index.cpu()[keep], top_k_weights.cpu()[keep])
+
+    handles = []
+    if sampler is not None:
+        for m in layers:
+            def pre_hook(module, args, kwargs, li=m.layer_index):
+                hidden = args[0] if args else kwargs["hidden_states"]
+                sampler.offer(li, hidden, current["mask"], sample_share)
+            handles.append(m.experts.register_forward_pre_hook(pre_hook, with_kwargs=True))
+    device = next(model.parameters()).device
+    try:
+        with record_routing(model, on_route):
+            for batch in batches:
+                current["mask"] = batch.attention_mask.reshape(-1).bool()
+                model(input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device),
+                      use_cache=False)
+                if traces is not None:
+                    traces.add_tokens(batch.input_ids.reshape(-1)[current["mask"]])
+                if on_batch:
+                    on_batch(batch.real_tokens)
+    finally:
+        for h in handles:
+            h.remove()
+    if traces is not None:
+        traces.flush()
+    return stats
