@@ -249,8 +249,8 @@ same half. References: the same architecture at initialisation, and split-half J
 
 Mean over layers: JS {tr['mean']['js_between_domains_bits']:.3f} bits trained vs \
 {ini['mean']['js_between_domains_bits']:.3f} at init (noise floor {tr['mean']['js_split_half_bits']:.3f}); \
-own top half {tr['mean']['top_half_coverage_own']:.1%} trained vs {ini['mean']['top_half_coverage_own']:.1%} at init; others' top \
-half {tr['mean']['top_half_coverage_others']:.1%}.
+own top half {tr['mean']['top_half_coverage_own']:.1%} trained vs {ini['mean']['top_half_coverage_own']:.1%} \
+at init; others' top half {tr['mean']['top_half_coverage_others']:.1%}.
 
 Own top-half coverage per domain and layer:
 

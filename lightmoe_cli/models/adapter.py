@@ -186,10 +186,9 @@ class MoEAdapter:
 
     def _sliced_tensors(self, layer: MoELayer, kept: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """(old tensor, its replacement keeping only `kept` rows) for experts, router and block tensors."""
+        pairs = self._sliced_expert_tensors(layer, kept)
         n, extra = layer.num_experts, self.extra_slots(layer)
-        pairs = [(p, _like(p, p.detach()[rows_for(kept, n, p.shape[0])].clone()))
-                 for p in self.expert_tensors(layer).values()]
-        seen = {id(p) for p, _ in pairs}
+        seen = {id(old) for old, _ in pairs}
         routing_tensors = [*layer.router.parameters(), *layer.router.buffers(),
                            *layer.block.parameters(recurse=False), *layer.block.buffers(recurse=False)]
         for t in routing_tensors:
@@ -198,6 +197,11 @@ class MoEAdapter:
             seen.add(id(t))
             pairs.append((t, _like(t, t.detach()[rows_for(kept, n, t.shape[0])].clone())))
         return pairs
+
+    def _sliced_expert_tensors(self, layer: MoELayer, kept: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(expert parameter, its kept rows); the parameters themselves, so deepcopy's memo can swap them."""
+        return [(p, _like(p, p.detach()[rows_for(kept, layer.num_experts, p.shape[0])].clone()))
+                for p in self.expert_tensors(layer).values()]
 
     def _fix_layer(self, layer: MoELayer, kept: list[int]) -> None:
         """After slicing: make counts, top-k and group settings of the copied layer match `kept`."""

@@ -1,0 +1,71 @@
+"""Which adapter handles a model: a name -> adapter-class table, with the generic adapter as the default.
+
+Why a table keyed by model_type: the few families that need special handling are named once where their
+override is defined (`@register_adapter("dbrx")`), and every other family, including ones transformers adds
+later, falls through to the structural generic adapter.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+from lightmoe_cli.errors import UnsupportedModelError
+from lightmoe_cli.models.adapter import MoEAdapter
+
+_ADAPTERS: dict[str, type[MoEAdapter]] = {}
+
+# Families that have MoE layers lightmoe cannot hook, and why (shown to the user).
+UNSUPPORTED: dict[str, str] = {
+    "jetmoe": "JetMoE's experts take per-expert token counts, not top_k_index (no hookable routing)",
+}
+
+
+def register_adapter(*model_types: str) -> Callable[[type[MoEAdapter]], type[MoEAdapter]]:
+    """Class decorator: use this adapter for models whose config.model_type is one of `model_types`."""
+
+    def decorate(cls: type[MoEAdapter]) -> type[MoEAdapter]:
+        for name in model_types:
+            _ADAPTERS[name] = cls
+        return cls
+
+    return decorate
+
+
+@functools.cache
+def _load_families() -> None:
+    """Import the per-family overrides once (they register themselves)."""
+    from lightmoe_cli.models import families  # noqa: F401
+
+
+def _model_types(model: nn.Module) -> list[str]:
+    """The model's model_type, then its text config's (multimodal wrappers keep MoE in the text model)."""
+    config: Any = getattr(model, "config", None)
+    types = [getattr(config, "model_type", None)]
+    if config is not None and hasattr(config, "get_text_config"):
+        types.append(getattr(config.get_text_config(), "model_type", None))
+    return [t for t in types if t]
+
+
+def supported_families() -> list[str]:
+    """transformers model families with MoE layers that lightmoe handles (from the installed source)."""
+    from lightmoe_cli.models.architectures import _scan_sources
+
+    return sorted({family for family, _, _ in _scan_sources()} - set(UNSUPPORTED))
+
+
+def get_adapter(model: nn.Module) -> MoEAdapter:
+    """The adapter for `model`; raises UnsupportedModelError when it finds no MoE layer it understands."""
+    _load_families()
+    types = _model_types(model)
+    adapter = next((_ADAPTERS[t]() for t in types if t in _ADAPTERS), MoEAdapter())
+    if adapter.moe_layers(model):
+        return adapter
+    reason = next((f" ({UNSUPPORTED[t]})" for t in types if t in UNSUPPORTED), "")
+    raise UnsupportedModelError(
+        f"{type(model).__name__} has no MoE layers lightmoe knows; supported: {', '.join(supported_families())}"
+        f"{reason}"
+    )
