@@ -22,6 +22,7 @@ from torch.utils.hooks import RemovableHandle
 
 from lightmoe_cli.errors import LightMoEError
 from lightmoe_cli.models.layers import (
+    GROUP_KEYS,
     NUM_EXPERTS_KEYS,
     ROUTER_NAMES,
     SHARED_EXPERT_NAMES,
@@ -96,6 +97,17 @@ class MoEAdapter:
         """Router outputs past the routed experts that have no weights (zero / skip experts); they are kept."""
         return 0
 
+    def min_kept(self, layer: MoELayer) -> int:
+        """The fewest experts `keep_experts` may leave in `layer`.
+
+        Group-limited routers (DeepSeek-V3 style) rank groups by their best two experts, so they need two.
+        """
+        return 2 if int_attr([layer.router], GROUP_KEYS) else 1
+
+    def routable_slots(self, layer: MoELayer, n_kept: int) -> int:
+        """How many slots the router can pick from after keeping `n_kept` experts (caps top-k)."""
+        return n_kept
+
     # ---- per-expert tensors ------------------------------------------------------------------------------
 
     def expert_tensors(self, layer: MoELayer) -> dict[str, torch.Tensor]:
@@ -164,10 +176,13 @@ class MoEAdapter:
 
         The dropped experts' weights are never copied: the deep copy is seeded with already-sliced tensors,
         so peak memory is the original plus the smaller model. Router rows (and per-expert biases) are
-        sliced the same way, so kept expert `keep[i][j]` becomes expert j.
+        sliced the same way, and the kept experts are renumbered in ascending order (the j-th smallest kept
+        id becomes expert j), so the router picks top-k among the kept experts only. Top-k shrinks when
+        fewer experts than top-k remain; when every MoE layer keeps the same number, the model config's
+        expert count follows, so save_pretrained / from_pretrained round-trip.
         """
         layers = {layer.layer_index: layer for layer in self.moe_layers(model)}
-        keep = {int(i): _checked_keep(layers, int(i), list(kept)) for i, kept in keep.items()}
+        keep = {int(i): self._checked_keep(layers, int(i), list(kept)) for i, kept in keep.items()}
         memo: dict[int, Any] = {}
         for i, kept in keep.items():
             for old, new in self._sliced_tensors(layers[i], kept):
@@ -181,8 +196,21 @@ class MoEAdapter:
         if len(keep) == len(layers) and len(counts) == 1:
             # Uniform: the model config can say so too (save_pretrained / from_pretrained then agree).
             old = next(iter(layers.values()))
-            update_config_counts(_text_config(new_model), old.num_experts, counts.pop(), old.top_k)
+            n_kept = counts.pop()
+            update_config_counts(_text_config(new_model), old.num_experts, n_kept, old.top_k,
+                                 self.routable_slots(old, n_kept))
         return new_model
+
+    def _checked_keep(self, layers: dict[int, MoELayer], index: int, kept: list[int]) -> list[int]:
+        if index not in layers:
+            raise LightMoEError(f"layer {index} is not an MoE layer; MoE layers: {sorted(layers)}")
+        layer = layers[index]
+        n, least = layer.num_experts, self.min_kept(layer)
+        if len(set(kept)) != len(kept) or not all(0 <= e < n for e in kept):
+            raise LightMoEError(f"layer {index}: keep distinct experts in 0..{n - 1}, got {kept}")
+        if len(kept) < least:
+            raise LightMoEError(f"layer {index}: its router needs at least {least} experts, got {kept}")
+        return sorted(kept)
 
     def _sliced_tensors(self, layer: MoELayer, kept: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """(old tensor, its replacement keeping only `kept` rows) for experts, router and block tensors."""
@@ -192,10 +220,12 @@ class MoEAdapter:
         routing_tensors = [*layer.router.parameters(), *layer.router.buffers(),
                            *layer.block.parameters(recurse=False), *layer.block.buffers(recurse=False)]
         for t in routing_tensors:
-            if id(t) in seen or not t.is_floating_point() or t.ndim == 0 or t.shape[0] not in (n, n + extra):
+            axis = _expert_axis(t, (n, n + extra))
+            if id(t) in seen or axis is None:
                 continue
             seen.add(id(t))
-            pairs.append((t, _like(t, t.detach()[rows_for(kept, n, t.shape[0])].clone())))
+            rows = rows_for(kept, n, t.shape[axis])
+            pairs.append((t, _like(t, t.detach().index_select(axis, rows).clone())))
         return pairs
 
     def _sliced_expert_tensors(self, layer: MoELayer, kept: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -205,12 +235,14 @@ class MoEAdapter:
 
     def _fix_layer(self, layer: MoELayer, kept: list[int]) -> None:
         """After slicing: make counts, top-k and group settings of the copied layer match `kept`."""
-        skip = set(map(id, layer.shared_experts.modules())) if layer.shared_experts is not None else set()
-        modules = [m for m in layer.block.modules() if id(m) not in skip]
-        extra = self.extra_slots(layer)
-        fix_counts(modules, layer.num_experts, len(kept), extra, layer.top_k)
-        localize_configs([m for m in modules if m is not layer.experts], layer.num_experts, len(kept),
-                         layer.top_k)
+        # The block's own attributes and everything under router and experts; not attention or shared experts
+        # (Gemma 4's block is the whole decoder layer).
+        modules = list({id(m): m for m in (layer.block, *layer.router.modules(), *layer.experts.modules())}
+                       .values())
+        cap = self.routable_slots(layer, len(kept))
+        fix_counts(modules, layer.num_experts, len(kept), self.extra_slots(layer), layer.top_k, cap)
+        # Routers that read routing numbers from the shared config at run time (Gemma 4, ZAYA) get their own.
+        localize_configs([layer.router], layer.num_experts, len(kept), layer.top_k, cap)
         old_to_new = torch.full((layer.num_experts,), -1, dtype=torch.long)
         old_to_new[torch.tensor(kept)] = torch.arange(len(kept))
         self.remap_index_tables(layer, old_to_new, kept)
@@ -227,6 +259,7 @@ def strip_lightmoe_hooks(model: nn.Module) -> None:
                 del hooks[key]
                 module._forward_pre_hooks_with_kwargs.pop(key, None)
                 module._forward_hooks_with_kwargs.pop(key, None)
+                module._forward_hooks_always_called.pop(key, None)
 
 
 class _ArgSlot:
@@ -252,13 +285,14 @@ def _routing_slots(experts: nn.Module) -> tuple[_ArgSlot, _ArgSlot]:
     return _ArgSlot(1, params[1].name), _ArgSlot(2, params[2].name)
 
 
-def _checked_keep(layers: dict[int, MoELayer], index: int, kept: list[int]) -> list[int]:
-    if index not in layers:
-        raise LightMoEError(f"layer {index} is not an MoE layer; MoE layers: {sorted(layers)}")
-    n = layers[index].num_experts
-    if not kept or len(set(kept)) != len(kept) or not all(0 <= e < n for e in kept):
-        raise LightMoEError(f"layer {index}: keep a non-empty list of distinct experts in 0..{n - 1}, got {kept}")
-    return sorted(kept)
+def _expert_axis(t: torch.Tensor, sizes: tuple[int, ...]) -> int | None:
+    """Which axis of a router/block tensor indexes experts: dim 0 ([E, H] weights, [E] biases), else the last
+    one ([H, E], or Ernie's [1, E] correction bias); None for tensors that are not per-expert (or integer)."""
+    if not t.is_floating_point() or t.ndim == 0:
+        return None
+    if t.shape[0] in sizes:
+        return 0
+    return t.ndim - 1 if t.shape[-1] in sizes else None
 
 
 def _like(old: torch.Tensor, data: torch.Tensor) -> torch.Tensor:

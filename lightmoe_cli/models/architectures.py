@@ -35,13 +35,18 @@ class ArchInfo:
         """The config class the model class is built from."""
         return self.load_class().config_class
 
+    @property
+    def config_class(self) -> type:
+        """The config class (imports the modeling module)."""
+        return self.load_config_class()
+
     def matches(self, name: str) -> bool:
         """Whether a user-given name (model_type, family or class name, any case) means this architecture."""
         name = name.lower().replace("-", "_")
         return name in {self.model_type.lower(), self.family.lower(), self.class_name.lower()}
 
 
-def _scan_sources() -> list[tuple[str, str, str]]:
+def scan_sources() -> list[tuple[str, str, str]]:
     """(family, module, class name) of every *ForCausalLM class in a modeling file that defines MoE classes."""
     import transformers
 
@@ -57,22 +62,26 @@ def _scan_sources() -> list[tuple[str, str, str]]:
     return found
 
 
-@functools.cache
 def list_moe_architectures() -> list[ArchInfo]:
     """Every MoE `*ForCausalLM` class of the installed transformers, sorted by class name.
 
     A module that fails to import (a missing optional dependency) is still listed, with model_type "?", so the
     user sees it exists rather than having it silently vanish.
     """
+    return list(_architectures())
+
+
+@functools.cache
+def _architectures() -> tuple[ArchInfo, ...]:
     infos = []
-    for family, module, class_name in _scan_sources():
+    for family, module, class_name in scan_sources():
         try:
             config_class = getattr(importlib.import_module(module), class_name).config_class
             model_type, config_name = config_class.model_type, config_class.__name__
-        except Exception:  # noqa: BLE001 - an optional dependency missing: list it, unusable
+        except Exception:  # an optional dependency missing: list it, unusable
             model_type, config_name = "?", "?"
         infos.append(ArchInfo(class_name, model_type, family, module, config_name))
-    return sorted(infos, key=lambda a: a.class_name.lower())
+    return tuple(sorted(infos, key=lambda a: a.class_name.lower()))
 
 
 def find_architecture(name: str) -> ArchInfo:

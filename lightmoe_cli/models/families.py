@@ -5,8 +5,11 @@ Each override changes as little as possible and says which rule its family break
 - llama4: the experts module never sees indices (it runs every expert on score-scaled inputs), so routing is
   read from and written to the router's dense [T, E] score output instead.
 - longcat_flash: router slots past the routed experts are zero-compute (identity) experts without weights.
+- phimoe: its sparsemixer router always picks two distinct experts.
 - zaya: the router has one extra "skip" class past the experts.
+- inkling: the router scores the shared experts as extra slots past the routed ones.
 - deepseek_v4: hash-routed layers look experts up in a token-id -> expert-id table.
+- jetmoe: no `experts` child; the router hands out tokens grouped by expert instead of top_k_index.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from lightmoe_cli.models.adapter import LIGHTMOE_HOOK, MoEAdapter, RoutingFn
-from lightmoe_cli.models.layers import MoELayer
+from lightmoe_cli.models.layers import MoELayer, layer_index_from_path
 from lightmoe_cli.models.registry import register_adapter
 
 
@@ -75,10 +78,22 @@ class Llama4Adapter(MoEAdapter):
 
 @register_adapter("longcat_flash")
 class LongcatFlashAdapter(MoEAdapter):
-    """LongCat-Flash: router slots E..E+Z-1 are identity experts (no weights), always kept."""
+    """LongCat-Flash: router slots E..E+Z-1 are identity experts (no weights), always kept and routable, so
+    top-k need not shrink (its experts forward breaks at top-1 anyway)."""
 
     def extra_slots(self, layer: MoELayer) -> int:
         return int(getattr(layer.experts, "zero_expert_num", 0) or 0)
+
+    def routable_slots(self, layer: MoELayer, n_kept: int) -> int:
+        return n_kept + self.extra_slots(layer)
+
+
+@register_adapter("phimoe")
+class PhimoeAdapter(MoEAdapter):
+    """PhiMoE: sparsemixer picks the second expert by masking the first, so it needs two experts."""
+
+    def min_kept(self, layer: MoELayer) -> int:
+        return 2
 
 
 @register_adapter("zaya")
@@ -87,6 +102,14 @@ class ZayaAdapter(MoEAdapter):
 
     def extra_slots(self, layer: MoELayer) -> int:
         return int(getattr(layer.router, "num_router_classes", layer.num_experts + 1)) - layer.num_experts
+
+
+@register_adapter("inkling_text", "inkling")
+class InklingAdapter(MoEAdapter):
+    """Inkling: the router scores the shared experts too, as the last n_shared_experts slots (always kept)."""
+
+    def extra_slots(self, layer: MoELayer) -> int:
+        return int(getattr(layer.router, "n_shared_experts", 0) or 0)
 
 
 @register_adapter("deepseek_v4")
@@ -102,3 +125,49 @@ class DeepseekV4Adapter(MoEAdapter):
         nearest = (torch.arange(len(old_to_new))[:, None] - kept_t[None, :]).abs().argmin(dim=1)  # [E_old]
         mapping = torch.where(old_to_new >= 0, old_to_new, nearest)
         layer.router.tid2eid.copy_(mapping[table.long()].to(table.dtype))
+
+
+@register_adapter("jetmoe")
+class JetMoeAdapter(MoEAdapter):
+    """JetMoE: the MLP block holds `input_linear`/`output_linear` ([E, O, I] weights) and a router returning
+    tokens grouped by expert (sorted positions, per-expert counts) instead of top_k_index. Routing is read
+    from and written back into that grouped form. The block itself is the layer's `experts` module. The
+    mixture of attention heads in `self_attention` is not an MLP MoE and is left alone."""
+
+    _NAMES = ("input_linear", "output_linear")
+
+    def moe_layers(self, model: nn.Module) -> list[MoELayer]:
+        layers = []
+        for path, block in model.named_modules():
+            index = layer_index_from_path(path)
+            if path.endswith(".mlp") and index is not None and all(n in block._modules for n in (*self._NAMES,
+                                                                                                  "router")):
+                layers.append(MoELayer(index, block, block.router, block, block.router.num_experts,
+                                       block.router.top_k, None, path))
+        return sorted(layers, key=lambda layer: layer.layer_index)
+
+    def expert_tensors(self, layer: MoELayer) -> dict[str, torch.Tensor]:
+        return {n: getattr(layer.block, n).weight for n in self._NAMES}
+
+    def router_top_k_index(self, layer: MoELayer, router_output: Any) -> torch.Tensor:
+        return router_output[-1].topk(layer.top_k, dim=1).indices  # the router's own rule, on its logits
+
+    def add_routing_hook(self, layer: MoELayer, fn: RoutingFn) -> RemovableHandle:
+        num_experts, top_k = layer.num_experts, layer.top_k
+
+        def hook(module: nn.Module, args: tuple, output: tuple) -> Any:
+            sorted_pos, _, gates, expert_size, logits = output  # [T*K], [T*K], [T*K], list[E], [T, E]
+            experts_of_sorted = torch.repeat_interleave(
+                torch.arange(num_experts, device=logits.device), torch.tensor(expert_size, device=logits.device))
+            index = torch.empty_like(sorted_pos).scatter_(0, sorted_pos, experts_of_sorted)  # [T*K] token-major
+            weights = torch.empty_like(gates).scatter_(0, sorted_pos, gates)
+            replaced = fn(index.view(-1, top_k), weights.view(-1, top_k))
+            if replaced is None:
+                return None
+            new_index, new_weights = replaced[0].flatten(), replaced[1].flatten()  # same steps as the router
+            _, new_sorted = new_index.sort(0)
+            new_size = torch.bincount(new_index, minlength=num_experts).tolist()
+            return new_sorted, new_sorted.div(top_k, rounding_mode="trunc"), new_weights[new_sorted], new_size, logits
+
+        setattr(hook, LIGHTMOE_HOOK, True)
+        return layer.router.register_forward_hook(hook)

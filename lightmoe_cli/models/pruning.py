@@ -34,12 +34,15 @@ def _is_count_name(name: str) -> bool:
     return any(w in name for w in _COUNT_WORDS) and not any(w in name for w in _NOT_A_COUNT)
 
 
-def _new_value(name: str, value: Any, old: int, new: int, extra: int, top_k: int) -> Any:
-    """The value attribute `name` should take when `old` experts become `new` (None: leave it)."""
+def _new_value(name: str, value: Any, old: int, new: int, extra: int, top_k: int, cap: int) -> Any:
+    """The value attribute `name` should take when `old` experts become `new` (None: leave it).
+
+    Top-k attributes equal to the layer's top-k drop to `cap` (the slots left to pick from) if above it.
+    """
     if not isinstance(value, int) or isinstance(value, bool):
         return None
     if name in TOP_K_KEYS:
-        return new if value > new and value == top_k else None
+        return cap if value > cap and value == top_k else None
     if _is_count_name(name):
         if value == old:
             return new
@@ -64,41 +67,42 @@ def _fix_groups(obj: Any, new: int, top_k: int) -> None:
                     setattr(obj, k, 1)
 
 
-def fix_counts(modules: Iterable[nn.Module], old: int, new: int, extra: int, top_k: int) -> None:
+def fix_counts(modules: Iterable[nn.Module], old: int, new: int, extra: int, top_k: int, cap: int) -> None:
     """Rewrite expert-count, top-k and group attributes on `modules` for `new` kept experts of `old`."""
     for module in modules:
         for name, value in list(vars(module).items()):
             if name.startswith("_"):
                 continue
-            replacement = _new_value(name, value, old, new, extra, top_k)
+            replacement = _new_value(name, value, old, new, extra, top_k, cap)
             if replacement is not None:
                 setattr(module, name, replacement)
         _fix_groups(module, new, top_k)
 
 
-def update_config_counts(config: Any, old: int, new: int, top_k: int) -> None:
+def update_config_counts(config: Any, old: int, new: int, top_k: int, cap: int) -> None:
     """Rewrite a config's expert-count, top-k and group keys in place."""
     if config is None:
         return
     for key in (*NUM_EXPERTS_KEYS, *TOP_K_KEYS):
         value = getattr(config, key, None)
-        replacement = _new_value(key, value, old, new, 0, top_k) if key in TOP_K_KEYS else (
+        replacement = _new_value(key, value, old, new, 0, top_k, cap) if key in TOP_K_KEYS else (
             new if value == old and isinstance(value, int) else None)
         if replacement is not None:
             setattr(config, key, replacement)
     _fix_groups(config, new, top_k)
 
 
-def localize_configs(modules: Iterable[nn.Module], old: int, new: int, top_k: int) -> None:
-    """Give routers/blocks that read routing numbers from their config at run time a private, updated copy.
+def localize_configs(modules: Iterable[nn.Module], old: int, new: int, top_k: int, cap: int) -> None:
+    """Give modules (routers) that read routing numbers from their config at run time a private, updated copy.
 
-    Why a copy: the config object is shared by every layer (and by the experts modules, which read
-    `_experts_implementation` from it), and each layer may keep a different number of experts.
+    Why a copy: the config object is shared by every layer (and by attention and experts modules, which read
+    `_attn_implementation` / `_experts_implementation` from it), and each layer may keep a different number
+    of experts. Only pass modules whose config holds nothing a user changes later.
     """
     for module in modules:
         config = getattr(module, "config", None)
         if config is None or not any(getattr(config, k, None) == old for k in NUM_EXPERTS_KEYS):
             continue
         local = copy.copy(config)
-        update_config_counts(local, old, new, top_k)
+        update_config_counts(local, old, new, top_k, cap)
         module.config = local

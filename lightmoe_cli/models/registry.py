@@ -18,11 +18,6 @@ from lightmoe_cli.models.adapter import MoEAdapter
 
 _ADAPTERS: dict[str, type[MoEAdapter]] = {}
 
-# Families that have MoE layers lightmoe cannot hook, and why (shown to the user).
-UNSUPPORTED: dict[str, str] = {
-    "jetmoe": "JetMoE's experts take per-expert token counts, not top_k_index (no hookable routing)",
-}
-
 
 def register_adapter(*model_types: str) -> Callable[[type[MoEAdapter]], type[MoEAdapter]]:
     """Class decorator: use this adapter for models whose config.model_type is one of `model_types`."""
@@ -52,9 +47,9 @@ def _model_types(model: nn.Module) -> list[str]:
 
 def supported_families() -> list[str]:
     """transformers model families with MoE layers that lightmoe handles (from the installed source)."""
-    from lightmoe_cli.models.architectures import _scan_sources
+    from lightmoe_cli.models.architectures import scan_sources
 
-    return sorted({family for family, _, _ in _scan_sources()} - set(UNSUPPORTED))
+    return sorted({family for family, _, _ in scan_sources()})
 
 
 def get_adapter(model: nn.Module) -> MoEAdapter:
@@ -64,8 +59,6 @@ def get_adapter(model: nn.Module) -> MoEAdapter:
     adapter = next((_ADAPTERS[t]() for t in types if t in _ADAPTERS), MoEAdapter())
     if adapter.moe_layers(model):
         return adapter
-    reason = next((f" ({UNSUPPORTED[t]})" for t in types if t in UNSUPPORTED), "")
     raise UnsupportedModelError(
         f"{type(model).__name__} has no MoE layers lightmoe knows; supported: {', '.join(supported_families())}"
-        f"{reason}"
     )

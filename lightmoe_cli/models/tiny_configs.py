@@ -117,7 +117,8 @@ _OVERRIDES: dict[str, dict[str, Any]] = {
         "indexer_n_heads": 2, "indexer_kv_heads": 1, "indexer_head_dim": 16,
         "indexer_budget": 8, "indexer_compress_ratio": 4,
     },
-    "zaya": {"num_experts_per_tok": 1},  # ZAYA supports top-1 routing only
+    "longcat_flash": {"zero_expert_num": 2},  # identity experts (default 256)
+    "zaya": {"num_experts_per_tok": 1, "router_hidden_size": 16},  # ZAYA supports top-1 routing only
 }
 
 

@@ -1,0 +1,196 @@
+"""`lightmoe profile` on a tiny model: exact counts, padding excluded, twin experts, artifact round trip."""
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from lightmoe_cli.cli import app
+from lightmoe_cli.models import get_adapter
+from lightmoe_cli.profile.artifact import ProfileError, load_profile
+from lightmoe_cli.profile.batches import TokenBatch
+from lightmoe_cli.profile.run import ProfileSettings, run_profile
+from lightmoe_cli.profile.tracer import trace_task
+from lightmoe_cli.recipes import load_recipe
+
+E, K = 8, 2
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tiny Qwen3-MoE saved with a byte-level tokenizer, so the CLI can load it from disk."""
+    from transformers import PreTrainedTokenizerFast, Qwen3MoeConfig, Qwen3MoeForCausalLM
+
+    from lightmoe_cli.demo.generators import generate_documents
+    from lightmoe_cli.demo.tokenizer import train_tokenizer
+
+    root = tmp_path_factory.mktemp("tiny")
+    corpus = root / "corpus"
+    for d in ("arithmetic", "strings"):
+        (corpus / d).mkdir(parents=True)
+        docs = generate_documents(d, 40, seed=3)
+        (corpus / d / "train.jsonl").write_text("\n".join(json.dumps({"text": t}) for t in docs))
+    tok: PreTrainedTokenizerFast = train_tokenizer(corpus, ["arithmetic", "strings"], vocab_size=300)
+    cfg = Qwen3MoeConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
+                         num_key_value_heads=1, head_dim=16, intermediate_size=48, moe_intermediate_size=16,
+                         num_experts=E, num_experts_per_tok=K, mlp_only_layers=[1], norm_topk_prob=True,
+                         pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    model = Qwen3MoeForCausalLM(cfg).eval()
+    model.save_pretrained(root / "model")
+    tok.save_pretrained(root / "model")
+    recipe = root / "calib.yaml"
+    recipe.write_text("max_tokens: 600\ntasks:\n"
+                      + "".join(f"  - {{name: {d}, source: {{type: jsonl, path: corpus/{d}/train.jsonl}}}}\n"
+                                for d in ("arithmetic", "strings")))
+    return root, model, tok
+
+
+def _router_truth(model, layers, batch: TokenBatch) -> dict[int, torch.Tensor]:
+    """Counts from the router modules' own outputs (forward hooks), padding removed."""
+    truth, handles = {}, []
+    mask = batch.attention_mask.reshape(-1).bool()
+    for m in layers:
+        def hook(mod, args, out, li=m.layer_index, n=m.num_experts):
+            idx = out[2][mask]
+            truth[li] = torch.bincount(idx.reshape(-1), minlength=n)
+        handles.append(m.router.register_forward_hook(hook))
+    with torch.no_grad():
+        model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+    for h in handles:
+        h.remove()
+    return truth
+
+
+def test_counts_match_router_and_exclude_padding(tiny):
+    _, model, tok = tiny
+    layers = get_adapter(model).moe_layers(model)
+    assert [m.layer_index for m in layers] == [0, 2]  # layer 1 is dense (mlp_only_layers)
+    ids = torch.randint(0, len(tok) - 2, (3, 12))
+    mask = torch.ones(3, 12, dtype=torch.long)
+    mask[1, 7:] = 0
+    mask[2, 3:] = 0
+    ids[mask == 0] = tok.pad_token_id
+    batch = TokenBatch(ids, mask)
+    stats = trace_task(model, layers, "t", [batch])
+    truth = _router_truth(model, layers, batch)
+    real = int(mask.sum())
+    for m in layers:
+        s = stats.layers[m.layer_index]
+        assert s.tokens == real
+        assert torch.equal(s.counts, truth[m.layer_index])
+        assert int(s.counts.sum()) == real * K
+        assert torch.equal(s.coactivation, s.coactivation.T)
+        assert torch.equal(s.coactivation.diagonal(), s.counts)
+        assert int(s.coactivation.sum() - s.coactivation.trace()) == real * K * (K - 1)
+    # padding excluded: the same real tokens run one sequence at a time, unpadded, give the same counts
+    # (the model has causal attention, so right padding does not change the real tokens' routing)
+    alone = [trace_task(model, layers, "t", [TokenBatch(ids[i:i + 1, : int(mask[i].sum())],
+                                                        mask[i:i + 1, : int(mask[i].sum())])]) for i in range(3)]
+    for m in layers:
+        assert torch.equal(sum(a.layers[m.layer_index].counts for a in alone), stats.layers[m.layer_index].counts)
+
+
+def test_twin_expert_is_most_similar_in_all_three_kinds(tiny, tmp_path):
+    root, model, tok = tiny
+    import copy
+
+    twin = copy.deepcopy(model)
+    adapter = get_adapter(twin)
+    layers = adapter.moe_layers(twin)
+    for m in layers:  # expert 5 becomes a copy of expert 2, router row included
+        adapter.write_expert(m, 5, adapter.read_expert(m, 2))
+        m.router.weight.data[5] = m.router.weight.data[2]
+    recipe = load_recipe(root / "calib.yaml")
+    prof = run_profile(twin, tok, "twin", recipe, tmp_path / "p", ProfileSettings(batch_size=4, seq_len=64))
+    for li in prof.layer_indices:
+        for kind in ("weight", "output", "coactivation"):
+            sim = prof.similarity(li, kind)
+            assert sim.shape == (E, E) and torch.allclose(sim, sim.T, atol=1e-5)
+            if kind == "coactivation":
+                # twins tie in the router: they are picked together unless the tie falls on the top-k boundary
+                assert sim[2, 5] >= 0.5
+                assert int(torch.argsort(sim[2], descending=True)[1]) == 5
+            else:
+                assert sim[2, 5] > 0.999, (li, kind)
+                assert sim[2, [e for e in range(E) if e not in (2, 5)]].max() < 0.9
+
+
+def test_profile_cli_writes_artifact_and_resume(tiny, tmp_path):
+    root, _, _ = tiny
+    out = tmp_path / "prof"
+    args = ["profile", "--model", str(root / "model"), "--tasks", str(root / "calib.yaml"), "--out", str(out),
+            "--batch-size", "4", "--seq-len", "64", "--save-traces", "--threads", "1"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "routing profile" in res.output and "Jensen-Shannon" in res.output
+    prof = load_profile(out)
+    m = prof.manifest
+    assert m["model"]["moe_layers"] == [0, 2] and m["model"]["num_experts"] == [E, E]
+    assert set(m["tasks"]) == {"arithmetic", "strings"} and all(0 < v <= 600 for v in m["tasks"].values())
+    assert m["similarity_kinds"] == ["coactivation", "output", "weight"]
+    for png in ("plots/expert_frequency.png", "plots/similarity_layer2.png"):
+        assert (out / png).stat().st_size > 5000
+    chunk = sorted((out / "traces" / "arithmetic").glob("chunk_*.safetensors"))
+    from safetensors.torch import load_file
+
+    tr = load_file(str(chunk[0]))
+    assert tr["layer.0.ids"].dtype == torch.int16 and tr["layer.0.ids"].shape == (m["tasks"]["arithmetic"], K)
+    assert torch.equal(torch.bincount(tr["layer.0.ids"].long().reshape(-1), minlength=E),
+                       prof.task_stats("arithmetic").layers[0].counts)
+    assert not out.with_name("prof.partial").exists()
+
+    # corrupt a file: reported by name
+    (out / "similarity.safetensors").write_bytes(b"garbage")
+    with pytest.raises(ProfileError, match="similarity.safetensors is corrupt"):
+        load_profile(out)
+
+
+
+def test_interrupted_profile_resumes_from_finished_tasks(tiny, tmp_path):
+    root, _, _ = tiny
+    data = tmp_path / "late.jsonl"
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"max_tokens: 300\ntasks:\n"
+                      f"  - {{name: first, source: {{type: jsonl, path: {root}/corpus/arithmetic/train.jsonl}}}}\n"
+                      f"  - {{name: second, source: {{type: jsonl, path: {data}}}}}\n")
+    out = tmp_path / "p"
+    args = ["profile", "--model", str(root / "model"), "--tasks", str(recipe), "--out", str(out),
+            "--batch-size", "4", "--seq-len", "64", "--threads", "1"]
+    res = CliRunner().invoke(app, args)  # the second task's data is missing: the run stops after the first
+    assert res.exit_code == 1 and "late.jsonl not found" in res.output
+    assert not out.exists() and (tmp_path / "p.partial" / "stats" / "first.safetensors").exists()
+    data.write_text((root / "corpus" / "strings" / "train.jsonl").read_text())
+    res = CliRunner().invoke(app, [*args, "--resume"])
+    assert res.exit_code == 0, res.output
+    assert "resumed: task first already profiled" in res.output
+    resumed = load_profile(out)
+    fresh = CliRunner().invoke(app, [*args[:6], str(tmp_path / "fresh"), *args[7:]])
+    assert fresh.exit_code == 0
+    again = load_profile(tmp_path / "fresh")
+    for t in ("first", "second"):
+        for li in (0, 2):
+            assert torch.equal(resumed.task_stats(t).layers[li].counts, again.task_stats(t).layers[li].counts)
+
+
+def test_bad_input_gets_one_line(tiny, tmp_path):
+    root, _, _ = tiny
+    runner = CliRunner()
+    cases = [
+        (["--model", str(tmp_path / "nope")], "does not exist"),
+        (["--model", str(root / "model"), "--tasks", str(tmp_path / "none.yaml")], "not found"),
+        (["--model", str(root / "model"), "--tasks", str(root / "calib.yaml"), "--max-tokens", "0"],
+         "--max-tokens must be positive"),
+    ]
+    for extra, message in cases:
+        res = runner.invoke(app, ["profile", "--out", str(tmp_path / "o"), *extra])
+        assert res.exit_code == 1 and message in res.output, res.output
+        assert "Traceback" not in res.output
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    (tmp_path / "r.yaml").write_text(f"tasks:\n  - {{name: e, source: {{type: jsonl, path: {empty}}}}}\n")
+    res = runner.invoke(app, ["profile", "--model", str(root / "model"), "--tasks", str(tmp_path / "r.yaml"),
+                              "--out", str(tmp_path / "o")])
+    assert res.exit_code == 1 and "task e produced no tokens" in res.output
+    assert not (tmp_path / "o").exists()
