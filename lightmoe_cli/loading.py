@@ -34,7 +34,11 @@ def load_model_and_tokenizer(model: str | Path | None, device: str = "cpu", dtyp
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from transformers.utils import logging as hf_logging
+
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    hf_logging.set_verbosity_error()  # our own messages and progress bars replace transformers' chatter
+    hf_logging.disable_progress_bar()
     name = resolve_model(model)
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
                    "auto": "auto"}.get(dtype)

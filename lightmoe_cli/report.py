@@ -52,9 +52,9 @@ def profile_tables(manifest: dict) -> list[Table]:
     names = [s["name"] for s in manifest["summary"]]
     js = Table(title=f"Jensen-Shannon divergence between tasks (bits, mean over layers; overall "
                      f"{manifest['mean_js_between_tasks_bits']:.3f})")
-    js.add_column("")
-    for n in names:
-        js.add_column(n[:10], justify="right")
-    for n, row in zip(names, manifest["js_between_tasks_bits"], strict=True):
-        js.add_row(n, *(f"{v:.3f}" for v in row))
+    js.add_column("task")
+    for i in range(len(names)):
+        js.add_column(str(i + 1), justify="right")
+    for i, (n, row) in enumerate(zip(names, manifest["js_between_tasks_bits"], strict=True)):
+        js.add_row(f"{i + 1} {n}", *(f"{v:.2f}" for v in row))
     return [t, js]

@@ -27,9 +27,10 @@ def frequency_heatmap(freq: dict[int, np.ndarray], tasks: list[str], path: Path,
     """freq[layer] is (n_tasks, E) selection share per task; one panel per layer."""
     plt = _plt()
     layers = sorted(freq)
-    cols = min(2, len(layers))
+    cols = 1 if len(layers) <= 4 else 2
     rows = (len(layers) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(7 * cols, 0.35 * len(tasks) * rows + 1.5 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(9 * cols, 0.3 * len(tasks) * rows + 1.2 * rows + 0.6),
+                             squeeze=False, constrained_layout=True)
     for ax, li in zip(axes.flat, layers, strict=False):
         im = ax.imshow(freq[li], aspect="auto", cmap="viridis", interpolation="nearest")
         ax.set_title(f"layer {li}")
@@ -47,7 +48,7 @@ def similarity_heatmaps(sims: dict[str, np.ndarray], layer_index: int, path: Pat
     """One panel per similarity kind for one layer."""
     plt = _plt()
     kinds = list(sims)
-    fig, axes = plt.subplots(1, len(kinds), figsize=(5.2 * len(kinds), 4.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(kinds), figsize=(5.6 * len(kinds), 4.6), squeeze=False, constrained_layout=True)
     for ax, kind in zip(axes[0], kinds, strict=True):
         m = sims[kind].copy()
         np.fill_diagonal(m, np.nan)

@@ -154,7 +154,7 @@ def run_profile(model, tokenizer, model_name: str, recipe: CalibrationRecipe, ou
                                       / max(1, s.layers[m.layer_index].counts.sum())).numpy() for s in all_stats])
             for m in layers}
     frequency_heatmap(freq, names, work / "plots" / "expert_frequency.png",
-                      f"{model_name}: expert selection share by task")
+                      f"{Path(model_name).name}: expert selection share by task")
     li = settings.similarity_layer if settings.similarity_layer is not None else layers[len(layers) // 2].layer_index
     if f"layer.{li}.weight" not in sims:
         raise LightMoEError(f"--similarity-layer {li} is not an MoE layer; MoE layers: "
