@@ -38,26 +38,27 @@ corpus-deps:
         DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq $missing >/dev/null
     fi
 
-# Build the multi-domain demo corpus into data/corpus.
+# Build the multi-domain demo corpus into data/corpus (skipped when it is already there).
 corpus: setup
-    {{venv}}/bin/lightmoe demo corpus --out data/corpus
+    @[ -f data/corpus/manifest.json ] || {{venv}}/bin/lightmoe demo corpus --out data/corpus
 
 # Retrain the demo model from its recipe (about 2 hours on 2 cores), then measure it and write its card.
 train-demo: corpus
     {{venv}}/bin/lightmoe demo train
     {{venv}}/bin/lightmoe demo card
 
-# The main job on the embedded default model, as far as it is built.
-demo: setup
-    {{venv}}/bin/lightmoe models --arch qwen3_moe --arch mixtral --arch deepseek_v3
+# The main job on the embedded default model, as far as it is built: adapters, the model, its routing profile.
+demo: corpus
+    {{venv}}/bin/lightmoe models
     {{venv}}/bin/lightmoe demo show
+    {{venv}}/bin/lightmoe profile
 
-# Fast tests (slow and gpu excluded).
-test: setup
+# Fast tests (slow and gpu excluded); the corpus is built first, some tests read it.
+test: corpus
     {{py}} -m pytest -q
 
 # All tests, slow ones included.
-test-all: setup
+test-all: corpus
     {{py}} -m pytest -q -m "not gpu"
 
 lint: setup

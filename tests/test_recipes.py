@@ -69,3 +69,27 @@ def test_missing_file_and_field_are_clear(tmp_path):
         list(iter_task_texts(r, r.tasks[0]))
     with pytest.raises(RecipeError, match="missing.jsonl not found"):
         list(iter_task_texts(r, r.tasks[1]))
+
+
+def test_datasets_source_reads_a_local_dataset_folder(tmp_path):
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text("\n".join(json.dumps({"q": f"row {i}"}) for i in range(4)))
+    r = load_recipe(_write(tmp_path, f"tasks:\n  - {{name: d, source: {{type: datasets, name: {folder}, "
+                                     f"split: train, field: q}}}}\n"))
+    assert list(iter_task_texts(r, r.tasks[0])) == [f"row {i}" for i in range(4)]
+
+
+def test_lm_eval_source_reads_a_local_task(tmp_path):
+    data = tmp_path / "qa.jsonl"
+    data.write_text("\n".join(json.dumps({"question": f"{i} + 1 =", "answer": str(i + 1)}) for i in range(3)))
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "tiny_qa.yaml").write_text(
+        "task: tiny_qa\ndataset_path: json\n"
+        f"dataset_kwargs:\n  data_files:\n    test: {data}\n"
+        "test_split: test\noutput_type: generate_until\ndoc_to_text: '{{question}}'\n"
+        "doc_to_target: '{{answer}}'\nmetric_list:\n  - metric: exact_match\n")
+    r = load_recipe(_write(tmp_path, f"tasks:\n  - {{name: qa, source: {{type: lm_eval, task: tiny_qa, "
+                                     f"include_path: {tasks}}}}}\n"))
+    assert list(iter_task_texts(r, r.tasks[0])) == ["0 + 1 = 1", "1 + 1 = 2", "2 + 1 = 3"]

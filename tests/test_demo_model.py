@@ -1,0 +1,101 @@
+"""The shipped demo model: loads with plain transformers, is really trained, and routes by domain."""
+
+import json
+import sysconfig
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lightmoe_cli.analysis.routing_stats import js_divergence_bits, top_half_coverage
+from lightmoe_cli.demo.generators import generate_problems
+from lightmoe_cli.loading import DEFAULT_MODEL
+from lightmoe_cli.models import get_adapter, record_routing
+
+
+@pytest.fixture(scope="module")
+def demo():
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(DEFAULT_MODEL, dtype=torch.float32).eval()
+    return model, AutoTokenizer.from_pretrained(DEFAULT_MODEL)
+
+
+def _loss(model, ids: torch.Tensor) -> float:
+    with torch.no_grad():
+        return model(input_ids=ids, labels=ids).loss.item()
+
+
+def _code_text() -> str:
+    return (Path(sysconfig.get_paths()["stdlib"]) / "json" / "decoder.py").read_text()
+
+
+def test_files_and_config(demo):
+    model, tok = demo
+    files = {p.name for p in DEFAULT_MODEL.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "README.md", "training.json"} <= files
+    assert (DEFAULT_MODEL / "model.safetensors").stat().st_size <= 50 * 2**20
+    cfg = model.config
+    assert cfg.model_type == "qwen3_moe" and cfg.num_experts >= 32 and 4 <= cfg.num_experts_per_tok <= 8
+    assert 4096 <= len(tok) <= 8192
+    text = "1:3 Y dijo Dios: Sea la luz\ndef f(x):\n    return x ** 2  # ñ"
+    assert tok.decode(tok(text)["input_ids"]) == text
+
+
+def test_model_is_trained_not_random(demo):
+    from transformers import Qwen3MoeForCausalLM
+
+    model, tok = demo
+    problems = "\n".join(p.text for p in generate_problems("arithmetic", 40, seed=99))
+    ids = tok(problems, return_tensors="pt").input_ids[:, :256]
+    torch.manual_seed(0)
+    untrained = Qwen3MoeForCausalLM(model.config).eval()
+    trained_loss, random_loss = _loss(model, ids), _loss(untrained, ids)
+    assert random_loss > 8.0  # ~ln(vocab): knows nothing
+    assert trained_loss < 2.5, trained_loss
+    code = tok(_code_text(), return_tensors="pt").input_ids[:, :256]
+    assert _loss(model, code) < 4.5
+
+
+def test_generates_domain_appropriate_text(demo):
+    model, tok = demo
+    prompt = "solve 2x + 3 = 11 ; x = 4\nsolve 5y - 5 = 20 ; y = 5\nsolve "
+    ids = tok(prompt, return_tensors="pt").input_ids
+    with torch.no_grad():
+        out = model.generate(ids, max_new_tokens=12, do_sample=False, pad_token_id=tok.pad_token_id)
+    text = tok.decode(out[0, ids.shape[1]:])
+    assert " = " in text and " ; " in text, text  # it continues with another equation
+
+
+def test_routing_differs_between_domains(demo):
+    model, tok = demo
+    layers = get_adapter(model).moe_layers(model)
+    assert len(layers) == model.config.num_hidden_layers
+    arith = "\n".join(p.text for p in generate_problems("arithmetic", 300, seed=5))
+    texts = {"arithmetic": arith, "code": _code_text()}
+    counts: dict[str, dict[int, np.ndarray]] = {}
+    for name, text in texts.items():
+        ids = tok(text, return_tensors="pt").input_ids[:, :1024].reshape(4, 256)
+        c = {m.layer_index: np.zeros(m.num_experts) for m in layers}
+
+        def on_route(li, idx, w, c=c):
+            c[li] += np.bincount(idx.reshape(-1).numpy(), minlength=len(c[li]))
+
+        with record_routing(model, on_route), torch.no_grad():
+            model(input_ids=ids)
+        counts[name] = c
+    for m in layers:
+        a, b = counts["arithmetic"][m.layer_index], counts["code"][m.layer_index]
+        assert js_divergence_bits(a, b) > 0.15
+        assert top_half_coverage(a) > 0.7 and top_half_coverage(b) > 0.7
+
+
+def test_card_reports_loss_and_specialisation():
+    m = json.loads((DEFAULT_MODEL / "training.json").read_text())
+    assert len(m["test_loss"]) >= 5
+    trained, init = m["specialisation"]["trained"]["mean"], m["specialisation"]["at_init"]["mean"]
+    assert trained["js_between_domains_bits"] > init["js_between_domains_bits"] > trained["js_split_half_bits"]
+    assert trained["top_half_coverage_own"] > init["top_half_coverage_own"]
+    readme = (DEFAULT_MODEL / "README.md").read_text()
+    assert "Routing specialisation" in readme and "held-out" in readme
