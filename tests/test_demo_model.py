@@ -99,3 +99,21 @@ def test_card_reports_loss_and_specialisation():
     assert trained["top_half_coverage_own"] > init["top_half_coverage_own"]
     readme = (DEFAULT_MODEL / "README.md").read_text()
     assert "Routing specialisation" in readme and "held-out" in readme
+
+
+def test_profiling_the_demo_recipe_separates_domains(demo, tmp_path):
+    from lightmoe_cli.profile.run import ProfileSettings, run_profile
+    from lightmoe_cli.recipes import load_recipe
+
+    recipe_path = Path(__file__).resolve().parent.parent / "recipes" / "calibration" / "demo.yaml"
+    recipe = load_recipe(recipe_path, max_tokens_override=1024)
+    if not Path(recipe.resolved()["tasks"][0]["source"]["path"]).exists():
+        pytest.skip("demo corpus not built (just corpus)")
+    model, tok = demo
+    prof = run_profile(model, tok, "demo-moe", recipe, tmp_path / "p",
+                       ProfileSettings(batch_size=4, sample_tokens=64))
+    m = prof.manifest
+    assert set(m["tasks"]) == {t.name for t in recipe.tasks} and all(v == 1024 for v in m["tasks"].values())
+    js = np.array(m["js_between_tasks_bits"])
+    assert m["mean_js_between_tasks_bits"] > 0.15  # domains route differently
+    assert js[5, 6] < js[5, 4]  # arithmetic is closer to algebra than to python code
