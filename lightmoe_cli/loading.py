@@ -33,7 +33,6 @@ def load_model_and_tokenizer(model: str | Path | None, device: str = "cpu", dtyp
     """AutoModelForCausalLM + AutoTokenizer, offline. fp32 by default: bf16 is ~20x slower on CPUs without AMX."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from transformers.utils import logging as hf_logging
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
