@@ -109,6 +109,133 @@ def profile(
     console.print(f"profile written to {prof.path} (plots in {prof.path / 'plots'})")
 
 
+def _default_profile(name: str) -> Path:
+    return REPO_ROOT / "artifacts" / "profiles" / _model_slug(name)
+
+
+@app.command("build-bundle")
+def build_bundle_cmd(
+    profile_dir: Path = typer.Option(None, "--profile", "-p", help="Profile folder (default: the demo model's)."),
+    budget: float = typer.Option(None, help="Resident expert memory as a fraction of all expert weights."),
+    memory: str = typer.Option(None, help="Resident expert memory as a size, e.g. 300MiB (instead of --budget)."),
+    policy: str = typer.Option("lightmoe", help="lightmoe | prune | lru | full"),
+    similarity: str = typer.Option("output", help="Redirect by output | weight | coactivation similarity."),
+    min_similarity: float = typer.Option(0.5, help="Redirect only to a resident at least this similar; else drop."),
+    eviction: str = typer.Option("lru", help="Eviction rule of the lru policy: lru | lfu."),
+    window: int = typer.Option(256, help="lightmoe manager: tokens of demand it looks at."),
+    threshold: float = typer.Option(0.25, help="lightmoe manager: missed gate-mass share that triggers a swap."),
+    max_swap: int = typer.Option(4, help="lightmoe manager: experts replaced per layer per swap."),
+    cooldown: int = typer.Option(512, help="lightmoe manager: tokens between two swaps of a layer."),
+    model: str = typer.Option(None, "--model", "-m", help="Model (default: the one the profile names)."),
+    out: Path = typer.Option(None, "--out", "-o",
+                             help="Bundle folder (default: artifacts/bundles/<model>-<policy>-<budget>)."),
+    dtype: str = typer.Option("float32", help="dtype of the expert store and runtime weights."),
+) -> None:
+    """Choose resident experts under a memory budget, a redirect table and a swap policy -> a bundle folder."""
+    _offline()
+    from rich.console import Console
+    from rich.table import Table
+
+    from lightmoe_cli.bundle.build import BuildOptions, build_bundle, describe_plan
+    from lightmoe_cli.loading import load_model_and_tokenizer, resolve_model
+    from lightmoe_cli.policies.budget import parse_size
+    from lightmoe_cli.policies.manager import ManagerParams
+    from lightmoe_cli.policies.plan import POLICIES
+    from lightmoe_cli.profile.artifact import load_profile
+    from lightmoe_cli.report import token_progress
+
+    console = Console()
+    if policy not in POLICIES:
+        fail(f"unknown policy {policy!r}; policies: {', '.join(POLICIES)}")
+    if similarity not in ("output", "weight", "coactivation"):
+        fail(f"unknown similarity {similarity!r}; use output, weight or coactivation")
+    if budget is not None and memory is not None:
+        fail("give --budget or --memory, not both")
+    try:
+        memory_bytes = parse_size(memory) if memory else None
+        fraction = None if memory_bytes is not None else (budget if budget is not None else 0.5)
+        prof_dir = profile_dir or _default_profile(resolve_model(model))
+        prof = load_profile(prof_dir)
+        name = model or prof.manifest["model"]["name_or_path"]
+        lm, tok = load_model_and_tokenizer(name, dtype=dtype)
+        tag = f"{int(round(fraction * 100))}" if fraction is not None else memory.replace(" ", "")
+        out = out or REPO_ROOT / "artifacts" / "bundles" / f"{_model_slug(name)}-{policy}-{tag}"
+        opts = BuildOptions(policy, fraction, memory_bytes, similarity, min_similarity, eviction,
+                            ManagerParams(window, threshold, max_swap, cooldown))
+        with token_progress(console) as progress:
+            bundle = build_bundle(prof, lm, tok, name, out, opts, progress=progress)
+    except LightMoEError as e:
+        fail(e)
+    b = bundle.manifest["budget"]
+    table = Table(title=f"bundle {policy}: {b['resident_expert_bytes'] / 2**20:.1f} MiB resident experts "
+                        f"({b['resident_fraction']:.0%} of {b['all_expert_bytes'] / 2**20:.1f} MiB)")
+    for col in ("layer", "slots / experts", "calibration gate mass covered", "redirected", "dropped / loaded"):
+        table.add_column(col, justify="right")
+    for row in describe_plan(bundle):
+        table.add_row(*map(str, row))
+    console.print(table)
+    console.print(f"bundle written to {bundle.path}")
+
+
+@app.command("run")
+def run_cmd(
+    bundle_dir: Path = typer.Option(None, "--bundle", "-b", help="Bundle folder (default: demo lightmoe-50)."),
+    prompt: list[str] = typer.Option(None, "--prompt", help="A prompt (repeatable)."),
+    input_file: Path = typer.Option(None, "--input", help="JSONL file with a 'prompt' field per line."),
+    max_new_tokens: int = typer.Option(32, help="Tokens to generate per prompt."),
+    stats_json: Path = typer.Option(None, help="Write the run statistics here as JSON."),
+    io_bandwidth: str = typer.Option(None, help="Model a slower link for expert loads, e.g. 2GB/s."),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
+    threads: int = typer.Option(None, help="torch CPU threads."),
+) -> None:
+    """Execute a bundle: only resident experts in memory, misses redirected, coarse swaps on task change."""
+    _offline()
+    import json as _json
+
+    import torch
+    from rich.console import Console
+
+    from lightmoe_cli.bundle.artifact import load_bundle
+    from lightmoe_cli.policies.budget import parse_size
+    from lightmoe_cli.report import run_tables, token_progress
+    from lightmoe_cli.runtime.generate import run_requests
+    from lightmoe_cli.runtime.loader import build_runtime
+
+    console = Console()
+    if threads:
+        torch.set_num_threads(threads)
+    prompts = list(prompt or [])
+    try:
+        if input_file:
+            if not input_file.exists():
+                fail(f"input file {input_file} not found")
+            for n, line in enumerate(input_file.read_text().splitlines(), 1):
+                if line.strip():
+                    try:
+                        prompts.append(_json.loads(line)["prompt"])
+                    except (ValueError, KeyError):
+                        fail(f"{input_file}:{n} is not a JSON object with a 'prompt' field")
+        if not prompts:
+            fail("nothing to run: give --prompt TEXT or --input prompts.jsonl")
+        bw = parse_size(io_bandwidth.removesuffix("/s")) if io_bandwidth else None
+        path = bundle_dir or REPO_ROOT / "artifacts" / "bundles" / "demo-moe-lightmoe-50"
+        bundle = load_bundle(path)
+        rt = build_runtime(bundle, device=device, io_bandwidth=bw)
+        with token_progress(console) as progress:
+            stats = run_requests(rt, prompts, max_new_tokens, io_bandwidth=bw, progress=progress)
+    except LightMoEError as e:
+        fail(e)
+    for r in stats.requests:
+        console.print(f"[bold]{r.prompt}[/]{r.text}")
+    for table in run_tables(stats, bundle.policy):
+        console.print(table)
+    if stats_json:
+        tmp = stats_json.with_name(stats_json.name + ".tmp")
+        tmp.write_text(_json.dumps(stats.to_json(), indent=1))
+        tmp.replace(stats_json)
+        console.print(f"statistics written to {stats_json}")
+
+
 @demo_app.command("corpus")
 def demo_corpus(
     out: Path = typer.Option(Path("data/corpus"), help="Folder for the corpus (one sub-folder per domain)."),

@@ -58,3 +58,30 @@ def profile_tables(manifest: dict) -> list[Table]:
     for i, (n, row) in enumerate(zip(names, manifest["js_between_tasks_bits"], strict=True)):
         js.add_row(f"{i + 1} {n}", *(f"{v:.2f}" for v in row))
     return [t, js]
+
+
+def run_tables(stats, policy: str) -> list[Table]:
+    """`lightmoe run` summary and per-layer hit / redirect / drop / miss rates."""
+    mib = 2**20
+    t = Table(title=f"run ({policy})")
+    t.add_column("measure")
+    t.add_column("value", justify="right")
+    prompt_tokens = sum(r.prompt_tokens for r in stats.requests)
+    new_tokens = sum(r.new_tokens for r in stats.requests)
+    t.add_row("requests / prompt tokens / new tokens", f"{len(stats.requests)} / {prompt_tokens} / {new_tokens}")
+    t.add_row("prefill tokens/s", f"{stats.prefill_tokens_per_s:,.1f}")
+    t.add_row("decode tokens/s", f"{stats.decode_tokens_per_s:,.1f}")
+    t.add_row("resident expert memory", f"{stats.resident_expert_bytes / mib:,.1f} MiB")
+    t.add_row("non-expert weights", f"{stats.non_expert_bytes / mib:,.1f} MiB")
+    t.add_row("peak RSS (whole process)", f"{stats.peak_rss_bytes / mib:,.1f} MiB")
+    t.add_row("swaps (layer events)", str(len(stats.swaps)))
+    t.add_row("expert bytes loaded / load time", f"{stats.bytes_loaded / mib:,.1f} MiB / {stats.load_seconds:.3f} s")
+    if stats.modelled_io_seconds is not None:
+        t.add_row("modelled transfer time at --io-bandwidth", f"{stats.modelled_io_seconds:.3f} s")
+    per = Table(title="per MoE layer")
+    for col in ("layer", "picks", "hit", "redirect", "drop", "miss (loaded)", "loads"):
+        per.add_column(col, justify="right")
+    for li, s in stats.layers.items():
+        per.add_row(str(li), f"{s['picks']:,}", f"{s['hit_rate']:.1%}", f"{s['redirect_rate']:.1%}",
+                    f"{s['drop_rate']:.1%}", f"{s['miss_rate']:.1%}", str(s["loads"]))
+    return [t, per]

@@ -1,0 +1,111 @@
+"""Generate text with a runtime, timing prefill and decode apart, and collect the run statistics."""
+
+from __future__ import annotations
+
+import resource
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from lightmoe_cli.runtime.loader import Runtime
+
+
+@dataclass
+class RequestResult:
+    prompt: str
+    text: str
+    prompt_tokens: int
+    new_tokens: int
+    prefill_s: float
+    decode_s: float
+
+
+@dataclass
+class RunStats:
+    requests: list[RequestResult] = field(default_factory=list)
+    resident_expert_bytes: int = 0
+    non_expert_bytes: int = 0
+    peak_rss_bytes: int = 0
+    layers: dict[int, dict] = field(default_factory=dict)
+    swaps: list[dict] = field(default_factory=list)
+    bytes_loaded: int = 0
+    load_seconds: float = 0.0
+    modelled_io_seconds: float | None = None
+
+    @property
+    def prefill_tokens_per_s(self) -> float:
+        t = sum(r.prefill_s for r in self.requests)
+        return sum(r.prompt_tokens for r in self.requests) / t if t else 0.0
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        t = sum(r.decode_s for r in self.requests)
+        return sum(r.new_tokens for r in self.requests) / t if t else 0.0
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["prefill_tokens_per_s"] = self.prefill_tokens_per_s
+        d["decode_tokens_per_s"] = self.decode_tokens_per_s
+        return d
+
+
+def peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+@torch.no_grad()
+def generate_one(rt: Runtime, prompt: str, max_new_tokens: int, tokens_done: list[int]) -> RequestResult:
+    """Greedy decoding with a KV cache; the manager may swap every `rt.check_every` tokens, never per token."""
+    tok, model = rt.tokenizer, rt.model
+    device = next(model.parameters()).device
+    ids = tok(prompt, return_tensors="pt").input_ids.to(device)
+    t0 = time.perf_counter()
+    out = model(input_ids=ids, use_cache=True)
+    prefill = time.perf_counter() - t0
+    past, nxt = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+    generated = []
+    t1 = time.perf_counter()
+    for _ in range(max_new_tokens):
+        if nxt.item() == tok.eos_token_id:
+            break
+        generated.append(nxt.item())
+        tokens_done[0] += 1
+        if tokens_done[0] % rt.check_every == 0:
+            rt.checkpoint()
+        out = model(input_ids=nxt, past_key_values=past, use_cache=True)
+        past, nxt = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+    decode = time.perf_counter() - t1
+    return RequestResult(prompt, tok.decode(generated, skip_special_tokens=True), ids.shape[1], len(generated),
+                         prefill, decode)
+
+
+def run_requests(rt: Runtime, prompts: list[str], max_new_tokens: int, io_bandwidth: float | None = None,
+                 progress=None) -> RunStats:
+    """Serve prompts one after another; request boundaries are check points for the manager."""
+    stats = RunStats()
+    tokens_done = [0]
+    task = progress.add_task("requests", total=len(prompts)) if progress else None
+    for i, p in enumerate(prompts):
+        if i:
+            rt.checkpoint()
+        stats.requests.append(generate_one(rt, p, max_new_tokens, tokens_done))
+        if progress:
+            progress.advance(task)
+    rt.checkpoint()
+    expert_ids = {id(p) for m in rt.layers for p in m.writer.experts.parameters(recurse=False)}
+    stats.non_expert_bytes = sum(p.numel() * p.element_size() for p in rt.model.parameters() if id(p) not in expert_ids)
+    stats.resident_expert_bytes = rt.resident_expert_bytes()
+    stats.peak_rss_bytes = peak_rss_bytes()
+    for m in rt.layers:
+        s = asdict(m.stats)
+        picks = max(1, m.stats.picks)
+        s.update(hit_rate=m.stats.hits / picks, redirect_rate=m.stats.redirects / picks,
+                 drop_rate=m.stats.drops / picks, miss_rate=m.stats.misses / picks)
+        stats.layers[m.layer_index] = s
+        stats.swaps += [asdict(r) for r in m.swaps]
+        stats.bytes_loaded += m.stats.bytes_loaded
+        stats.load_seconds += m.stats.load_seconds
+    if io_bandwidth:
+        stats.modelled_io_seconds = stats.bytes_loaded / io_bandwidth
+    return stats

@@ -1,0 +1,193 @@
+"""Managed MoE layers: a fixed pool of expert slots, a lookup table expert -> slot, and the statistics.
+
+The experts module keeps its own class and kernel (grouped_mm by default); only its fused parameters shrink to
+[slots, ...]. The router stays whole, so every forward tells us which experts the tokens wanted (demand), and a
+pre-hook on the experts module turns expert ids into slot ids:
+- static (full / lightmoe): a resident pick runs in its slot; a missing one is redirected to the slot of its
+  redirect target (router weight kept), or dropped (weight 0) with the token's weights renormalised;
+- lru: missing experts are loaded from the expert store before the tokens continue, evicting by the cache rule;
+  tokens are processed in groups whose experts fit the slots.
+Which expert lives in which slot is plain bookkeeping (`slot_of`); copying weights is `SlotWriter`'s job.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from lightmoe_cli.bundle.artifact import ExpertLayout, ExpertStore
+from lightmoe_cli.policies.cache import ExpertCache
+from lightmoe_cli.policies.manager import LayerManager, Swap
+from lightmoe_cli.policies.redirect import DROP, redirect_table
+
+
+@dataclass
+class LayerStats:
+    picks: int = 0  # token x top-k selections the router made
+    hits: int = 0  # picks whose expert was resident
+    redirects: int = 0  # picks sent to another resident expert
+    drops: int = 0  # picks dropped (weight 0, renormalised)
+    misses: int = 0  # picks whose expert had to be loaded first (lru)
+    loads: int = 0  # experts copied into a slot (lru misses, lightmoe swaps)
+    bytes_loaded: int = 0
+    load_seconds: float = 0.0
+
+
+@dataclass
+class SwapRecord:
+    layer_index: int
+    token: int
+    evicted: list[int]
+    loaded: list[int]
+    bytes: int
+    seconds: float
+
+
+class SlotWriter:
+    """Copies one expert's weights from the store into one slot of the experts module (the only data mover)."""
+
+    def __init__(self, experts: torch.nn.Module, layout: ExpertLayout, store: ExpertStore, layer_index: int):
+        self.experts, self.layout, self.store, self.layer_index = experts, layout, store, layer_index
+        self.bytes_per_expert = layout.numel * torch.empty(0, dtype=getattr(torch, layout.dtype)).element_size()
+
+    @torch.no_grad()
+    def load(self, expert: int, slot: int) -> float:
+        t0 = time.perf_counter()
+        parts = self.layout.split(self.store.read(self.layer_index, expert))
+        for name, tensor in parts.items():
+            getattr(self.experts, name)[slot].copy_(tensor)
+        return time.perf_counter() - t0
+
+
+@dataclass
+class ManagedLayer:
+    """Bookkeeping of one MoE layer at run time."""
+
+    layer_index: int
+    num_experts: int
+    slots: int
+    mode: str  # "static", "lru" or "prune"
+    slot_of: torch.Tensor  # (E,) slot of each resident expert, -1 otherwise
+    redirect: torch.Tensor  # (E,) expert -> target expert or DROP
+    writer: SlotWriter | None = None
+    cache: ExpertCache | None = None
+    manager: LayerManager | None = None
+    similarity: np.ndarray | None = None
+    min_similarity: float = 0.5
+    stats: LayerStats = field(default_factory=LayerStats)
+    swaps: list[SwapRecord] = field(default_factory=list)
+    io_bandwidth: float | None = None  # bytes/s of a modelled slower link, for reporting only
+
+    @property
+    def resident(self) -> list[int]:
+        return sorted(int(e) for e in torch.nonzero(self.slot_of >= 0).flatten())
+
+    # ---- static: table lookup ---------------------------------------------------------------------------
+    def route(self, index: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(T, K) expert ids + router weights -> slot ids + weights (dropped picks: weight 0, renormalised)."""
+        idx = index.long()
+        self._observe(idx, weights)
+        target = self.redirect[idx]  # (T, K) expert or DROP
+        dropped = target == DROP
+        slot = self.slot_of[target.clamp_min(0)]
+        resident = self.slot_of[idx] >= 0
+        self.stats.picks += idx.numel()
+        self.stats.hits += int(resident.sum())
+        self.stats.drops += int(dropped.sum())
+        self.stats.redirects += int((~resident & ~dropped).sum())
+        if not bool(dropped.any()):
+            return slot, weights
+        w = weights.masked_fill(dropped, 0.0)
+        total, kept = weights.sum(-1, keepdim=True), w.sum(-1, keepdim=True)
+        w = torch.where(kept > 0, w * (total / kept.clamp_min(1e-12)), w)
+        # a dropped pick points at the token's first kept slot (weight 0), so kernels never see a sentinel
+        first = torch.argmax((~dropped).int(), dim=-1, keepdim=True)
+        fill = torch.gather(slot, -1, first)
+        slot = torch.where(dropped, fill, slot).clamp_min(0)
+        return slot, w.to(weights.dtype)
+
+    def count_pruned(self, index: torch.Tensor, weights: torch.Tensor) -> None:
+        """prune: the sliced router only picks resident experts; count them (every pick is a hit)."""
+        self.stats.picks += index.numel()
+        self.stats.hits += index.numel()
+
+    def _observe(self, idx: torch.Tensor, weights: torch.Tensor) -> None:
+        if self.manager is not None:
+            mass = torch.bincount(idx.reshape(-1), weights=weights.reshape(-1).float(),
+                                  minlength=self.num_experts)
+            self.manager.observe(mass.numpy(), idx.shape[0])
+
+    # ---- lru: load on demand ----------------------------------------------------------------------------
+    def ensure_loaded(self, experts: list[int]) -> None:
+        """Make `experts` resident (one step's demand), loading misses through the cache's eviction rule."""
+        for load in self.cache.request(experts):
+            if load.evicted is not None:
+                self.slot_of[load.evicted] = -1
+            self._load(load.expert, load.slot)
+
+    def _load(self, expert: int, slot: int) -> None:
+        seconds = self.writer.load(expert, slot)
+        self.slot_of[expert] = slot
+        self.stats.loads += 1
+        self.stats.bytes_loaded += self.writer.bytes_per_expert
+        self.stats.load_seconds += seconds
+
+    # ---- lightmoe: coarse swaps ---------------------------------------------------------------------------
+    def checkpoint(self) -> Swap | None:
+        """At a request boundary or every N tokens: let the manager swap experts if the task has shifted."""
+        if self.manager is None:
+            return None
+        swap = self.manager.decide()
+        if swap is None:
+            return None
+        t0, loaded_bytes = time.perf_counter(), 0
+        for old, new in zip(swap.evict, swap.load, strict=True):
+            slot = int(self.slot_of[old])
+            self.slot_of[old] = -1
+            self._load(new, slot)
+            loaded_bytes += self.writer.bytes_per_expert
+        self.set_redirect_for_residents()
+        self.swaps.append(SwapRecord(self.layer_index, swap.token, swap.evict, swap.load, loaded_bytes,
+                                     time.perf_counter() - t0))
+        return swap
+
+    def set_redirect_for_residents(self) -> None:
+        if self.similarity is None:
+            table = np.where(self.slot_of.numpy() >= 0, np.arange(self.num_experts), DROP)
+        else:
+            table = redirect_table(self.similarity, self.resident, self.min_similarity)
+        self.redirect = torch.as_tensor(table, dtype=torch.long)
+
+
+def lru_forward(layer: ManagedLayer, experts: torch.nn.Module):
+    """A forward for an lru-managed experts module: tokens in order, grouped so each group's experts fit the
+    slots; misses are loaded before the group runs (the token waits for the load)."""
+    base = type(experts).forward
+
+    def forward(hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor):
+        idx = top_k_index.long()
+        layer.stats.picks += idx.numel()
+        out = torch.zeros_like(hidden_states)
+        start, group = 0, set()
+        rows = idx.tolist()
+        for t, row in enumerate(rows + [None]):
+            if row is not None and len(group | set(row)) <= layer.slots:
+                group |= set(row)
+                continue
+            if t > start:
+                ensure = sorted(group)
+                resident_before = {e for e in ensure if int(layer.slot_of[e]) >= 0}
+                layer.ensure_loaded(ensure)
+                block = idx[start:t]
+                hits = int(sum(int(e) in resident_before for e in block.reshape(-1).tolist()))
+                layer.stats.hits += hits
+                layer.stats.misses += block.numel() - hits
+                out[start:t] = base(experts, hidden_states[start:t], layer.slot_of[block],
+                                    top_k_weights[start:t])
+            start, group = t, set(row) if row is not None else set()
+        return out
+
+    return forward
