@@ -1,6 +1,5 @@
 """`lightmoe profile` on a tiny model: exact counts, padding excluded, twin experts, artifact round trip."""
 
-import json
 
 import pytest
 import torch
@@ -18,33 +17,8 @@ E, K = 8, 2
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """A tiny Qwen3-MoE saved with a byte-level tokenizer, so the CLI can load it from disk."""
-    from transformers import PreTrainedTokenizerFast, Qwen3MoeConfig, Qwen3MoeForCausalLM
-
-    from lightmoe_cli.demo.generators import generate_documents
-    from lightmoe_cli.demo.tokenizer import train_tokenizer
-
-    root = tmp_path_factory.mktemp("tiny")
-    corpus = root / "corpus"
-    for d in ("arithmetic", "strings"):
-        (corpus / d).mkdir(parents=True)
-        docs = generate_documents(d, 40, seed=3)
-        (corpus / d / "train.jsonl").write_text("\n".join(json.dumps({"text": t}) for t in docs))
-    tok: PreTrainedTokenizerFast = train_tokenizer(corpus, ["arithmetic", "strings"], vocab_size=300)
-    cfg = Qwen3MoeConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
-                         num_key_value_heads=1, head_dim=16, intermediate_size=48, moe_intermediate_size=16,
-                         num_experts=E, num_experts_per_tok=K, mlp_only_layers=[1], norm_topk_prob=True,
-                         pad_token_id=tok.pad_token_id)
-    torch.manual_seed(0)
-    model = Qwen3MoeForCausalLM(cfg).eval()
-    model.save_pretrained(root / "model")
-    tok.save_pretrained(root / "model")
-    recipe = root / "calib.yaml"
-    recipe.write_text("max_tokens: 600\ntasks:\n"
-                      + "".join(f"  - {{name: {d}, source: {{type: jsonl, path: corpus/{d}/train.jsonl}}}}\n"
-                                for d in ("arithmetic", "strings")))
-    return root, model, tok
+def tiny(tiny_moe):
+    return tiny_moe
 
 
 def _router_truth(model, layers, batch: TokenBatch) -> dict[int, torch.Tensor]:

@@ -54,6 +54,18 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def cache_kwarg_name(model) -> str:
+    """transformers renamed `past_key_values` to `cache` (5.2x); accept both."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def cache_of(out):
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
+
+
 @torch.no_grad()
 def generate_one(rt: Runtime, prompt: str, max_new_tokens: int, tokens_done: list[int]) -> RequestResult:
     """Greedy decoding with a KV cache; the manager may swap every `rt.check_every` tokens, never per token."""
@@ -63,7 +75,8 @@ def generate_one(rt: Runtime, prompt: str, max_new_tokens: int, tokens_done: lis
     t0 = time.perf_counter()
     out = model(input_ids=ids, use_cache=True)
     prefill = time.perf_counter() - t0
-    past, nxt = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+    name = cache_kwarg_name(model)
+    past, nxt = cache_of(out), out.logits[:, -1].argmax(-1, keepdim=True)
     generated = []
     t1 = time.perf_counter()
     for _ in range(max_new_tokens):
@@ -73,8 +86,8 @@ def generate_one(rt: Runtime, prompt: str, max_new_tokens: int, tokens_done: lis
         tokens_done[0] += 1
         if tokens_done[0] % rt.check_every == 0:
             rt.checkpoint()
-        out = model(input_ids=nxt, past_key_values=past, use_cache=True)
-        past, nxt = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+        out = model(input_ids=nxt, use_cache=True, **{name: past})
+        past, nxt = cache_of(out), out.logits[:, -1].argmax(-1, keepdim=True)
     decode = time.perf_counter() - t1
     return RequestResult(prompt, tok.decode(generated, skip_special_tokens=True), ids.shape[1], len(generated),
                          prefill, decode)

@@ -1,0 +1,206 @@
+"""build-bundle + runtime on a tiny model: each policy computes exactly what it claims."""
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from lightmoe_cli.bundle.artifact import BundleError, load_bundle
+from lightmoe_cli.bundle.build import BuildOptions, build_bundle
+from lightmoe_cli.cli import app
+from lightmoe_cli.errors import LightMoEError
+from lightmoe_cli.models import get_adapter, record_routing
+from lightmoe_cli.policies.cache import replay
+from lightmoe_cli.policies.manager import ManagerParams
+from lightmoe_cli.profile.run import ProfileSettings, run_profile
+from lightmoe_cli.recipes import load_recipe
+from lightmoe_cli.runtime.generate import cache_kwarg_name, cache_of, run_requests
+from lightmoe_cli.runtime.loader import build_runtime
+
+
+@pytest.fixture(scope="module")
+def prof(tiny_moe, tmp_path_factory):
+    root, model, tok = tiny_moe
+    out = tmp_path_factory.mktemp("prof") / "p"
+    return run_profile(model, tok, str(root / "model"), load_recipe(root / "calib.yaml"), out,
+                       ProfileSettings(batch_size=4, seq_len=64, sample_tokens=128))
+
+
+def _bundle(prof, tiny_moe, tmp_path, **kw):
+    root, model, tok = tiny_moe
+    return build_bundle(prof, model, tok, str(root / "model"), tmp_path / kw.get("policy", "b"), BuildOptions(**kw))
+
+
+def _ids(tok, text="12 + 7 = 19\nreverse lamp -> pmal\n45 - 3 = 42"):
+    return tok(text, return_tensors="pt").input_ids
+
+
+def _logits(model, ids):
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+def test_full_bundle_equals_the_original_model(prof, tiny_moe, tmp_path):
+    _, model, tok = tiny_moe
+    rt = build_runtime(_bundle(prof, tiny_moe, tmp_path, policy="full"))
+    ids = _ids(tok)
+    assert torch.allclose(_logits(rt.model, ids), _logits(model, ids), atol=1e-5)
+    assert all(m.stats.hits == m.stats.picks > 0 for m in rt.layers)
+
+
+def test_prune_equals_the_router_sliced_model(prof, tiny_moe, tmp_path):
+    _, model, tok = tiny_moe
+    b = _bundle(prof, tiny_moe, tmp_path, policy="prune", fraction=0.5)
+    resident = {lp["layer_index"]: lp["resident"] for lp in b.layers}
+    assert all(len(r) >= 2 for r in resident.values()) and sum(map(len, resident.values())) == 8
+    pruned = get_adapter(model).keep_experts(model, resident)
+    rt = build_runtime(b)
+    ids = _ids(tok)
+    assert torch.allclose(_logits(rt.model, ids), _logits(pruned, ids), atol=1e-5)
+    # the runtime holds only the resident experts
+    experts = rt.model.model.layers[0].mlp.experts
+    assert experts.gate_up_proj.shape[0] == len(resident[0])
+
+
+def test_redirect_equals_copying_the_target_weights(prof, tiny_moe, tmp_path):
+    _, model, tok = tiny_moe
+    b = _bundle(prof, tiny_moe, tmp_path, policy="lightmoe", fraction=0.5, min_similarity=-1.0)
+    rt = build_runtime(b)
+    reference = copy.deepcopy(model)
+    adapter = get_adapter(reference)
+    for layer, lp in zip(adapter.moe_layers(reference), b.layers, strict=True):
+        for j, i in enumerate(lp["redirect"]):
+            assert i in lp["resident"]
+            if i != j:
+                adapter.write_expert(layer, j, adapter.read_expert(layer, i))
+    ids = _ids(tok)
+    assert torch.allclose(_logits(rt.model, ids), _logits(reference, ids), atol=1e-5)
+    s = rt.layers[0].stats
+    assert s.redirects > 0 and s.drops == 0 and s.hits + s.redirects == s.picks
+
+
+def test_drop_gives_zero_weight_and_renormalises(prof, tiny_moe, tmp_path):
+    _, model, tok = tiny_moe
+    b = _bundle(prof, tiny_moe, tmp_path, policy="lightmoe", fraction=0.5, min_similarity=2.0)  # nothing similar
+    rt = build_runtime(b)
+    reference = copy.deepcopy(model)
+    adapter = get_adapter(reference)
+    hooks = []
+    for layer, lp in zip(adapter.moe_layers(reference), b.layers, strict=True):
+        resident = torch.zeros(lp["num_experts"], dtype=torch.bool)
+        resident[lp["resident"]] = True
+
+        def fn(idx, w, resident=resident):
+            keep = resident[idx]
+            w2 = w * keep
+            return idx, w2 * (w.sum(-1, keepdim=True) / w2.sum(-1, keepdim=True).clamp_min(1e-12))
+
+        hooks.append(adapter.add_routing_hook(layer, fn))
+    ids = _ids(tok)
+    assert torch.allclose(_logits(rt.model, ids), _logits(reference, ids), atol=1e-5)
+    for h in hooks:
+        h.remove()
+    assert rt.layers[0].stats.drops > 0 and rt.layers[0].stats.redirects == 0
+
+
+def test_lru_counts_equal_a_replay_of_the_same_trace(prof, tiny_moe, tmp_path):
+    _, _, tok = tiny_moe
+    b = _bundle(prof, tiny_moe, tmp_path, policy="lru", fraction=0.5)
+    rt = build_runtime(b)
+    trace = {m.layer_index: [] for m in rt.layers}
+
+    def on_route(li, idx, w):
+        trace[li].extend(sorted(set(row)) for row in idx.tolist())
+
+    ids = _ids(tok, "reverse tigon -> nogit\n99 * 3 = 297\nsolve 2x + 1 = 9 ; x = 4")
+    with record_routing(rt.model, on_route), torch.no_grad():
+        past = None
+        for t in range(ids.shape[1]):  # one token per forward (KV cache): each step is one cache request
+            past = rt.model(input_ids=ids[:, t : t + 1], use_cache=True, **{cache_kwarg_name(rt.model): past})
+            past = cache_of(past)
+    for m, lp in zip(rt.layers, b.layers, strict=True):
+        expected = replay(trace[m.layer_index], lp["slots"], "lru", initial=lp["resident"])
+        assert (m.cache.hits, m.cache.misses) == (expected.hits, expected.misses)
+        assert m.stats.loads == expected.misses > 0
+        # each slot really holds the expert the bookkeeping says
+        for e, slot in m.cache.slot_of.items():
+            flat = rt.store.read(m.layer_index, e)
+            parts = b.layout(m.layer_index).split(flat)
+            assert torch.equal(m.writer.experts.gate_up_proj[slot], parts["gate_up_proj"])
+
+
+def test_manager_swaps_on_task_shift_within_cooldown(prof, tiny_moe, tmp_path):
+    _, _, tok = tiny_moe
+    params = ManagerParams(window_tokens=16, miss_threshold=0.05, max_swap=2, cooldown_tokens=24, check_every=8)
+    b = _bundle(prof, tiny_moe, tmp_path, policy="lightmoe", fraction=0.25, min_similarity=2.0, manager=params)
+    rt = build_runtime(b)
+    prompts = ["12 + 7 = 19\n45 - 3 = 42\n"] * 2 + ["reverse lamp -> pmal\nupper dog -> DOG\n"] * 3
+    stats = run_requests(rt, prompts, max_new_tokens=16)
+    assert stats.swaps and stats.bytes_loaded == sum(s["bytes"] for s in stats.swaps)
+    for m in rt.layers:
+        tokens = [s.token for s in m.swaps]
+        assert all(b2 - a >= params.cooldown_tokens for a, b2 in zip(tokens, tokens[1:], strict=False))
+        assert len(m.resident) == m.slots
+        for e in m.resident:  # slots hold what the table says, redirect table follows the resident set
+            slot = int(m.slot_of[e])
+            parts = b.layout(m.layer_index).split(rt.store.read(m.layer_index, e))
+            assert torch.equal(m.writer.experts.down_proj[slot], parts["down_proj"])
+        assert all(int(m.redirect[e]) == e for e in m.resident)
+
+
+def test_bundle_round_trip_and_corruption(prof, tiny_moe, tmp_path):
+    b = _bundle(prof, tiny_moe, tmp_path, policy="lightmoe", fraction=0.5)
+    again = load_bundle(b.path)
+    assert again.manifest["plan"] == b.manifest["plan"]
+    assert json.loads((b.path / "manifest.json").read_text())["budget"]["resident_fraction"] <= 0.5 + 1e-9
+    store = b.path / "experts" / "layer_2.safetensors"
+    data = bytearray(store.read_bytes())
+    data[-5] ^= 0xFF
+    store.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="experts/layer_2.safetensors is corrupt"):
+        load_bundle(b.path)
+    store.write_bytes(bytes(data[:-100]))
+    with pytest.raises(BundleError, match="layer_2.safetensors is truncated"):
+        load_bundle(b.path, verify=False)
+
+
+def test_bundle_refuses_another_model(prof, tiny_moe, tmp_path):
+    root, model, tok = tiny_moe
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        other.model.layers[0].mlp.gate.weight.add_(0.1)
+    with pytest.raises(LightMoEError, match="profile .* was made for"):
+        build_bundle(prof, other, tok, "other", tmp_path / "x", BuildOptions())
+
+
+def test_budget_too_small_names_the_minimum(prof, tiny_moe, tmp_path):
+    with pytest.raises(LightMoEError, match="use at least --memory"):
+        _bundle(prof, tiny_moe, tmp_path, policy="prune", fraction=0.1)
+
+
+def test_cli_build_and_run(prof, tiny_moe, tmp_path):
+    out = tmp_path / "bundle"
+    runner = CliRunner()
+    res = runner.invoke(app, ["build-bundle", "--profile", str(prof.path), "--budget", "0.5", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "bundle written to" in res.output and "redirected" in res.output
+    res = runner.invoke(app, ["run", "--bundle", str(out), "--prompt", "12 + 7 = ", "--max-new-tokens", "5",
+                              "--stats-json", str(tmp_path / "s.json"), "--io-bandwidth", "1GB/s"])
+    assert res.exit_code == 0, res.output
+    stats = json.loads((tmp_path / "s.json").read_text())
+    assert stats["requests"][0]["new_tokens"] <= 5 and stats["resident_expert_bytes"] > 0
+    assert "decode tokens/s" in res.output and "per MoE layer" in res.output
+    res = runner.invoke(app, ["run", "--bundle", str(tmp_path / "nope"), "--prompt", "x"])
+    assert res.exit_code == 1 and "not a lightmoe bundle" in res.output
+
+
+def test_plans_resident_sets_follow_gate_mass(prof, tiny_moe, tmp_path):
+    b = _bundle(prof, tiny_moe, tmp_path, policy="lightmoe", fraction=0.5)
+    total = prof.total_stats()
+    for lp in b.layers:
+        mass = total[lp["layer_index"]].gate_mass.numpy()
+        assert set(lp["resident"]) == set(np.argsort(-mass, kind="stable")[: lp["slots"]].tolist())
+    assert set(b.manifest["plan"]["task_resident"]) == {"arithmetic", "strings"}
