@@ -48,6 +48,7 @@ def test_full_bundle_equals_the_original_model(prof, tiny_moe, tmp_path):
     rt = build_runtime(_bundle(prof, tiny_moe, tmp_path, policy="full"))
     ids = _ids(tok)
     assert torch.allclose(_logits(rt.model, ids), _logits(model, ids), atol=1e-5)
+    rt.finish()
     assert all(m.stats.hits == m.stats.picks > 0 for m in rt.layers)
 
 
@@ -78,6 +79,7 @@ def test_redirect_equals_copying_the_target_weights(prof, tiny_moe, tmp_path):
                 adapter.write_expert(layer, j, adapter.read_expert(layer, i))
     ids = _ids(tok)
     assert torch.allclose(_logits(rt.model, ids), _logits(reference, ids), atol=1e-5)
+    rt.finish()
     s = rt.layers[0].stats
     assert s.redirects > 0 and s.drops == 0 and s.hits + s.redirects == s.picks
 
@@ -103,6 +105,7 @@ def test_drop_gives_zero_weight_and_renormalises(prof, tiny_moe, tmp_path):
     assert torch.allclose(_logits(rt.model, ids), _logits(reference, ids), atol=1e-5)
     for h in hooks:
         h.remove()
+    rt.finish()
     assert rt.layers[0].stats.drops > 0 and rt.layers[0].stats.redirects == 0
 
 

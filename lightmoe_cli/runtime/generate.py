@@ -105,7 +105,7 @@ def run_requests(rt: Runtime, prompts: list[str], max_new_tokens: int, io_bandwi
         stats.requests.append(generate_one(rt, p, max_new_tokens, tokens_done))
         if progress:
             progress.advance(task)
-    rt.checkpoint()
+    rt.finish()
     expert_ids = {id(p) for m in rt.layers for p in m.writer.experts.parameters(recurse=False)}
     stats.non_expert_bytes = sum(p.numel() * p.element_size() for p in rt.model.parameters() if id(p) not in expert_ids)
     stats.resident_expert_bytes = rt.resident_expert_bytes()

@@ -36,6 +36,12 @@ class Runtime:
         """Give every layer's manager a chance to swap; returns how many layers swapped."""
         return sum(1 for m in self.layers if m.checkpoint() is not None)
 
+    def finish(self) -> None:
+        """Fold pending per-expert counts into the statistics (without a swap decision)."""
+        for m in self.layers:
+            if m.mode == "static":
+                m.flush_stats()
+
     def resident_expert_bytes(self) -> int:
         return sum(m.slots * m.writer.bytes_per_expert for m in self.layers)
 

@@ -81,23 +81,39 @@ class ManagedLayer:
     swaps: list[SwapRecord] = field(default_factory=list)
     io_bandwidth: float | None = None  # bytes/s of a modelled slower link, for reporting only
 
+    _picks: torch.Tensor | None = None  # (E,) picks per expert since the last flush
+    _mass: torch.Tensor | None = None  # (E,) router weight per expert since the last check point
+    _tokens: int = 0
+    _route: torch.Tensor | None = None  # (E,) expert -> slot after redirect, -1 = dropped
+    _any_drop: bool = False
+
+    def __post_init__(self) -> None:
+        self._picks = torch.zeros(self.num_experts, dtype=torch.long)
+        self._mass = torch.zeros(self.num_experts, dtype=torch.float64)
+        self._rebuild_route()
+
     @property
     def resident(self) -> list[int]:
         return sorted(int(e) for e in torch.nonzero(self.slot_of >= 0).flatten())
 
-    # ---- static: table lookup ---------------------------------------------------------------------------
+    def _rebuild_route(self) -> None:
+        target = self.redirect
+        self._route = torch.where(target >= 0, self.slot_of[target.clamp_min(0)], torch.full_like(target, -1))
+        self._any_drop = bool((self._route < 0).any())
+
+    # ---- static: table lookup (the hot path: a few tensor ops per layer and forward) -------------------------
     def route(self, index: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(T, K) expert ids + router weights -> slot ids + weights (dropped picks: weight 0, renormalised)."""
         idx = index.long()
-        self._observe(idx, weights)
-        target = self.redirect[idx]  # (T, K) expert or DROP
-        dropped = target == DROP
-        slot = self.slot_of[target.clamp_min(0)]
-        resident = self.slot_of[idx] >= 0
-        self.stats.picks += idx.numel()
-        self.stats.hits += int(resident.sum())
-        self.stats.drops += int(dropped.sum())
-        self.stats.redirects += int((~resident & ~dropped).sum())
+        flat = idx.reshape(-1)
+        self._picks += torch.bincount(flat, minlength=self.num_experts)
+        if self.manager is not None:
+            self._mass += torch.bincount(flat, weights=weights.reshape(-1).double(), minlength=self.num_experts)
+            self._tokens += idx.shape[0]
+        slot = self._route[idx]
+        if not self._any_drop:
+            return slot, weights
+        dropped = slot < 0
         if not bool(dropped.any()):
             return slot, weights
         w = weights.masked_fill(dropped, 0.0)
@@ -109,16 +125,21 @@ class ManagedLayer:
         slot = torch.where(dropped, fill, slot).clamp_min(0)
         return slot, w.to(weights.dtype)
 
+    def flush_stats(self) -> None:
+        """Fold the per-expert pick counts into hit / redirect / drop totals for the current tables."""
+        picks = self._picks
+        resident = self.slot_of >= 0
+        redirected = ~resident & (self._route >= 0)
+        self.stats.picks += int(picks.sum())
+        self.stats.hits += int(picks[resident].sum())
+        self.stats.redirects += int(picks[redirected].sum())
+        self.stats.drops += int(picks[~resident & ~redirected].sum())
+        self._picks = torch.zeros_like(picks)
+
     def count_pruned(self, index: torch.Tensor, weights: torch.Tensor) -> None:
         """prune: the sliced router only picks resident experts; count them (every pick is a hit)."""
         self.stats.picks += index.numel()
         self.stats.hits += index.numel()
-
-    def _observe(self, idx: torch.Tensor, weights: torch.Tensor) -> None:
-        if self.manager is not None:
-            mass = torch.bincount(idx.reshape(-1), weights=weights.reshape(-1).float(),
-                                  minlength=self.num_experts)
-            self.manager.observe(mass.numpy(), idx.shape[0])
 
     # ---- lru: load on demand ----------------------------------------------------------------------------
     def ensure_loaded(self, experts: list[int]) -> None:
@@ -138,8 +159,14 @@ class ManagedLayer:
     # ---- lightmoe: coarse swaps ---------------------------------------------------------------------------
     def checkpoint(self) -> Swap | None:
         """At a request boundary or every N tokens: let the manager swap experts if the task has shifted."""
+        if self.mode != "static":
+            return None
+        self.flush_stats()
         if self.manager is None:
             return None
+        if self._tokens:
+            self.manager.observe(self._mass.numpy(), self._tokens)
+            self._mass, self._tokens = torch.zeros_like(self._mass), 0
         swap = self.manager.decide()
         if swap is None:
             return None
@@ -160,6 +187,7 @@ class ManagedLayer:
         else:
             table = redirect_table(self.similarity, self.resident, self.min_similarity)
         self.redirect = torch.as_tensor(table, dtype=torch.long)
+        self._rebuild_route()
 
 
 def lru_forward(layer: ManagedLayer, experts: torch.nn.Module):
