@@ -120,7 +120,9 @@ def build_bundle_cmd(
     memory: str = typer.Option(None, help="Resident expert memory as a size, e.g. 300MiB (instead of --budget)."),
     policy: str = typer.Option("lightmoe", help="lightmoe | prune | lru | full"),
     similarity: str = typer.Option("output", help="Redirect by output | weight | coactivation similarity."),
-    min_similarity: float = typer.Option(0.5, help="Redirect only to a resident at least this similar; else drop."),
+    min_similarity: float = typer.Option(0.5, help="Redirect only to a resident at least this similar."),
+    missing: str = typer.Option("reroute", help="lightmoe, a missing expert with no similar resident: reroute "
+                                "(top-k among residents, as a pruned router) or drop (weight 0, renormalise)."),
     eviction: str = typer.Option("lru", help="Eviction rule of the lru policy: lru | lfu."),
     window: int = typer.Option(256, help="lightmoe manager: tokens of demand it looks at."),
     threshold: float = typer.Option(0.25, help="lightmoe manager: missed gate-mass share that triggers a swap."),
@@ -160,8 +162,10 @@ def build_bundle_cmd(
         lm, tok = load_model_and_tokenizer(name, dtype=dtype)
         tag = f"{int(round(fraction * 100))}" if fraction is not None else memory.replace(" ", "")
         out = out or REPO_ROOT / "artifacts" / "bundles" / f"{_model_slug(name)}-{policy}-{tag}"
+        if missing not in ("reroute", "drop"):
+            fail(f"--missing must be reroute or drop, not {missing!r}")
         opts = BuildOptions(policy, fraction, memory_bytes, similarity, min_similarity, eviction,
-                            ManagerParams(window, threshold, max_swap, cooldown))
+                            ManagerParams(window, threshold, max_swap, cooldown), missing)
         with token_progress(console) as progress:
             bundle = build_bundle(prof, lm, tok, name, out, opts, progress=progress)
     except LightMoEError as e:

@@ -86,7 +86,8 @@ def test_redirect_equals_copying_the_target_weights(prof, tiny_moe, tmp_path):
 
 def test_drop_gives_zero_weight_and_renormalises(prof, tiny_moe, tmp_path):
     _, model, tok = tiny_moe
-    b = _bundle(prof, tiny_moe, tmp_path, policy="lightmoe", fraction=0.5, min_similarity=2.0)  # nothing similar
+    b = _bundle(prof, tiny_moe, tmp_path, policy="lightmoe", fraction=0.5, min_similarity=2.0,  # nothing similar
+                missing="drop")
     rt = build_runtime(b)
     reference = copy.deepcopy(model)
     adapter = get_adapter(reference)
@@ -107,6 +108,17 @@ def test_drop_gives_zero_weight_and_renormalises(prof, tiny_moe, tmp_path):
         h.remove()
     rt.finish()
     assert rt.layers[0].stats.drops > 0 and rt.layers[0].stats.redirects == 0
+
+
+def test_reroute_equals_prune_at_the_same_resident_set(prof, tiny_moe, tmp_path):
+    _, _, tok = tiny_moe
+    light = build_runtime(_bundle(prof, tiny_moe, tmp_path, policy="lightmoe", fraction=0.5, min_similarity=2.0))
+    prune = build_runtime(_bundle(prof, tiny_moe, tmp_path, policy="prune", fraction=0.5))
+    assert [m.resident for m in light.layers] == [m.resident for m in prune.layers]
+    ids = _ids(tok)
+    assert torch.allclose(_logits(light.model, ids), _logits(prune.model, ids), atol=1e-5)
+    light.finish()
+    assert light.layers[0].stats.drops > 0  # missing picks really happened and were re-routed
 
 
 def test_lru_counts_equal_a_replay_of_the_same_trace(prof, tiny_moe, tmp_path):

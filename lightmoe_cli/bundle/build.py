@@ -30,6 +30,7 @@ class BuildOptions:
     min_similarity: float = 0.5
     eviction: str = "lru"
     manager: ManagerParams | None = None
+    missing: str = "reroute"
 
 
 def plan_from_profile(prof: Profile, opts: BuildOptions, bytes_per_expert: list[int]) -> tuple[BundlePlan, dict]:
@@ -48,11 +49,12 @@ def plan_from_profile(prof: Profile, opts: BuildOptions, bytes_per_expert: list[
     else:
         budget = slots_for_budget(bytes_per_expert, num_experts, fraction=opts.fraction,
                                   memory_bytes=opts.memory_bytes,
-                                  min_per_layer=MIN_SLOTS_PER_LAYER[opts.policy](max(top_k.values())))
+                                  min_per_layer=1 if (opts.policy, opts.missing) == ("lightmoe", "drop")
+                                  else MIN_SLOTS_PER_LAYER[opts.policy](max(top_k.values())))
     sims = {li: prof.similarity(li, opts.similarity).numpy() for li in layers} if opts.policy == "lightmoe" else {}
     inputs = PlanInputs(mass, task_mass, sims, top_k, budget.total_slots)
     if opts.policy == "lightmoe":
-        plan = POLICIES["lightmoe"](inputs, opts.min_similarity, opts.manager)
+        plan = POLICIES["lightmoe"](inputs, opts.min_similarity, opts.manager, opts.missing)
     elif opts.policy == "lru":
         plan = POLICIES["lru"](inputs, opts.eviction)
     else:

@@ -2,8 +2,9 @@
 
 Policies (registered by name; the CLI lists them):
 - lightmoe: frequency-aware resident set (global slot allocation on gate mass), redirect table (missing expert
-  -> most similar resident, or drop when nothing resident is similar enough), per-task resident sets and the
-  runtime manager's parameters, so experts are swapped when the task changes.
+  -> most similar resident when one is similar enough; otherwise the token is re-routed among the residents as a
+  pruned router would, or the pick dropped), per-task resident sets and the runtime manager's parameters, so
+  experts are swapped when the task changes.
 - prune: the same resident set; the router only sees resident experts (renormalised over them); no swaps.
 - lru: the same number of slots per layer, pre-filled with the same resident set; misses are loaded on demand
   and evict the least recently used expert (dynamic swapping, as mixtral-offloading / MoE-Infinity).
@@ -41,6 +42,7 @@ class BundlePlan:
     manager: dict | None = None
     eviction: str | None = None
     min_similarity: float | None = None
+    missing: str | None = None  # lightmoe: what a missing, dissimilar pick does: "reroute" or "drop"
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -73,13 +75,17 @@ def _layers(inputs: PlanInputs, resident: dict[int, list[int]], min_similarity: 
     return out
 
 
-def plan_lightmoe(inputs: PlanInputs, min_similarity: float = 0.5,
-                  manager: ManagerParams | None = None) -> BundlePlan:
-    slots = allocate_slots(inputs.mass, inputs.total_slots, min_per_layer=1)
+def plan_lightmoe(inputs: PlanInputs, min_similarity: float = 0.5, manager: ManagerParams | None = None,
+                  missing: str = "reroute") -> BundlePlan:
+    if missing not in ("reroute", "drop"):
+        raise ValueError(f"missing must be reroute or drop, not {missing!r}")
+    # re-routing picks top-k among residents, so it needs top-k of them per layer, like prune
+    floor = max(inputs.top_k.values()) if missing == "reroute" else 1
+    slots = allocate_slots(inputs.mass, inputs.total_slots, min_per_layer=floor)
     resident = select_residents(inputs.mass, slots)
     per_task = {t: select_residents(m, slots) for t, m in inputs.task_mass.items()}
     return BundlePlan("lightmoe", _layers(inputs, resident, min_similarity), per_task,
-                      asdict(manager or ManagerParams()), min_similarity=min_similarity)
+                      asdict(manager or ManagerParams()), min_similarity=min_similarity, missing=missing)
 
 
 def plan_prune(inputs: PlanInputs) -> BundlePlan:
@@ -105,4 +111,4 @@ POLICIES: dict[str, Callable[..., BundlePlan]] = {
     "lru": plan_lru,
     "full": plan_full,
 }
-MIN_SLOTS_PER_LAYER = {"lightmoe": lambda k: 1, "prune": lambda k: k, "lru": lambda k: k, "full": lambda k: 1}
+MIN_SLOTS_PER_LAYER = {"lightmoe": lambda k: k, "prune": lambda k: k, "lru": lambda k: k, "full": lambda k: 1}

@@ -168,12 +168,16 @@ def build_runtime(bundle: Bundle, device: str = "cpu", io_bandwidth: float | Non
             sim = bundle.similarity(m.layer_index)
             ml.similarity = sim.numpy() if sim is not None else None
             ml.min_similarity = min_sim if min_sim is not None else -np.inf
+            ml.reroute = bundle.manifest["plan"].get("missing", "drop") == "reroute"
+            ml.renormalise = bool(getattr(m.router, "norm_topk_prob", True))
         managed.append(ml)
     rt = Runtime(model, tokenizer, bundle, managed, store,
                  check_every or (manager_params.check_every if manager_params else 64))
     for m, ml in zip(layers, managed, strict=True):
         if ml.mode == "static":
             rt.handles.append(adapter.add_routing_hook(m, ml.route))
+            if ml.reroute:
+                rt.handles.append(m.router.register_forward_hook(ml.keep_logits))
         elif ml.mode == "prune":
             rt.handles.append(adapter.add_routing_hook(m, ml.count_pruned))
     store.bytes_read = 0  # initial fill is not counted as run-time loading

@@ -29,7 +29,7 @@ class LayerStats:
     picks: int = 0  # token x top-k selections the router made
     hits: int = 0  # picks whose expert was resident
     redirects: int = 0  # picks sent to another resident expert
-    drops: int = 0  # picks dropped (weight 0, renormalised)
+    drops: int = 0  # picks of missing experts with no similar resident: dropped, or the token re-routed
     misses: int = 0  # picks whose expert had to be loaded first (lru)
     loads: int = 0  # experts copied into a slot (lru misses, lightmoe swaps)
     bytes_loaded: int = 0
@@ -80,6 +80,9 @@ class ManagedLayer:
     stats: LayerStats = field(default_factory=LayerStats)
     swaps: list[SwapRecord] = field(default_factory=list)
     io_bandwidth: float | None = None  # bytes/s of a modelled slower link, for reporting only
+    reroute: bool = False  # tokens with a dropped pick take top-k among resident experts (prune-equivalent)
+    renormalise: bool = True  # the router renormalises its top-k weights (norm_topk_prob)
+    _logits: torch.Tensor | None = None  # (T, E) the router's logits of the current forward (reroute only)
 
     _picks: torch.Tensor | None = None  # (E,) picks per expert since the last flush
     _mass: torch.Tensor | None = None  # (E,) router weight per expert since the last check point
@@ -116,6 +119,8 @@ class ManagedLayer:
         dropped = slot < 0
         if not bool(dropped.any()):
             return slot, weights
+        if self.reroute and self._logits is not None:
+            return self._reroute(slot, weights, dropped)
         w = weights.masked_fill(dropped, 0.0)
         total, kept = weights.sum(-1, keepdim=True), w.sum(-1, keepdim=True)
         w = torch.where(kept > 0, w * (total / kept.clamp_min(1e-12)), w)
@@ -124,6 +129,25 @@ class ManagedLayer:
         fill = torch.gather(slot, -1, first)
         slot = torch.where(dropped, fill, slot).clamp_min(0)
         return slot, w.to(weights.dtype)
+
+    def _reroute(self, slot: torch.Tensor, weights: torch.Tensor, dropped: torch.Tensor):
+        """Tokens with a dropped pick choose top-k among the resident experts from the router's own logits,
+        as the router-sliced (pruned) model would: with renormalised top-k (norm_topk_prob) this equals the
+        pruned router exactly, so a missing expert never costs more than pruning. Softmax-top-k routers only."""
+        rows = dropped.any(-1)
+        probs = self._logits.reshape(-1, self.num_experts)[rows].float().softmax(-1)
+        probs = probs.masked_fill(self.slot_of < 0, 0.0)
+        w, e = probs.topk(slot.shape[-1], dim=-1)
+        if self.renormalise:
+            w = w / w.sum(-1, keepdim=True).clamp_min(1e-12)
+        slot, weights = slot.clone(), weights.clone()
+        slot[rows] = self.slot_of[e]
+        weights[rows] = w.to(weights.dtype)
+        return slot, weights
+
+    def keep_logits(self, module, args, output) -> None:
+        """Forward hook on the router: remember its logits for re-routing."""
+        self._logits = output[0].detach()
 
     def flush_stats(self) -> None:
         """Fold the per-expert pick counts into hit / redirect / drop totals for the current tables."""
