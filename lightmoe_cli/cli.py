@@ -240,6 +240,36 @@ def run_cmd(
         console.print(f"statistics written to {stats_json}")
 
 
+@app.command("eval")
+def eval_cmd(
+    bundle: list[Path] = typer.Option(None, "--bundle", "-b", help="Bundle(s) to evaluate (repeatable)."),
+    model: str = typer.Option(None, "--model", "-m", help="Model to compare policies on (default: demo model)."),
+    tasks: str = typer.Option("demo", help="'demo' (all demo tasks) or comma-separated lm-eval task names."),
+    compare: str = typer.Option("full,prune,lru,lightmoe", help="Policies to build and compare."),
+    budgets: str = typer.Option("0.5", help="Comma-separated budgets (fractions of expert memory)."),
+    limit: int = typer.Option(None, help="Items per task (quick runs)."),
+    out: Path = typer.Option(None, "--out", "-o", help="Results folder (default: artifacts/eval/<model>)."),
+    threads: int = typer.Option(2, help="torch CPU threads per evaluation process."),
+    task_shift: bool = typer.Option(True, help="Also run the task-shift stream scenario (needs lightmoe)."),
+    per_block: int = typer.Option(30, help="Requests per block in the task-shift stream."),
+) -> None:
+    """Score bundles and the baselines with lm-evaluation-harness: accuracy x memory x speed."""
+    _offline()
+    from rich.console import Console
+
+    from lightmoe_cli.evaluation.run import run_eval
+
+    console = Console(width=max(Console().width, 150))
+    try:
+        run_eval(console, bundles=bundle or [], model=model, tasks=tasks, policies=compare.split(","),
+                 budgets=[float(b) for b in budgets.split(",")], limit=limit, out=out, threads=threads,
+                 task_shift=task_shift, per_block=per_block)
+    except ValueError as e:
+        fail(f"bad option: {e}")
+    except LightMoEError as e:
+        fail(e)
+
+
 @demo_app.command("corpus")
 def demo_corpus(
     out: Path = typer.Option(Path("data/corpus"), help="Folder for the corpus (one sub-folder per domain)."),

@@ -1,0 +1,106 @@
+"""`lightmoe eval`: build (or reuse) bundles for policies x budgets from one profile, evaluate each in its own
+process, and report accuracy x memory x speed as a table, results.json and pareto.png."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from lightmoe_cli.errors import LightMoEError
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    policy: str
+    budget: float  # fraction of expert bytes (1.0 for full)
+    bundle: Path
+
+
+def run_worker(bundle: Path, tasks: list[str], include_path: Path, limit: int | None, threads: int) -> dict:
+    args = json.dumps({"bundle": str(bundle), "tasks": tasks, "include_path": str(include_path), "limit": limit,
+                       "threads": threads})
+    res = subprocess.run([sys.executable, "-m", "lightmoe_cli.evaluation.worker", args], capture_output=True,
+                         text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+    lines = [ln for ln in res.stdout.splitlines() if ln.startswith("LIGHTMOE_RESULT ")]
+    if res.returncode or not lines:
+        tail = (res.stderr or res.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise LightMoEError(f"evaluation of {bundle} failed: {tail[0][:300]}")
+    return json.loads(lines[-1].removeprefix("LIGHTMOE_RESULT "))
+
+
+def ensure_bundles(prof, model, tokenizer, model_name: str, policies: list[str], budgets: list[float],
+                   root: Path, progress=None) -> list[EvalConfig]:
+    """Build each policy x budget bundle unless a bundle with the same plan inputs already exists."""
+    from lightmoe_cli.bundle.artifact import BundleError, load_bundle
+    from lightmoe_cli.bundle.build import BuildOptions, build_bundle
+    from lightmoe_cli.identity import sha256_file
+
+    profile_sha = sha256_file(prof.path / "manifest.json")
+    configs = []
+    for policy in policies:
+        for budget in ([1.0] if policy == "full" else budgets):
+            path = root / f"{policy}-{int(round(budget * 100))}"
+            try:
+                existing = load_bundle(path, verify=False)
+                fresh = existing.manifest["profile"]["manifest_sha256"] == profile_sha
+            except BundleError:
+                fresh = False
+            if not fresh:
+                if progress:
+                    progress.console.print(f"building bundle {path.name}")
+                build_bundle(prof, model, tokenizer, model_name, path,
+                             BuildOptions(policy=policy, fraction=None if policy == "full" else budget))
+            configs.append(EvalConfig(policy, budget, path))
+    return configs
+
+
+def pareto_plot(rows: list[dict], path: Path, title: str) -> None:
+    """Average accuracy vs resident expert memory, one line per policy, full model as a reference line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
+    for policy in sorted({r["policy"] for r in rows} - {"full"}):
+        pts = sorted((r["resident_expert_bytes"] / 2**20, r["average"]) for r in rows if r["policy"] == policy)
+        ax.plot(*zip(*pts, strict=True), marker="o", label=policy)
+    for r in rows:
+        if r["policy"] == "full":
+            ax.axhline(r["average"], color="black", linestyle="--", label="full model")
+    ax.set_xlabel("resident expert memory (MiB)")
+    ax.set_ylabel("average accuracy (demo tasks)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    os.replace(tmp, path)
+    plt.close(fig)
+
+
+def write_results(out: Path, payload: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "results.json.tmp"
+    tmp.write_text(json.dumps(payload, indent=1))
+    os.replace(tmp, out / "results.json")
+
+
+def run_comparison(configs: list[EvalConfig], tasks: list[str], include_path: Path, limit: int | None,
+                   threads: int, out: Path, progress=None) -> list[dict]:
+    rows = []
+    bar = progress.add_task("evaluating", total=len(configs)) if progress else None
+    for c in configs:
+        t0 = time.perf_counter()
+        r = run_worker(c.bundle, tasks, include_path, limit, threads)
+        r["wall_seconds"] = time.perf_counter() - t0
+        r["budget_fraction"] = c.budget
+        rows.append(r)
+        if progress:
+            progress.advance(bar)
+    return rows

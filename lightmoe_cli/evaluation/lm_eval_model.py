@@ -1,0 +1,40 @@
+"""An lm-eval model class for bundles, registered as `lightmoe`.
+
+It subclasses lm-eval's HF wrapper around the runtime-built model (only resident experts in memory), so
+loglikelihood, rolling loglikelihood and generate_until all work as for any HF model. The runtime manager stays
+active: every model call (one lm-eval batch) is a request boundary where it may swap experts.
+
+    from lightmoe_cli.evaluation.lm_eval_model import LightMoELM
+    lm_eval.simple_evaluate(model=LightMoELM(bundle="artifacts/bundles/demo-moe-lightmoe-50"), tasks=[...])
+    # or, after `import lightmoe_cli.evaluation.lm_eval_model`, model="lightmoe", model_args="bundle=DIR"
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from lm_eval.api.registry import register_model
+from lm_eval.models.huggingface import HFLM
+
+from lightmoe_cli.bundle.artifact import load_bundle
+from lightmoe_cli.runtime.loader import Runtime, build_runtime
+
+
+@register_model("lightmoe")
+class LightMoELM(HFLM):
+    def __init__(self, bundle: str | None = None, runtime: Runtime | None = None, device: str = "cpu",
+                 batch_size: int | str = 8, **kwargs):
+        if runtime is None:
+            if bundle is None:
+                raise ValueError("LightMoELM needs bundle=DIR (or a runtime)")
+            runtime = build_runtime(load_bundle(Path(bundle)), device=device)
+        self.runtime = runtime
+        super().__init__(pretrained=runtime.model, tokenizer=runtime.tokenizer, device=device,
+                         batch_size=batch_size, **kwargs)
+
+    def _model_call(self, inps: torch.Tensor, attn_mask: torch.Tensor | None = None,
+                    labels: torch.Tensor | None = None) -> torch.Tensor:
+        logits = super()._model_call(inps, attn_mask, labels)
+        self.runtime.checkpoint()  # a request boundary: the manager may swap here, never inside a batch
+        return logits

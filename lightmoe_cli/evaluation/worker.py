@@ -1,0 +1,83 @@
+"""Evaluate ONE bundle in its own process (so its peak RSS is its own): lm-eval accuracy per task, the runtime's
+statistics, and decode speed on fixed prompts. Prints one JSON line; used by `lightmoe eval`.
+
+Tasks run one after another (one lm-eval call each), i.e. requests arrive task by task, as a deployment serving
+one workload at a time would see them; the manager may swap between batches.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+SPEED_PROMPTS = ["12 + 7 = 19\n45 - 3 = ", "def read_lines(path):\n", "1:1 EN el principio", "reverse lamp -> "]
+
+
+def evaluate_bundle(bundle: Path, tasks: list[str], include_path: Path, limit: int | None, threads: int,
+                    new_tokens: int = 16, batch_size: int = 8) -> dict:
+    import resource
+
+    import lm_eval
+    import torch
+    from lm_eval.tasks import TaskManager
+
+    from lightmoe_cli.bundle.artifact import load_bundle
+    from lightmoe_cli.evaluation.lm_eval_model import LightMoELM
+    from lightmoe_cli.identity import sha256_file
+    from lightmoe_cli.runtime.generate import run_requests
+    from lightmoe_cli.runtime.loader import build_runtime
+
+    torch.set_num_threads(threads)
+    b = load_bundle(bundle)
+    rt = build_runtime(b)
+    lm = LightMoELM(runtime=rt, batch_size=batch_size)
+    manager = TaskManager(include_path=str(include_path), include_defaults=False)
+    scores, raw = {}, {}
+    t0 = time.perf_counter()
+    for task in tasks:
+        res = lm_eval.simple_evaluate(model=lm, tasks=[task], task_manager=manager, limit=limit,
+                                      random_seed=0, numpy_random_seed=1234, torch_random_seed=1234,
+                                      fewshot_random_seed=1234, log_samples=False)
+        metrics = res["results"][task]
+        scores[task] = metrics["acc,none"]
+        raw[task] = {k: v for k, v in metrics.items() if isinstance(v, int | float | str)}
+    eval_seconds = time.perf_counter() - t0
+    rt.finish()
+    eval_layers = {m.layer_index: {"picks": m.stats.picks, "hits": m.stats.hits, "redirects": m.stats.redirects,
+                                   "drops": m.stats.drops, "misses": m.stats.misses, "loads": m.stats.loads}
+                   for m in rt.layers}
+    swaps = sum(len(m.swaps) for m in rt.layers)
+    bytes_loaded = sum(m.stats.bytes_loaded for m in rt.layers)
+    picks = sum(v["picks"] for v in eval_layers.values()) or 1
+    speed = run_requests(rt, SPEED_PROMPTS, new_tokens)
+    return {
+        "bundle": str(bundle), "policy": b.policy, "budget": b.manifest["budget"],
+        "manifest_sha256": sha256_file(bundle / "manifest.json"),
+        "scores": scores, "average": sum(scores.values()) / len(scores), "lm_eval_results": raw,
+        "eval_seconds": eval_seconds, "eval_layers": eval_layers, "swaps": swaps, "bytes_loaded": bytes_loaded,
+        "redirect_rate": sum(v["redirects"] for v in eval_layers.values()) / picks,
+        "reroute_or_drop_rate": sum(v["drops"] for v in eval_layers.values()) / picks,
+        "miss_rate": sum(v["misses"] for v in eval_layers.values()) / picks,
+        "decode_tokens_per_s": speed.decode_tokens_per_s, "prefill_tokens_per_s": speed.prefill_tokens_per_s,
+        "resident_expert_bytes": speed.resident_expert_bytes,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def main() -> None:
+    args = json.loads(sys.argv[1])
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    out = evaluate_bundle(Path(args["bundle"]), args["tasks"], Path(args["include_path"]), args.get("limit"),
+                          args.get("threads", 2))
+    print("LIGHTMOE_RESULT " + json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

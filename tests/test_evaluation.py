@@ -1,0 +1,90 @@
+"""lm-eval integration: the bundle model class agrees with lm-eval's own HF wrapper; demo tasks are sound."""
+
+import json
+
+import pytest
+import torch
+from lm_eval.api.instance import Instance
+from lm_eval.models.huggingface import HFLM
+
+from lightmoe_cli.bundle.build import BuildOptions, build_bundle
+from lightmoe_cli.evaluation.lm_eval_model import LightMoELM
+from lightmoe_cli.evaluation.task_shift import choose, stream_items
+from lightmoe_cli.evaluation.tasks import generated_items, read_items, render_lm_eval_tasks
+from lightmoe_cli.profile.run import ProfileSettings, run_profile
+from lightmoe_cli.recipes import load_recipe
+from lightmoe_cli.runtime.loader import build_runtime
+
+
+@pytest.fixture(scope="module")
+def full_runtime(tiny_moe, tmp_path_factory):
+    root, model, tok = tiny_moe
+    work = tmp_path_factory.mktemp("ev")
+    prof = run_profile(model, tok, str(root / "model"), load_recipe(root / "calib.yaml"), work / "p",
+                       ProfileSettings(batch_size=4, seq_len=64, sample_tokens=64))
+    b = build_bundle(prof, model, tok, str(root / "model"), work / "full", BuildOptions(policy="full"))
+    return build_runtime(b), model, tok
+
+
+def _requests(pairs):
+    return [Instance(request_type="loglikelihood", doc={}, arguments=p, idx=i) for i, p in enumerate(pairs)]
+
+
+def test_loglikelihoods_match_lm_evals_hf_wrapper(full_runtime):
+    rt, model, tok = full_runtime
+    pairs = [("12 + 7 =", " 19"), ("reverse lamp ->", " pmal"), ("solve 2x + 1 = 9 ;", " x = 4"),
+             ("a longer context with several words in it", " and more")]
+    ours = LightMoELM(runtime=rt, batch_size=2).loglikelihood(_requests(pairs))
+    ref = HFLM(pretrained=model, tokenizer=tok, device="cpu", batch_size=2).loglikelihood(_requests(pairs))
+    for (a, ga), (b, gb) in zip(ours, ref, strict=True):
+        assert a == pytest.approx(b, abs=1e-4) and ga == gb
+
+
+def test_generated_items_have_one_correct_choice():
+    for domain in ("arithmetic", "algebra", "strings"):
+        items = generated_items(domain, 50)
+        for it in items:
+            assert len(it.choices) == 4 and len(set(it.choices)) == 4
+            assert it.context.count("\n") == 3  # three solved examples, then the question
+    # the gold answer of arithmetic items is the true value
+    it = generated_items("arithmetic", 5)[0]
+    expr = it.context.splitlines()[-1].removesuffix(" = ")
+    assert it.choices[it.gold] == str(eval(expr.replace("/", "//")))
+
+
+def test_rendered_tasks_use_absolute_paths(tmp_path):
+    items = tmp_path / "items"
+    items.mkdir()
+    (items / "arithmetic.jsonl").write_text(
+        "\n".join(json.dumps(i.__dict__) for i in generated_items("arithmetic", 3)) + "\n")
+    names = render_lm_eval_tasks(items, tmp_path / "yaml")
+    assert names == ["demo_arithmetic"]
+    assert str(items.resolve() / "arithmetic.jsonl") in (tmp_path / "yaml" / "demo_arithmetic.yaml").read_text()
+
+
+def test_task_shift_stream_keeps_order_and_scores(full_runtime, tmp_path):
+    rt, _, _ = full_runtime
+    for d in ("arithmetic", "strings"):
+        (tmp_path / f"{d}.jsonl").write_text(
+            "\n".join(json.dumps(i.__dict__) for i in generated_items(d, 6)) + "\n")
+    stream = stream_items(tmp_path, ["arithmetic", "strings", "arithmetic"], 3)
+    assert [d for d, _ in stream] == ["arithmetic"] * 3 + ["strings"] * 3 + ["arithmetic"] * 3
+    assert stream[0][1].context != stream[6][1].context  # a repeated domain takes new items
+    it = read_items(tmp_path / "arithmetic.jsonl")[0]
+    assert 0 <= choose(rt, it) < 4
+
+
+def test_choose_prefers_the_likeliest_continuation(full_runtime):
+    rt, model, tok = full_runtime
+    from lightmoe_cli.evaluation.tasks import MCItem
+
+    ctx = "reverse lamp -> pmal\nreverse tigon -> "
+    choices = ["nogit", "zzzz", "qqqq", "xkxk"]
+    scores = []
+    for c in choices:
+        ids = tok(ctx + c, return_tensors="pt").input_ids
+        n = len(tok(ctx)["input_ids"])
+        with torch.no_grad():
+            lp = model(input_ids=ids).logits.log_softmax(-1)[0]
+        scores.append(float(sum(lp[i - 1, ids[0, i]] for i in range(n, ids.shape[1]))))
+    assert choose(rt, MCItem("strings", ctx, choices, 0)) == max(range(4), key=scores.__getitem__)
