@@ -52,6 +52,8 @@ demo: corpus
     {{venv}}/bin/lightmoe models
     {{venv}}/bin/lightmoe demo show
     {{venv}}/bin/lightmoe profile
+    {{venv}}/bin/lightmoe build-bundle --budget 0.5
+    {{venv}}/bin/lightmoe run --prompt $'12 + 7 = 19\n45 - 3 = ' --prompt $'def read_lines(path):\n' --max-new-tokens 24
 
 # Fast tests (slow and gpu excluded); the corpus is built first, some tests read it.
 test: corpus
@@ -64,6 +66,15 @@ test-all: corpus
 lint: setup
     {{venv}}/bin/ruff check lightmoe_cli tests benchmarks
 
-# Benchmarks (print a table, write JSON under benchmarks/results).
+# Benchmarks on the demo model (print a table, write JSON under benchmarks/results).
 bench: setup
-    for b in benchmarks/bench_*.py; do {{py}} "$b"; done
+    {{py}} benchmarks/bench_profile.py
+    {{py}} benchmarks/bench_runtime.py
+
+# The runtime benchmark on a random-weight OLMoE-shaped model with 2 layers (~1.05B parameters, ~4 GB fp32).
+bench-large: setup
+    {{py}} benchmarks/bench_runtime.py --random-olmoe 2 --new-tokens 16
+
+# The full comparison of the README: every policy at three budgets on the demo tasks, plus the task-shift stream.
+eval-demo: corpus
+    {{venv}}/bin/lightmoe eval --compare full,prune,lru,lightmoe --budgets 0.25,0.5,0.75 --limit 50
