@@ -114,9 +114,11 @@ def main() -> None:
     sampler = HiddenSampler(layers, args.sample_tokens)
     stats = trace_task(model, layers, "sim", bs, sampler=sampler, sample_share=1.0)
     t0 = time.perf_counter()
-    hidden = sampler.tensors()
+    sample = sampler.tensors()
     for m in layers:
-        layer_similarities(adapter, m, stats.layers[m.layer_index].coactivation, hidden[m.layer_index])
+        li = m.layer_index
+        layer_similarities(adapter, m, stats.layers[li].coactivation, sample[f"layer.{li}.hidden"],
+                           (sample[f"layer.{li}.index"], sample[f"layer.{li}.weights"]))
     t_sim = time.perf_counter() - t0
 
     rss_n = peak_rss_child(name, args.tokens, args.threads)

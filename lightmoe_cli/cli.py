@@ -124,6 +124,8 @@ def build_bundle_cmd(
     missing: str = typer.Option("reroute", help="lightmoe, a missing expert with no similar resident: reroute "
                                 "(top-k among residents, as a pruned router) or drop (weight 0, renormalise)."),
     eviction: str = typer.Option("lru", help="Eviction rule of the lru policy: lru | lfu."),
+    ranking: str = typer.Option("gate_mass", help="Which experts stay: gate_mass | frequency | reap (REAP "
+                                "saliency: router weight x expert output norm)."),
     window: int = typer.Option(256, help="lightmoe manager: tokens of demand it looks at."),
     threshold: float = typer.Option(0.25, help="lightmoe manager: missed gate-mass share that triggers a swap."),
     max_swap: int = typer.Option(4, help="lightmoe manager: experts replaced per layer per swap."),
@@ -165,7 +167,7 @@ def build_bundle_cmd(
         if missing not in ("reroute", "drop"):
             fail(f"--missing must be reroute or drop, not {missing!r}")
         opts = BuildOptions(policy, fraction, memory_bytes, similarity, min_similarity, eviction,
-                            ManagerParams(window, threshold, max_swap, cooldown), missing)
+                            ManagerParams(window, threshold, max_swap, cooldown), missing, ranking)
         with token_progress(console) as progress:
             bundle = build_bundle(prof, lm, tok, name, out, opts, progress=progress)
     except LightMoEError as e:

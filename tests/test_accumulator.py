@@ -61,3 +61,15 @@ def test_windows_respect_cap_and_batches_pad():
     b = list(batches(windows, batch_size=3, pad_id=0))
     assert b[0].input_ids.shape == (3, 3) and b[0].real_tokens == 8
     assert b[1].attention_mask.tolist() == [[1, 1]]
+
+
+def test_reap_saliency_weights_output_norms_by_router_weight():
+    from lightmoe_cli.analysis.similarity import reap_saliency
+
+    outputs = torch.zeros(3, 2, 2)
+    outputs[0, :, 0] = 2.0  # expert 0: norm 2 on both tokens
+    outputs[1, :, 1] = 10.0  # expert 1: norm 10
+    idx = torch.tensor([[0, 1], [0, 3]])  # 3 == E: dropped sentinel, ignored
+    w = torch.tensor([[0.5, 0.5], [1.0, 0.0]])
+    s = reap_saliency(outputs, idx, w)
+    assert s.tolist() == pytest.approx([(0.5 * 2 + 1.0 * 2) / 2, 0.5 * 10, 0.0])

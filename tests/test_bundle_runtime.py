@@ -219,3 +219,12 @@ def test_plans_resident_sets_follow_gate_mass(prof, tiny_moe, tmp_path):
         mass = total[lp["layer_index"]].gate_mass.numpy()
         assert set(lp["resident"]) == set(np.argsort(-mass, kind="stable")[: lp["slots"]].tolist())
     assert set(b.manifest["plan"]["task_resident"]) == {"arithmetic", "strings"}
+
+
+def test_reap_ranking_keeps_the_most_salient_experts(prof, tiny_moe, tmp_path):
+    b = _bundle(prof, tiny_moe, tmp_path, policy="prune", fraction=0.5, ranking="reap")
+    for lp in b.layers:
+        sal = prof.saliency(lp["layer_index"]).numpy()
+        assert set(lp["resident"]) == set(np.argsort(-sal, kind="stable")[: lp["slots"]].tolist())
+    with pytest.raises(LightMoEError, match="unknown ranking"):
+        _bundle(prof, tiny_moe, tmp_path, policy="prune", fraction=0.5, ranking="magic")

@@ -52,3 +52,22 @@ def coactivation_similarity(coactivation: torch.Tensor) -> torch.Tensor:
     sim = torch.where(denom > 0, c / denom.clamp_min(1e-300), torch.zeros_like(c))
     sim.fill_diagonal_(1.0)
     return sim
+
+
+def reap_saliency(outputs: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor) -> torch.Tensor:
+    """REAP's expert saliency: mean over the tokens routed to an expert of router weight x ||expert output||.
+
+    outputs: (E, N, H) each expert's output on N sampled tokens; top_k_index / top_k_weights: (N, K) their real
+    routing. An expert never routed to in the sample gets 0. Ranks experts for pruning by how much they actually
+    contribute, not only by how often they are picked.
+    """
+    e, n, _ = outputs.shape
+    norms = outputs.double().norm(dim=-1)  # (E, N)
+    contrib = torch.zeros(e, dtype=torch.float64)
+    count = torch.zeros(e, dtype=torch.float64)
+    idx = top_k_index.long()
+    valid = idx < e
+    tok = torch.arange(n).unsqueeze(1).expand_as(idx)
+    contrib.index_add_(0, idx[valid], top_k_weights.double()[valid] * norms[idx[valid], tok[valid]])
+    count.index_add_(0, idx[valid], torch.ones_like(contrib[idx[valid]]))
+    return torch.where(count > 0, contrib / count.clamp_min(1), torch.zeros_like(contrib))

@@ -31,6 +31,7 @@ class BuildOptions:
     eviction: str = "lru"
     manager: ManagerParams | None = None
     missing: str = "reroute"
+    ranking: str = "gate_mass"  # which experts a layer keeps: gate_mass, frequency (counts) or reap (saliency)
 
 
 def plan_from_profile(prof: Profile, opts: BuildOptions, bytes_per_expert: list[int]) -> tuple[BundlePlan, dict]:
@@ -39,7 +40,14 @@ def plan_from_profile(prof: Profile, opts: BuildOptions, bytes_per_expert: list[
         raise LightMoEError(f"unknown policy {opts.policy!r}; policies: {', '.join(POLICIES)}")
     total = prof.total_stats()
     layers = prof.layer_indices
-    mass = {li: total[li].gate_mass.numpy() for li in layers}
+    if opts.ranking == "gate_mass":
+        mass = {li: total[li].gate_mass.numpy() for li in layers}
+    elif opts.ranking == "frequency":
+        mass = {li: total[li].counts.double().numpy() for li in layers}
+    elif opts.ranking == "reap":
+        mass = {li: prof.saliency(li).double().numpy() for li in layers}
+    else:
+        raise LightMoEError(f"unknown ranking {opts.ranking!r}; use gate_mass, frequency or reap")
     task_mass = {t: {li: s.gate_mass.numpy() for li, s in prof.task_stats(t).layers.items()}
                  for t in prof.task_names}
     top_k = dict(zip(layers, prof.manifest["model"]["top_k"], strict=True))

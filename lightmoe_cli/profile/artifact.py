@@ -70,6 +70,16 @@ class Profile:
                 raise ProfileError(f"profile has no {kind} similarity for layer {layer_index}; has: {kinds}")
             return f.get_tensor(key)
 
+    def saliency(self, layer_index: int) -> torch.Tensor:
+        """REAP saliency (E,) of one layer: mean router weight x expert output norm on sampled tokens."""
+        from safetensors import safe_open
+
+        path = self.path / "saliency.safetensors"
+        if not path.exists():
+            raise ProfileError(f"profile {self.path} has no REAP saliency: profile again with this lightmoe")
+        with safe_open(str(path), "pt") as f:
+            return f.get_tensor(f"layer.{layer_index}.reap")
+
     def check_model(self, identity: dict) -> None:
         """Refuse to use this profile with another model."""
         mine = self.manifest["model"]

@@ -8,6 +8,7 @@ import torch
 from lightmoe_cli.analysis.similarity import (
     coactivation_similarity,
     output_similarity,
+    reap_saliency,
     weight_similarity,
 )
 from lightmoe_cli.models import MoEAdapter, MoELayer
@@ -40,10 +41,17 @@ def expert_outputs(layer: MoELayer, hidden: torch.Tensor, chunk: int = 256) -> t
 
 
 def layer_similarities(adapter: MoEAdapter, layer: MoELayer, coactivation: torch.Tensor,
-                       hidden_sample: torch.Tensor | None) -> dict[str, torch.Tensor]:
-    """The three (E, E) similarity matrices of one layer; `output` is omitted without a hidden sample."""
+                       hidden_sample: torch.Tensor | None,
+                       routing: tuple[torch.Tensor, torch.Tensor] | None = None,
+                       ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+    """The three (E, E) similarity matrices of one layer (`output` omitted without a hidden sample), and the
+    REAP saliency (E,) when the sample's routing is known."""
     sims = {"weight": weight_similarity(flat_expert_weights(adapter, layer)),
             "coactivation": coactivation_similarity(coactivation)}
+    saliency = None
     if hidden_sample is not None and hidden_sample.numel():
-        sims["output"] = output_similarity(expert_outputs(layer, hidden_sample))
-    return sims
+        outputs = expert_outputs(layer, hidden_sample)
+        sims["output"] = output_similarity(outputs)
+        if routing is not None:
+            saliency = reap_saliency(outputs, *routing)
+    return sims, saliency

@@ -127,7 +127,7 @@ def run_profile(model, tokenizer, model_name: str, recipe: CalibrationRecipe, ou
             raise LightMoEError(f"task {task.name} produced no tokens: its source is empty")
         if progress:
             progress.update(bar, total=stats.tokens, completed=stats.tokens)
-        _save_tensors({f"layer.{li}.hidden": h for li, h in sampler.tensors().items()}, sample_path)
+        _save_tensors(sampler.tensors(), sample_path)
         _save_tensors(stats.to_tensors(), stats_path)
         all_stats.append(stats)
 
@@ -137,13 +137,21 @@ def run_profile(model, tokenizer, model_name: str, recipe: CalibrationRecipe, ou
     t0 = time.perf_counter()
     samples = [load_file(str(work / "samples" / f"{t.name}.safetensors")) for t in recipe.tasks]
     sims: dict[str, torch.Tensor] = {}
+    saliency: dict[str, torch.Tensor] = {}
     for m in layers:
-        coact = sum(s.layers[m.layer_index].coactivation for s in all_stats)
-        hidden = torch.cat([s[f"layer.{m.layer_index}.hidden"] for s in samples
-                            if s[f"layer.{m.layer_index}.hidden"].numel()] or [torch.zeros(0)])
-        for kind, mat in layer_similarities(adapter, m, coact, hidden if hidden.numel() else None).items():
-            sims[f"layer.{m.layer_index}.{kind}"] = mat.float()
+        li = m.layer_index
+        coact = sum(s.layers[li].coactivation for s in all_stats)
+        parts = [s for s in samples if s[f"layer.{li}.hidden"].numel()]
+        hidden = torch.cat([s[f"layer.{li}.hidden"] for s in parts]) if parts else None
+        routing = (torch.cat([s[f"layer.{li}.index"] for s in parts]), torch.cat([s[f"layer.{li}.weights"]
+                   for s in parts])) if parts and all(f"layer.{li}.index" in s for s in parts) else None
+        sim, sal = layer_similarities(adapter, m, coact, hidden, routing)
+        sims.update({f"layer.{li}.{kind}": mat.float() for kind, mat in sim.items()})
+        if sal is not None:
+            saliency[f"layer.{li}.reap"] = sal.float()
     _save_tensors(sims, work / "similarity.safetensors")
+    if saliency:
+        _save_tensors(saliency, work / "saliency.safetensors")
     similarity_seconds = time.perf_counter() - t0
     shutil.rmtree(work / "samples")
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from lightmoe_cli.models import MoELayer, record_routing
+from lightmoe_cli.models.adapter import _routing_slots
 from lightmoe_cli.profile.accumulator import TaskStats
 from lightmoe_cli.profile.batches import TokenBatch
 
@@ -24,24 +25,38 @@ class HiddenSampler:
     def __init__(self, layers: list[MoELayer], quota: int, seed: int = 0):
         self.quota = quota
         self.samples: dict[int, list[torch.Tensor]] = {m.layer_index: [] for m in layers}
+        self.routes: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {m.layer_index: [] for m in layers}
         self.taken: dict[int, int] = {m.layer_index: 0 for m in layers}
         self.gen = torch.Generator().manual_seed(seed)
 
-    def offer(self, layer_index: int, hidden: torch.Tensor, mask: torch.Tensor | None, share: float) -> None:
-        """hidden: (T, H) the experts' input; takes about `share` of the real tokens until the quota is met."""
+    def offer(self, layer_index: int, hidden: torch.Tensor, mask: torch.Tensor | None, share: float,
+              index: torch.Tensor | None = None, weights: torch.Tensor | None = None) -> None:
+        """hidden: (T, H) the experts' input, index/weights: (T, K) its routing; takes about `share` of the real
+        tokens until the quota is met."""
         left = self.quota - self.taken[layer_index]
         if left <= 0:
             return
         rows = hidden.reshape(-1, hidden.shape[-1])
-        if mask is not None:
-            rows = rows[mask.reshape(-1).bool()]
+        keep = mask.reshape(-1).bool() if mask is not None else torch.ones(rows.shape[0], dtype=torch.bool)
+        rows = rows[keep]
         n = min(left, max(1, int(round(rows.shape[0] * share))), rows.shape[0])
         pick = torch.randperm(rows.shape[0], generator=self.gen)[:n]
         self.samples[layer_index].append(rows[pick].detach().float().cpu().clone())
+        if index is not None and weights is not None:
+            k = index.shape[-1]
+            self.routes[layer_index].append((index.reshape(-1, k)[keep][pick].cpu().long(),
+                                             weights.reshape(-1, k)[keep][pick].detach().float().cpu()))
         self.taken[layer_index] += n
 
-    def tensors(self) -> dict[int, torch.Tensor]:
-        return {li: torch.cat(v) if v else torch.zeros(0) for li, v in self.samples.items()}
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """layer.{i}.hidden (N, H), and where routing was offered layer.{i}.index / .weights (N, K)."""
+        out = {}
+        for li, v in self.samples.items():
+            out[f"layer.{li}.hidden"] = torch.cat(v) if v else torch.zeros(0)
+            if self.routes[li]:
+                out[f"layer.{li}.index"] = torch.cat([r[0] for r in self.routes[li]])
+                out[f"layer.{li}.weights"] = torch.cat([r[1] for r in self.routes[li]])
+        return out
 
 
 class TraceWriter:
@@ -99,9 +114,10 @@ def trace_task(model, layers: list[MoELayer], name: str, batches: Iterable[Token
     handles = []
     if sampler is not None:
         for m in layers:
-            def pre_hook(module, args, kwargs, li=m.layer_index):
+            def pre_hook(module, args, kwargs, li=m.layer_index, slots=_routing_slots(m.experts)):
                 hidden = args[0] if args else kwargs["hidden_states"]
-                sampler.offer(li, hidden, current["mask"], sample_share)
+                sampler.offer(li, hidden, current["mask"], sample_share, slots[0].get(args, kwargs),
+                              slots[1].get(args, kwargs))
             handles.append(m.experts.register_forward_pre_hook(pre_hook, with_kwargs=True))
     device = next(model.parameters()).device
     try:
