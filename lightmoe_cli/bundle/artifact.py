@@ -13,13 +13,13 @@ No pickle anywhere. Loading verifies schema and hashes, so an edited or truncate
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from lightmoe_cli.errors import LightMoEError
+from lightmoe_cli.files import read_manifest
 from lightmoe_cli.identity import sha256_file
 
 SCHEMA_VERSION = 1
@@ -87,19 +87,8 @@ class Bundle:
 
 def load_bundle(path: Path, verify: bool = True) -> Bundle:
     path = Path(path)
-    mpath = path / "manifest.json"
-    if not mpath.exists():
-        raise BundleError(f"{path} is not a lightmoe bundle (no manifest.json): build one with "
-                          "`lightmoe build-bundle`")
-    try:
-        manifest = json.loads(mpath.read_text())
-    except json.JSONDecodeError as e:
-        raise BundleError(f"{mpath} is corrupt ({e.msg}): build the bundle again") from e
-    if manifest.get("kind") != "lightmoe-bundle":
-        raise BundleError(f"{path} is not a lightmoe bundle (manifest kind {manifest.get('kind')!r})")
-    if manifest.get("schema_version") != SCHEMA_VERSION:
-        raise BundleError(f"{path} has bundle schema {manifest.get('schema_version')}, this lightmoe reads "
-                          f"{SCHEMA_VERSION}: build the bundle again")
+    manifest = read_manifest(path, "bundle", SCHEMA_VERSION, BundleError, "bundle", "build the bundle again",
+                             ": build one with `lightmoe build-bundle`")
     for rel, meta in manifest["files"].items():
         f = path / rel
         if not f.exists():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -14,6 +13,7 @@ import torch
 
 from lightmoe_cli.bundle.artifact import SCHEMA_VERSION, Bundle, load_bundle
 from lightmoe_cli.errors import LightMoEError
+from lightmoe_cli.files import swap_in_dir
 from lightmoe_cli.identity import library_versions, model_identity, sha256_file
 from lightmoe_cli.policies.budget import slots_for_budget
 from lightmoe_cli.policies.manager import ManagerParams
@@ -153,12 +153,7 @@ def build_bundle(prof: Profile, model, tokenizer, model_name: str, out: Path, op
         "files": files,
     }
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
-    old = out.with_name(out.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if out.exists():
-        os.replace(out, old)
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
+    swap_in_dir(tmp, out)
     return load_bundle(out, verify=False)
 
 

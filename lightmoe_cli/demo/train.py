@@ -30,6 +30,7 @@ import torch.nn.functional as F
 import yaml
 
 from lightmoe_cli.demo.corpus import read_split
+from lightmoe_cli.files import swap_in_dir
 
 
 @dataclass
@@ -188,12 +189,7 @@ def export_model(model, tokenizer, out: Path) -> None:
     tokenizer.save_pretrained(tmp)
     for name, data in keep.items():
         (tmp / name).write_bytes(data)
-    old = out.with_name(out.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if out.exists():
-        os.replace(out, old)
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
+    swap_in_dir(tmp, out)
 
 
 @dataclass

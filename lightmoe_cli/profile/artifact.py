@@ -12,13 +12,13 @@ Loading verifies the schema and the hashes, so a truncated or edited profile is 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from lightmoe_cli.errors import LightMoEError
+from lightmoe_cli.files import read_manifest
 from lightmoe_cli.identity import sha256_file
 from lightmoe_cli.profile.accumulator import LayerStats, TaskStats
 
@@ -91,20 +91,9 @@ class Profile:
 
 def load_profile(path: Path, verify: bool = True) -> Profile:
     path = Path(path)
-    mpath = path / "manifest.json"
-    if not mpath.exists():
-        hint = " (an interrupted run: finish it with `lightmoe profile --resume`)" \
-            if path.with_name(path.name + ".partial").exists() else ""
-        raise ProfileError(f"{path} is not a lightmoe profile (no manifest.json){hint}")
-    try:
-        manifest = json.loads(mpath.read_text())
-    except json.JSONDecodeError as e:
-        raise ProfileError(f"{mpath} is corrupt ({e.msg}): profile again") from e
-    if manifest.get("kind") != "lightmoe-profile":
-        raise ProfileError(f"{path} is not a lightmoe profile (manifest kind {manifest.get('kind')!r})")
-    if manifest.get("schema_version") != SCHEMA_VERSION:
-        raise ProfileError(f"{path} has profile schema {manifest.get('schema_version')}, this lightmoe reads "
-                           f"{SCHEMA_VERSION}: profile again")
+    hint = " (an interrupted run: finish it with `lightmoe profile --resume`)" \
+        if path.with_name(path.name + ".partial").exists() else ""
+    manifest = read_manifest(path, "profile", SCHEMA_VERSION, ProfileError, "profile", "profile again", hint)
     if verify:
         for rel, digest in manifest["files"].items():
             f = path / rel

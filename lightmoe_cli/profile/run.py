@@ -19,6 +19,7 @@ import torch
 
 from lightmoe_cli.analysis.routing_stats import entropy_bits, mean_offdiagonal, pairwise_js_bits, top_half_coverage
 from lightmoe_cli.errors import LightMoEError
+from lightmoe_cli.files import swap_in_dir
 from lightmoe_cli.identity import library_versions, model_identity, sha256_file
 from lightmoe_cli.profile.accumulator import TaskStats
 from lightmoe_cli.profile.artifact import SCHEMA_VERSION, Profile, load_profile
@@ -193,10 +194,5 @@ def run_profile(model, tokenizer, model_name: str, recipe: CalibrationRecipe, ou
     tmp = work / "manifest.json.tmp"
     tmp.write_text(json.dumps(manifest, indent=2))
     os.replace(tmp, work / "manifest.json")
-    old = out.with_name(out.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if out.exists():
-        os.replace(out, old)
-    os.replace(work, out)
-    shutil.rmtree(old, ignore_errors=True)
+    swap_in_dir(work, out)
     return load_profile(out)
