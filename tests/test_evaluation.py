@@ -88,3 +88,25 @@ def test_choose_prefers_the_likeliest_continuation(full_runtime):
             lp = model(input_ids=ids).logits.log_softmax(-1)[0]
         scores.append(float(sum(lp[i - 1, ids[0, i]] for i in range(n, ids.shape[1]))))
     assert choose(rt, MCItem("strings", ctx, choices, 0)) == max(range(4), key=scores.__getitem__)
+
+
+@pytest.mark.slow
+def test_eval_on_the_demo_model_writes_table_results_and_plot(tmp_path):
+    from typer.testing import CliRunner
+
+    from lightmoe_cli.cli import app
+    from lightmoe_cli.evaluation.run import CORPUS_DIR
+
+    if not (CORPUS_DIR / "manifest.json").exists():
+        pytest.skip("demo corpus not built (just corpus)")
+    out = tmp_path / "eval"
+    res = CliRunner().invoke(app, ["eval", "--compare", "full,prune,lightmoe", "--budgets", "0.5", "--limit", "4",
+                                   "--tasks", "demo_arithmetic,demo_bible_es", "--per-block", "2", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    results = json.loads((out / "results.json").read_text())
+    assert {r["policy"] for r in results["rows"]} == {"full", "prune", "lightmoe"}
+    assert all(len(r["manifest_sha256"]) == 64 and 0 <= r["average"] <= 1 for r in results["rows"])
+    assert (out / "pareto.png").stat().st_size > 5000
+    assert "task_shift" in results and "accuracy x memory x speed" in res.output
+    res = CliRunner().invoke(app, ["eval", "--tasks", "demo_klingon", "--out", str(out)])
+    assert res.exit_code == 1 and "available: demo, demo_" in res.output
