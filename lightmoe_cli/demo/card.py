@@ -197,7 +197,7 @@ def render_card(m: dict) -> str:
     mod, t = m["model"], m["training"]
     spec_rows = "\n".join(
         f"| {a['layer']} | {a['js_between_domains_bits']:.3f} | {b['js_between_domains_bits']:.3f} | "
-        f"{a['js_split_half_bits']:.3f} | {a['top_half_coverage_own']:.1%} | {b['top_half_coverage_own']:.1%} | "
+        f"{a['js_split_half_bits']:.4f} | {a['top_half_coverage_own']:.1%} | {b['top_half_coverage_own']:.1%} | "
         f"{a['top_half_coverage_others']:.1%} | {a['routing_entropy_bits']:.2f} / {a['max_entropy_bits']:.0f} | "
         f"{a['busiest_expert_share']:.1%} | {a['unused_experts']} |"
         for a, b in zip(tr["per_layer"], ini["per_layer"], strict=True))
@@ -248,7 +248,7 @@ same half. References: the same architecture at initialisation, and split-half J
 {spec_rows}
 
 Mean over layers: JS {tr['mean']['js_between_domains_bits']:.3f} bits trained vs \
-{ini['mean']['js_between_domains_bits']:.3f} at init (noise floor {tr['mean']['js_split_half_bits']:.3f}); \
+{ini['mean']['js_between_domains_bits']:.3f} at init (noise floor {tr['mean']['js_split_half_bits']:.4f}); \
 own top half {tr['mean']['top_half_coverage_own']:.1%} trained vs {ini['mean']['top_half_coverage_own']:.1%} \
 at init; others' top half {tr['mean']['top_half_coverage_others']:.1%}.
 
@@ -281,5 +281,5 @@ def write_card(recipe: TrainRecipe, tokens_per_domain: int = 32_768, console=Non
     tr, ini = m["specialisation"]["trained"]["mean"], m["specialisation"]["at_init"]["mean"]
     return (f"mean test loss {np.mean(list(m['test_loss'].values())):.3f} nats; JS between domains "
             f"{tr['js_between_domains_bits']:.3f} bits (init {ini['js_between_domains_bits']:.3f}, noise "
-            f"{tr['js_split_half_bits']:.3f}); own top half {tr['top_half_coverage_own']:.1%} "
+            f"{tr['js_split_half_bits']:.4f}); own top half {tr['top_half_coverage_own']:.1%} "
             f"(init {ini['top_half_coverage_own']:.1%})")
