@@ -34,18 +34,23 @@ class LayerStats:
     def update(self, top_k_index: torch.Tensor, top_k_weights: torch.Tensor, mask: torch.Tensor | None) -> None:
         """Add one forward's picks. top_k_index/weights: (T, K); mask: (T,) bool, True = real token."""
         idx = top_k_index.reshape(top_k_index.shape[0], -1).long()
-        w = top_k_weights.reshape(idx.shape).double()
+        w = top_k_weights.reshape(idx.shape)
         if mask is not None:
             keep = mask.reshape(-1).bool()
             idx, w = idx[keep], w[keep]
         e = self.counts.shape[0]
-        valid = (idx >= 0) & (idx < e)  # an index == E is the "dropped" sentinel: not a selection
-        onehot = torch.zeros(idx.shape[0], e, dtype=torch.int64)
-        onehot.scatter_add_(1, idx.clamp(0, e - 1), valid.long())
-        onehot = onehot.clamp_(max=1)  # a token picking one expert twice (after a redirect) counts once
-        self.counts += onehot.sum(0)
-        self.gate_mass.index_add_(0, idx[valid], w[valid])
-        self.coactivation += onehot.T @ onehot
+        valid = idx < e  # an index == E is the "dropped" sentinel: not a selection
+        if not bool(valid.all()):
+            w = w.masked_fill(~valid, 0)
+            idx = idx.masked_fill(~valid, e)
+        # float one-hot (an extra column takes sentinels): BLAS does the co-activation product; counts stay
+        # exact (integers below 2**24 per batch); a token picking one expert twice counts once
+        onehot = torch.zeros(idx.shape[0], e + 1)
+        onehot.scatter_(1, idx, 1.0)
+        onehot = onehot[:, :e]
+        self.counts += onehot.sum(0).round().long()
+        self.gate_mass.index_add_(0, idx[valid], w[valid].double())
+        self.coactivation += (onehot.T @ onehot).round().long()
         self.tokens += int(idx.shape[0])
 
     def merge(self, other: LayerStats) -> None:

@@ -84,15 +84,13 @@ class ManagedLayer:
     renormalise: bool = True  # the router renormalises its top-k weights (norm_topk_prob)
     _logits: torch.Tensor | None = None  # (T, E) the router's logits of the current forward (reroute only)
 
-    _picks: torch.Tensor | None = None  # (E,) picks per expert since the last flush
-    _mass: torch.Tensor | None = None  # (E,) router weight per expert since the last check point
-    _tokens: int = 0
+    _pending: list = field(default_factory=list)  # (index, weights) of forwards since the last check point
     _route: torch.Tensor | None = None  # (E,) expert -> slot after redirect, -1 = dropped
     _any_drop: bool = False
+    _no_redirect: bool = True  # every missing expert is dropped/re-routed (none redirected)
+    _bias: torch.Tensor | None = None  # (E,) 0 for residents, -inf otherwise: re-routing by a masked top-k
 
     def __post_init__(self) -> None:
-        self._picks = torch.zeros(self.num_experts, dtype=torch.long)
-        self._mass = torch.zeros(self.num_experts, dtype=torch.float64)
         self._rebuild_route()
 
     @property
@@ -103,19 +101,23 @@ class ManagedLayer:
         target = self.redirect
         self._route = torch.where(target >= 0, self.slot_of[target.clamp_min(0)], torch.full_like(target, -1))
         self._any_drop = bool((self._route < 0).any())
+        resident = self.slot_of >= 0
+        self._no_redirect = bool(((target == torch.arange(self.num_experts)) | (target < 0)).all())
+        self._bias = torch.where(resident, 0.0, float("-inf"))
 
     # ---- static: table lookup (the hot path: a few tensor ops per layer and forward) -------------------------
     def route(self, index: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(T, K) expert ids + router weights -> slot ids + weights (dropped picks: weight 0, renormalised)."""
         idx = index.long()
-        flat = idx.reshape(-1)
-        self._picks += torch.bincount(flat, minlength=self.num_experts)
-        if self.manager is not None:
-            self._mass += torch.bincount(flat, weights=weights.reshape(-1).double(), minlength=self.num_experts)
-            self._tokens += idx.shape[0]
-        slot = self._route[idx]
+        self._pending.append((idx, weights))  # counted at the next check point, off the per-token path
         if not self._any_drop:
-            return slot, weights
+            return self._route[idx], weights
+        if self.reroute and self.renormalise and self._no_redirect and self._logits is not None:
+            # every missing expert is re-routed: top-k among residents from the router's logits; softmax over
+            # the k kept logits = renormalised top-k probabilities (tokens with no missing pick are unchanged)
+            vals, experts = (self._logits.reshape(-1, self.num_experts).float() + self._bias).topk(idx.shape[-1])
+            return self.slot_of[experts], vals.softmax(-1).to(weights.dtype)
+        slot = self._route[idx]
         dropped = slot < 0
         if not bool(dropped.any()):
             return slot, weights
@@ -149,16 +151,29 @@ class ManagedLayer:
         """Forward hook on the router: remember its logits for re-routing."""
         self._logits = output[0].detach()
 
-    def flush_stats(self) -> None:
-        """Fold the per-expert pick counts into hit / redirect / drop totals for the current tables."""
-        picks = self._picks
+    def _drain(self) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Picks (E,) and router weight (E,) per expert, and tokens, of the forwards since the last call."""
+        if not self._pending:
+            return torch.zeros(self.num_experts, dtype=torch.long), torch.zeros(self.num_experts), 0
+        idx = torch.cat([p[0].reshape(-1, p[0].shape[-1]) for p in self._pending])
+        w = torch.cat([p[1].reshape(-1, p[1].shape[-1]) for p in self._pending])
+        self._pending = []
+        flat = idx.reshape(-1)
+        picks = torch.bincount(flat, minlength=self.num_experts)
+        mass = torch.bincount(flat, weights=w.reshape(-1).double(), minlength=self.num_experts)
+        return picks, mass, idx.shape[0]
+
+    def flush_stats(self) -> tuple[torch.Tensor, int]:
+        """Fold the pending picks into hit / redirect / drop totals for the current tables; returns the
+        demanded router weight per expert (E,) and the token count, for the manager."""
+        picks, mass, tokens = self._drain()
         resident = self.slot_of >= 0
         redirected = ~resident & (self._route >= 0)
         self.stats.picks += int(picks.sum())
         self.stats.hits += int(picks[resident].sum())
         self.stats.redirects += int(picks[redirected].sum())
         self.stats.drops += int(picks[~resident & ~redirected].sum())
-        self._picks = torch.zeros_like(picks)
+        return mass, tokens
 
     def count_pruned(self, index: torch.Tensor, weights: torch.Tensor) -> None:
         """prune: the sliced router only picks resident experts; count them (every pick is a hit)."""
@@ -185,12 +200,11 @@ class ManagedLayer:
         """At a request boundary or every N tokens: let the manager swap experts if the task has shifted."""
         if self.mode != "static":
             return None
-        self.flush_stats()
+        mass, tokens = self.flush_stats()
         if self.manager is None:
             return None
-        if self._tokens:
-            self.manager.observe(self._mass.numpy(), self._tokens)
-            self._mass, self._tokens = torch.zeros_like(self._mass), 0
+        if tokens:
+            self.manager.observe(mass.numpy(), tokens)
         swap = self.manager.decide()
         if swap is None:
             return None
