@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -69,6 +68,7 @@ def _child(model: str, tokens: int, threads: int) -> None:
     from lightmoe_cli.models import get_adapter
     from lightmoe_cli.profile.batches import batches, token_windows
     from lightmoe_cli.profile.tracer import HiddenSampler, trace_task
+    from lightmoe_cli.runtime.generate import peak_rss_bytes
 
     torch.set_num_threads(threads)
     lm, tok = load_model_and_tokenizer(model)
@@ -76,7 +76,7 @@ def _child(model: str, tokens: int, threads: int) -> None:
     # batches are generated lazily here, as in `lightmoe profile`: nothing grows with the token count
     bs = batches(token_windows(tok, iter(_texts(100000)), 256, tokens), 8, tok.pad_token_id or 0)
     trace_task(lm, layers, "rss", bs, sampler=HiddenSampler(layers, 64), sample_share=0.01)
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    print(peak_rss_bytes() / 2**20)
 
 
 def main() -> None:

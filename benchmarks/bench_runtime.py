@@ -28,9 +28,9 @@ PROMPTS = ["12 + 7 = 19\n45 - 3 = ", "def read_lines(path):\n", "1:1 EN el princ
 
 def _child(bundle: str, threads: int, new_tokens: int, native: bool) -> None:
     """Run one bundle (or the native model) and print its stats as JSON on the last line."""
-    import resource
-
     import torch
+
+    from lightmoe_cli.runtime.generate import peak_rss_bytes
 
     torch.set_num_threads(threads)
     if native:
@@ -60,7 +60,7 @@ def _child(bundle: str, threads: int, new_tokens: int, native: bool) -> None:
         stats = run_requests(rt, PROMPTS, new_tokens)
         out = stats.to_json()
         out.pop("requests")
-    out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["peak_rss_mib"] = peak_rss_bytes() / 2**20
     print(json.dumps(out))
 
 

@@ -18,8 +18,6 @@ SPEED_PROMPTS = ["12 + 7 = 19\n45 - 3 = ", "def read_lines(path):\n", "1:1 EN el
 
 def evaluate_bundle(bundle: Path, tasks: list[str], include_path: Path, limit: int | None, threads: int,
                     new_tokens: int = 16, batch_size: int = 8) -> dict:
-    import resource
-
     import lm_eval
     import torch
     from lm_eval.tasks import TaskManager
@@ -27,7 +25,7 @@ def evaluate_bundle(bundle: Path, tasks: list[str], include_path: Path, limit: i
     from lightmoe_cli.bundle.artifact import load_bundle
     from lightmoe_cli.evaluation.lm_eval_model import LightMoELM
     from lightmoe_cli.identity import sha256_file
-    from lightmoe_cli.runtime.generate import run_requests
+    from lightmoe_cli.runtime.generate import peak_rss_bytes, run_requests
     from lightmoe_cli.runtime.loader import build_runtime
 
     torch.set_num_threads(threads)
@@ -63,7 +61,7 @@ def evaluate_bundle(bundle: Path, tasks: list[str], include_path: Path, limit: i
         "miss_rate": sum(v["misses"] for v in eval_layers.values()) / picks,
         "decode_tokens_per_s": speed.decode_tokens_per_s, "prefill_tokens_per_s": speed.prefill_tokens_per_s,
         "resident_expert_bytes": speed.resident_expert_bytes,
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mib": peak_rss_bytes() / 2**20,
     }
 
 

@@ -51,6 +51,14 @@ class RunStats:
 
 
 def peak_rss_bytes() -> int:
+    """This process's peak RSS. VmHWM belongs to the current address space; getrusage's ru_maxrss is carried
+    over exec() on Linux, so a child started by a big parent would report the parent's peak."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
