@@ -228,3 +228,16 @@ def test_reap_ranking_keeps_the_most_salient_experts(prof, tiny_moe, tmp_path):
         assert set(lp["resident"]) == set(np.argsort(-sal, kind="stable")[: lp["slots"]].tolist())
     with pytest.raises(LightMoEError, match="unknown ranking"):
         _bundle(prof, tiny_moe, tmp_path, policy="prune", fraction=0.5, ranking="magic")
+
+
+def test_tensor_file_reads_what_safetensors_wrote(tmp_path):
+    from safetensors.torch import save_file
+
+    from lightmoe_cli.bundle.safetensors_io import TensorFile
+
+    tensors = {"a": torch.randn(3, 4), "b": torch.arange(5, dtype=torch.int64), "c": torch.randn(2).bfloat16()}
+    save_file(tensors, str(tmp_path / "t.safetensors"))
+    f = TensorFile(tmp_path / "t.safetensors")
+    assert sorted(f.keys()) == ["a", "b", "c"]
+    for k, v in tensors.items():
+        assert torch.equal(f.read(k), v)

@@ -105,15 +105,15 @@ class ExpertStore:
     """Reads single experts from a bundle's store: one contiguous read each, straight into a slot."""
 
     def __init__(self, bundle: Bundle):
-        from safetensors import safe_open
+        from lightmoe_cli.bundle.safetensors_io import TensorFile
 
         self.bundle = bundle
-        self._files = {int(li): safe_open(str(bundle.path / "experts" / f"layer_{li}.safetensors"), "pt")
+        self._files = {int(li): TensorFile(bundle.path / "experts" / f"layer_{li}.safetensors")
                        for li in bundle.manifest["expert_layout"]}
         self.bytes_read = 0
 
     def read(self, layer_index: int, expert: int) -> torch.Tensor:
-        """The expert's flat 1-D tensor."""
-        flat = self._files[layer_index].get_tensor(f"e{expert}")
+        """The expert's flat 1-D tensor (one positioned read, no memory map)."""
+        flat = self._files[layer_index].read(f"e{expert}")
         self.bytes_read += flat.numel() * flat.element_size()
         return flat

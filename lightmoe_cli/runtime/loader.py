@@ -72,18 +72,20 @@ def _restore_non_persistent_buffers(model: nn.Module) -> None:
 
 def _load_non_expert(model: nn.Module, path: str) -> None:
     """Load every stored tensor; where the skeleton was sliced (prune routers), take the kept rows."""
-    from safetensors import safe_open
+    from lightmoe_cli.bundle.safetensors_io import TensorFile
 
     params = dict(model.named_parameters(remove_duplicate=False)) | dict(model.named_buffers())
-    with safe_open(path, "pt") as f, torch.no_grad():
+    f = TensorFile(path)
+    with torch.no_grad():
         for key in f.keys():
             if key not in params:
                 raise LightMoEError(f"bundle weight {key} has no place in the model: the bundle does not match "
                                     "its config")
-            target, value = params[key], f.get_tensor(key)
+            target, value = params[key], f.read(key)
             if target.shape != value.shape:
                 value = value.index_select(_differing_axis(target, value), _kept_rows(model, key))
             target.copy_(value.to(target.dtype))
+    f.close()
 
 
 def _differing_axis(a: torch.Tensor, b: torch.Tensor) -> int:
