@@ -79,7 +79,7 @@ def run_tables(stats, policy: str) -> list[Table]:
     if stats.modelled_io_seconds is not None:
         t.add_row("modelled transfer time at --io-bandwidth", f"{stats.modelled_io_seconds:.3f} s")
     per = Table(title="per MoE layer")
-    for col in ("layer", "picks", "hit", "redirect", "drop", "miss (loaded)", "loads"):
+    for col in ("layer", "picks", "hit", "redirect", "re-routed / dropped", "miss (loaded)", "loads"):
         per.add_column(col, justify="right")
     for li, s in stats.layers.items():
         per.add_row(str(li), f"{s['picks']:,}", f"{s['hit_rate']:.1%}", f"{s['redirect_rate']:.1%}",
