@@ -6,7 +6,7 @@ import pytest
 from lightmoe_cli.policies.budget import BudgetError, parse_size, slots_for_budget
 from lightmoe_cli.policies.cache import ExpertCache, replay
 from lightmoe_cli.policies.manager import LayerManager, ManagerParams, nearest_signature
-from lightmoe_cli.policies.redirect import DROP, apply_table, redirect_table
+from lightmoe_cli.policies.redirect import DROP, redirect_table
 from lightmoe_cli.policies.resident import allocate_slots, covered_share, select_residents
 
 
@@ -62,18 +62,6 @@ def test_redirect_table_with_threshold():
                     [0.0, 0.3, 0.05, 1.0]])
     assert redirect_table(sim, [0, 2]).tolist() == [0, 0, 2, 2]  # 3 -> 2 (0.05 > 0.0)
     assert redirect_table(sim, [0, 2], min_similarity=0.5).tolist() == [0, 0, 2, DROP]
-
-
-def test_apply_table_redirect_and_drop_with_renormalisation():
-    table = np.array([0, 0, 2, DROP])
-    idx = np.array([[1, 2], [3, 0], [3, 3]])
-    w = np.array([[0.6, 0.4], [0.7, 0.3], [0.5, 0.5]])
-    new_idx, new_w = apply_table(idx, w, table)
-    assert new_idx[0].tolist() == [0, 2] and new_w[0].tolist() == pytest.approx([0.6, 0.4])
-    assert new_idx[1].tolist() == [0, 0] and new_w[1].tolist() == pytest.approx([0.0, 1.0])
-    assert new_w[2].tolist() == [0.0, 0.0] and (new_idx[2] >= 0).all()
-    _, raw = apply_table(idx, w, table, renormalise=False)
-    assert raw[1].tolist() == pytest.approx([0.0, 0.3])
 
 
 def test_lru_replay_matches_a_hand_count():
