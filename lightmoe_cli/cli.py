@@ -226,7 +226,7 @@ def run_cmd(
         bw = parse_size(io_bandwidth.removesuffix("/s")) if io_bandwidth else None
         path = bundle_dir or REPO_ROOT / "artifacts" / "bundles" / "demo-moe-lightmoe-50"
         bundle = load_bundle(path)
-        rt = build_runtime(bundle, device=device, io_bandwidth=bw)
+        rt = build_runtime(bundle, device=device)
         with token_progress(console) as progress:
             stats = run_requests(rt, prompts, max_new_tokens, io_bandwidth=bw, progress=progress)
     except LightMoEError as e:

@@ -94,14 +94,14 @@ def run_task_shift(configs, items_dir: Path, per_block: int, threads: int) -> li
     results = []
     for c in configs:
         rt = build_runtime(load_bundle(c.bundle, verify=False))
-        names = [c.policy]
+        name = c.policy
         if c.policy == "lightmoe":
             results.append(run_stream(rt, "lightmoe (manager on)", stream))
             rt = build_runtime(load_bundle(c.bundle, verify=False))
             for m in rt.layers:
                 m.manager = None
-            names = ["lightmoe (manager off)"]
-        results.append(run_stream(rt, names[0], stream))
+            name = "lightmoe (manager off)"
+        results.append(run_stream(rt, name, stream))
     return results
 
 

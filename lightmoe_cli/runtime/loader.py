@@ -70,7 +70,7 @@ def _restore_non_persistent_buffers(model: nn.Module) -> None:
                 if fresh._buffers.get(b) is not None else None
 
 
-def _load_non_expert(model: nn.Module, path: str) -> None:
+def _load_non_expert(model: nn.Module, path: str, kept_rows: dict[str, torch.Tensor]) -> None:
     """Load every stored tensor; where the skeleton was sliced (prune routers), take the kept rows."""
     from lightmoe_cli.bundle.safetensors_io import TensorFile
 
@@ -83,7 +83,7 @@ def _load_non_expert(model: nn.Module, path: str) -> None:
                                     "its config")
             target, value = params[key], f.read(key)
             if target.shape != value.shape:
-                value = value.index_select(_differing_axis(target, value), _kept_rows(model, key))
+                value = value.index_select(_differing_axis(target, value), kept_rows[key])
             target.copy_(value.to(target.dtype))
     f.close()
 
@@ -95,12 +95,7 @@ def _differing_axis(a: torch.Tensor, b: torch.Tensor) -> int:
     return diff[0]
 
 
-def _kept_rows(model: nn.Module, key: str) -> torch.Tensor:
-    return model._lightmoe_kept_rows[key]
-
-
-def build_runtime(bundle: Bundle, device: str = "cpu", io_bandwidth: float | None = None,
-                  check_every: int | None = None) -> Runtime:
+def build_runtime(bundle: Bundle, device: str = "cpu", check_every: int | None = None) -> Runtime:
     """The bundle's model with only resident experts in memory, managed as the bundle's policy says."""
     from transformers import AutoConfig, AutoTokenizer
 
@@ -139,9 +134,7 @@ def build_runtime(bundle: Bundle, device: str = "cpu", io_bandwidth: float | Non
     model.to_empty(device=device)
     model.to(dtype)
     _restore_non_persistent_buffers(model)
-    model._lightmoe_kept_rows = kept_rows
-    _load_non_expert(model, str(mdir / "non_expert.safetensors"))
-    del model._lightmoe_kept_rows
+    _load_non_expert(model, str(mdir / "non_expert.safetensors"), kept_rows)
     if getattr(config, "tie_word_embeddings", False):
         model.tie_weights()
     model.eval()
@@ -159,7 +152,7 @@ def build_runtime(bundle: Bundle, device: str = "cpu", io_bandwidth: float | Non
         writer = SlotWriter(m.experts, bundle.layout(m.layer_index), store, m.layer_index)
         mode = {"prune": "prune", "lru": "lru"}.get(bundle.policy, "static")
         ml = ManagedLayer(m.layer_index, e, lp["slots"], mode, slot_of,
-                          torch.tensor(lp["redirect"], dtype=torch.long), writer, io_bandwidth=io_bandwidth)
+                          torch.tensor(lp["redirect"], dtype=torch.long), writer)
         for slot, expert in enumerate(resident):
             writer.load(expert, slot)
         if mode == "lru":

@@ -79,7 +79,6 @@ class ManagedLayer:
     min_similarity: float = 0.5
     stats: LayerStats = field(default_factory=LayerStats)
     swaps: list[SwapRecord] = field(default_factory=list)
-    io_bandwidth: float | None = None  # bytes/s of a modelled slower link, for reporting only
     reroute: bool = False  # tokens with a dropped pick take top-k among resident experts (prune-equivalent)
     renormalise: bool = True  # the router renormalises its top-k weights (norm_topk_prob)
     _logits: torch.Tensor | None = None  # (T, E) the router's logits of the current forward (reroute only)
