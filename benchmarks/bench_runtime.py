@@ -146,7 +146,7 @@ def main() -> None:
                              BuildOptions(policy=policy, fraction=budget))
             r = run_child(b.path, args.threads, args.new_tokens)
             rows.append({"policy": policy, "budget": budget, **r,
-                         "resident_fraction": b.manifest["budget"]["resident_fraction"]})
+                         "resident_fraction": b.manifest.budget.resident_fraction})
     del model
     by = {(r["policy"], r["budget"]): r for r in rows}
     for r in rows:

@@ -6,13 +6,13 @@ is a parse -> validate -> call one `run_*` function -> print-where-it-went wrapp
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import typer
 
 from lightmoe_cli.errors import LightMoEError, fail
-from lightmoe_cli.loading import REPO_ROOT
+from lightmoe_cli.paths import DEFAULT_BUNDLE, DEFAULT_CALIBRATION, DEFAULT_TRAIN_RECIPE, offline
+from lightmoe_cli.policy_options import policy_help, with_policy_options
 
 app = typer.Typer(
     name="lightmoe",
@@ -24,14 +24,6 @@ app = typer.Typer(
 demo_app = typer.Typer(help="Build the embedded demo model: corpus, training, model card.", no_args_is_help=True)
 app.add_typer(demo_app, name="demo")
 
-DEFAULT_TRAIN_RECIPE = REPO_ROOT / "recipes" / "training" / "demo-moe.yaml"
-
-
-def _offline() -> None:
-    """No hub on these machines: a model argument is a local path or an already-cached hub id."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-
 
 @app.command()
 def models(
@@ -39,20 +31,13 @@ def models(
     no_selftest: bool = typer.Option(False, "--no-selftest", help="List architectures without running them."),
 ) -> None:
     """List every MoE causal-LM architecture in the installed transformers, and self-test each on a tiny config."""
-    _offline()
+    offline()
     from lightmoe_cli.models.selftest import models_command
 
     try:
         models_command(arch or None, run_selftest=not no_selftest)
     except LightMoEError as e:
         fail(e)
-
-
-DEFAULT_CALIBRATION = REPO_ROOT / "recipes" / "calibration" / "demo.yaml"
-
-
-def _model_slug(name: str) -> str:
-    return Path(name).name if Path(name).exists() else name.replace("/", "--")
 
 
 @app.command()
@@ -72,11 +57,12 @@ def profile(
     threads: int = typer.Option(None, help="torch CPU threads (default: all cores)."),
 ) -> None:
     """Trace routing on calibration tasks: expert frequency, co-activation and similarity per task and layer."""
-    _offline()
+    offline()
     import torch
     from rich.console import Console
 
     from lightmoe_cli.loading import load_model_and_tokenizer, resolve_model
+    from lightmoe_cli.paths import default_profile
     from lightmoe_cli.profile.run import ProfileSettings, run_profile
     from lightmoe_cli.recipes import load_recipe
     from lightmoe_cli.report import profile_tables, token_progress
@@ -94,7 +80,7 @@ def profile(
     try:
         recipe = load_recipe(tasks, max_tokens)
         name = resolve_model(model)
-        out = out or REPO_ROOT / "artifacts" / "profiles" / _model_slug(name)
+        out = out or default_profile(name)
         lm, tok = load_model_and_tokenizer(name, device=device, dtype=dtype)
         settings = ProfileSettings(seq_len=seq_len, batch_size=batch_size, sample_tokens=sample_tokens,
                                    save_traces=save_traces, similarity_layer=similarity_layer)
@@ -109,78 +95,64 @@ def profile(
     console.print(f"profile written to {prof.path} (plots in {prof.path / 'plots'})")
 
 
-def _default_profile(name: str) -> Path:
-    return REPO_ROOT / "artifacts" / "profiles" / _model_slug(name)
+@app.command("policies")
+def policies_cmd() -> None:
+    """List the registered policies: one line each, with their parameters and defaults."""
+    from rich.console import Console
+
+    from lightmoe_cli.report import policies_table
+
+    Console().print(policies_table())
 
 
-@app.command("build-bundle")
 def build_bundle_cmd(
     profile_dir: Path = typer.Option(None, "--profile", "-p", help="Profile folder (default: the demo model's)."),
     budget: float = typer.Option(None, help="Resident expert memory as a fraction of all expert weights."),
     memory: str = typer.Option(None, help="Resident expert memory as a size, e.g. 300MiB (instead of --budget)."),
-    policy: str = typer.Option("lightmoe", help="lightmoe | prune | lru | full"),
-    similarity: str = typer.Option("output", help="Redirect by output | weight | coactivation similarity."),
-    min_similarity: float = typer.Option(0.5, help="Redirect only to a resident at least this similar."),
-    missing: str = typer.Option("reroute", help="lightmoe, a missing expert with no similar resident: reroute "
-                                "(top-k among residents, as a pruned router) or drop (weight 0, renormalise)."),
-    eviction: str = typer.Option("lru", help="Eviction rule of the lru policy: lru | lfu."),
+    policy: str = typer.Option("lightmoe", help=policy_help() + " (see `lightmoe policies`)"),
     ranking: str = typer.Option("gate_mass", help="Which experts stay: gate_mass | frequency | reap (REAP "
                                 "saliency: router weight x expert output norm)."),
-    window: int = typer.Option(256, help="lightmoe manager: tokens of demand it looks at."),
-    threshold: float = typer.Option(0.25, help="lightmoe manager: missed gate-mass share that triggers a swap."),
-    max_swap: int = typer.Option(4, help="lightmoe manager: experts replaced per layer per swap."),
-    cooldown: int = typer.Option(512, help="lightmoe manager: tokens between two swaps of a layer."),
     model: str = typer.Option(None, "--model", "-m", help="Model (default: the one the profile names)."),
     out: Path = typer.Option(None, "--out", "-o",
                              help="Bundle folder (default: artifacts/bundles/<model>-<policy>-<budget>)."),
     dtype: str = typer.Option("float32", help="dtype of the expert store and runtime weights."),
+    policy_params: dict | None = None,
 ) -> None:
     """Choose resident experts under a memory budget, a redirect table and a swap policy -> a bundle folder."""
-    _offline()
+    offline()
     from rich.console import Console
-    from rich.table import Table
 
-    from lightmoe_cli.bundle.build import BuildOptions, build_bundle, describe_plan
+    from lightmoe_cli.bundle.build import BuildOptions, build_bundle
     from lightmoe_cli.loading import load_model_and_tokenizer, resolve_model
+    from lightmoe_cli.paths import default_bundle, default_profile
     from lightmoe_cli.policies.budget import parse_size
-    from lightmoe_cli.policies.manager import ManagerParams
-    from lightmoe_cli.policies.plan import POLICIES
     from lightmoe_cli.profile.artifact import load_profile
-    from lightmoe_cli.report import token_progress
+    from lightmoe_cli.report import bundle_table, token_progress
 
     console = Console()
-    if policy not in POLICIES:
-        fail(f"unknown policy {policy!r}; policies: {', '.join(POLICIES)}")
-    if similarity not in ("output", "weight", "coactivation"):
-        fail(f"unknown similarity {similarity!r}; use output, weight or coactivation")
     if budget is not None and memory is not None:
         fail("give --budget or --memory, not both")
+    if dtype not in ("float32", "bfloat16", "float16"):
+        fail(f"unknown --dtype {dtype}; use float32, bfloat16 or float16")
     try:
         memory_bytes = parse_size(memory) if memory else None
         fraction = None if memory_bytes is not None else (budget if budget is not None else 0.5)
-        prof_dir = profile_dir or _default_profile(resolve_model(model))
-        prof = load_profile(prof_dir)
-        name = model or prof.manifest["model"]["name_or_path"]
-        lm, tok = load_model_and_tokenizer(name, dtype=dtype)
+        opts = BuildOptions(policy, fraction, memory_bytes, ranking, policy_params or {})
+        opts.resolve()  # every option checked before a model is loaded
+        prof = load_profile(profile_dir or default_profile(resolve_model(model)))
+        name = model or prof.model.name_or_path
         tag = f"{int(round(fraction * 100))}" if fraction is not None else memory.replace(" ", "")
-        out = out or REPO_ROOT / "artifacts" / "bundles" / f"{_model_slug(name)}-{policy}-{tag}"
-        if missing not in ("reroute", "drop"):
-            fail(f"--missing must be reroute or drop, not {missing!r}")
-        opts = BuildOptions(policy, fraction, memory_bytes, similarity, min_similarity, eviction,
-                            ManagerParams(window, threshold, max_swap, cooldown), missing, ranking)
-        with token_progress(console) as progress:
-            bundle = build_bundle(prof, lm, tok, name, out, opts, progress=progress)
+        lm, tok = load_model_and_tokenizer(name, dtype=dtype)
+        with token_progress(console, unit="experts") as progress:
+            bundle = build_bundle(prof, lm, tok, name, out or default_bundle(name, policy, tag), opts,
+                                  progress=progress)
     except LightMoEError as e:
         fail(e)
-    b = bundle.manifest["budget"]
-    table = Table(title=f"bundle {policy}: {b['resident_expert_bytes'] / 2**20:.1f} MiB resident experts "
-                        f"({b['resident_fraction']:.0%} of {b['all_expert_bytes'] / 2**20:.1f} MiB)")
-    for col in ("layer", "slots / experts", "calibration gate mass covered", "redirected", "dropped / loaded"):
-        table.add_column(col, justify="right")
-    for row in describe_plan(bundle):
-        table.add_row(*map(str, row))
-    console.print(table)
+    console.print(bundle_table(bundle))
     console.print(f"bundle written to {bundle.path}")
+
+
+app.command("build-bundle")(with_policy_options(build_bundle_cmd))
 
 
 @app.command("run")
@@ -193,16 +165,30 @@ def run_cmd(
     io_bandwidth: str = typer.Option(None, help="Model a slower link for expert loads, e.g. 2GB/s."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
     threads: int = typer.Option(None, help="torch CPU threads."),
+    no_manager: bool = typer.Option(False, "--no-manager", help="Serve a managed bundle statically (no swaps)."),
 ) -> None:
     """Execute a bundle: only resident experts in memory, misses redirected, coarse swaps on task change."""
-    _offline()
-    import json as _json
+    offline()
+    from lightmoe_cli.policies.budget import parse_size
+    from lightmoe_cli.runtime.prompts import read_prompts
+
+    if not 1 <= max_new_tokens <= 1_000_000:
+        fail(f"--max-new-tokens must be between 1 and 1000000, not {max_new_tokens}")
+    if stats_json is not None and not stats_json.parent.is_dir():
+        fail(f"--stats-json folder {stats_json.parent} does not exist: create it or write elsewhere")
+    if threads is not None and threads < 1:
+        fail("--threads must be positive")
+    try:
+        prompts = read_prompts(prompt, input_file)
+        bw = parse_size(io_bandwidth.removesuffix("/s")) if io_bandwidth else None
+    except LightMoEError as e:
+        fail(e)
 
     import torch
     from rich.console import Console
 
     from lightmoe_cli.bundle.artifact import load_bundle
-    from lightmoe_cli.policies.budget import parse_size
+    from lightmoe_cli.files import atomic_write_json
     from lightmoe_cli.report import run_tables, token_progress
     from lightmoe_cli.runtime.generate import run_requests
     from lightmoe_cli.runtime.loader import build_runtime
@@ -210,24 +196,10 @@ def run_cmd(
     console = Console()
     if threads:
         torch.set_num_threads(threads)
-    prompts = list(prompt or [])
     try:
-        if input_file:
-            if not input_file.exists():
-                fail(f"input file {input_file} not found")
-            for n, line in enumerate(input_file.read_text().splitlines(), 1):
-                if line.strip():
-                    try:
-                        prompts.append(_json.loads(line)["prompt"])
-                    except (ValueError, KeyError):
-                        fail(f"{input_file}:{n} is not a JSON object with a 'prompt' field")
-        if not prompts:
-            fail("nothing to run: give --prompt TEXT or --input prompts.jsonl")
-        bw = parse_size(io_bandwidth.removesuffix("/s")) if io_bandwidth else None
-        path = bundle_dir or REPO_ROOT / "artifacts" / "bundles" / "demo-moe-lightmoe-50"
-        bundle = load_bundle(path)
-        rt = build_runtime(bundle, device=device)
-        with token_progress(console) as progress:
+        bundle = load_bundle(bundle_dir or DEFAULT_BUNDLE)
+        rt = build_runtime(bundle, device=device, manager=not no_manager)
+        with token_progress(console, unit="requests") as progress:
             stats = run_requests(rt, prompts, max_new_tokens, io_bandwidth=bw, progress=progress)
     except LightMoEError as e:
         fail(e)
@@ -236,9 +208,7 @@ def run_cmd(
     for table in run_tables(stats, bundle.policy):
         console.print(table)
     if stats_json:
-        tmp = stats_json.with_name(stats_json.name + ".tmp")
-        tmp.write_text(_json.dumps(stats.to_json(), indent=1))
-        tmp.replace(stats_json)
+        atomic_write_json(stats_json, stats.to_json())
         console.print(f"statistics written to {stats_json}")
 
 
@@ -247,29 +217,43 @@ def eval_cmd(
     bundle: list[Path] = typer.Option(None, "--bundle", "-b", help="Bundle(s) to evaluate (repeatable)."),
     model: str = typer.Option(None, "--model", "-m", help="Model to compare policies on (default: demo model)."),
     tasks: str = typer.Option("demo", help="'demo' (all demo tasks) or comma-separated lm-eval task names."),
-    compare: str = typer.Option("full,prune,lru,lightmoe", help="Policies to build and compare."),
+    compare: str = typer.Option("full,prune,lru,lightmoe", help="Policies to build and compare: "
+                                + policy_help().replace(" | ", ", ") + "."),
     budgets: str = typer.Option("0.5", help="Comma-separated budgets (fractions of expert memory)."),
     limit: int = typer.Option(None, help="Items per task (quick runs)."),
     out: Path = typer.Option(None, "--out", "-o", help="Results folder (default: artifacts/eval/<model>)."),
     threads: int = typer.Option(2, help="torch CPU threads per evaluation process."),
-    task_shift: bool = typer.Option(True, help="Also run the task-shift stream scenario (needs lightmoe)."),
+    task_shift: bool = typer.Option(True, help="Also run the task-shift stream scenario (needs a managed policy)."),
     per_block: int = typer.Option(30, help="Requests per block in the task-shift stream."),
 ) -> None:
     """Score bundles and the baselines with lm-evaluation-harness: accuracy x memory x speed."""
-    _offline()
+    offline()
+    from lightmoe_cli.evaluation.run import EvalRequest
+
+    try:
+        req = EvalRequest(bundles=bundle or [], model=model, tasks=tasks,
+                          policies=[p.strip() for p in compare.split(",") if p.strip()],
+                          budgets=[float(b) for b in budgets.split(",")], limit=limit, out=out, threads=threads,
+                          task_shift=task_shift, per_block=per_block)
+        req.validate()
+    except ValueError as e:
+        fail(f"bad --budgets {budgets!r}: {e}")
+    except LightMoEError as e:
+        fail(e)
+
     from rich.console import Console
 
+    from lightmoe_cli.evaluation.render import render_eval
     from lightmoe_cli.evaluation.run import run_eval
+    from lightmoe_cli.report import token_progress
 
     console = Console(width=max(Console().width, 150))
     try:
-        run_eval(console, bundles=bundle or [], model=model, tasks=tasks, policies=compare.split(","),
-                 budgets=[float(b) for b in budgets.split(",")], limit=limit, out=out, threads=threads,
-                 task_shift=task_shift, per_block=per_block)
-    except ValueError as e:
-        fail(f"bad option: {e}")
+        with token_progress(console, unit="bundles") as progress:
+            report = run_eval(req, progress)
     except LightMoEError as e:
         fail(e)
+    render_eval(console, report)
 
 
 @demo_app.command("corpus")
@@ -301,7 +285,7 @@ def demo_train(
     max_minutes: float = typer.Option(None, help="Stop (with a checkpoint) after this many minutes."),
 ) -> None:
     """Train the demo MoE from its recipe (resumes from the last checkpoint unless --fresh)."""
-    _offline()
+    offline()
     from rich.console import Console
 
     from lightmoe_cli.demo.train import TrainRecipe, train
@@ -332,7 +316,7 @@ def demo_card(
     tokens_per_domain: int = typer.Option(32_768, help="Held-out tokens per domain for the routing measurement."),
 ) -> None:
     """Measure the trained demo model (held-out loss, routing specialisation) and write its card."""
-    _offline()
+    offline()
     from rich.console import Console
 
     from lightmoe_cli.demo.card import write_card
@@ -354,7 +338,7 @@ def demo_show(
     max_new_tokens: int = typer.Option(40, help="Tokens to generate per prompt."),
 ) -> None:
     """Load the demo model, show its card figures and continue one prompt per domain."""
-    _offline()
+    offline()
     from lightmoe_cli.demo.show import show_demo
 
     try:

@@ -1,11 +1,50 @@
-"""Atomic writes of output folders and reading of self-describing manifests (shared by every artifact)."""
+"""Atomic writes of files and artifact folders (shared by every command that writes output).
+
+Why: an interrupted run must leave either the old output or the new one, never half of it. Files are written
+to `<name>.tmp` beside the target and renamed; folders are built under `<name>.tmp`/`.partial` and swapped in.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+
+def atomic_write(path: Path, data: str | bytes | Callable[[Path], None]) -> Path:
+    """Write `data` (text, bytes, or a writer called with the temp path) to `path` via a temp file + rename.
+
+    The parent folder must exist: a missing folder is the caller's error to report, not ours to invent.
+    """
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        if isinstance(data, bytes):
+            tmp.write_bytes(data)
+        elif isinstance(data, str):
+            tmp.write_text(data)
+        else:
+            data(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def atomic_write_json(path: Path, payload: Any) -> Path:
+    return atomic_write(path, json.dumps(payload, indent=1))
+
+
+def save_tensors(tensors: dict, path: Path) -> Path:
+    """safetensors file written atomically (contiguous copies, so views and slices save)."""
+    from safetensors.torch import save_file
+
+    return atomic_write(path, lambda tmp: save_file({k: v.detach().contiguous() for k, v in tensors.items()},
+                                                    str(tmp)))
 
 
 def swap_in_dir(tmp: Path, out: Path) -> None:
@@ -18,19 +57,19 @@ def swap_in_dir(tmp: Path, out: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def read_manifest(path: Path, kind: str, schema: int, error: type[Exception], what: str, fix: str,
-                  missing_hint: str = "") -> dict:
-    """manifest.json of an artifact folder, checked for kind and schema; `error(message)` names the fix."""
-    mpath = path / "manifest.json"
-    if not mpath.exists():
-        raise error(f"{path} is not a lightmoe {what} (no manifest.json){missing_hint}")
-    try:
-        manifest = json.loads(mpath.read_text())
-    except json.JSONDecodeError as e:
-        raise error(f"{mpath} is corrupt ({e.msg}): {fix}") from e
-    if manifest.get("kind") != f"lightmoe-{what}":
-        raise error(f"{path} is not a lightmoe {what} (manifest kind {manifest.get('kind')!r})")
-    if manifest.get("schema_version") != schema:
-        raise error(f"{path} has {what} schema {manifest.get('schema_version')}, this lightmoe reads {schema}: "
-                    f"{fix}")
-    return manifest
+def file_entries(folder: Path) -> dict[str, dict]:
+    """sha256 and size of every file under `folder` (relative POSIX paths), for an artifact's manifest."""
+    from lightmoe_cli.identity import sha256_file
+
+    return {p.relative_to(folder).as_posix(): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+            for p in sorted(Path(folder).rglob("*")) if p.is_file() and p.name != "manifest.json"}
+
+
+def write_artifact(work: Path, out: Path, manifest) -> None:
+    """Finish an artifact built in folder `work`: hash its files into `manifest.files`, write manifest.json,
+    swap the folder in as `out`. `manifest` is a typed record (to_json) with a `files` field."""
+    from lightmoe_cli.manifest import FileEntry
+
+    manifest.files = {k: FileEntry(**v) for k, v in file_entries(work).items()}
+    atomic_write_json(work / "manifest.json", manifest.to_json())
+    swap_in_dir(work, out)

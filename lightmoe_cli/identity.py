@@ -25,30 +25,32 @@ def config_hash(config) -> str:
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def model_identity(model, adapter, name_or_path: str) -> dict:
+def model_identity(model, adapter, name_or_path: str):
     """Architecture facts plus a fingerprint over config and router weights (cheap, catches other weights)."""
     import torch
+
+    from lightmoe_cli.manifest import ModelIdentity
 
     layers = adapter.moe_layers(model)
     h = hashlib.sha256(config_hash(model.config).encode())
     for m in layers:
         for p in m.router.parameters():
             h.update(p.detach().float().cpu().numpy().round(5).tobytes())
-    return {
-        "name_or_path": name_or_path,
-        "architecture": type(model).__name__,
-        "model_type": getattr(model.config, "model_type", ""),
-        "config_hash": config_hash(model.config),
-        "fingerprint": h.hexdigest()[:16],
-        "moe_layers": [m.layer_index for m in layers],
-        "num_layers": int(getattr(model.config, "num_hidden_layers", len(layers))),
-        "num_experts": [m.num_experts for m in layers],
-        "top_k": [m.top_k for m in layers],
-        "bytes_per_expert": [adapter.bytes_per_expert(m) for m in layers],
-        "parameters": int(sum(p.numel() for p in model.parameters())),
-        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
-        "torch": torch.__version__,
-    }
+    return ModelIdentity(
+        name_or_path=name_or_path,
+        architecture=type(model).__name__,
+        model_type=getattr(model.config, "model_type", ""),
+        config_hash=config_hash(model.config),
+        fingerprint=h.hexdigest()[:16],
+        moe_layers=[m.layer_index for m in layers],
+        num_layers=int(getattr(model.config, "num_hidden_layers", len(layers))),
+        num_experts=[m.num_experts for m in layers],
+        top_k=[m.top_k for m in layers],
+        bytes_per_expert=[adapter.bytes_per_expert(m) for m in layers],
+        parameters=int(sum(p.numel() for p in model.parameters())),
+        dtype=str(next(model.parameters()).dtype).replace("torch.", ""),
+        torch=torch.__version__,
+    )
 
 
 def library_versions() -> dict[str, str]:

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from lightmoe_cli.errors import LightMoEError
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_MODEL = REPO_ROOT / "artifacts" / "demo-moe"
+from lightmoe_cli.paths import DEFAULT_MODEL, offline
 
 
 def resolve_model(model: str | Path | None) -> str:
@@ -35,7 +32,7 @@ def load_model_and_tokenizer(model: str | Path | None, device: str = "cpu", dtyp
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    offline()
     hf_logging.set_verbosity_error()  # our own messages and progress bars replace transformers' chatter
     hf_logging.disable_progress_bar()
     name = resolve_model(model)

@@ -144,7 +144,7 @@ def load_recipe(path: Path, max_tokens_override: int | None = None) -> Calibrati
 def resolve_path(recipe: CalibrationRecipe, p: str) -> Path:
     """Relative to the recipe's folder, else the working directory, else the lightmoe checkout (shipped recipes
     name data/corpus/... which `just corpus` builds there)."""
-    from lightmoe_cli.loading import REPO_ROOT
+    from lightmoe_cli.paths import REPO_ROOT
 
     candidate = Path(p).expanduser()
     if candidate.is_absolute():

@@ -24,40 +24,74 @@ def domain_stats_table(stats: Sequence) -> Table:
     return table
 
 
-class TokensPerSecondColumn(ProgressColumn):
-    """Tokens per second of a progress task (rich's own speed columns assume bytes)."""
+class RateColumn(ProgressColumn):
+    """Items per second of a progress task, in the bar's own unit (rich's speed columns assume bytes)."""
+
+    def __init__(self, unit: str):
+        super().__init__()
+        self.unit = unit
 
     def render(self, task) -> Text:
         speed = task.finished_speed or task.speed
-        return Text(f"{speed:,.0f} tok/s" if speed else "- tok/s", style="cyan")
+        return Text(f"{speed:,.1f} {self.unit}/s" if speed else f"- {self.unit}/s", style="cyan")
 
 
-def token_progress(console) -> Progress:
-    """One bar per calibration task: tokens done / cap, tokens per second, time left."""
+def token_progress(console, unit: str = "tok") -> Progress:
+    """Progress bars: done / total, rate in `unit` per second, time left."""
     return Progress(TextColumn("{task.description:<14}"), BarColumn(), MofNCompleteColumn(),
-                    TokensPerSecondColumn(), TimeRemainingColumn(), console=console)
+                    RateColumn(unit), TimeRemainingColumn(), console=console)
 
 
-def profile_tables(manifest: dict) -> list[Table]:
-    """Per-task routing summary and the between-task JS matrix of a profile manifest."""
-    t = Table(title=f"routing profile: {manifest['model']['name_or_path']}")
+def profile_tables(manifest) -> list[Table]:
+    """Per-task routing summary and the between-task JS matrix of a profile manifest (ProfileManifest)."""
+    t = Table(title=f"routing profile: {manifest.model.name_or_path}")
     for col in ("task", "tokens", "routing entropy (bits)", "top-half coverage", "mean JS to other tasks (bits)"):
         t.add_column(col, justify="left" if col == "task" else "right")
-    max_bits = max(manifest["model"]["num_experts"])
-    for s in manifest["summary"]:
-        t.add_row(s["name"], f"{s['tokens']:,}", f"{s['entropy_bits']:.2f}", f"{s['top_half_coverage']:.1%}",
-                  f"{s['mean_js_to_others_bits']:.3f}")
+    max_bits = max(manifest.model.num_experts)
+    for s in manifest.summary:
+        t.add_row(s.name, f"{s.tokens:,}", f"{s.entropy_bits:.2f}", f"{s.top_half_coverage:.1%}",
+                  f"{s.mean_js_to_others_bits:.3f}")
     t.caption = (f"entropy out of log2({max_bits}); coverage = share of a task's picks on its own most frequent "
                  f"half of experts (50% = uniform); JS per layer, averaged over layers")
-    names = [s["name"] for s in manifest["summary"]]
+    names = [s.name for s in manifest.summary]
     js = Table(title=f"Jensen-Shannon divergence between tasks (bits, mean over layers; overall "
-                     f"{manifest['mean_js_between_tasks_bits']:.3f})")
+                     f"{manifest.mean_js_between_tasks_bits:.3f})")
     js.add_column("task")
     for i in range(len(names)):
         js.add_column(str(i + 1), justify="right")
-    for i, (n, row) in enumerate(zip(names, manifest["js_between_tasks_bits"], strict=True)):
+    for i, (n, row) in enumerate(zip(names, manifest.js_between_tasks_bits, strict=True)):
         js.add_row(f"{i + 1} {n}", *(f"{v:.2f}" for v in row))
     return [t, js]
+
+
+def policies_table() -> Table:
+    """`lightmoe policies`: one line per registered policy with its parameters and defaults."""
+    import dataclasses
+
+    from lightmoe_cli.policies.registry import policies
+
+    t = Table(title="policies (build-bundle --policy NAME; parameters as --options)")
+    for col in ("policy", "what it does", "parameters [default]"):
+        t.add_column(col)
+    for name, cls in policies().items():
+        params = ", ".join(f"--{f.name.replace('_', '-')} [{f.default}]" for f in dataclasses.fields(cls.Params))
+        t.add_row(name, cls.summary, params or "-")
+    return t
+
+
+def bundle_table(bundle) -> Table:
+    """build-bundle summary: per layer slots, covered calibration gate mass, redirected and dropped experts."""
+    b = bundle.manifest.budget
+    table = Table(title=f"bundle {bundle.policy}: {b.resident_expert_bytes / 2**20:.1f} MiB resident experts "
+                        f"({b.resident_fraction:.0%} of {b.all_expert_bytes / 2**20:.1f} MiB)")
+    for col in ("layer", "slots / experts", "calibration gate mass covered", "redirected", "dropped / loaded"):
+        table.add_column(col, justify="right")
+    for lp in bundle.layers:
+        missing = [e for e in range(lp.num_experts) if e not in set(lp.resident)]
+        redirected = sum(1 for e in missing if lp.redirect[e] >= 0)
+        table.add_row(str(lp.layer_index), f"{lp.slots}/{lp.num_experts}", f"{lp.covered_mass:.1%}",
+                      str(redirected), str(len(missing) - redirected))
+    return table
 
 
 def run_tables(stats, policy: str) -> list[Table]:

@@ -29,9 +29,11 @@ def prof(tiny_moe, tmp_path_factory):
                        ProfileSettings(batch_size=4, seq_len=64, sample_tokens=128))
 
 
-def _bundle(prof, tiny_moe, tmp_path, **kw):
+def _bundle(prof, tiny_moe, tmp_path, policy="lightmoe", fraction=0.5, ranking="gate_mass", **params):
+    """A bundle of `policy`; extra keywords are the policy's parameters (as build-bundle options)."""
     root, model, tok = tiny_moe
-    return build_bundle(prof, model, tok, str(root / "model"), tmp_path / kw.get("policy", "b"), BuildOptions(**kw))
+    return build_bundle(prof, model, tok, str(root / "model"), tmp_path / policy,
+                        BuildOptions(policy=policy, fraction=fraction, ranking=ranking, params=params))
 
 
 def _ids(tok, text="12 + 7 = 19\nreverse lamp -> pmal\n45 - 3 = 42"):
@@ -55,7 +57,7 @@ def test_full_bundle_equals_the_original_model(prof, tiny_moe, tmp_path):
 def test_prune_equals_the_router_sliced_model(prof, tiny_moe, tmp_path):
     _, model, tok = tiny_moe
     b = _bundle(prof, tiny_moe, tmp_path, policy="prune", fraction=0.5)
-    resident = {lp["layer_index"]: lp["resident"] for lp in b.layers}
+    resident = {lp.layer_index: lp.resident for lp in b.layers}
     assert all(len(r) >= 2 for r in resident.values()) and sum(map(len, resident.values())) == 8
     pruned = get_adapter(model).keep_experts(model, resident)
     rt = build_runtime(b)
@@ -73,8 +75,8 @@ def test_redirect_equals_copying_the_target_weights(prof, tiny_moe, tmp_path):
     reference = copy.deepcopy(model)
     adapter = get_adapter(reference)
     for layer, lp in zip(adapter.moe_layers(reference), b.layers, strict=True):
-        for j, i in enumerate(lp["redirect"]):
-            assert i in lp["resident"]
+        for j, i in enumerate(lp.redirect):
+            assert i in lp.resident
             if i != j:
                 adapter.write_expert(layer, j, adapter.read_expert(layer, i))
     ids = _ids(tok)
@@ -86,15 +88,15 @@ def test_redirect_equals_copying_the_target_weights(prof, tiny_moe, tmp_path):
 
 def test_drop_gives_zero_weight_and_renormalises(prof, tiny_moe, tmp_path):
     _, model, tok = tiny_moe
-    b = _bundle(prof, tiny_moe, tmp_path, policy="lightmoe", fraction=0.5, min_similarity=2.0,  # nothing similar
+    b = _bundle(prof, tiny_moe, tmp_path, policy="lightmoe", fraction=0.5, min_similarity=1.0,  # nothing similar
                 missing="drop")
     rt = build_runtime(b)
     reference = copy.deepcopy(model)
     adapter = get_adapter(reference)
     hooks = []
     for layer, lp in zip(adapter.moe_layers(reference), b.layers, strict=True):
-        resident = torch.zeros(lp["num_experts"], dtype=torch.bool)
-        resident[lp["resident"]] = True
+        resident = torch.zeros(lp.num_experts, dtype=torch.bool)
+        resident[lp.resident] = True
 
         def fn(idx, w, resident=resident):
             keep = resident[idx]
@@ -112,7 +114,7 @@ def test_drop_gives_zero_weight_and_renormalises(prof, tiny_moe, tmp_path):
 
 def test_reroute_equals_prune_at_the_same_resident_set(prof, tiny_moe, tmp_path):
     _, _, tok = tiny_moe
-    light = build_runtime(_bundle(prof, tiny_moe, tmp_path, policy="lightmoe", fraction=0.5, min_similarity=2.0))
+    light = build_runtime(_bundle(prof, tiny_moe, tmp_path, policy="lightmoe", fraction=0.5, min_similarity=1.0))
     prune = build_runtime(_bundle(prof, tiny_moe, tmp_path, policy="prune", fraction=0.5))
     assert [m.resident for m in light.layers] == [m.resident for m in prune.layers]
     ids = _ids(tok)
@@ -137,7 +139,7 @@ def test_lru_counts_equal_a_replay_of_the_same_trace(prof, tiny_moe, tmp_path):
             past = rt.model(input_ids=ids[:, t : t + 1], use_cache=True, **{cache_kwarg_name(rt.model): past})
             past = cache_of(past)
     for m, lp in zip(rt.layers, b.layers, strict=True):
-        expected = replay(trace[m.layer_index], lp["slots"], "lru", initial=lp["resident"])
+        expected = replay(trace[m.layer_index], lp.slots, "lru", initial=lp.resident)
         assert (m.cache.hits, m.cache.misses) == (expected.hits, expected.misses)
         assert m.stats.loads == expected.misses > 0
         # each slot really holds the expert the bookkeeping says
@@ -149,8 +151,11 @@ def test_lru_counts_equal_a_replay_of_the_same_trace(prof, tiny_moe, tmp_path):
 
 def test_manager_swaps_on_task_shift_within_cooldown(prof, tiny_moe, tmp_path):
     _, _, tok = tiny_moe
-    params = ManagerParams(window_tokens=16, miss_threshold=0.05, max_swap=2, cooldown_tokens=24, check_every=8)
-    b = _bundle(prof, tiny_moe, tmp_path, policy="lightmoe", fraction=0.25, min_similarity=2.0, manager=params)
+    b = _bundle(prof, tiny_moe, tmp_path, policy="lightmoe", fraction=0.25, min_similarity=1.0, window=16,
+                threshold=0.05, max_swap=2, cooldown=24, check_every=8)
+    params = b.runtime_spec.manager
+    assert params == ManagerParams(window_tokens=16, miss_threshold=0.05, max_swap=2, cooldown_tokens=24,
+                                   check_every=8)
     rt = build_runtime(b)
     prompts = ["12 + 7 = 19\n45 - 3 = 42\n"] * 2 + ["reverse lamp -> pmal\nupper dog -> DOG\n"] * 3
     stats = run_requests(rt, prompts, max_new_tokens=16)
@@ -169,7 +174,7 @@ def test_manager_swaps_on_task_shift_within_cooldown(prof, tiny_moe, tmp_path):
 def test_bundle_round_trip_and_corruption(prof, tiny_moe, tmp_path):
     b = _bundle(prof, tiny_moe, tmp_path, policy="lightmoe", fraction=0.5)
     again = load_bundle(b.path)
-    assert again.manifest["plan"] == b.manifest["plan"]
+    assert again.manifest == b.manifest and again.runtime_spec.manager is not None
     assert json.loads((b.path / "manifest.json").read_text())["budget"]["resident_fraction"] <= 0.5 + 1e-9
     store = b.path / "experts" / "layer_2.safetensors"
     data = bytearray(store.read_bytes())
@@ -216,16 +221,16 @@ def test_plans_resident_sets_follow_gate_mass(prof, tiny_moe, tmp_path):
     b = _bundle(prof, tiny_moe, tmp_path, policy="lightmoe", fraction=0.5)
     total = prof.total_stats()
     for lp in b.layers:
-        mass = total[lp["layer_index"]].gate_mass.numpy()
-        assert set(lp["resident"]) == set(np.argsort(-mass, kind="stable")[: lp["slots"]].tolist())
-    assert set(b.manifest["plan"]["task_resident"]) == {"arithmetic", "strings"}
+        mass = total[lp.layer_index].gate_mass.numpy()
+        assert set(lp.resident) == set(np.argsort(-mass, kind="stable")[: lp.slots].tolist())
+    assert set(b.manifest.task_resident) == {"arithmetic", "strings"}
 
 
 def test_reap_ranking_keeps_the_most_salient_experts(prof, tiny_moe, tmp_path):
     b = _bundle(prof, tiny_moe, tmp_path, policy="prune", fraction=0.5, ranking="reap")
     for lp in b.layers:
-        sal = prof.saliency(lp["layer_index"]).numpy()
-        assert set(lp["resident"]) == set(np.argsort(-sal, kind="stable")[: lp["slots"]].tolist())
+        sal = prof.saliency(lp.layer_index).numpy()
+        assert set(lp.resident) == set(np.argsort(-sal, kind="stable")[: lp.slots].tolist())
     with pytest.raises(LightMoEError, match="unknown ranking"):
         _bundle(prof, tiny_moe, tmp_path, policy="prune", fraction=0.5, ranking="magic")
 

@@ -120,7 +120,7 @@ def test_profiling_the_demo_recipe_separates_domains(demo, tmp_path):
     prof = run_profile(model, tok, "demo-moe", recipe, tmp_path / "p",
                        ProfileSettings(batch_size=4, sample_tokens=64))
     m = prof.manifest
-    assert set(m["tasks"]) == {t.name for t in recipe.tasks} and all(v == 1024 for v in m["tasks"].values())
-    js = np.array(m["js_between_tasks_bits"])
-    assert m["mean_js_between_tasks_bits"] > 0.15  # domains route differently
+    assert set(m.tasks) == {t.name for t in recipe.tasks} and all(v == 1024 for v in m.tasks.values())
+    js = np.array(m.js_between_tasks_bits)
+    assert m.mean_js_between_tasks_bits > 0.15  # domains route differently
     assert js[5, 6] < js[5, 4]  # arithmetic is closer to algebra than to python code

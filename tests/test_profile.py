@@ -101,23 +101,28 @@ def test_profile_cli_writes_artifact_and_resume(tiny, tmp_path):
     assert "routing profile" in res.output and "Jensen-Shannon" in res.output
     prof = load_profile(out)
     m = prof.manifest
-    assert m["model"]["moe_layers"] == [0, 2] and m["model"]["num_experts"] == [E, E]
-    assert set(m["tasks"]) == {"arithmetic", "strings"} and all(0 < v <= 600 for v in m["tasks"].values())
-    assert m["similarity_kinds"] == ["coactivation", "output", "weight"]
+    assert m.model.moe_layers == [0, 2] and m.model.num_experts == [E, E]
+    assert set(m.tasks) == {"arithmetic", "strings"} and all(0 < v <= 600 for v in m.tasks.values())
+    assert m.similarity_kinds == ["coactivation", "output", "weight"]
     for png in ("plots/expert_frequency.png", "plots/similarity_layer2.png"):
         assert (out / png).stat().st_size > 5000
     chunk = sorted((out / "traces" / "arithmetic").glob("chunk_*.safetensors"))
     from safetensors.torch import load_file
 
     tr = load_file(str(chunk[0]))
-    assert tr["layer.0.ids"].dtype == torch.int16 and tr["layer.0.ids"].shape == (m["tasks"]["arithmetic"], K)
+    assert tr["layer.0.ids"].dtype == torch.int16 and tr["layer.0.ids"].shape == (m.tasks["arithmetic"], K)
     assert torch.equal(torch.bincount(tr["layer.0.ids"].long().reshape(-1), minlength=E),
                        prof.task_stats("arithmetic").layers[0].counts)
     assert not out.with_name("prof.partial").exists()
 
     # corrupt a file: reported by name
-    (out / "similarity.safetensors").write_bytes(b"garbage")
+    data = bytearray((out / "similarity.safetensors").read_bytes())
+    data[-3] ^= 0xFF
+    (out / "similarity.safetensors").write_bytes(bytes(data))
     with pytest.raises(ProfileError, match="similarity.safetensors is corrupt"):
+        load_profile(out)
+    (out / "similarity.safetensors").write_bytes(b"garbage")
+    with pytest.raises(ProfileError, match="similarity.safetensors is truncated"):
         load_profile(out)
 
 

@@ -1,28 +1,30 @@
 """The Bundle artifact: what `lightmoe run` needs to execute a model with only some experts in memory.
 
-    manifest.json                  schema, policy and parameters, model identity, budget, per-layer plan
-                                   (resident experts, redirect table), swap policy, sha256 of every file
+    manifest.json                  BundleManifest: schema, policy and its parameters, how it is served
+                                   (RuntimeSpec), model identity, budget, per-layer plan (resident experts,
+                                   redirect table), per-task resident sets and signatures, sha256 of every file
     model/config.json, tokenizer   the model's own config and tokenizer
     model/non_expert.safetensors   every weight except the routed experts (routers included, whole)
     experts/layer_<i>.safetensors  one key per expert ("e<id>"), all its tensors flattened into one 1-D tensor,
                                    so loading one expert is one contiguous read
     similarity.safetensors         the similarity matrices the redirect table came from (re-used after swaps)
 
-No pickle anywhere. Loading verifies schema and hashes, so an edited or truncated file is reported by name.
+No pickle anywhere. Loading verifies schema, fields and hashes, so an edited or truncated file is reported by name.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, ClassVar
 
 import torch
 
 from lightmoe_cli.errors import LightMoEError
-from lightmoe_cli.files import read_manifest
-from lightmoe_cli.identity import sha256_file
+from lightmoe_cli.manifest import ArtifactManifest, ManifestError, Record
+from lightmoe_cli.policies.base import LayerPlan, RuntimeSpec
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class BundleError(LightMoEError):
@@ -30,7 +32,7 @@ class BundleError(LightMoEError):
 
 
 @dataclass
-class ExpertLayout:
+class ExpertLayout(Record):
     """How one expert's flat tensor splits back into its named slices (per layer)."""
 
     names: list[str]
@@ -40,6 +42,10 @@ class ExpertLayout:
     @property
     def numel(self) -> int:
         return sum(int(torch.Size(s).numel()) for s in self.shapes)
+
+    @property
+    def bytes(self) -> int:
+        return self.numel * torch.empty(0, dtype=getattr(torch, self.dtype)).element_size()
 
     def split(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
         out, offset = {}, 0
@@ -51,21 +57,76 @@ class ExpertLayout:
 
 
 @dataclass
+class BudgetRecord(Record):
+    requested_fraction: float | None
+    requested_bytes: int
+    all_expert_bytes: int
+    resident_expert_bytes: int
+    resident_fraction: float
+    slots: int
+
+
+@dataclass
+class ProfileRef(Record):
+    """The profile a bundle was planned from (its manifest's sha256 lets `eval` reuse a fresh bundle)."""
+
+    path: str
+    manifest_sha256: str
+    tasks: dict[str, int]
+    recipe: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class BundleManifest(ArtifactManifest):
+    KIND: ClassVar[str] = "lightmoe-bundle"
+    SCHEMA_VERSION: ClassVar[int] = SCHEMA_VERSION
+    REBUILD: ClassVar[str] = "build the bundle again with `lightmoe build-bundle`"
+
+    policy: str = ""
+    params: dict[str, Any] = field(default_factory=dict)  # the policy's parameters (its Params dataclass)
+    ranking: str = "gate_mass"
+    runtime: RuntimeSpec | None = None
+    budget: BudgetRecord | None = None
+    layers: list[LayerPlan] = field(default_factory=list)
+    task_resident: dict[str, dict[int, list[int]]] = field(default_factory=dict)
+    task_signatures: dict[str, dict[int, list[float]]] = field(default_factory=dict)
+    expert_layout: dict[int, ExpertLayout] = field(default_factory=dict)
+    profile: ProfileRef | None = None
+
+    def check(self, folder: Path) -> None:
+        """Consistency a typed read cannot see: every layer's table names experts that exist and are resident."""
+        if self.runtime is None or self.budget is None or not self.layers:
+            raise ManifestError(f"{folder}: manifest has no plan: {self.REBUILD}")
+        for lp in self.layers:
+            e = lp.num_experts
+            ok = (len(lp.redirect) == e and len(set(lp.resident)) == len(lp.resident) == lp.slots > 0
+                  and all(0 <= x < e for x in lp.resident)
+                  and all(t == -1 or t in set(lp.resident) for t in lp.redirect)
+                  and lp.layer_index in self.expert_layout)
+            if not ok:
+                raise ManifestError(f"{folder}: layer {lp.layer_index} of the plan names experts outside "
+                                    f"0..{e - 1} or a redirect target that is not resident: {self.REBUILD}")
+
+
+@dataclass
 class Bundle:
     path: Path
-    manifest: dict
+    manifest: BundleManifest
 
     @property
     def policy(self) -> str:
-        return self.manifest["policy"]
+        return self.manifest.policy
 
     @property
-    def layers(self) -> list[dict]:
-        return self.manifest["plan"]["layers"]
+    def layers(self) -> list[LayerPlan]:
+        return self.manifest.layers
+
+    @property
+    def runtime_spec(self) -> RuntimeSpec:
+        return self.manifest.runtime
 
     def layout(self, layer_index: int) -> ExpertLayout:
-        d = self.manifest["expert_layout"][str(layer_index)]
-        return ExpertLayout(d["names"], d["shapes"], d["dtype"])
+        return self.manifest.expert_layout[layer_index]
 
     def similarity(self, layer_index: int) -> torch.Tensor | None:
         from safetensors import safe_open
@@ -77,27 +138,16 @@ class Bundle:
             key = f"layer.{layer_index}"
             return f.get_tensor(key) if key in f.keys() else None
 
-    def check_model(self, identity: dict) -> None:
-        mine = self.manifest["model"]
-        if mine["fingerprint"] != identity["fingerprint"]:
-            raise BundleError(f"bundle {self.path} was built for {mine['name_or_path']} "
-                              f"(fingerprint {mine['fingerprint']}), not {identity['name_or_path']}: "
-                              "build a bundle for this model")
-
 
 def load_bundle(path: Path, verify: bool = True) -> Bundle:
+    """Read and check a bundle folder; `verify` also hashes every file (sizes are always checked)."""
     path = Path(path)
-    manifest = read_manifest(path, "bundle", SCHEMA_VERSION, BundleError, "bundle", "build the bundle again",
-                             ": build one with `lightmoe build-bundle`")
-    for rel, meta in manifest["files"].items():
-        f = path / rel
-        if not f.exists():
-            raise BundleError(f"{path}: file {rel} is missing: build the bundle again")
-        if f.stat().st_size != meta["bytes"]:
-            raise BundleError(f"{path}: file {rel} is truncated or changed (size {f.stat().st_size}, "
-                              f"expected {meta['bytes']}): build the bundle again")
-        if verify and sha256_file(f) != meta["sha256"]:
-            raise BundleError(f"{path}: file {rel} is corrupt (sha256 mismatch): build the bundle again")
+    try:
+        manifest = BundleManifest.read(path, ": build one with `lightmoe build-bundle`")
+        manifest.verify_files(path, hashes=verify)
+        manifest.check(path)
+    except ManifestError as e:
+        raise BundleError(str(e)) from e
     return Bundle(path, manifest)
 
 
@@ -108,8 +158,8 @@ class ExpertStore:
         from lightmoe_cli.bundle.safetensors_io import TensorFile
 
         self.bundle = bundle
-        self._files = {int(li): TensorFile(bundle.path / "experts" / f"layer_{li}.safetensors")
-                       for li in bundle.manifest["expert_layout"]}
+        self._files = {li: TensorFile(bundle.path / "experts" / f"layer_{li}.safetensors")
+                       for li in bundle.manifest.expert_layout}
         self.bytes_read = 0
 
     def read(self, layer_index: int, expert: int) -> torch.Tensor:
@@ -117,3 +167,5 @@ class ExpertStore:
         flat = self._files[layer_index].read(f"e{expert}")
         self.bytes_read += flat.numel() * flat.element_size()
         return flat
+
+

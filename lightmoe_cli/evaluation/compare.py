@@ -39,22 +39,24 @@ def ensure_bundles(prof, model, tokenizer, model_name: str, policies: list[str],
     from lightmoe_cli.bundle.artifact import BundleError, load_bundle
     from lightmoe_cli.bundle.build import BuildOptions, build_bundle
     from lightmoe_cli.identity import sha256_file
+    from lightmoe_cli.policies.registry import get_policy
 
     profile_sha = sha256_file(prof.path / "manifest.json")
     configs = []
     for policy in policies:
-        for budget in ([1.0] if policy == "full" else budgets):
+        uses_budget = get_policy(policy).uses_budget
+        for budget in (budgets if uses_budget else [1.0]):
             path = root / f"{policy}-{int(round(budget * 100))}"
             try:
                 existing = load_bundle(path, verify=False)
-                fresh = existing.manifest["profile"]["manifest_sha256"] == profile_sha
+                fresh = existing.manifest.profile.manifest_sha256 == profile_sha
             except BundleError:
                 fresh = False
             if not fresh:
                 if progress:
                     progress.console.print(f"building bundle {path.name}")
                 build_bundle(prof, model, tokenizer, model_name, path,
-                             BuildOptions(policy=policy, fraction=None if policy == "full" else budget))
+                             BuildOptions(policy=policy, fraction=budget if uses_budget else None))
             configs.append(EvalConfig(policy, budget, path))
     return configs
 
@@ -78,21 +80,21 @@ def pareto_plot(rows: list[dict], path: Path, title: str) -> None:
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    os.replace(tmp, path)
+    from lightmoe_cli.files import atomic_write
+
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)
 
 
 def write_results(out: Path, payload: dict) -> None:
+    from lightmoe_cli.files import atomic_write_json
+
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "results.json.tmp"
-    tmp.write_text(json.dumps(payload, indent=1))
-    os.replace(tmp, out / "results.json")
+    atomic_write_json(out / "results.json", payload)
 
 
 def run_comparison(configs: list[EvalConfig], tasks: list[str], include_path: Path, limit: int | None,
-                   threads: int, out: Path, progress=None) -> list[dict]:
+                   threads: int, progress=None) -> list[dict]:
     rows = []
     bar = progress.add_task("evaluating", total=len(configs)) if progress else None
     for c in configs:

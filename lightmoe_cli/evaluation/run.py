@@ -1,21 +1,67 @@
-"""Orchestration of `lightmoe eval`: task data, profile, bundles, evaluation, task-shift stream, reports."""
+"""Orchestration of `lightmoe eval`: task data, profile, bundles, evaluation, task-shift stream -> a report.
+
+`run_eval` returns data (an `EvalReport`); `evaluation/render.py` turns it into tables and plots. Options are
+checked by `EvalRequest.validate` before any model is loaded.
+"""
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from rich.console import Console
-from rich.table import Table
-
 from lightmoe_cli.errors import LightMoEError
-from lightmoe_cli.loading import REPO_ROOT
+from lightmoe_cli.paths import CORPUS_DIR, DEFAULT_CALIBRATION, ITEMS_DIR, default_eval_dir, default_profile
 
-ITEMS_DIR = REPO_ROOT / "data" / "tasks" / "items"
-CORPUS_DIR = REPO_ROOT / "data" / "corpus"
+
+@dataclass
+class EvalRequest:
+    """What `lightmoe eval` was asked for."""
+
+    bundles: list[Path] = field(default_factory=list)
+    model: str | None = None
+    tasks: str = "demo"
+    policies: list[str] = field(default_factory=lambda: ["full", "prune", "lru", "lightmoe"])
+    budgets: list[float] = field(default_factory=lambda: [0.5])
+    limit: int | None = None
+    out: Path | None = None
+    threads: int = 2
+    task_shift: bool = True
+    per_block: int = 30
+
+    def validate(self) -> None:
+        """Every option checked before a model is loaded (one-line errors naming the fix)."""
+        from lightmoe_cli.policies.registry import get_policy
+
+        for p in self.policies:
+            get_policy(p)
+        if not self.policies and not self.bundles:
+            raise LightMoEError("nothing to evaluate: give --compare POLICIES or --bundle DIR")
+        if not self.budgets or any(not 0 < b <= 1 for b in self.budgets):  # also refuses nan
+            raise LightMoEError("budgets are fractions in (0, 1], e.g. --budgets 0.25,0.5,0.75")
+        if not [t for t in self.tasks.split(",") if t.strip()]:
+            raise LightMoEError("--tasks is empty: give demo or comma-separated task names")
+        if self.limit is not None and self.limit < 1:
+            raise LightMoEError(f"--limit must be a positive number of items per task, not {self.limit}")
+        if self.threads < 1 or self.per_block < 1:
+            raise LightMoEError("--threads and --per-block must be positive")
+        for b in self.bundles:
+            if not Path(b).is_dir():
+                raise LightMoEError(f"bundle folder {b} does not exist")
+
+
+@dataclass
+class EvalReport:
+    """Everything an evaluation measured; `payload` is what results.json holds."""
+
+    out: Path
+    tasks: list[str]
+    rows: list[dict]
+    payload: dict
+    shift: list = field(default_factory=list)
+    plot: Path | None = None
 
 
 def prepare_tasks(tasks: str, out: Path) -> tuple[list[str], Path]:
@@ -35,54 +81,29 @@ def prepare_tasks(tasks: str, out: Path) -> tuple[list[str], Path]:
     return names, include
 
 
-def _ensure_profile(model, tok, name: str, console: Console):
-    from lightmoe_cli.cli import _model_slug
+def ensure_profile(model, tok, name: str, progress=None):
+    """The model's default profile, made with the default calibration recipe when missing or stale."""
+    from lightmoe_cli.identity import model_identity
+    from lightmoe_cli.models import get_adapter
     from lightmoe_cli.profile.artifact import ProfileError, load_profile
     from lightmoe_cli.profile.run import ProfileSettings, run_profile
     from lightmoe_cli.recipes import load_recipe
-    from lightmoe_cli.report import token_progress
 
-    path = REPO_ROOT / "artifacts" / "profiles" / _model_slug(name)
+    path = default_profile(name)
     try:
         prof = load_profile(path)
-        from lightmoe_cli.identity import model_identity
-        from lightmoe_cli.models import get_adapter
-
         prof.check_model(model_identity(model, get_adapter(model), name))
         return prof
     except ProfileError:
-        console.print(f"profiling {name} with the default calibration recipe (no usable profile at {path})")
-    with token_progress(console) as progress:
-        return run_profile(model, tok, name, load_recipe(REPO_ROOT / "recipes" / "calibration" / "demo.yaml"),
-                           path, ProfileSettings(), progress=progress)
-
-
-def results_table(rows: list[dict], tasks: list[str]) -> Table:
-    t = Table(title="accuracy x memory x speed (acc on each demo task, multiple choice)")
-    for col in ("policy", "budget", *[x.removeprefix("demo_")[:9] for x in tasks], "avg", "experts MiB",
-                "peak RSS MiB", "decode tok/s", "swaps", "redirect", "reroute/drop", "miss"):
-        t.add_column(col, justify="right")
-    for r in rows:
-        t.add_row(r["policy"], f"{r['budget_fraction']:.2f}", *[f"{r['scores'][x]:.3f}" for x in tasks],
-                  f"[bold]{r['average']:.3f}[/]", f"{r['resident_expert_bytes'] / 2**20:.1f}",
-                  f"{r['peak_rss_mib']:.0f}", f"{r['decode_tokens_per_s']:.1f}", str(r["swaps"]),
-                  f"{r['redirect_rate']:.1%}", f"{r['reroute_or_drop_rate']:.1%}", f"{r['miss_rate']:.1%}")
-    return t
-
-
-def shift_table(results) -> Table:
-    t = Table(title="task-shift stream (accuracy per block; swaps; MiB loaded; seconds)")
-    t.add_column("config")
-    for i, b in enumerate(results[0].blocks):
-        t.add_column(f"{i + 1}: {b.domain}", justify="right")
-    t.add_column("overall", justify="right")
-    for r in results:
-        t.add_row(r.name, *[f"{b.accuracy:.2f} ({b.swaps} sw, {b.bytes_loaded / 2**20:.1f} MiB, {b.seconds:.0f}s)"
-                            for b in r.blocks], f"[bold]{r.accuracy:.3f}[/]")
-    return t
+        if progress:
+            progress.console.print(f"profiling {name} with the default calibration recipe (no usable profile "
+                                   f"at {path})")
+    return run_profile(model, tok, name, load_recipe(DEFAULT_CALIBRATION), path, ProfileSettings(),
+                       progress=progress)
 
 
 def run_task_shift(configs, items_dir: Path, per_block: int, threads: int) -> list:
+    """The stream, once per config; a managed bundle is also served with its manager off (static)."""
     import torch
 
     from lightmoe_cli.bundle.artifact import load_bundle
@@ -93,69 +114,71 @@ def run_task_shift(configs, items_dir: Path, per_block: int, threads: int) -> li
     stream = stream_items(items_dir, DEFAULT_BLOCKS, per_block)
     results = []
     for c in configs:
-        rt = build_runtime(load_bundle(c.bundle, verify=False))
-        name = c.policy
-        if c.policy == "lightmoe":
-            results.append(run_stream(rt, "lightmoe (manager on)", stream))
-            rt = build_runtime(load_bundle(c.bundle, verify=False))
-            for m in rt.layers:
-                m.manager = None
-            name = "lightmoe (manager off)"
-        results.append(run_stream(rt, name, stream))
+        bundle = load_bundle(c.bundle, verify=False)
+        if bundle.runtime_spec.manager is not None:
+            results.append(run_stream(build_runtime(bundle), f"{c.policy} (manager on)", stream))
+            results.append(run_stream(build_runtime(bundle, manager=False), f"{c.policy} (manager off)", stream))
+        else:
+            results.append(run_stream(build_runtime(bundle), c.policy, stream))
     return results
 
 
-def run_eval(console: Console, bundles: list[Path], model: str | None, tasks: str, policies: list[str],
-             budgets: list[float], limit: int | None, out: Path | None, threads: int, task_shift: bool,
-             per_block: int) -> dict:
-    from lightmoe_cli.cli import _model_slug
-    from lightmoe_cli.evaluation.compare import EvalConfig, ensure_bundles, pareto_plot, run_comparison, write_results
+def _configs_from_bundles(bundles: list[Path]) -> list:
+    from lightmoe_cli.bundle.artifact import load_bundle
+    from lightmoe_cli.evaluation.compare import EvalConfig
+
+    configs = []
+    for b in bundles:
+        bb = load_bundle(b)
+        configs.append(EvalConfig(bb.policy, bb.manifest.budget.requested_fraction or 1.0, Path(b)))
+    return configs
+
+
+def run_eval(req: EvalRequest, progress=None) -> EvalReport:
+    """Build (or reuse) the bundles, evaluate each in its own process, run the task-shift stream; write
+    results.json and pareto.png into the output folder and return the report."""
+    from lightmoe_cli.evaluation.compare import ensure_bundles, pareto_plot, run_comparison, write_results
+    from lightmoe_cli.files import atomic_write_json
     from lightmoe_cli.loading import load_model_and_tokenizer, resolve_model
-    from lightmoe_cli.policies.plan import POLICIES
-    from lightmoe_cli.report import token_progress
+    from lightmoe_cli.policies.registry import get_policy
 
-    bad = [p for p in policies if p not in POLICIES]
-    if bad:
-        raise LightMoEError(f"unknown policy {bad[0]!r}; policies: {', '.join(POLICIES)}")
-    if any(not 0 < b <= 1 for b in budgets):
-        raise LightMoEError("budgets are fractions in (0, 1], e.g. --budgets 0.25,0.5,0.75")
-    name = resolve_model(model) if not bundles else None
-    out = out or REPO_ROOT / "artifacts" / "eval" / (_model_slug(name) if name else "bundles")
+    req.validate()
+    name = resolve_model(req.model) if not req.bundles else None
+    out = req.out or default_eval_dir(name)
     out.mkdir(parents=True, exist_ok=True)
-    task_names, include = prepare_tasks(tasks, out)
+    task_names, include = prepare_tasks(req.tasks, out)
     t0 = time.perf_counter()
-    with token_progress(console) as progress:
-        if bundles:
-            from lightmoe_cli.bundle.artifact import load_bundle
-
-            configs = []
-            for b in bundles:
-                bb = load_bundle(b)
-                configs.append(EvalConfig(bb.policy, bb.manifest["budget"]["requested_fraction"] or 1.0, b))
-        else:
-            lm, tok = load_model_and_tokenizer(name)
-            prof = _ensure_profile(lm, tok, name, console)
-            configs = ensure_bundles(prof, lm, tok, name, policies, budgets, out / "bundles", progress)
-            del lm
-        rows = run_comparison(configs, task_names, include, limit, threads, out, progress)
-    console.print(results_table(rows, task_names))
+    if req.bundles:
+        configs = _configs_from_bundles(req.bundles)
+    else:
+        lm, tok = load_model_and_tokenizer(name)
+        prof = ensure_profile(lm, tok, name, progress)
+        configs = ensure_bundles(prof, lm, tok, name, req.policies, req.budgets, out / "bundles", progress)
+        del lm
+    rows = run_comparison(configs, task_names, include, req.limit, req.threads, progress)
     payload = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-               "model": name, "tasks": task_names, "limit": limit, "rows": rows,
+               "model": name, "tasks": task_names, "limit": req.limit, "rows": rows,
                "seconds": time.perf_counter() - t0}
-    shift = []
-    middle = sorted(budgets)[len(budgets) // 2]
-    shift_configs = [c for c in configs if c.policy in ("lightmoe", "lru", "prune") and c.budget == middle]
-    if task_shift and any(c.policy == "lightmoe" for c in shift_configs):
-        shift = run_task_shift(shift_configs, ITEMS_DIR, per_block, threads)
-        console.print(shift_table(shift))
-        payload["task_shift"] = {"budget": middle, "per_block": per_block,
+    report = EvalReport(out, task_names, rows, payload)
+    middle = sorted(req.budgets)[len(req.budgets) // 2]
+    shift_configs = [c for c in configs if get_policy(c.policy).uses_budget and c.budget == middle]
+    managed = [c for c in shift_configs if _has_manager(c.bundle)]
+    if req.task_shift and managed:
+        report.shift = run_task_shift(shift_configs, ITEMS_DIR, req.per_block, req.threads)
+        payload["task_shift"] = {"budget": middle, "per_block": req.per_block,
                                  "results": [{"name": r.name, "accuracy": r.accuracy,
                                               "blocks": [b.__dict__ | {"accuracy": b.accuracy} for b in r.blocks]}
-                                             for r in shift]}
+                                             for r in report.shift]}
     write_results(out, payload)
     if any(r["policy"] != "full" for r in rows):
-        pareto_plot(rows, out / "pareto.png", f"{Path(name).name if name else 'bundles'}: accuracy vs memory")
-    console.print(f"results written to {out / 'results.json'}" + (f" and {out / 'pareto.png'}" if rows else ""))
-    (out / "summary.json").write_text(json.dumps({"rows": [{k: r[k] for k in ("policy", "budget_fraction",
-                                                                               "average")} for r in rows]}))
-    return payload
+        report.plot = out / "pareto.png"
+        pareto_plot(rows, report.plot, f"{Path(name).name if name else 'bundles'}: accuracy vs memory")
+    atomic_write_json(out / "summary.json", {"rows": [{k: r[k] for k in ("policy", "budget_fraction", "average")}
+                                                      for r in rows]})
+    return report
+
+
+def _has_manager(bundle: Path) -> bool:
+    from lightmoe_cli.bundle.artifact import load_bundle
+
+    return load_bundle(bundle, verify=False).runtime_spec.manager is not None

@@ -8,7 +8,6 @@ one workload at a time would see them; the manager may swap between batches.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -52,7 +51,7 @@ def evaluate_bundle(bundle: Path, tasks: list[str], include_path: Path, limit: i
     picks = sum(v["picks"] for v in eval_layers.values()) or 1
     speed = run_requests(rt, SPEED_PROMPTS, new_tokens)
     return {
-        "bundle": str(bundle), "policy": b.policy, "budget": b.manifest["budget"],
+        "bundle": str(bundle), "policy": b.policy, "budget": b.manifest.budget.to_json(),
         "manifest_sha256": sha256_file(bundle / "manifest.json"),
         "scores": scores, "average": sum(scores.values()) / len(scores), "lm_eval_results": raw,
         "eval_seconds": eval_seconds, "eval_layers": eval_layers, "swaps": swaps, "bytes_loaded": bytes_loaded,
@@ -67,8 +66,9 @@ def evaluate_bundle(bundle: Path, tasks: list[str], include_path: Path, limit: i
 
 def main() -> None:
     args = json.loads(sys.argv[1])
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    from lightmoe_cli.paths import offline
+
+    offline()
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()

@@ -12,17 +12,17 @@ Loading verifies the schema and the hashes, so a truncated or edited profile is 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, ClassVar
 
 import torch
 
 from lightmoe_cli.errors import LightMoEError
-from lightmoe_cli.files import read_manifest
-from lightmoe_cli.identity import sha256_file
+from lightmoe_cli.manifest import ArtifactManifest, ManifestError, ModelIdentity, Record
 from lightmoe_cli.profile.accumulator import LayerStats, TaskStats
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class ProfileError(LightMoEError):
@@ -30,22 +30,51 @@ class ProfileError(LightMoEError):
 
 
 @dataclass
+class TaskSummary(Record):
+    name: str
+    tokens: int
+    entropy_bits: float  # mean over layers of the task's routing entropy
+    top_half_coverage: float  # mean over layers: share of picks on the task's own most frequent half
+    mean_js_to_others_bits: float  # mean over layers and other tasks
+
+
+@dataclass
+class ProfileManifest(ArtifactManifest):
+    KIND: ClassVar[str] = "lightmoe-profile"
+    SCHEMA_VERSION: ClassVar[int] = SCHEMA_VERSION
+    REBUILD: ClassVar[str] = "profile again with `lightmoe profile`"
+
+    recipe: dict[str, Any] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+    tasks: dict[str, int] = field(default_factory=dict)  # task -> tokens profiled
+    summary: list[TaskSummary] = field(default_factory=list)
+    js_between_tasks_bits: list[list[float]] = field(default_factory=list)
+    mean_js_between_tasks_bits: float = 0.0
+    similarity_kinds: list[str] = field(default_factory=list)
+    timings_s: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class Profile:
     path: Path
-    manifest: dict
+    manifest: ProfileManifest
+
+    @property
+    def model(self) -> ModelIdentity:
+        return self.manifest.model
 
     @property
     def task_names(self) -> list[str]:
-        return list(self.manifest["tasks"])
+        return list(self.manifest.tasks)
 
     @property
     def layer_indices(self) -> list[int]:
-        return list(self.manifest["model"]["moe_layers"])
+        return list(self.manifest.model.moe_layers)
 
     def task_stats(self, name: str) -> TaskStats:
         from safetensors.torch import load_file
 
-        if name not in self.manifest["tasks"]:
+        if name not in self.manifest.tasks:
             raise ProfileError(f"profile has no task {name!r}; tasks: {', '.join(self.task_names)}")
         return TaskStats.from_tensors(name, load_file(str(self.path / "stats" / f"{name}.safetensors")))
 
@@ -80,25 +109,23 @@ class Profile:
         with safe_open(str(path), "pt") as f:
             return f.get_tensor(f"layer.{layer_index}.reap")
 
-    def check_model(self, identity: dict) -> None:
+    def check_model(self, identity: ModelIdentity) -> None:
         """Refuse to use this profile with another model."""
-        mine = self.manifest["model"]
-        if mine["fingerprint"] != identity["fingerprint"]:
-            raise ProfileError(f"profile {self.path} was made for {mine['name_or_path']} "
-                               f"(fingerprint {mine['fingerprint']}), not {identity['name_or_path']} "
-                               f"({identity['fingerprint']}): profile this model first")
+        mine = self.manifest.model
+        if mine.fingerprint != identity.fingerprint:
+            raise ProfileError(f"profile {self.path} was made for {mine.name_or_path} "
+                               f"(fingerprint {mine.fingerprint}), not {identity.name_or_path} "
+                               f"({identity.fingerprint}): profile this model first")
 
 
 def load_profile(path: Path, verify: bool = True) -> Profile:
+    """Read and check a profile folder; `verify` also hashes every file (sizes are always checked)."""
     path = Path(path)
     hint = " (an interrupted run: finish it with `lightmoe profile --resume`)" \
         if path.with_name(path.name + ".partial").exists() else ""
-    manifest = read_manifest(path, "profile", SCHEMA_VERSION, ProfileError, "profile", "profile again", hint)
-    if verify:
-        for rel, digest in manifest["files"].items():
-            f = path / rel
-            if not f.exists():
-                raise ProfileError(f"{path}: file {rel} is missing: profile again")
-            if sha256_file(f) != digest:
-                raise ProfileError(f"{path}: file {rel} is corrupt (sha256 mismatch): profile again")
+    try:
+        manifest = ProfileManifest.read(path, hint)
+        manifest.verify_files(path, hashes=verify)
+    except ManifestError as e:
+        raise ProfileError(str(e)) from e
     return Profile(path, manifest)

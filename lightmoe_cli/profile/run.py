@@ -8,10 +8,9 @@ renamed to `<out>`: a crash never leaves a half profile that looks complete.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,10 +18,10 @@ import torch
 
 from lightmoe_cli.analysis.routing_stats import entropy_bits, mean_offdiagonal, pairwise_js_bits, top_half_coverage
 from lightmoe_cli.errors import LightMoEError
-from lightmoe_cli.files import swap_in_dir
-from lightmoe_cli.identity import library_versions, model_identity, sha256_file
+from lightmoe_cli.files import save_tensors, write_artifact
+from lightmoe_cli.identity import library_versions, model_identity
 from lightmoe_cli.profile.accumulator import TaskStats
-from lightmoe_cli.profile.artifact import SCHEMA_VERSION, Profile, load_profile
+from lightmoe_cli.profile.artifact import SCHEMA_VERSION, Profile, ProfileManifest, TaskSummary, load_profile
 from lightmoe_cli.recipes import CalibrationRecipe, iter_task_texts
 
 
@@ -36,15 +35,6 @@ class ProfileSettings:
     similarity_layer: int | None = None  # layer of the similarity plot (default: the middle MoE layer)
     seed: int = 0
     extra: dict = field(default_factory=dict)
-
-
-@dataclass
-class TaskSummary:
-    name: str
-    tokens: int
-    entropy_bits: float  # mean over layers of the task's routing entropy
-    top_half_coverage: float  # mean over layers: share of picks on the task's own most frequent half
-    mean_js_to_others_bits: float  # mean over layers and other tasks
 
 
 def summarise(tasks: list[TaskStats]) -> tuple[list[TaskSummary], np.ndarray]:
@@ -63,16 +53,8 @@ def summarise(tasks: list[TaskStats]) -> tuple[list[TaskSummary], np.ndarray]:
     return out, js
 
 
-def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    from safetensors.torch import save_file
-
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
-    os.replace(tmp, path)
-
-
-def _progress_key(identity: dict, recipe: CalibrationRecipe, settings: ProfileSettings) -> str:
-    return json.dumps({"model": identity["fingerprint"], "recipe": recipe.fingerprint(),
+def _progress_key(identity, recipe: CalibrationRecipe, settings: ProfileSettings) -> str:
+    return json.dumps({"model": identity.fingerprint, "recipe": recipe.fingerprint(),
                        "seq_len": settings.seq_len, "sample_tokens": settings.sample_tokens,
                        "traces": settings.save_traces}, sort_keys=True)
 
@@ -128,8 +110,8 @@ def run_profile(model, tokenizer, model_name: str, recipe: CalibrationRecipe, ou
             raise LightMoEError(f"task {task.name} produced no tokens: its source is empty")
         if progress:
             progress.update(bar, total=stats.tokens, completed=stats.tokens)
-        _save_tensors(sampler.tensors(), sample_path)
-        _save_tensors(stats.to_tensors(), stats_path)
+        save_tensors(sampler.tensors(), sample_path)
+        save_tensors(stats.to_tensors(), stats_path)
         all_stats.append(stats)
 
     # similarity over all tasks' statistics and hidden samples
@@ -150,9 +132,9 @@ def run_profile(model, tokenizer, model_name: str, recipe: CalibrationRecipe, ou
         sims.update({f"layer.{li}.{kind}": mat.float() for kind, mat in sim.items()})
         if sal is not None:
             saliency[f"layer.{li}.reap"] = sal.float()
-    _save_tensors(sims, work / "similarity.safetensors")
+    save_tensors(sims, work / "similarity.safetensors")
     if saliency:
-        _save_tensors(saliency, work / "saliency.safetensors")
+        save_tensors(saliency, work / "saliency.safetensors")
     similarity_seconds = time.perf_counter() - t0
     shutil.rmtree(work / "samples")
 
@@ -174,25 +156,13 @@ def run_profile(model, tokenizer, model_name: str, recipe: CalibrationRecipe, ou
 
     summaries, js = summarise(all_stats)
     (work / "progress.key").unlink()
-    files = {p.relative_to(work).as_posix(): sha256_file(p) for p in sorted(work.rglob("*")) if p.is_file()}
-    manifest = {
-        "kind": "lightmoe-profile",
-        "schema_version": SCHEMA_VERSION,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "model": identity,
-        "recipe": recipe.resolved(),
-        "settings": {k: v for k, v in settings.__dict__.items() if k != "extra"},
-        "tasks": {s.name: s.tokens for s in all_stats},
-        "summary": [s.__dict__ for s in summaries],
-        "js_between_tasks_bits": js.round(5).tolist(),
-        "mean_js_between_tasks_bits": mean_offdiagonal(js),
-        "similarity_kinds": sorted({k.split(".")[2] for k in sims}),
-        "timings_s": {"tasks": timings, "similarity": similarity_seconds},
-        "versions": library_versions(),
-        "files": files,
-    }
-    tmp = work / "manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2))
-    os.replace(tmp, work / "manifest.json")
-    swap_in_dir(work, out)
-    return load_profile(out)
+    manifest = ProfileManifest(
+        kind=ProfileManifest.KIND, schema_version=SCHEMA_VERSION, created=ProfileManifest.now(), model=identity,
+        versions=library_versions(), recipe=recipe.resolved(),
+        settings={k: v for k, v in asdict(settings).items() if k != "extra"},
+        tasks={s.name: s.tokens for s in all_stats}, summary=summaries,
+        js_between_tasks_bits=js.round(5).tolist(), mean_js_between_tasks_bits=mean_offdiagonal(js),
+        similarity_kinds=sorted({k.split(".")[2] for k in sims}),
+        timings_s={"tasks": timings, "similarity": similarity_seconds})
+    write_artifact(work, out, manifest)
+    return load_profile(out, verify=False)

@@ -78,7 +78,7 @@ def cache_of(out):
 def generate_one(rt: Runtime, prompt: str, max_new_tokens: int, tokens_done: list[int]) -> RequestResult:
     """Greedy decoding with a KV cache; the manager may swap every `rt.check_every` tokens, never per token."""
     tok, model = rt.tokenizer, rt.model
-    device = next(model.parameters()).device
+    device = rt.device
     ids = tok(prompt, return_tensors="pt").input_ids.to(device)
     t0 = time.perf_counter()
     out = model(input_ids=ids, use_cache=True)
@@ -119,11 +119,7 @@ def run_requests(rt: Runtime, prompts: list[str], max_new_tokens: int, io_bandwi
     stats.resident_expert_bytes = rt.resident_expert_bytes()
     stats.peak_rss_bytes = peak_rss_bytes()
     for m in rt.layers:
-        s = asdict(m.stats)
-        picks = max(1, m.stats.picks)
-        s.update(hit_rate=m.stats.hits / picks, redirect_rate=m.stats.redirects / picks,
-                 drop_rate=m.stats.drops / picks, miss_rate=m.stats.misses / picks)
-        stats.layers[m.layer_index] = s
+        stats.layers[m.layer_index] = asdict(m.stats) | m.stats.rates()
         stats.swaps += [asdict(r) for r in m.swaps]
         stats.bytes_loaded += m.stats.bytes_loaded
         stats.load_seconds += m.stats.load_seconds

@@ -1,0 +1,70 @@
+"""`lightmoe`: task-aware expert availability (the core method).
+
+- frequency-aware initial resident set: the global slot budget is spent where it covers the most calibration
+  gate mass, each layer keeps its highest-mass experts;
+- similarity-based redirection: a missing expert's picks go to the most similar resident when the similarity
+  reaches `min_similarity`; otherwise the token is re-routed among the residents as a pruned router would
+  (`missing=reroute`, never worse than prune) or the pick is dropped (`missing=drop`);
+- task-level replacement: per-task resident sets are stored, and the runtime manager swaps experts coarsely,
+  at check points, when the missed gate mass says the task has shifted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lightmoe_cli.policies.base import (
+    BundlePlan,
+    Missing,
+    PlanInputs,
+    Policy,
+    PolicyParams,
+    RuntimeSpec,
+    Serving,
+    layer_plans,
+    param,
+)
+from lightmoe_cli.policies.manager import ManagerParams
+from lightmoe_cli.policies.registry import register_policy
+from lightmoe_cli.policies.residency.prune import frequency_residents
+from lightmoe_cli.policies.resident import select_residents
+
+
+@dataclass(frozen=True)
+class LightMoEParams(PolicyParams):
+    similarity: str = param("output", "redirect by output | weight | coactivation similarity",
+                            choices=("output", "weight", "coactivation"))
+    min_similarity: float = param(0.5, "redirect only to a resident at least this similar (cosine)",
+                                  minimum=-1.0, maximum=1.0)
+    missing: str = param("reroute", "a missing expert with no similar resident: reroute (top-k among "
+                         "residents, as a pruned router) or drop (weight 0, renormalise)", choices=("reroute", "drop"))
+    window: int = param(256, "manager: tokens of demand it looks at", minimum=1)
+    threshold: float = param(0.25, "manager: missed gate-mass share that triggers a swap", minimum=0.0,
+                             maximum=1.0)
+    max_swap: int = param(4, "manager: experts replaced per layer per swap", minimum=1)
+    cooldown: int = param(512, "manager: tokens between two swaps of a layer", minimum=0)
+    check_every: int = param(64, "manager: tokens between check points (plus every request boundary)",
+                             minimum=1)
+
+    def manager(self) -> ManagerParams:
+        return ManagerParams(self.window, self.threshold, self.max_swap, self.cooldown, self.check_every)
+
+
+@register_policy
+class LightMoE(Policy):
+    name = "lightmoe"
+    summary = ("task-aware: frequency-aware resident set, similarity redirect (else re-route as prune), "
+               "coarse swaps when the task shifts")
+    Params = LightMoEParams
+    needs_similarity = True
+
+    def min_slots_per_layer(self, params: LightMoEParams, top_k: int) -> int:
+        # re-routing picks top-k among residents, so it needs top-k of them per layer, like prune
+        return top_k if params.missing == "reroute" else 1
+
+    def plan(self, inputs: PlanInputs, params: LightMoEParams) -> BundlePlan:
+        slots, resident = frequency_residents(inputs, self.min_slots_per_layer(params, max(inputs.top_k.values())))
+        per_task = {t: select_residents(m, slots) for t, m in inputs.task_mass.items()}
+        spec = RuntimeSpec(Serving.REMAP, Missing(params.missing), manager=params.manager(), uses_similarity=True,
+                           min_similarity=params.min_similarity)
+        return BundlePlan(layer_plans(inputs, resident, params.min_similarity), spec, per_task)

@@ -1,0 +1,37 @@
+"""`lru`: dynamic swapping, as mixtral-offloading / MoE-Infinity: the same slots as prune, pre-filled with the
+same experts; a missing expert is loaded from the expert store before the token continues, evicting by rule."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lightmoe_cli.policies.base import (
+    BundlePlan,
+    PlanInputs,
+    Policy,
+    PolicyParams,
+    RuntimeSpec,
+    Serving,
+    layer_plans,
+    param,
+)
+from lightmoe_cli.policies.registry import register_policy
+from lightmoe_cli.policies.residency.prune import frequency_residents
+
+
+@dataclass(frozen=True)
+class LRUParams(PolicyParams):
+    eviction: str = param("lru", "which cached expert a miss evicts: lru (least recently used) or lfu "
+                          "(least frequently used)", choices=("lru", "lfu"))
+
+
+@register_policy
+class LRU(Policy):
+    name = "lru"
+    summary = "expert cache: misses loaded on demand before the token continues (LRU/LFU eviction)"
+    Params = LRUParams
+
+    def plan(self, inputs: PlanInputs, params: LRUParams) -> BundlePlan:
+        # one token's k picks must fit at once, so every layer has at least top-k slots
+        _, resident = frequency_residents(inputs, max(inputs.top_k.values()))
+        return BundlePlan(layer_plans(inputs, resident), RuntimeSpec(Serving.ON_DEMAND, eviction=params.eviction))

@@ -1,0 +1,28 @@
+"""`prune`: static expert pruning (NAEE/REAP-style), the baseline a user would otherwise pick.
+
+The global slot budget goes where it covers the most calibration mass (`allocate_slots`), each layer keeps its
+highest-mass experts, and the router is sliced to them and renormalised: missing experts are unreachable.
+"""
+
+from __future__ import annotations
+
+from lightmoe_cli.policies.base import BundlePlan, PlanInputs, Policy, PolicyParams, RuntimeSpec, Serving, layer_plans
+from lightmoe_cli.policies.registry import register_policy
+from lightmoe_cli.policies.resident import allocate_slots, select_residents
+
+
+def frequency_residents(inputs: PlanInputs, min_per_layer: int) -> tuple[dict[int, int], dict[int, list[int]]]:
+    """Slots per layer (global greedy on covered mass) and the highest-mass experts in them."""
+    slots = allocate_slots(inputs.mass, inputs.total_slots, min_per_layer=min_per_layer)
+    return slots, select_residents(inputs.mass, slots)
+
+
+@register_policy
+class Prune(Policy):
+    name = "prune"
+    summary = "static pruning: router sliced to the resident experts and renormalised; no swaps"
+
+    def plan(self, inputs: PlanInputs, params: PolicyParams) -> BundlePlan:
+        # a pruned router still picks top-k, so every layer keeps at least top-k experts
+        _, resident = frequency_residents(inputs, max(inputs.top_k.values()))
+        return BundlePlan(layer_plans(inputs, resident), RuntimeSpec(Serving.PRUNED_ROUTER))

@@ -1,0 +1,72 @@
+"""Command-line options generated from the policy registry: each policy's parameter fields become options.
+
+Why generated: the policies declare their parameters once (a dataclass with help and bounds); `build-bundle
+--help`, `lightmoe policies` and the validation read them, so a new policy adds options by existing.
+Options shared by several policies (same field name) appear once; a value given to a policy that does not
+take it is an error, not silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, get_type_hints
+
+import typer
+
+from lightmoe_cli.policies.registry import policies
+
+
+@dataclass(frozen=True)
+class PolicyOption:
+    name: str  # the field name; the flag is --name-with-dashes
+    type: type
+    help: str
+    owners: tuple[str, ...]  # policies that take it
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+def policy_options() -> list[PolicyOption]:
+    """Every distinct parameter over all registered policies, in registry order."""
+    found: dict[str, PolicyOption] = {}
+    for name, cls in policies().items():
+        hints = get_type_hints(cls.Params)
+        for f in dataclasses.fields(cls.Params):
+            if f.name in found:
+                o = found[f.name]
+                found[f.name] = dataclasses.replace(o, owners=(*o.owners, name))
+                continue
+            bounds = [f"choices: {', '.join(f.metadata['choices'])}"] if f.metadata.get("choices") else []
+            found[f.name] = PolicyOption(f.name, hints[f.name], f"{f.metadata.get('help', '')} "
+                                         f"[default {f.default}{'; ' + bounds[0] if bounds else ''}]", (name,))
+    return list(found.values())
+
+
+def with_policy_options(func: Callable) -> Callable:
+    """Add one typer option per policy parameter to `func`'s signature; `func` receives them in
+    `policy_params` (name -> value, only those the user gave)."""
+    options = policy_options()
+    sig = inspect.signature(func)
+    base = [p for p in sig.parameters.values() if p.name != "policy_params"]
+    extra = [inspect.Parameter(o.name, inspect.Parameter.KEYWORD_ONLY, annotation=o.type | None,
+                               default=typer.Option(None, o.flag, help=f"({', '.join(o.owners)}) {o.help}",
+                                                    rich_help_panel="Policy parameters"))
+             for o in options]
+    names = {o.name for o in options}
+
+    def wrapper(**kwargs: Any) -> Any:
+        given = {k: kwargs.pop(k) for k in list(kwargs) if k in names}
+        return func(**kwargs, policy_params={k: v for k, v in given.items() if v is not None})
+
+    wrapper.__signature__ = sig.replace(parameters=[*base, *extra])
+    wrapper.__name__, wrapper.__doc__ = func.__name__, func.__doc__
+    return wrapper
+
+
+def policy_help() -> str:
+    return " | ".join(policies())

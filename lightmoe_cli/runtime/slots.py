@@ -1,0 +1,93 @@
+"""The data side of a managed MoE layer: a fixed pool of expert slots, the expert -> slot table, one stats record.
+
+Why apart from the strategies (as mixtral-offloading separates its cache from the kernels): every strategy needs
+the same three things — which expert sits in which slot, a way to copy an expert's weights into a slot, and
+counts of what happened — and only these objects move data or hold counts.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from lightmoe_cli.bundle.artifact import ExpertLayout, ExpertStore
+
+
+@dataclass
+class LayerStats:
+    picks: int = 0  # token x top-k selections the router made
+    hits: int = 0  # picks whose expert was resident
+    redirects: int = 0  # picks sent to another resident expert
+    drops: int = 0  # picks of missing experts with no similar resident: dropped, or the token re-routed
+    misses: int = 0  # picks whose expert had to be loaded first (on-demand)
+    loads: int = 0  # experts copied into a slot (on-demand misses, manager swaps)
+    bytes_loaded: int = 0
+    load_seconds: float = 0.0
+
+    def rates(self) -> dict[str, float]:
+        picks = max(1, self.picks)
+        return {"hit_rate": self.hits / picks, "redirect_rate": self.redirects / picks,
+                "drop_rate": self.drops / picks, "miss_rate": self.misses / picks}
+
+
+@dataclass
+class SwapRecord:
+    layer_index: int
+    token: int
+    evicted: list[int]
+    loaded: list[int]
+    bytes: int
+    seconds: float
+
+
+class SlotWriter:
+    """Copies one expert's weights from the store into one slot of the experts module (the only data mover)."""
+
+    def __init__(self, experts: torch.nn.Module, layout: ExpertLayout, store: ExpertStore, layer_index: int):
+        self.experts, self.layout, self.store, self.layer_index = experts, layout, store, layer_index
+        self.bytes_per_expert = layout.bytes
+
+    @torch.no_grad()
+    def load(self, expert: int, slot: int) -> float:
+        t0 = time.perf_counter()
+        parts = self.layout.split(self.store.read(self.layer_index, expert))
+        for name, tensor in parts.items():
+            target = getattr(self.experts, name)
+            target[slot].copy_(tensor.to(target.device, non_blocking=False))
+        return time.perf_counter() - t0
+
+
+class SlotPool:
+    """Which expert lives in which slot (`slot_of`, on the model's device) and the loads that change it."""
+
+    def __init__(self, num_experts: int, slots: int, writer: SlotWriter, device: torch.device | str):
+        self.num_experts, self.slots, self.writer = num_experts, slots, writer
+        self.slot_of = torch.full((num_experts,), -1, dtype=torch.long, device=device)  # (E,) slot or -1
+        self.stats = LayerStats()
+
+    @property
+    def resident(self) -> list[int]:
+        return sorted(int(e) for e in torch.nonzero(self.slot_of >= 0).flatten())
+
+    def fill(self, resident: list[int]) -> None:
+        """Initial fill: the j-th resident into slot j (not counted as run-time loading)."""
+        for slot, expert in enumerate(resident):
+            self.writer.load(expert, slot)
+            self.slot_of[expert] = slot
+
+    def load(self, expert: int, slot: int) -> None:
+        """Copy `expert` into `slot` (whoever was there is no longer resident) and count it."""
+        seconds = self.writer.load(expert, slot)
+        self.slot_of[self.slot_of == slot] = -1
+        self.slot_of[expert] = slot
+        self.stats.loads += 1
+        self.stats.bytes_loaded += self.writer.bytes_per_expert
+        self.stats.load_seconds += seconds
+
+    def evict(self, expert: int) -> int:
+        """Mark `expert` not resident; returns the slot it freed."""
+        slot = int(self.slot_of[expert])
+        self.slot_of[expert] = -1
+        return slot

@@ -1,0 +1,288 @@
+"""How the runtime serves one MoE layer, one small class per `Serving` kind the policies can ask for.
+
+- `PrunedRouter`: the router is sliced to the resident experts (keep_experts on the skeleton); every pick is
+  a hit. Static pruning.
+- `Remap`: the router stays whole, so every forward tells us which experts the tokens wanted (demand); a
+  pre-hook turns expert ids into slot ids — a resident pick runs in its slot, a missing one goes to its
+  redirect target's slot (router weight kept), is re-routed among the residents (as the pruned router would),
+  or is dropped (weight 0, renormalised). With a `LayerManager` it swaps experts at check points.
+- `OnDemand`: the router stays whole; missing experts are loaded from the store before the tokens continue,
+  evicting by the cache rule; tokens run in groups whose experts fit the slots (the experts module's class
+  becomes a generated subclass, as torch's parametrize does it; no forward is patched from outside).
+
+The experts module keeps its own class and kernel (grouped_mm by default); only its fused parameters shrink to
+[slots, ...]. Data movement is `SlotPool`'s; the strategies hold bookkeeping and routing only.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from lightmoe_cli.policies.base import LayerPlan, Missing, RuntimeSpec, Serving
+from lightmoe_cli.policies.cache import ExpertCache
+from lightmoe_cli.policies.manager import LayerManager
+from lightmoe_cli.policies.redirect import DROP, redirect_table
+from lightmoe_cli.runtime.slots import LayerStats, SlotPool, SlotWriter, SwapRecord
+
+
+class LayerStrategy:
+    """Common part: the layer's slot pool, its stats and swap records; subclasses install their hooks."""
+
+    serving: ClassVar[Serving]
+
+    def __init__(self, layer_index: int, pool: SlotPool, plan: LayerPlan, spec: RuntimeSpec):
+        self.layer_index, self.pool, self.plan, self.spec = layer_index, pool, plan, spec
+        self.num_experts = plan.num_experts
+        self.swaps: list[SwapRecord] = []
+
+    # views used by reports and tests
+    @property
+    def stats(self) -> LayerStats:
+        return self.pool.stats
+
+    @property
+    def slots(self) -> int:
+        return self.pool.slots
+
+    @property
+    def slot_of(self) -> torch.Tensor:
+        return self.pool.slot_of
+
+    @property
+    def writer(self) -> SlotWriter:
+        return self.pool.writer
+
+    @property
+    def resident(self) -> list[int]:
+        return self.pool.resident
+
+    def install(self, adapter, layer) -> list:
+        """Attach to the model's MoE layer; returns removable hook handles."""
+        return []
+
+    def checkpoint(self) -> SwapRecord | None:
+        """A request boundary or every N tokens: fold counts; a strategy with a manager may swap here."""
+        return None
+
+    def finish(self) -> None:
+        """Fold pending counts into the statistics (no swap decision)."""
+
+
+class PrunedRouter(LayerStrategy):
+    serving = Serving.PRUNED_ROUTER
+
+    def install(self, adapter, layer) -> list:
+        return [adapter.add_routing_hook(layer, self.count)]
+
+    def count(self, index: torch.Tensor, weights: torch.Tensor) -> None:
+        """The sliced router only picks resident experts: every pick is a hit."""
+        self.stats.picks += index.numel()
+        self.stats.hits += index.numel()
+
+
+class Remap(LayerStrategy):
+    """Whole router, table lookup expert -> slot; optional task-aware manager."""
+
+    serving = Serving.REMAP
+
+    def __init__(self, layer_index: int, pool: SlotPool, plan: LayerPlan, spec: RuntimeSpec,
+                 similarity: np.ndarray | None = None, manager: LayerManager | None = None,
+                 renormalise: bool = True):
+        super().__init__(layer_index, pool, plan, spec)
+        device = pool.slot_of.device
+        self.redirect = torch.tensor(plan.redirect, dtype=torch.long, device=device)  # (E,) target or DROP
+        self.similarity = similarity
+        self.min_similarity = spec.min_similarity if spec.min_similarity is not None else -np.inf
+        self.manager = manager
+        self.reroute = spec.missing == Missing.REROUTE
+        self.renormalise = renormalise  # the router renormalises its top-k weights (norm_topk_prob)
+        self._logits: torch.Tensor | None = None  # (T, E) the router's logits of the current forward
+        self._pending: list = []  # (index, weights) of forwards since the last check point
+        self._arange = torch.arange(self.num_experts, device=device)
+        self._rebuild_route()
+
+    def install(self, adapter, layer) -> list:
+        handles = [adapter.add_routing_hook(layer, self.route)]
+        if self.reroute:
+            handles.append(layer.router.register_forward_hook(self.keep_logits))
+        return handles
+
+    def _rebuild_route(self) -> None:
+        target, slot_of = self.redirect, self.slot_of
+        self._route = torch.where(target >= 0, slot_of[target.clamp_min(0)], torch.full_like(target, -1))
+        self._any_drop = bool((self._route < 0).any())
+        self._no_redirect = bool(((target == self._arange) | (target < 0)).all())
+        self._bias = torch.where(slot_of >= 0, 0.0, float("-inf"))  # masked top-k over residents
+
+    # ---- the hot path: a few tensor ops per layer and forward ------------------------------------------------
+    def route(self, index: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(T, K) expert ids + router weights -> slot ids + weights (dropped picks: weight 0, renormalised)."""
+        idx = index.long()
+        self._pending.append((idx, weights))  # counted at the next check point, off the per-token path
+        if not self._any_drop:
+            return self._route[idx], weights
+        if self.reroute and self.renormalise and self._no_redirect and self._logits is not None:
+            # every missing expert is re-routed: top-k among residents from the router's logits; softmax over
+            # the k kept logits = renormalised top-k probabilities (tokens with no missing pick are unchanged)
+            vals, experts = (self._logits.reshape(-1, self.num_experts).float() + self._bias).topk(idx.shape[-1])
+            return self.slot_of[experts], vals.softmax(-1).to(weights.dtype)
+        slot = self._route[idx]
+        dropped = slot < 0
+        if not bool(dropped.any()):
+            return slot, weights
+        if self.reroute and self._logits is not None:
+            return self._reroute(slot, weights, dropped)
+        w = weights.masked_fill(dropped, 0.0)
+        total, kept = weights.sum(-1, keepdim=True), w.sum(-1, keepdim=True)
+        w = torch.where(kept > 0, w * (total / kept.clamp_min(1e-12)), w)
+        # a dropped pick points at the token's first kept slot (weight 0), so kernels never see a sentinel
+        first = torch.argmax((~dropped).int(), dim=-1, keepdim=True)
+        fill = torch.gather(slot, -1, first)
+        slot = torch.where(dropped, fill, slot).clamp_min(0)
+        return slot, w.to(weights.dtype)
+
+    def _reroute(self, slot: torch.Tensor, weights: torch.Tensor, dropped: torch.Tensor):
+        """Tokens with a dropped pick choose top-k among the resident experts from the router's own logits,
+        as the router-sliced (pruned) model would: with renormalised top-k (norm_topk_prob) this equals the
+        pruned router exactly, so a missing expert never costs more than pruning. Softmax-top-k routers only."""
+        rows = dropped.any(-1)
+        probs = self._logits.reshape(-1, self.num_experts)[rows].float().softmax(-1)
+        probs = probs.masked_fill(self.slot_of < 0, 0.0)
+        w, e = probs.topk(slot.shape[-1], dim=-1)
+        if self.renormalise:
+            w = w / w.sum(-1, keepdim=True).clamp_min(1e-12)
+        slot, weights = slot.clone(), weights.clone()
+        slot[rows] = self.slot_of[e]
+        weights[rows] = w.to(weights.dtype)
+        return slot, weights
+
+    def keep_logits(self, module, args, output) -> None:
+        """Forward hook on the router: remember its logits for re-routing."""
+        self._logits = output[0].detach()
+
+    # ---- counts at check points ------------------------------------------------------------------------------
+    def _drain(self) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Picks (E,) and router weight (E,) per expert, and tokens, of the forwards since the last call (CPU)."""
+        if not self._pending:
+            return torch.zeros(self.num_experts, dtype=torch.long), torch.zeros(self.num_experts), 0
+        idx = torch.cat([p[0].reshape(-1, p[0].shape[-1]) for p in self._pending])
+        w = torch.cat([p[1].reshape(-1, p[1].shape[-1]) for p in self._pending])
+        self._pending = []
+        flat = idx.reshape(-1)
+        picks = torch.bincount(flat, minlength=self.num_experts)
+        mass = torch.bincount(flat, weights=w.reshape(-1).double(), minlength=self.num_experts)
+        return picks.cpu(), mass.cpu(), idx.shape[0]
+
+    def finish(self) -> None:
+        self._fold()
+
+    def _fold(self) -> tuple[torch.Tensor, int]:
+        """Fold the pending picks into hit / redirect / drop totals for the current tables; returns the
+        demanded router weight per expert (E,) and the token count, for the manager."""
+        picks, mass, tokens = self._drain()
+        resident = (self.slot_of >= 0).cpu()
+        redirected = ~resident & (self._route >= 0).cpu()
+        self.stats.picks += int(picks.sum())
+        self.stats.hits += int(picks[resident].sum())
+        self.stats.redirects += int(picks[redirected].sum())
+        self.stats.drops += int(picks[~resident & ~redirected].sum())
+        return mass, tokens
+
+    def checkpoint(self) -> SwapRecord | None:
+        """Let the manager swap experts if the task has shifted (never inside a forward)."""
+        mass, tokens = self._fold()
+        if self.manager is None:
+            return None
+        if tokens:
+            self.manager.observe(mass.numpy(), tokens)
+        swap = self.manager.decide()
+        if swap is None:
+            return None
+        t0, loaded_bytes = time.perf_counter(), 0
+        for old, new in zip(swap.evict, swap.load, strict=True):
+            self.pool.load(new, self.pool.evict(old))
+            loaded_bytes += self.writer.bytes_per_expert
+        self._retarget()
+        record = SwapRecord(self.layer_index, swap.token, swap.evict, swap.load, loaded_bytes,
+                            time.perf_counter() - t0)
+        self.swaps.append(record)
+        return record
+
+    def _retarget(self) -> None:
+        """After a swap: the redirect table follows the new resident set."""
+        if self.similarity is None:
+            table = np.where(self.slot_of.cpu().numpy() >= 0, np.arange(self.num_experts), DROP)
+        else:
+            table = redirect_table(self.similarity, self.resident, self.min_similarity)
+        self.redirect = torch.as_tensor(table, dtype=torch.long, device=self.slot_of.device)
+        self._rebuild_route()
+
+
+_ON_DEMAND_CLASSES: dict[type, type] = {}
+
+
+def on_demand_class(cls: type[nn.Module]) -> type[nn.Module]:
+    """A subclass of an experts class whose forward loads missing experts first (cached per class).
+
+    Swapping an instance's class to a generated subclass is how torch's own `nn.utils.parametrize` changes a
+    module's behaviour: the module keeps its parameters, name and hooks (so routing hooks still see expert
+    ids), and the kernel that finally runs is the original class's forward on slot ids."""
+    if cls not in _ON_DEMAND_CLASSES:
+        def forward(self, hidden_states, top_k_index, top_k_weights):
+            return self._lightmoe_on_demand.run(self, hidden_states, top_k_index, top_k_weights)
+
+        _ON_DEMAND_CLASSES[cls] = type(f"OnDemand{cls.__name__}", (cls,), {"forward": forward,
+                                                                            "_lightmoe_base": cls})
+    return _ON_DEMAND_CLASSES[cls]
+
+
+class OnDemand(LayerStrategy):
+    serving = Serving.ON_DEMAND
+
+    def __init__(self, layer_index: int, pool: SlotPool, plan: LayerPlan, spec: RuntimeSpec):
+        super().__init__(layer_index, pool, plan, spec)
+        self.cache = ExpertCache.warm(pool.slots, spec.eviction or "lru", plan.resident)
+
+    def install(self, adapter, layer) -> list:
+        layer.experts.__class__ = on_demand_class(type(layer.experts))
+        layer.experts._lightmoe_on_demand = self
+        return []
+
+    def ensure_loaded(self, experts: list[int]) -> None:
+        """Make `experts` resident (one step's demand), loading misses through the cache's eviction rule."""
+        for load in self.cache.request(experts):
+            if load.evicted is not None:
+                self.pool.evict(load.evicted)
+            self.pool.load(load.expert, load.slot)
+
+    def run(self, experts: nn.Module, hidden_states: torch.Tensor, top_k_index: torch.Tensor,
+            top_k_weights: torch.Tensor) -> torch.Tensor:
+        idx = top_k_index.long()
+        self.stats.picks += idx.numel()
+        out = torch.zeros_like(hidden_states)
+        start, group = 0, set()
+        rows = idx.tolist()
+        for t, row in enumerate(rows + [None]):
+            if row is not None and len(group | set(row)) <= self.slots:
+                group |= set(row)
+                continue
+            if t > start:
+                ensure = sorted(group)
+                resident_before = {e for e in ensure if int(self.slot_of[e]) >= 0}
+                self.ensure_loaded(ensure)
+                block = idx[start:t]
+                hits = int(sum(int(e) in resident_before for e in block.reshape(-1).tolist()))
+                self.stats.hits += hits
+                self.stats.misses += block.numel() - hits
+                out[start:t] = experts._lightmoe_base.forward(experts, hidden_states[start:t], self.slot_of[block],
+                                                              top_k_weights[start:t])
+            start, group = t, set(row) if row is not None else set()
+        return out
+
+
+STRATEGIES: dict[Serving, type[LayerStrategy]] = {s.serving: s for s in (PrunedRouter, Remap, OnDemand)}
