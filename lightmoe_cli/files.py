@@ -6,6 +6,7 @@ to `<name>.tmp` beside the target and renamed; folders are built under `<name>.t
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -47,6 +48,14 @@ def save_tensors(tensors: dict, path: Path) -> Path:
                                                     str(tmp)))
 
 
+def sha256_file(path: Path, block: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        while chunk := f.read(block):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def swap_in_dir(tmp: Path, out: Path) -> None:
     """Replace folder `out` by the finished folder `tmp` (same parent), so readers see old or new, never half."""
     old = out.with_name(out.name + ".old")
@@ -59,17 +68,6 @@ def swap_in_dir(tmp: Path, out: Path) -> None:
 
 def file_entries(folder: Path) -> dict[str, dict]:
     """sha256 and size of every file under `folder` (relative POSIX paths), for an artifact's manifest."""
-    from lightmoe_cli.identity import sha256_file
-
     return {p.relative_to(folder).as_posix(): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
             for p in sorted(Path(folder).rglob("*")) if p.is_file() and p.name != "manifest.json"}
 
-
-def write_artifact(work: Path, out: Path, manifest) -> None:
-    """Finish an artifact built in folder `work`: hash its files into `manifest.files`, write manifest.json,
-    swap the folder in as `out`. `manifest` is a typed record (to_json) with a `files` field."""
-    from lightmoe_cli.manifest import FileEntry
-
-    manifest.files = {k: FileEntry(**v) for k, v in file_entries(work).items()}
-    atomic_write_json(work / "manifest.json", manifest.to_json())
-    swap_in_dir(work, out)

@@ -5,15 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
-from pathlib import Path
 
-
-def sha256_file(path: Path, block: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        while chunk := f.read(block):
-            h.update(chunk)
-    return h.hexdigest()
+from lightmoe_cli.files import sha256_file  # noqa: F401 - re-exported for callers of identity
 
 
 def config_hash(config) -> str:

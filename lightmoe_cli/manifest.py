@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar, get_args, get_origin, get_type_hints
 
 from lightmoe_cli.errors import LightMoEError
+from lightmoe_cli.files import atomic_write_json, file_entries, sha256_file, swap_in_dir
 
 R = TypeVar("R", bound="Record")
 
@@ -200,8 +201,6 @@ class ArtifactManifest(Record):
 
     def verify_files(self, folder: Path, hashes: bool = True) -> None:
         """Every listed file exists inside `folder` with its size (and sha256); paths may not leave the folder."""
-        from lightmoe_cli.identity import sha256_file
-
         folder = Path(folder)
         what = self.KIND.removeprefix("lightmoe-")
         if not self.files:
@@ -219,3 +218,11 @@ class ArtifactManifest(Record):
                                     f"expected {entry.bytes}): {self.REBUILD}")
             if hashes and sha256_file(f) != entry.sha256:
                 raise ManifestError(f"{folder}: file {rel} is corrupt (sha256 mismatch): {self.REBUILD}")
+
+
+def write_artifact(work: Path, out: Path, manifest: ArtifactManifest) -> None:
+    """Finish an artifact built in folder `work`: hash its files into `manifest.files`, write manifest.json,
+    swap the folder in as `out` (readers see the old artifact or the new one, never half of one)."""
+    manifest.files = {k: FileEntry(**v) for k, v in file_entries(work).items()}
+    atomic_write_json(work / "manifest.json", manifest.to_json())
+    swap_in_dir(work, out)

@@ -68,6 +68,8 @@ def policies_table() -> Table:
     """`lightmoe policies`: one line per registered policy with its parameters and defaults."""
     import dataclasses
 
+    from rich.markup import escape
+
     from lightmoe_cli.policies.registry import policies
 
     t = Table(title="policies (build-bundle --policy NAME; parameters as --options)")
@@ -75,7 +77,7 @@ def policies_table() -> Table:
         t.add_column(col)
     for name, cls in policies().items():
         params = ", ".join(f"--{f.name.replace('_', '-')} [{f.default}]" for f in dataclasses.fields(cls.Params))
-        t.add_row(name, cls.summary, params or "-")
+        t.add_row(name, cls.summary, escape(params) or "-")
     return t
 
 

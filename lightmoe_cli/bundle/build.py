@@ -20,8 +20,9 @@ from lightmoe_cli.bundle.artifact import (
     load_bundle,
 )
 from lightmoe_cli.errors import LightMoEError
-from lightmoe_cli.files import save_tensors, write_artifact
-from lightmoe_cli.identity import library_versions, model_identity, sha256_file
+from lightmoe_cli.files import save_tensors, sha256_file
+from lightmoe_cli.identity import library_versions, model_identity
+from lightmoe_cli.manifest import write_artifact
 from lightmoe_cli.policies.base import BundlePlan, PlanInputs, Policy, PolicyParams
 from lightmoe_cli.policies.budget import slots_for_budget
 from lightmoe_cli.policies.registry import get_policy

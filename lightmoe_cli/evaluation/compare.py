@@ -38,7 +38,7 @@ def ensure_bundles(prof, model, tokenizer, model_name: str, policies: list[str],
     """Build each policy x budget bundle unless a bundle with the same plan inputs already exists."""
     from lightmoe_cli.bundle.artifact import BundleError, load_bundle
     from lightmoe_cli.bundle.build import BuildOptions, build_bundle
-    from lightmoe_cli.identity import sha256_file
+    from lightmoe_cli.files import sha256_file
     from lightmoe_cli.policies.registry import get_policy
 
     profile_sha = sha256_file(prof.path / "manifest.json")

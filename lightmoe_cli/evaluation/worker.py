@@ -23,7 +23,7 @@ def evaluate_bundle(bundle: Path, tasks: list[str], include_path: Path, limit: i
 
     from lightmoe_cli.bundle.artifact import load_bundle
     from lightmoe_cli.evaluation.lm_eval_model import LightMoELM
-    from lightmoe_cli.identity import sha256_file
+    from lightmoe_cli.files import sha256_file
     from lightmoe_cli.runtime.generate import peak_rss_bytes, run_requests
     from lightmoe_cli.runtime.loader import build_runtime
 

@@ -8,32 +8,22 @@ later, falls through to the structural generic adapter.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
 from typing import Any
 
 from torch import nn
 
 from lightmoe_cli.errors import UnsupportedModelError
 from lightmoe_cli.models.adapter import MoEAdapter
+from lightmoe_cli.models.registration import register_adapter, registered_adapter
 
-_ADAPTERS: dict[str, type[MoEAdapter]] = {}
-
-
-def register_adapter(*model_types: str) -> Callable[[type[MoEAdapter]], type[MoEAdapter]]:
-    """Class decorator: use this adapter for models whose config.model_type is one of `model_types`."""
-
-    def decorate(cls: type[MoEAdapter]) -> type[MoEAdapter]:
-        for name in model_types:
-            _ADAPTERS[name] = cls
-        return cls
-
-    return decorate
+__all__ = ["get_adapter", "register_adapter", "supported_families"]
 
 
 @functools.cache
 def _load_families() -> None:
-    """Import the per-family overrides once (they register themselves)."""
-    from lightmoe_cli.models import families  # noqa: F401
+    """Import the per-family overrides once (they register themselves into `registration`'s table, which
+    is why they need not import this module and no cycle arises)."""
+    import lightmoe_cli.models.families  # noqa: F401
 
 
 def _model_types(model: nn.Module) -> list[str]:
@@ -56,7 +46,7 @@ def get_adapter(model: nn.Module) -> MoEAdapter:
     """The adapter for `model`; raises UnsupportedModelError when it finds no MoE layer it understands."""
     _load_families()
     types = _model_types(model)
-    adapter = next((_ADAPTERS[t]() for t in types if t in _ADAPTERS), MoEAdapter())
+    adapter = (registered_adapter(types) or MoEAdapter)()
     if adapter.moe_layers(model):
         return adapter
     raise UnsupportedModelError(

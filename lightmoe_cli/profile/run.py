@@ -18,8 +18,9 @@ import torch
 
 from lightmoe_cli.analysis.routing_stats import entropy_bits, mean_offdiagonal, pairwise_js_bits, top_half_coverage
 from lightmoe_cli.errors import LightMoEError
-from lightmoe_cli.files import save_tensors, write_artifact
+from lightmoe_cli.files import save_tensors
 from lightmoe_cli.identity import library_versions, model_identity
+from lightmoe_cli.manifest import write_artifact
 from lightmoe_cli.profile.accumulator import TaskStats
 from lightmoe_cli.profile.artifact import SCHEMA_VERSION, Profile, ProfileManifest, TaskSummary, load_profile
 from lightmoe_cli.recipes import CalibrationRecipe, iter_task_texts
