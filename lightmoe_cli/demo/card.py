@@ -28,6 +28,7 @@ from lightmoe_cli.analysis.routing_stats import (
     top_half_coverage,
 )
 from lightmoe_cli.demo.train import TrainRecipe, build_model, evaluate, fixed_windows, load_token_streams
+from lightmoe_cli.files import atomic_write
 from lightmoe_cli.models import get_adapter, record_routing
 
 SAMPLE_PROMPTS = {
@@ -275,9 +276,7 @@ def write_card(recipe: TrainRecipe, tokens_per_domain: int = 32_768, console=Non
     m = measure(recipe, tokens_per_domain)
     out = Path(recipe.out)
     for name, text in (("training.json", json.dumps(m, indent=2)), ("README.md", render_card(m))):
-        tmp = out / (name + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, out / name)
+        atomic_write(out / name, text)
     tr, ini = m["specialisation"]["trained"]["mean"], m["specialisation"]["at_init"]["mean"]
     return (f"mean test loss {np.mean(list(m['test_loss'].values())):.3f} nats; JS between domains "
             f"{tr['js_between_domains_bits']:.3f} bits (init {ini['js_between_domains_bits']:.3f}, noise "

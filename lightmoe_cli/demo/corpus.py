@@ -15,7 +15,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import os
 import random
 import re
 import shutil
@@ -26,6 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from lightmoe_cli.demo.generators import GENERATORS, generate_documents
+from lightmoe_cli.files import atomic_write
 
 SPLITS = ("train", "val", "test")
 GCIDE_PATH = Path("/usr/share/dictd/gcide.dict.dz")
@@ -183,11 +183,7 @@ def select_documents(docs: list[Document], max_bytes: int, seed: int) -> list[Do
 
 
 def _write_jsonl_atomic(path: Path, texts: list[str]) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        for t in texts:
-            f.write(json.dumps({"text": t}, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, "".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts))
 
 
 def build_corpus(out: Path, domains: list[str] | None = None, max_bytes_per_domain: int = 5_000_000,
@@ -213,9 +209,7 @@ def build_corpus(out: Path, domains: list[str] | None = None, max_bytes_per_doma
                                  {s: sum(len(t.encode()) for t in v) for s, v in by_split.items()}))
     manifest = {"schema": 1, "seed": seed, "max_bytes_per_domain": max_bytes_per_domain,
                 "domains": [asdict(s) for s in stats]}
-    tmp = out / "manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2))
-    os.replace(tmp, out / "manifest.json")
+    atomic_write(out / "manifest.json", json.dumps(manifest, indent=2))
     return stats
 
 

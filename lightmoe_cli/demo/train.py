@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -30,7 +29,7 @@ import torch.nn.functional as F
 import yaml
 
 from lightmoe_cli.demo.corpus import read_split
-from lightmoe_cli.files import swap_in_dir
+from lightmoe_cli.files import atomic_write, swap_in_dir
 
 
 @dataclass
@@ -91,8 +90,7 @@ def load_token_streams(recipe: TrainRecipe, tokenizer, split: str) -> dict[str, 
         path = cache / f"{d}.{split}.{vocab_tag}.npy"
         if not path.exists():
             arr = tokenize_domain(tokenizer, read_split(Path(recipe.corpus), d, split))
-            np.save(path.with_suffix(".tmp.npy"), arr)
-            os.replace(path.with_suffix(".tmp.npy"), path)
+            atomic_write(path, lambda tmp, arr=arr: _save_npy(tmp, arr))
         streams[d] = np.load(path)
     return streams
 
@@ -169,12 +167,15 @@ def lr_at(step: int, r: TrainRecipe) -> float:
     return r.lr * (r.min_lr_ratio + (1 - r.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
 
 
+def _save_npy(path: Path, arr: np.ndarray) -> None:
+    with path.open("wb") as f:  # a file object: np.save would append .npy to a temp file's name
+        np.save(f, arr)
+
+
 # ---------------------------------------------------------------- checkpoint / export
 def _atomic_torch_save(obj, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def export_model(model, tokenizer, out: Path) -> None:

@@ -55,7 +55,8 @@ def choose(rt: Runtime, item: MCItem) -> int:
     for i, s in enumerate(seqs):
         ids[i, : len(s)] = torch.tensor(s)
         mask[i, : len(s)] = 1
-    logp = rt.model(input_ids=ids, attention_mask=mask).logits.float().log_softmax(-1)
+    logp = rt.model(input_ids=ids.to(rt.device), attention_mask=mask.to(rt.device)).logits.float().log_softmax(-1)
+    logp = logp.cpu()
     scores = []
     for i, s in enumerate(seqs):
         cont = torch.tensor(s[len(ctx):])

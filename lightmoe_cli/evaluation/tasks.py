@@ -11,7 +11,6 @@ because lm-eval resolves relative paths against the working directory.
 from __future__ import annotations
 
 import json
-import os
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 from lightmoe_cli.demo.corpus import read_split
 from lightmoe_cli.demo.generators import GENERATORS, generate_problems
 from lightmoe_cli.errors import LightMoEError
+from lightmoe_cli.files import atomic_write
 
 TEXT_DOMAINS = ["dictionary", "bible_en", "bible_es", "python_docs", "python_code"]
 N_CHOICES = 4
@@ -114,9 +114,7 @@ def build_demo_items(corpus: Path, out: Path, per_domain: int = 200) -> dict[str
         items = text_items(corpus, domain, per_domain) if domain in TEXT_DOMAINS else \
             generated_items(domain, per_domain)
         path = out / f"{domain}.jsonl"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text("\n".join(json.dumps(asdict(i), ensure_ascii=False) for i in items) + "\n")
-        os.replace(tmp, path)
+        atomic_write(path, "\n".join(json.dumps(asdict(i), ensure_ascii=False) for i in items) + "\n")
         files[domain] = path
     return files
 
