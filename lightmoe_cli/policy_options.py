@@ -41,9 +41,8 @@ def policy_options() -> list[PolicyOption]:
                 o = found[f.name]
                 found[f.name] = dataclasses.replace(o, owners=(*o.owners, name))
                 continue
-            bounds = [f"choices: {', '.join(f.metadata['choices'])}"] if f.metadata.get("choices") else []
             found[f.name] = PolicyOption(f.name, hints[f.name], f"{f.metadata.get('help', '')} "
-                                         f"[default {f.default}{'; ' + bounds[0] if bounds else ''}]", (name,))
+                                         f"(default {f.default})", (name,))
     return list(found.values())
 
 
