@@ -54,7 +54,7 @@ def family(request) -> tuple[str, nn.Module, MoEAdapter]:
 
 def test_selftest_passes(family):
     name, _, _ = family
-    result = run_selftest(name)
+    result = run_selftest(name, pipeline=False)  # the pipeline half: tests/test_family_pipeline.py
     assert result.supported and result.passed, result.detail
     assert result.n_moe_layers >= 2 and result.num_experts == 8 and result.top_k == 2
 
@@ -282,18 +282,127 @@ def test_list_moe_architectures():
 
 
 def test_models_command_prints_table_and_summary(capsys):
-    models_command(["mixtral", "olmoe"])
+    models_command(["mixtral", "olmoe"])  # the pipeline runs too, by default
     out = capsys.readouterr().out
     assert "MixtralForCausalLM" in out and "OlmoeForCausalLM" in out
-    assert "2/2 passed (100%)" in out
+    assert "2/2 passed (100%)" in out and "pipeline ran" in out
     models_command(["qwen3_moe"], run_selftest=False)
     assert "skipped" in capsys.readouterr().out
     with pytest.raises(LightMoEError, match="unknown MoE architecture"):
         models_command(["not_a_model"])
 
 
+@pytest.mark.slow
 def test_whole_sweep_passes_at_least_90_percent():
-    results = [run_selftest(info) for info in list_moe_architectures()]
+    results = [run_selftest(info, pipeline=False) for info in list_moe_architectures()]
     passed = [r for r in results if r.passed]
     failures = {r.arch: r.detail for r in results if not r.passed}
     assert len(passed) / len(results) >= 0.9, failures
+
+
+# ---- the adapter API the profiler uses: expert inputs and one expert's output --------------------------------
+
+# Families whose experts take (hidden, index, weights), plus those that break that rule (llama4, jetmoe: the
+# experts never see indices), reshape their output (dbrx) or need two picks per token (longcat_flash).
+EXPERT_API_FAMILIES = [*FAMILIES, "llama4_text", "jetmoe", "dbrx", "longcat_flash"]
+
+
+@pytest.mark.parametrize("arch", EXPERT_API_FAMILIES)
+def test_expert_input_hook_sees_block_input_and_routing(arch):
+    """The hook's states are the MoE block's own input (as [T, H]) and its routing is the traced routing."""
+    model = build(arch)
+    adapter = get_adapter(model)
+    layers = adapter.moe_layers(model)
+    seen, block_inputs, traced = {}, {}, {}
+    handles = [adapter.add_expert_input_hook(
+        layer, lambda h, i, w, li=layer.layer_index: seen.setdefault(li, (h, i, w))) for layer in layers]
+    handles += [layer.block.register_forward_pre_hook(
+        lambda m, args, li=layer.layer_index: block_inputs.setdefault(li, args[0])) for layer in layers]
+    x = ids()
+    try:
+        with record_routing(model, lambda i, index, weights: traced.setdefault(i, (index, weights))):
+            logits(model, x)
+    finally:
+        for h in handles:
+            h.remove()
+    assert sorted(seen) == [layer.layer_index for layer in layers]
+    for layer in layers:
+        hidden, index, weights = seen[layer.layer_index]
+        assert hidden.shape == (x.numel(), model.config.hidden_size)  # [T, H]
+        assert torch.equal(hidden, block_inputs[layer.layer_index].reshape(hidden.shape))
+        assert torch.equal(index, traced[layer.layer_index][0])  # [T, K]
+        assert torch.equal(weights, traced[layer.layer_index][1])
+
+
+@pytest.mark.parametrize("arch", EXPERT_API_FAMILIES)
+def test_run_expert_is_the_block_with_every_token_on_that_expert(arch):
+    """run_expert(e, h) == block(h) with every token routed to e at weight 1, minus block(h) at weight 0
+    (which cancels shared experts and biases): the family's own forward decides, not our reading of it."""
+    model = build(arch)
+    adapter = get_adapter(model)
+    layer = adapter.moe_layers(model)[0]
+    hidden = torch.randn(6, model.config.hidden_size, generator=torch.Generator().manual_seed(3))  # [N, H]
+
+    def block_output(e: int, weight: float) -> torch.Tensor:
+        def force(index: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            new_weights = torch.zeros_like(weights)
+            new_weights[:, 0] = weight
+            return torch.full_like(index, e), new_weights  # [T, K]: e in every slot, weight on the first only
+
+        handle = adapter.add_routing_hook(layer, force)
+        try:
+            with torch.no_grad():
+                out = layer.block(hidden[None])
+        finally:
+            handle.remove()
+        return (out[0] if isinstance(out, tuple) else out).reshape(hidden.shape)
+
+    for e in (0, 5):
+        with torch.no_grad():
+            got = adapter.run_expert(layer, e, hidden)
+        assert got.shape == hidden.shape
+        torch.testing.assert_close(got, block_output(e, 1.0) - block_output(e, 0.0), atol=1e-5, rtol=1e-4)
+    with torch.no_grad():
+        assert not torch.allclose(adapter.run_expert(layer, 0, hidden), adapter.run_expert(layer, 5, hidden))
+    with pytest.raises(LightMoEError):
+        adapter.run_expert(layer, layer.num_experts, hidden)
+
+
+def test_llama4_routing_hook_writes_scores_as_wide_as_the_expert_pool():
+    """A routing function may map experts to slots of a smaller pool (the runtime does): the experts then run
+    only the pool's rows, and the dropped sentinel (an id past the pool) adds nothing."""
+    model = build("llama4_text")
+    adapter = get_adapter(model)
+    layer = adapter.moe_layers(model)[0]
+    scores = []
+    handle = adapter.add_routing_hook(layer, lambda index, weights: (torch.where(index < 4, index, 4), weights))
+    probe = layer.router.register_forward_hook(lambda m, a, out: scores.append(out[0]))
+    layer.experts.gate_up_proj = nn.Parameter(layer.experts.gate_up_proj[:4].detach().clone())  # a 4-row pool
+    layer.experts.down_proj = nn.Parameter(layer.experts.down_proj[:4].detach().clone())
+    try:
+        with torch.no_grad():
+            out, _ = layer.block(torch.randn(1, 5, model.config.hidden_size))
+    finally:
+        handle.remove()
+        probe.remove()
+    assert torch.isfinite(out).all()
+    assert scores[0].shape == (5, 4)  # [T, pool rows]
+
+
+def test_no_module_outside_models_reaches_into_adapters():
+    """Only models/ may import the adapters' private names or call an experts module itself."""
+    import re
+    from pathlib import Path
+
+    import lightmoe_cli
+
+    package = Path(lightmoe_cli.__file__).parent
+    offenders = []
+    for path in sorted(package.rglob("*.py")):
+        if path.parent.name == "models" and path.parent.parent == package:
+            continue
+        source = path.read_text()
+        if re.search(r"from lightmoe_cli\.models[.\w]* import [^\n]*\b_\w+", source) \
+                or re.search(r"\.experts\(", source):
+            offenders.append(path.relative_to(package).as_posix())
+    assert offenders == []

@@ -38,6 +38,9 @@ from lightmoe_cli.models.pruning import fix_counts, localize_configs, rows_for, 
 
 # A routing hook gets the final (top_k_index [T, K], top_k_weights [T, K]) and returns replacements or None.
 RoutingFn = Callable[[torch.Tensor, torch.Tensor], "tuple[torch.Tensor, torch.Tensor] | None"]
+# An expert-input hook gets what one experts call works on: (hidden_states [T, H], top_k_index [T, K],
+# top_k_weights [T, K]); it only looks (its return value is ignored).
+ExpertInputFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], object]
 
 LIGHTMOE_HOOK = "_lightmoe_hook"  # marker on our hook functions, so copies of a model can shed them
 
@@ -169,6 +172,42 @@ class MoEAdapter:
         setattr(hook, LIGHTMOE_HOOK, True)
         return layer.experts.register_forward_pre_hook(hook, with_kwargs=True)
 
+    # ---- running experts ---------------------------------------------------------------------------------
+
+    def add_expert_input_hook(self, layer: MoELayer, fn: ExpertInputFn) -> RemovableHandle:
+        """Call `fn(hidden_states [T, H], top_k_index [T, K], top_k_weights [T, K])` on every experts call of
+        `layer`: the states the experts really receive, with the routing they receive them under.
+
+        Why: output-space similarity and REAP saliency need real routed hidden states, and only the adapter
+        knows where a family hands them over. Registered before a routing hook (`add_routing_hook`), `fn` sees
+        the router's own choice; registered after, the replaced one.
+        """
+        hidden_slot, index_slot, weight_slot = _forward_slots(layer.experts)
+
+        def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            hidden = hidden_slot.get(args, kwargs)
+            fn(hidden.reshape(-1, hidden.shape[-1]), index_slot.get(args, kwargs), weight_slot.get(args, kwargs))
+
+        setattr(hook, LIGHTMOE_HOOK, True)
+        return layer.experts.register_forward_pre_hook(hook, with_kwargs=True)
+
+    def run_expert(self, layer: MoELayer, e: int, hidden: torch.Tensor) -> torch.Tensor:
+        """Expert `e` of `layer` alone on `hidden` [N, H] at router weight 1 -> [N, H] (experts' dtype/device).
+
+        Runs the experts module's own forward (its kernel, activation, layout and biases) with every state sent
+        to `e`, so what similarity measures is what a redirect to `e` would really compute.
+        """
+        self._check_expert(layer, e)
+        h = self._as_expert_input(layer, hidden)
+        index = torch.full((h.shape[0], 1), e, dtype=torch.long, device=h.device)  # [N, 1]
+        weights = torch.ones((h.shape[0], 1), dtype=h.dtype, device=h.device)  # [N, 1]
+        return layer.experts(h, index, weights).reshape(h.shape)  # some return [N, 1, H] (DBRX)
+
+    def _as_expert_input(self, layer: MoELayer, hidden: torch.Tensor) -> torch.Tensor:
+        """`hidden` [N, H] on the device and in the dtype of `layer`'s expert weights."""
+        weight = next(iter(self.expert_tensors(layer).values()))
+        return hidden.reshape(-1, hidden.shape[-1]).to(weight.device, weight.dtype)
+
     # ---- dropping experts --------------------------------------------------------------------------------
 
     def keep_experts(self, model: nn.Module, keep: dict[int, list[int]]) -> nn.Module:
@@ -277,12 +316,18 @@ class _ArgSlot:
         return args, {**kwargs, self.name: value}
 
 
-def _routing_slots(experts: nn.Module) -> tuple[_ArgSlot, _ArgSlot]:
-    """Experts forwards take (hidden_states, top_k_index, top_k_weights) under varying names."""
+def _forward_slots(experts: nn.Module) -> tuple[_ArgSlot, _ArgSlot, _ArgSlot]:
+    """Experts forwards take (hidden_states, top_k_index, top_k_weights) under varying names; families that do
+    not (the experts never see indices) override the adapter methods that would call this."""
     params = [p for p in inspect.signature(type(experts).forward).parameters.values() if p.name != "self"]
     if len(params) < 3:
         raise LightMoEError(f"{type(experts).__name__}.forward does not take (hidden_states, index, weights)")
-    return _ArgSlot(1, params[1].name), _ArgSlot(2, params[2].name)
+    return _ArgSlot(0, params[0].name), _ArgSlot(1, params[1].name), _ArgSlot(2, params[2].name)
+
+
+def _routing_slots(experts: nn.Module) -> tuple[_ArgSlot, _ArgSlot]:
+    """Where an experts forward takes (top_k_index, top_k_weights)."""
+    return _forward_slots(experts)[1:]
 
 
 def _expert_axis(t: torch.Tensor, sizes: tuple[int, ...]) -> int | None:

@@ -3,13 +3,16 @@
 Each override changes as little as possible and says which rule its family breaks:
 - dbrx: experts stored as 2D [E*I, H] parameters in `experts.mlp`; the router returns logits only.
 - llama4: the experts module never sees indices (it runs every expert on score-scaled inputs), so routing is
-  read from and written to the router's dense [T, E] score output instead.
-- longcat_flash: router slots past the routed experts are zero-compute (identity) experts without weights.
+  read from and written to the router's dense [T, E] score output instead, and one expert runs as a
+  one-expert view of the fused weights.
+- longcat_flash: router slots past the routed experts are zero-compute (identity) experts without weights; its
+  experts forward needs two picks per token.
 - phimoe: its sparsemixer router always picks two distinct experts.
 - zaya: the router has one extra "skip" class past the experts.
 - inkling: the router scores the shared experts as extra slots past the routed ones.
 - deepseek_v4: hash-routed layers look experts up in a token-id -> expert-id table.
-- jetmoe: no `experts` child; the router hands out tokens grouped by expert instead of top_k_index.
+- jetmoe: no `experts` child; the router hands out tokens grouped by expert instead of top_k_index, and the
+  experts are two `ParallelExperts` projections run by group sizes.
 """
 
 from __future__ import annotations
@@ -20,9 +23,9 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from lightmoe_cli.models.adapter import LIGHTMOE_HOOK, MoEAdapter, RoutingFn
+from lightmoe_cli.models.adapter import LIGHTMOE_HOOK, ExpertInputFn, MoEAdapter, RoutingFn
 from lightmoe_cli.models.layers import MoELayer, layer_index_from_path
-from lightmoe_cli.models.registry import register_adapter
+from lightmoe_cli.models.registration import register_adapter
 
 
 @register_adapter("dbrx")
@@ -60,7 +63,10 @@ class Llama4Adapter(MoEAdapter):
         return torch.topk(logits, layer.top_k, dim=1).indices  # the router's own selection rule
 
     def add_routing_hook(self, layer: MoELayer, fn: RoutingFn) -> RemovableHandle:
-        top_k = layer.top_k
+        """Replacement routing is written back as scores as wide as the experts' weight pool (not the router's
+        E), so `fn` may map expert ids to slots of a smaller pool; an id past the pool (the dropped sentinel)
+        contributes nothing."""
+        top_k, experts = layer.top_k, layer.experts
 
         def hook(module: nn.Module, args: tuple, output: tuple[torch.Tensor, torch.Tensor]) -> Any:
             scores, logits = output  # [T, E] sigmoid of the top-k logits, 0 elsewhere; [T, E]
@@ -68,12 +74,34 @@ class Llama4Adapter(MoEAdapter):
             replaced = fn(index, weights)
             if replaced is None:
                 return None
-            new_index, new_weights = replaced
-            new_scores = torch.zeros_like(scores).scatter_add_(1, new_index, new_weights.to(scores.dtype))
+            new_index, new_weights = replaced  # [T, K] ids into the pool, [T, K]
+            rows = experts.gate_up_proj.shape[0]  # the forward runs this many experts
+            inside = new_index < rows
+            new_scores = scores.new_zeros(scores.shape[0], rows).scatter_add_(
+                1, new_index.clamp(max=rows - 1), (new_weights * inside).to(scores.dtype))  # [T, rows]
             return new_scores, logits
 
         setattr(hook, LIGHTMOE_HOOK, True)
         return layer.router.register_forward_hook(hook)
+
+    def add_expert_input_hook(self, layer: MoELayer, fn: ExpertInputFn) -> RemovableHandle:
+        """The experts get score-scaled copies of every state; the routed states are the router's input."""
+        top_k = layer.top_k
+
+        def hook(module: nn.Module, args: tuple, output: tuple[torch.Tensor, torch.Tensor]) -> None:
+            hidden, (scores, _) = args[0], output  # [T, H], [T, E]
+            weights, index = torch.topk(scores, top_k, dim=1)
+            fn(hidden.reshape(-1, hidden.shape[-1]), index, weights)
+
+        setattr(hook, LIGHTMOE_HOOK, True)
+        return layer.router.register_forward_hook(hook)
+
+    def run_expert(self, layer: MoELayer, e: int, hidden: torch.Tensor) -> torch.Tensor:
+        """The experts forward runs all E experts on E blocks of rows; given expert e's slices alone (a
+        one-expert module, through functional_call) it runs e on every row, unscaled (router weight 1)."""
+        self._check_expert(layer, e)
+        one = {name: t[e:e + 1] for name, t in self.expert_tensors(layer).items()}  # [1, ...] each
+        return torch.func.functional_call(layer.experts, one, (self._as_expert_input(layer, hidden),))
 
 
 @register_adapter("longcat_flash")
@@ -86,6 +114,15 @@ class LongcatFlashAdapter(MoEAdapter):
 
     def routable_slots(self, layer: MoELayer, n_kept: int) -> int:
         return n_kept + self.extra_slots(layer)
+
+    def run_expert(self, layer: MoELayer, e: int, hidden: torch.Tensor) -> torch.Tensor:
+        """Its experts forward squeezes the pick axis, so one pick per token breaks it: pick e twice, at
+        weights (1, 0)."""
+        self._check_expert(layer, e)
+        h = self._as_expert_input(layer, hidden)
+        index = torch.full((h.shape[0], 2), e, dtype=torch.long, device=h.device)  # [N, 2]
+        weights = torch.tensor([1.0, 0.0], dtype=h.dtype, device=h.device).expand(h.shape[0], 2)  # [N, 2]
+        return layer.experts(h, index, weights)
 
 
 @register_adapter("phimoe")
@@ -156,18 +193,45 @@ class JetMoeAdapter(MoEAdapter):
         num_experts, top_k = layer.num_experts, layer.top_k
 
         def hook(module: nn.Module, args: tuple, output: tuple) -> Any:
-            sorted_pos, _, gates, expert_size, logits = output  # [T*K], [T*K], [T*K], list[E], [T, E]
-            experts_of_sorted = torch.repeat_interleave(
-                torch.arange(num_experts, device=logits.device), torch.tensor(expert_size, device=logits.device))
-            index = torch.empty_like(sorted_pos).scatter_(0, sorted_pos, experts_of_sorted)  # [T*K] token-major
-            weights = torch.empty_like(gates).scatter_(0, sorted_pos, gates)
-            replaced = fn(index.view(-1, top_k), weights.view(-1, top_k))
+            replaced = fn(*_jetmoe_token_major(output, num_experts, top_k))
             if replaced is None:
                 return None
             new_index, new_weights = replaced[0].flatten(), replaced[1].flatten()  # same steps as the router
             _, new_sorted = new_index.sort(0)
             new_size = torch.bincount(new_index, minlength=num_experts).tolist()
-            return new_sorted, new_sorted.div(top_k, rounding_mode="trunc"), new_weights[new_sorted], new_size, logits
+            return new_sorted, new_sorted.div(top_k, rounding_mode="trunc"), new_weights[new_sorted], new_size, \
+                output[-1]
 
         setattr(hook, LIGHTMOE_HOOK, True)
         return layer.router.register_forward_hook(hook)
+
+    def add_expert_input_hook(self, layer: MoELayer, fn: ExpertInputFn) -> RemovableHandle:
+        """The experts gather their rows from the router's input by the grouped positions."""
+        num_experts, top_k = layer.num_experts, layer.top_k
+
+        def hook(module: nn.Module, args: tuple, output: tuple) -> None:
+            hidden = args[0]  # [T, H]
+            fn(hidden.reshape(-1, hidden.shape[-1]), *_jetmoe_token_major(output, num_experts, top_k))
+
+        setattr(hook, LIGHTMOE_HOOK, True)
+        return layer.router.register_forward_hook(hook)
+
+    def run_expert(self, layer: MoELayer, e: int, hidden: torch.Tensor) -> torch.Tensor:
+        """The two projections take rows grouped by expert with per-expert group sizes: one group, all e's."""
+        self._check_expert(layer, e)
+        block, h = layer.block, self._as_expert_input(layer, hidden)
+        sizes = [0] * layer.num_experts
+        sizes[e] = h.shape[0]
+        gate, up = block.input_linear(h, sizes).chunk(2, dim=-1)  # [N, I] each
+        return block.output_linear(block.activation(gate) * up, sizes)  # [N, H]
+
+
+def _jetmoe_token_major(output: tuple, num_experts: int, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """JetMoE's grouped routing (sorted positions, gates, per-expert sizes) back to top_k_index / top_k_weights
+    [T, K] in token order."""
+    sorted_pos, _, gates, expert_size, logits = output  # [T*K], [T*K], [T*K], list[E], [T, E]
+    experts_of_sorted = torch.repeat_interleave(
+        torch.arange(num_experts, device=logits.device), torch.tensor(expert_size, device=logits.device))
+    index = torch.empty_like(sorted_pos).scatter_(0, sorted_pos, experts_of_sorted)  # [T*K] token-major
+    weights = torch.empty_like(gates).scatter_(0, sorted_pos, gates)
+    return index.view(-1, top_k), weights.view(-1, top_k)

@@ -2,8 +2,9 @@
 
 Why: lightmoe's adapters find MoE blocks structurally, so a new transformers release can add or change
 families silently. Building each architecture tiny and checking the operations lightmoe relies on (plain
-forward, trace, drop, redirect, read/write one expert) tells the user in seconds which ones work with their
-install.
+forward, trace, drop, redirect, read/write one expert), then running the whole pipeline on it (profile ->
+build-bundle full/prune/lightmoe -> run, see `selftest_pipeline`), tells the user in about a second per family
+which ones work with their install.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from lightmoe_cli.models.architectures import ArchInfo, find_architecture, list_
 from lightmoe_cli.models.layers import MoELayer
 from lightmoe_cli.models.registry import get_adapter
 from lightmoe_cli.models.routing import record_routing, redirect_experts
+from lightmoe_cli.models.selftest_pipeline import PipelineWorkspace, StageFailed, check_pipeline, pipeline_workspace
 from lightmoe_cli.models.tiny_configs import VOCAB, tiny_config
 
 BATCH, SEQ = 2, 8
@@ -135,8 +137,8 @@ def _check_read_write(adapter: MoEAdapter, layer: MoELayer) -> None:
     _check(all(torch.equal(back[k], v) for k, v in tensors.items()), "write_expert: expert 1 reads back different")
 
 
-def _selftest(info: ArchInfo) -> SelfTestResult:
-    """Build `info`'s architecture tiny and run every check; never raises."""
+def _selftest(info: ArchInfo, workspace: PipelineWorkspace | None = None) -> SelfTestResult:
+    """Build `info`'s architecture tiny and run every check (with a workspace, the pipeline too); never raises."""
     start = time.perf_counter()
     result = SelfTestResult(info.class_name, info.model_type, supported=False, passed=False, detail="")
     try:
@@ -155,12 +157,17 @@ def _selftest(info: ArchInfo) -> SelfTestResult:
         _check_trace_matches_router(model, adapter, layers, input_ids)
         _check_keep_half(model, adapter, layers, input_ids)
         _check_redirect(model, layers, input_ids)
-        _check_read_write(adapter, layers[-1])
+        if workspace is not None:
+            check_pipeline(model, info.model_type, workspace, input_ids)
+        _check_read_write(adapter, layers[-1])  # last: it changes the model
         result.passed = True
         result.detail = (f"{result.num_experts} experts, top-{result.top_k}, MoE layers "
-                         + ",".join(str(layer.layer_index) for layer in layers))
+                         + ",".join(str(layer.layer_index) for layer in layers)
+                         + ("; pipeline ran" if workspace is not None else ""))
     except CheckFailed as e:
         result.detail = str(e)
+    except StageFailed as e:
+        result.detail = f"pipeline {e}"
     except Exception as e:  # report any failure as a result row, keep sweeping
         result.detail = f"{type(e).__name__}: {e}".splitlines()[0][:200]
     finally:
@@ -168,11 +175,21 @@ def _selftest(info: ArchInfo) -> SelfTestResult:
     return result
 
 
-def run_selftest(arch: str | ArchInfo) -> SelfTestResult:
-    """Self-test one architecture (model_type, family or class name)."""
+def run_selftest(arch: str | ArchInfo, pipeline: bool = True) -> SelfTestResult:
+    """Self-test one architecture (model_type, family or class name); `pipeline=False`: adapter checks only."""
     info = arch if isinstance(arch, ArchInfo) else find_architecture(arch)
-    with quiet():
-        return _selftest(info)
+    with quiet(), _workspace(pipeline) as workspace:
+        return _selftest(info, workspace)
+
+
+@contextlib.contextmanager
+def _workspace(pipeline: bool) -> Iterator[PipelineWorkspace | None]:
+    """The pipeline's shared workspace, or None when only the adapter checks run."""
+    if not pipeline:
+        yield None
+        return
+    with pipeline_workspace() as workspace:
+        yield workspace
 
 
 @contextlib.contextmanager
@@ -204,8 +221,8 @@ def select_architectures(names: list[str] | None) -> list[ArchInfo]:
     return [i for i in infos if any(i.matches(n) for n in names)]
 
 
-def models_command(archs: list[str] | None, run_selftest: bool = True) -> None:
-    """`lightmoe models`: list MoE architectures and (by default) self-test each, as a table."""
+def models_command(archs: list[str] | None, run_selftest: bool = True, pipeline: bool = True) -> None:
+    """`lightmoe models`: list MoE architectures and (by default) self-test each, pipeline included, as a table."""
     from lightmoe_cli.models.table import print_results
 
     infos = select_architectures(archs)
@@ -216,11 +233,11 @@ def models_command(archs: list[str] | None, run_selftest: bool = True) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     results = []
-    with quiet(), Progress(TextColumn("self-test {task.description:<32}"), BarColumn(), MofNCompleteColumn(),
-                           TimeElapsedColumn(), transient=True) as progress:
+    columns = (TextColumn("self-test {task.description:<32}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with quiet(), _workspace(pipeline) as workspace, Progress(*columns, transient=True) as progress:
         task = progress.add_task("", total=len(infos))
         for info in infos:
             progress.update(task, description=info.class_name)
-            results.append(_selftest(info))
+            results.append(_selftest(info, workspace))
             progress.advance(task)
     print_results(results, ran=True)

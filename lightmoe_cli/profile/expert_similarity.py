@@ -1,5 +1,6 @@
 """Feed the model's experts to the pure similarity functions: weights via the adapter, outputs on sampled
-routed hidden states by calling the real experts module with every token sent to one expert."""
+routed hidden states through the adapter's `run_expert` (the real experts module, every token sent to one
+expert at weight 1, however the family's experts take their routing)."""
 
 from __future__ import annotations
 
@@ -24,20 +25,14 @@ def flat_expert_weights(adapter: MoEAdapter, layer: MoELayer) -> torch.Tensor:
 
 
 @torch.no_grad()
-def expert_outputs(layer: MoELayer, hidden: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+def expert_outputs(adapter: MoEAdapter, layer: MoELayer, hidden: torch.Tensor, chunk: int = 256) -> torch.Tensor:
     """(N, H) hidden states -> (E, N, H): each expert's own output (router weight 1) on every state."""
     n = hidden.shape[0]
-    param = next(layer.experts.parameters())
     outs = []
     for e in range(layer.num_experts):
-        parts = []
-        for s in range(0, n, chunk):
-            h = hidden[s:s + chunk].to(param.device, param.dtype)
-            idx = torch.full((h.shape[0], 1), e, dtype=torch.long, device=h.device)
-            w = torch.ones((h.shape[0], 1), dtype=h.dtype, device=h.device)
-            parts.append(layer.experts(h, idx, w).float().cpu())
+        parts = [adapter.run_expert(layer, e, hidden[s:s + chunk]).float().cpu() for s in range(0, n, chunk)]
         outs.append(torch.cat(parts) if parts else torch.zeros(0, hidden.shape[-1]))
-    return torch.stack(outs)
+    return torch.stack(outs)  # (E, N, H)
 
 
 def layer_similarities(adapter: MoEAdapter, layer: MoELayer, coactivation: torch.Tensor,
@@ -50,7 +45,7 @@ def layer_similarities(adapter: MoEAdapter, layer: MoELayer, coactivation: torch
             "coactivation": coactivation_similarity(coactivation)}
     saliency = None
     if hidden_sample is not None and hidden_sample.numel():
-        outputs = expert_outputs(layer, hidden_sample)
+        outputs = expert_outputs(adapter, layer, hidden_sample)
         sims["output"] = output_similarity(outputs)
         if routing is not None:
             saliency = reap_saliency(outputs, *routing)

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import torch
 
-from lightmoe_cli.models import MoELayer, record_routing
-from lightmoe_cli.models.adapter import _routing_slots
+from lightmoe_cli.models import MoEAdapter, MoELayer, get_adapter, record_routing
 from lightmoe_cli.profile.accumulator import TaskStats
 from lightmoe_cli.profile.batches import TokenBatch
 
@@ -99,8 +98,12 @@ class TraceWriter:
 @torch.no_grad()
 def trace_task(model, layers: list[MoELayer], name: str, batches: Iterable[TokenBatch], *,
                sampler: HiddenSampler | None = None, sample_share: float = 0.05,
-               traces: TraceWriter | None = None, on_batch: Callable[[int], None] | None = None) -> TaskStats:
-    """Forward every batch; statistics exclude padding. on_batch(real_tokens) is called after each batch."""
+               traces: TraceWriter | None = None, on_batch: Callable[[int], None] | None = None,
+               adapter: MoEAdapter | None = None) -> TaskStats:
+    """Forward every batch; statistics exclude padding. on_batch(real_tokens) is called after each batch.
+
+    The sampler is fed through the adapter's expert-input hook: what the experts receive, wherever the
+    family hands it over."""
     stats = TaskStats.empty(name, {m.layer_index: m.num_experts for m in layers})
     current: dict[str, torch.Tensor | None] = {"mask": None}
 
@@ -113,12 +116,11 @@ def trace_task(model, layers: list[MoELayer], name: str, batches: Iterable[Token
 
     handles = []
     if sampler is not None:
+        adapter = adapter or get_adapter(model)
         for m in layers:
-            def pre_hook(module, args, kwargs, li=m.layer_index, slots=_routing_slots(m.experts)):
-                hidden = args[0] if args else kwargs["hidden_states"]
-                sampler.offer(li, hidden, current["mask"], sample_share, slots[0].get(args, kwargs),
-                              slots[1].get(args, kwargs))
-            handles.append(m.experts.register_forward_pre_hook(pre_hook, with_kwargs=True))
+            def offer(hidden: torch.Tensor, index: torch.Tensor, weights: torch.Tensor, li: int = m.layer_index):
+                sampler.offer(li, hidden, current["mask"], sample_share, index, weights)  # [T, H], [T, K], [T, K]
+            handles.append(adapter.add_expert_input_hook(m, offer))
     device = next(model.parameters()).device
     try:
         with record_routing(model, on_route):
