@@ -216,7 +216,10 @@ def run_cmd(
 def eval_cmd(
     bundle: list[Path] = typer.Option(None, "--bundle", "-b", help="Bundle(s) to evaluate (repeatable)."),
     model: str = typer.Option(None, "--model", "-m", help="Model to compare policies on (default: demo model)."),
-    tasks: str = typer.Option("demo", help="'demo' (all demo tasks) or comma-separated lm-eval task names."),
+    tasks: str = typer.Option("demo,demo_ppl", help="Comma-separated: demo (multiple-choice items), demo_ppl "
+                              "(held-out text: perplexity, NLL per token), demo task names, lm-eval task names, "
+                              "or tasks of --include-path."),
+    include_path: Path = typer.Option(None, "--include-path", help="A folder of your own lm-eval task YAMLs."),
     compare: str = typer.Option("full,prune,lru,lightmoe", help="Policies to build and compare: "
                                 + policy_help().replace(" | ", ", ") + "."),
     budgets: str = typer.Option("0.5", help="Comma-separated budgets (fractions of expert memory)."),
@@ -231,7 +234,7 @@ def eval_cmd(
     from lightmoe_cli.evaluation.run import EvalRequest
 
     try:
-        req = EvalRequest(bundles=bundle or [], model=model, tasks=tasks,
+        req = EvalRequest(bundles=bundle or [], model=model, tasks=tasks, include_path=include_path,
                           policies=[p.strip() for p in compare.split(",") if p.strip()],
                           budgets=[float(b) for b in budgets.split(",")], limit=limit, out=out, threads=threads,
                           task_shift=task_shift, per_block=per_block)
@@ -247,13 +250,29 @@ def eval_cmd(
     from lightmoe_cli.evaluation.run import run_eval
     from lightmoe_cli.report import token_progress
 
-    console = Console(width=max(Console().width, 150))
+    console = Console()
     try:
         with token_progress(console, unit="bundles") as progress:
             report = run_eval(req, progress)
     except LightMoEError as e:
         fail(e)
     render_eval(console, report)
+
+
+@app.command("lm-eval", context_settings={"allow_extra_args": True, "ignore_unknown_options": True,
+                                          "help_option_names": []}, add_help_option=False)
+def lm_eval_cmd(ctx: typer.Context) -> None:
+    """lm-evaluation-harness's own command line with the `lightmoe` model registered; every argument goes to
+    lm-eval, e.g. `lightmoe lm-eval --model lightmoe --model_args bundle=DIR --tasks hellaswag`."""
+    offline()
+    import sys
+
+    from lm_eval.__main__ import cli_evaluate
+
+    import lightmoe_cli.evaluation.lm_eval_model  # noqa: F401 - registers the "lightmoe" model class
+
+    sys.argv = ["lm-eval", *ctx.args]
+    cli_evaluate()
 
 
 @demo_app.command("corpus")

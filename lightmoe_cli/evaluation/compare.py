@@ -21,9 +21,9 @@ class EvalConfig:
     bundle: Path
 
 
-def run_worker(bundle: Path, tasks: list[str], include_path: Path, limit: int | None, threads: int) -> dict:
-    args = json.dumps({"bundle": str(bundle), "tasks": tasks, "include_path": str(include_path), "limit": limit,
-                       "threads": threads})
+def run_worker(bundle: Path, tasks: list[str], include_path: list[Path], limit: int | None, threads: int) -> dict:
+    args = json.dumps({"bundle": str(bundle), "tasks": tasks, "include_path": [str(p) for p in include_path],
+                       "limit": limit, "threads": threads})
     res = subprocess.run([sys.executable, "-m", "lightmoe_cli.evaluation.worker", args], capture_output=True,
                          text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
     lines = [ln for ln in res.stdout.splitlines() if ln.startswith("LIGHTMOE_RESULT ")]
@@ -62,24 +62,40 @@ def ensure_bundles(prof, model, tokenizer, model_name: str, policies: list[str],
 
 
 def pareto_plot(rows: list[dict], path: Path, title: str) -> None:
-    """Average accuracy vs resident expert memory, one line per policy, full model as a reference line."""
+    """Two panels against resident expert memory, one line per policy: quality (NLL per token above the full
+    model's, or accuracy below it, with paired 95% interval bars) and cost (decode tokens/s): a policy that
+    keeps quality by loading experts on demand shows its price on the right."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
+    metric = "nll" if any(r.get("vs_full", {}).get("nll") for r in rows) else "acc"
+    scale = 1.0 if metric == "nll" else 100.0
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.5), constrained_layout=True)
     for policy in sorted({r["policy"] for r in rows} - {"full"}):
-        pts = sorted((r["resident_expert_bytes"] / 2**20, r["average"]) for r in rows if r["policy"] == policy)
-        ax.plot(*zip(*pts, strict=True), marker="o", label=policy)
+        mine = sorted((r for r in rows if r["policy"] == policy), key=lambda r: r["resident_expert_bytes"])
+        mib = [r["resident_expert_bytes"] / 2**20 for r in mine]
+        ivs = [r.get("vs_full", {}).get(metric) for r in mine]
+        if all(ivs):
+            y = [iv["diff"] * scale for iv in ivs]
+            err = [[(iv["diff"] - iv["lo"]) * scale for iv in ivs], [(iv["hi"] - iv["diff"]) * scale for iv in ivs]]
+            ax.errorbar(mib, y, yerr=err, marker="o", capsize=3, label=policy)
+        ax2.plot(mib, [r["decode_tokens_per_s"] for r in mine], marker="o", label=policy)
     for r in rows:
         if r["policy"] == "full":
-            ax.axhline(r["average"], color="black", linestyle="--", label="full model")
+            ax2.axhline(r["decode_tokens_per_s"], color="black", linestyle="--", label="full model")
+    ax.axhline(0, color="black", linestyle="--", label="full model")
     ax.set_xlabel("resident expert memory (MiB)")
-    ax.set_ylabel("average accuracy (demo tasks)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
+    ax.set_ylabel("NLL per token above the full model (nats)" if metric == "nll"
+                  else "accuracy vs the full model (points)")
+    ax.set_title(f"{title}: quality (95% paired intervals)")
+    ax2.set_xlabel("resident expert memory (MiB)")
+    ax2.set_ylabel("decode tokens/s")
+    ax2.set_title("cost: decode speed (on-demand loading stalls)")
+    for a in (ax, ax2):
+        a.grid(alpha=0.3)
+        a.legend(fontsize=8)
     from lightmoe_cli.files import atomic_write
 
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
@@ -93,7 +109,7 @@ def write_results(out: Path, payload: dict) -> None:
     atomic_write_json(out / "results.json", payload)
 
 
-def run_comparison(configs: list[EvalConfig], tasks: list[str], include_path: Path, limit: int | None,
+def run_comparison(configs: list[EvalConfig], tasks: list[str], include_path: list[Path], limit: int | None,
                    threads: int, progress=None) -> list[dict]:
     rows = []
     bar = progress.add_task("evaluating", total=len(configs)) if progress else None

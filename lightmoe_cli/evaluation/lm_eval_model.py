@@ -25,10 +25,13 @@ from lightmoe_cli.runtime.loader import Runtime, build_runtime
 class LightMoELM(HFLM):
     def __init__(self, bundle: str | None = None, runtime: Runtime | None = None, device: str = "cpu",
                  batch_size: int | str = 8, **kwargs):
+        if str(device).startswith("cuda") and not torch.cuda.is_available():
+            device = "cpu"  # lm-eval's command line defaults to cuda; its own HF wrapper falls back the same way
         if runtime is None:
             if bundle is None:
                 raise ValueError("LightMoELM needs bundle=DIR (or a runtime)")
             runtime = build_runtime(load_bundle(Path(bundle)), device=device)
+        device = str(runtime.device)
         self.runtime = runtime
         super().__init__(pretrained=runtime.model, tokenizer=runtime.tokenizer, device=device,
                          batch_size=batch_size, **kwargs)

@@ -1,25 +1,85 @@
-"""Terminal rendering of an `EvalReport`: the comparison table and the task-shift table (data in, tables out)."""
+"""Terminal rendering of an `EvalReport`: tables that stay readable at 100 columns (data in, tables out).
+
+- summary: one row per policy x budget: MC accuracy and NLL per token, each difference to `prune` with its
+  paired 95% interval, the share of prune's gap to `full` closed, memory, speed, swaps;
+- versus full: the same differences against the full model;
+- per task: accuracy per MC task, NLL per token per held-out text task;
+- the task-shift stream.
+"""
 
 from __future__ import annotations
 
+from rich import box
 from rich.table import Table
+from rich.text import Text
 
 
-def results_table(rows: list[dict], tasks: list[str]) -> Table:
-    t = Table(title="accuracy x memory x speed (acc on each demo task, multiple choice)")
-    for col in ("policy", "budget", *[x.removeprefix("demo_")[:9] for x in tasks], "avg", "experts MiB",
-                "peak RSS MiB", "decode tok/s", "swaps", "redirect", "reroute/drop", "miss"):
-        t.add_column(col, justify="right")
+def _iv(d: dict | None, scale: float = 1.0, digits: int = 1) -> Text:
+    """'+1.2 ±0.9*': the difference and half the width of its 95% interval (the bounds are in results.json);
+    * when the interval excludes 0."""
+    if not d:
+        return Text("-")
+    mark = "*" if d["lo"] > 0 or d["hi"] < 0 else " "
+    half = (d["hi"] - d["lo"]) / 2 * scale
+    return Text(f"{d['diff'] * scale:+.{digits}f} ±{half:.{digits}f}{mark}")
+
+
+def _num(v: float | None, fmt: str) -> str:
+    return "-" if v is None else format(v, fmt)
+
+
+def _table(title: str, caption: str | None = None) -> Table:
+    return Table(title=title, caption=caption, box=box.SIMPLE_HEAD, padding=(0, 1), title_justify="left",
+                 caption_justify="left")
+
+
+def summary_table(rows: list[dict]) -> Table:
+    t = _table("policies x budgets: differences to prune, paired 95% intervals",
+               "Δ ± half-width of the 95% interval; Δacc in points, NLL in nats/token;\n* = interval excludes 0; "
+               "gap = share of prune's gap to full closed")
+    for col in ("policy", "budget", "acc", "Δacc vs prune", "NLL", "ΔNLL vs prune", "gap", "MiB", "tok/s",
+                "swaps"):
+        t.add_column(col, justify="left" if col == "policy" else "right", no_wrap=True)
     for r in rows:
-        t.add_row(r["policy"], f"{r['budget_fraction']:.2f}", *[f"{r['scores'][x]:.3f}" for x in tasks],
-                  f"[bold]{r['average']:.3f}[/]", f"{r['resident_expert_bytes'] / 2**20:.1f}",
-                  f"{r['peak_rss_mib']:.0f}", f"{r['decode_tokens_per_s']:.1f}", str(r["swaps"]),
-                  f"{r['redirect_rate']:.1%}", f"{r['reroute_or_drop_rate']:.1%}", f"{r['miss_rate']:.1%}")
+        gap = r.get("gap_closed", {})
+        g = gap.get("nll", gap.get("acc"))
+        t.add_row(r["policy"], f"{r['budget_fraction']:.2f}", _num(r.get("average"), ".3f"),
+                  _iv(r.get("vs_prune", {}).get("acc"), 100), _num(r.get("nll_per_token"), ".3f"),
+                  _iv(r.get("vs_prune", {}).get("nll"), 1, 3), "-" if g is None else f"{g:.0%}",
+                  f"{r['resident_expert_bytes'] / 2**20:.1f}", f"{r['decode_tokens_per_s']:.1f}", str(r["swaps"]))
+    return t
+
+
+def versus_full_table(rows: list[dict]) -> Table:
+    t = _table("versus the full model: paired 95% intervals",
+               "MiB loaded: expert bytes moved at run time\nre-route/drop, miss: share of router picks")
+    for col in ("policy", "budget", "Δacc vs full", "ΔNLL vs full", "MiB loaded", "re-route/drop", "miss"):
+        t.add_column(col, justify="left" if col == "policy" else "right", no_wrap=True)
+    for r in rows:
+        if r["policy"] == "full":
+            continue
+        vs = r.get("vs_full", {})
+        t.add_row(r["policy"], f"{r['budget_fraction']:.2f}", _iv(vs.get("acc"), 100), _iv(vs.get("nll"), 1, 3),
+                  f"{r['bytes_loaded'] / 2**20:,.1f}", f"{r['reroute_or_drop_rate']:.1%}", f"{r['miss_rate']:.1%}")
+    return t
+
+
+def per_task_table(rows: list[dict], tasks: list[str], key: str, title: str, fmt: str) -> Table | None:
+    tasks = [x for x in tasks if any(x in r.get(key, {}) for r in rows)]
+    if not tasks:
+        return None
+    t = _table(title)
+    t.add_column("policy", no_wrap=True)
+    t.add_column("budget", justify="right")
+    for x in tasks:
+        t.add_column(x.removeprefix("demo_").removesuffix("_ppl")[:8], justify="right")
+    for r in rows:
+        t.add_row(r["policy"], f"{r['budget_fraction']:.2f}", *[_num(r.get(key, {}).get(x), fmt) for x in tasks])
     return t
 
 
 def shift_table(results) -> Table:
-    t = Table(title="task-shift stream (accuracy per block; swaps; MiB loaded; seconds)")
+    t = _table("task-shift stream (accuracy per block; swaps; MiB loaded; seconds)")
     t.add_column("config")
     for i, b in enumerate(results[0].blocks):
         t.add_column(f"{i + 1}: {b.domain}", justify="right")
@@ -30,9 +90,19 @@ def shift_table(results) -> Table:
     return t
 
 
-def render_eval(console, report) -> None:
-    console.print(results_table(report.rows, report.tasks))
+def eval_tables(report) -> list[Table]:
+    tables = [summary_table(report.rows), versus_full_table(report.rows),
+              per_task_table(report.rows, report.tasks, "scores", "accuracy per multiple-choice task", ".3f"),
+              per_task_table(report.rows, report.tasks, "nll", "NLL per token per held-out text task", ".3f")]
     if report.shift:
-        console.print(shift_table(report.shift))
+        tables.append(shift_table(report.shift))
+    return [t for t in tables if t is not None]
+
+
+def render_eval(console, report) -> None:
+    for table in eval_tables(report):
+        console.print(table)
+    if report.precision_note:
+        console.print(report.precision_note)
     console.print(f"results written to {report.out / 'results.json'}"
                   + (f" and {report.plot}" if report.plot else ""))

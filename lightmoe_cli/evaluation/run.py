@@ -22,7 +22,8 @@ class EvalRequest:
 
     bundles: list[Path] = field(default_factory=list)
     model: str | None = None
-    tasks: str = "demo"
+    tasks: str = "demo,demo_ppl"
+    include_path: Path | None = None  # a folder of the user's own lm-eval task YAMLs
     policies: list[str] = field(default_factory=lambda: ["full", "prune", "lru", "lightmoe"])
     budgets: list[float] = field(default_factory=lambda: [0.5])
     limit: int | None = None
@@ -50,6 +51,8 @@ class EvalRequest:
         for b in self.bundles:
             if not Path(b).is_dir():
                 raise LightMoEError(f"bundle folder {b} does not exist")
+        if self.include_path is not None and not Path(self.include_path).is_dir():
+            raise LightMoEError(f"--include-path {self.include_path} is not a folder of lm-eval task YAMLs")
 
 
 @dataclass
@@ -62,23 +65,53 @@ class EvalReport:
     payload: dict
     shift: list = field(default_factory=list)
     plot: Path | None = None
+    precision_note: str = ""  # whether the middle budget's accuracy interval reaches +-2 points
 
 
-def prepare_tasks(tasks: str, out: Path) -> tuple[list[str], Path]:
-    """Build the demo task items if needed, render lm-eval YAMLs into out/lm_eval_tasks, resolve task names."""
+def prepare_tasks(tasks: str, out: Path, include_path: Path | None = None) -> tuple[list[str], list[Path]]:
+    """Resolve task names: the tags `demo` (multiple choice) and `demo_ppl` (held-out text), demo task names,
+    tasks in the user's `include_path`, and lm-eval's own tasks. Builds the demo data if needed and renders
+    its YAMLs into out/lm_eval_tasks; returns the names and the include paths for lm-eval."""
     from lightmoe_cli.evaluation.tasks import build_demo_items, render_lm_eval_tasks
 
-    if not any(ITEMS_DIR.glob("*.jsonl")):
-        if not (CORPUS_DIR / "manifest.json").exists():
-            raise LightMoEError("demo task data needs the corpus: build it with `just corpus`")
-        build_demo_items(CORPUS_DIR, ITEMS_DIR)
-    include = out / "lm_eval_tasks"
-    available = render_lm_eval_tasks(ITEMS_DIR, include)
-    names = available if tasks == "demo" else [t.strip() for t in tasks.split(",") if t.strip()]
-    unknown = [t for t in names if t not in available]
+    wanted = [t.strip() for t in tasks.split(",") if t.strip()]
+    include = [out / "lm_eval_tasks"] + ([Path(include_path)] if include_path else [])
+    names: list[str] = []
+    if any(t.startswith("demo") for t in wanted):
+        if not any(ITEMS_DIR.glob("*.jsonl")) or not any((ITEMS_DIR / "ppl").glob("*.jsonl")):
+            if not (CORPUS_DIR / "manifest.json").exists():
+                raise LightMoEError("demo task data needs the corpus: build it with `just corpus`")
+            build_demo_items(CORPUS_DIR, ITEMS_DIR)
+        available = render_lm_eval_tasks(ITEMS_DIR, include[0])
+        tags = {"demo": [n for n in available if not n.endswith("_ppl")],
+                "demo_ppl": [n for n in available if n.endswith("_ppl")]}
+    else:
+        available, tags = [], {}
+    others = []
+    for t in wanted:
+        if t in tags:
+            names += tags[t]
+        elif t in available:
+            names.append(t)
+        elif t.startswith("demo_"):
+            raise LightMoEError(f"unknown task {t}; available: demo, demo_ppl, {', '.join(available)}")
+        else:
+            others.append(t)
+    if others:
+        names += _lm_eval_tasks(others, include)
+    return list(dict.fromkeys(names)), include
+
+
+def _lm_eval_tasks(names: list[str], include: list[Path]) -> list[str]:
+    """Task names lm-eval knows (its own, or the user's include path); an unknown one is a one-line error."""
+    from lm_eval.tasks import TaskManager
+
+    known = set(TaskManager(include_path=[str(p) for p in include], include_defaults=True).all_tasks)
+    unknown = [t for t in names if t not in known]
     if unknown:
-        raise LightMoEError(f"unknown task(s) {', '.join(unknown)}; available: demo, {', '.join(available)}")
-    return names, include
+        raise LightMoEError(f"unknown task(s) {', '.join(unknown)}: not demo tasks and not known to lm-eval "
+                            "(add your task YAMLs with --include-path DIR)")
+    return names
 
 
 def ensure_profile(model, tok, name: str, progress=None):
@@ -138,6 +171,7 @@ def run_eval(req: EvalRequest, progress=None) -> EvalReport:
     """Build (or reuse) the bundles, evaluate each in its own process, run the task-shift stream; write
     results.json and pareto.png into the output folder and return the report."""
     from lightmoe_cli.evaluation.compare import ensure_bundles, pareto_plot, run_comparison, write_results
+    from lightmoe_cli.evaluation.comparisons import add_comparisons
     from lightmoe_cli.files import atomic_write_json
     from lightmoe_cli.loading import load_model_and_tokenizer, resolve_model
     from lightmoe_cli.policies.registry import get_policy
@@ -146,7 +180,7 @@ def run_eval(req: EvalRequest, progress=None) -> EvalReport:
     name = resolve_model(req.model) if not req.bundles else None
     out = req.out or default_eval_dir(name)
     out.mkdir(parents=True, exist_ok=True)
-    task_names, include = prepare_tasks(req.tasks, out)
+    task_names, include = prepare_tasks(req.tasks, out, req.include_path)
     t0 = time.perf_counter()
     if req.bundles:
         configs = _configs_from_bundles(req.bundles)
@@ -156,11 +190,13 @@ def run_eval(req: EvalRequest, progress=None) -> EvalReport:
         configs = ensure_bundles(prof, lm, tok, name, req.policies, req.budgets, out / "bundles", progress)
         del lm
     rows = run_comparison(configs, task_names, include, req.limit, req.threads, progress)
+    add_comparisons(rows)
     payload = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
                "model": name, "tasks": task_names, "limit": req.limit, "rows": rows,
                "seconds": time.perf_counter() - t0}
     report = EvalReport(out, task_names, rows, payload)
     middle = sorted(req.budgets)[len(req.budgets) // 2]
+    report.precision_note = payload["precision_note"] = precision_note(rows, middle)
     shift_configs = [c for c in configs if get_policy(c.policy).uses_budget and c.budget == middle]
     managed = [c for c in shift_configs if _has_manager(c.bundle)]
     if req.task_shift and managed:
@@ -176,6 +212,20 @@ def run_eval(req: EvalRequest, progress=None) -> EvalReport:
     atomic_write_json(out / "summary.json", {"rows": [{k: r[k] for k in ("policy", "budget_fraction", "average")}
                                                       for r in rows]})
     return report
+
+
+def precision_note(rows: list[dict], budget: float, target_points: float = 2.0) -> str:
+    """Whether the accuracy differences to prune at `budget` are precise to +-target points (the 8-task average
+    moves in steps of 1/(8 x items)); NLL intervals are reported beside them."""
+    widths = [r["vs_prune"]["acc"]["hi"] - r["vs_prune"]["acc"]["lo"] for r in rows
+              if r["budget_fraction"] == budget and r.get("vs_prune", {}).get("acc")]
+    if not widths:
+        return ""
+    worst = max(widths) / 2 * 100
+    verdict = "meets" if worst <= target_points else "does NOT meet"
+    return (f"precision at budget {budget:.2f}: accuracy differences to prune carry intervals of up to "
+            f"+-{worst:.1f} points ({verdict} the +-{target_points:.0f}-point target; more items per task tighten "
+            "it); per-token NLL differences are the precise comparison")
 
 
 def _has_manager(bundle: Path) -> bool:

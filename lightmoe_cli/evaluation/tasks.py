@@ -106,7 +106,29 @@ def text_items(corpus: Path, domain: str, n: int, seed: int = 2026, context_char
     return items
 
 
-def build_demo_items(corpus: Path, out: Path, per_domain: int = 200) -> dict[str, Path]:
+def ppl_documents(corpus: Path, domain: str, n: int, chars: int = 1000, seed: int = 2026) -> list[str]:
+    """Held-out text of one domain cut at line ends into documents of about `chars` characters.
+
+    Why equal-sized pieces: per-document NLL differences are paired units for the bootstrap; pieces of similar
+    length weigh alike, and a long source document cannot dominate a domain's interval."""
+    rng = random.Random(f"{domain}:ppl:{seed}")
+    sources = read_split(corpus, domain, "test")
+    rng.shuffle(sources)
+    docs, current = [], ""
+    for text in sources:  # short sources (the generated domains) join the next one
+        for line in (text.rstrip("\n") + "\n").splitlines(keepends=True):
+            current += line
+            if len(current) >= chars:
+                docs.append(current[: chars * 2])
+                current = ""
+                if len(docs) == n:
+                    return docs
+    if len(docs) < 2:
+        raise LightMoEError(f"too few held-out documents in domain {domain}: rebuild the corpus (just corpus)")
+    return docs
+
+
+def build_demo_items(corpus: Path, out: Path, per_domain: int = 200, ppl_docs: int = 48) -> dict[str, Path]:
     """Write one JSONL of MC items per demo domain into `out`; returns domain -> file."""
     out.mkdir(parents=True, exist_ok=True)
     files = {}
@@ -116,6 +138,10 @@ def build_demo_items(corpus: Path, out: Path, per_domain: int = 200) -> dict[str
         path = out / f"{domain}.jsonl"
         atomic_write(path, "\n".join(json.dumps(asdict(i), ensure_ascii=False) for i in items) + "\n")
         files[domain] = path
+        ppl = out / "ppl" / f"{domain}.jsonl"
+        ppl.parent.mkdir(exist_ok=True)
+        atomic_write(ppl, "".join(json.dumps({"text": t}, ensure_ascii=False) + "\n"
+                                  for t in ppl_documents(corpus, domain, ppl_docs)))
     return files
 
 
@@ -143,14 +169,42 @@ metadata:
 """
 
 
+PPL_TEMPLATE = """task: demo_{domain}_ppl
+tag: [demo_ppl]
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {path}
+test_split: test
+output_type: loglikelihood_rolling
+doc_to_text: ""
+doc_to_target: "{{{{text}}}}"
+should_decontaminate: false
+metric_list:
+  - metric: word_perplexity
+  - metric: byte_perplexity
+  - metric: bits_per_byte
+metadata:
+  version: 1.0
+"""
+
+TAGS = {"demo": "multiple-choice items of every demo domain", "demo_ppl": "held-out text of every demo domain "
+        "(loglikelihood_rolling: perplexities, bits per byte, NLL per token)"}
+
+
 def render_lm_eval_tasks(items_dir: Path, out: Path) -> list[str]:
-    """lm-eval YAMLs (one task per domain, tag `demo`) with absolute data paths; returns the task names."""
+    """lm-eval YAMLs with absolute data paths: `demo_<domain>` (multiple choice, tag `demo`) and, where the
+    held-out text is built, `demo_<domain>_ppl` (tag `demo_ppl`); returns the task names."""
     out.mkdir(parents=True, exist_ok=True)
     names = []
     for path in sorted(items_dir.glob("*.jsonl")):
         domain = path.stem
-        (out / f"demo_{domain}.yaml").write_text(TASK_TEMPLATE.format(domain=domain, path=path.resolve()))
+        atomic_write(out / f"demo_{domain}.yaml", TASK_TEMPLATE.format(domain=domain, path=path.resolve()))
         names.append(f"demo_{domain}")
+    for path in sorted((items_dir / "ppl").glob("*.jsonl")):
+        domain = path.stem
+        atomic_write(out / f"demo_{domain}_ppl.yaml", PPL_TEMPLATE.format(domain=domain, path=path.resolve()))
+        names.append(f"demo_{domain}_ppl")
     if not names:
         raise LightMoEError(f"no demo task data in {items_dir}: build it with `lightmoe eval --build-tasks` "
                             "(needs the corpus: just corpus)")

@@ -15,8 +15,27 @@ from pathlib import Path
 SPEED_PROMPTS = ["12 + 7 = 19\n45 - 3 = ", "def read_lines(path):\n", "1:1 EN el principio", "reverse lamp -> "]
 
 
-def evaluate_bundle(bundle: Path, tasks: list[str], include_path: Path, limit: int | None, threads: int,
-                    new_tokens: int = 16, batch_size: int = 8) -> dict:
+def task_scores(task: str, metrics: dict, samples: list[dict], tok_encode) -> tuple[str, float, dict]:
+    """(kind, primary score, per-item record) of one lm-eval task's results.
+
+    multiple choice -> ("acc", accuracy, {doc_id, acc}); rolling loglikelihood -> ("nll", NLL per token,
+    {doc_id, nll, tokens}); anything else -> ("metric", its first numeric metric, {}). Per-item records are what
+    the paired intervals resample."""
+    samples = sorted(samples, key=lambda x: x["doc_id"])
+    ids = [int(x["doc_id"]) for x in samples]
+    if "acc,none" in metrics:
+        return "acc", float(metrics["acc,none"]), {"doc_id": ids, "acc": [float(x["acc"]) for x in samples]}
+    if "word_perplexity,none" in metrics:
+        nll = [-float(x["word_perplexity"][0]) for x in samples]
+        tokens = [len(tok_encode(x["target"])) for x in samples]
+        return "nll", sum(nll) / max(1, sum(tokens)), {"doc_id": ids, "nll": nll, "tokens": tokens}
+    name, value = next(((k, v) for k, v in metrics.items() if k.endswith(",none") and isinstance(v, int | float)),
+                       (task, float("nan")))
+    return "metric", float(value), {}
+
+
+def evaluate_bundle(bundle: Path, tasks: list[str], include_path: Path | list[Path], limit: int | None,
+                    threads: int, new_tokens: int = 16, batch_size: int = 8) -> dict:
     import lm_eval
     import torch
     from lm_eval.tasks import TaskManager
@@ -31,15 +50,17 @@ def evaluate_bundle(bundle: Path, tasks: list[str], include_path: Path, limit: i
     b = load_bundle(bundle)
     rt = build_runtime(b)
     lm = LightMoELM(runtime=rt, batch_size=batch_size)
-    manager = TaskManager(include_path=str(include_path), include_defaults=False)
-    scores, raw = {}, {}
+    paths = [str(p) for p in (include_path if isinstance(include_path, list) else [include_path])]
+    manager = TaskManager(include_path=paths, include_defaults=not all(t.startswith("demo_") for t in tasks))
+    scores, nll, other, raw, items = {}, {}, {}, {}, {}
     t0 = time.perf_counter()
     for task in tasks:
         res = lm_eval.simple_evaluate(model=lm, tasks=[task], task_manager=manager, limit=limit,
                                       random_seed=0, numpy_random_seed=1234, torch_random_seed=1234,
-                                      fewshot_random_seed=1234, log_samples=False)
+                                      fewshot_random_seed=1234, log_samples=True)
         metrics = res["results"][task]
-        scores[task] = metrics["acc,none"]
+        kind, score, items[task] = task_scores(task, metrics, res["samples"][task], lm.tok_encode)
+        {"acc": scores, "nll": nll, "metric": other}[kind][task] = score
         raw[task] = {k: v for k, v in metrics.items() if isinstance(v, int | float | str)}
     eval_seconds = time.perf_counter() - t0
     rt.finish()
@@ -53,7 +74,9 @@ def evaluate_bundle(bundle: Path, tasks: list[str], include_path: Path, limit: i
     return {
         "bundle": str(bundle), "policy": b.policy, "budget": b.manifest.budget.to_json(),
         "manifest_sha256": sha256_file(bundle / "manifest.json"),
-        "scores": scores, "average": sum(scores.values()) / len(scores), "lm_eval_results": raw,
+        "scores": scores, "average": sum(scores.values()) / len(scores) if scores else None,
+        "nll": nll, "nll_per_token": sum(nll.values()) / len(nll) if nll else None, "other_metrics": other,
+        "items": items, "lm_eval_results": raw,
         "eval_seconds": eval_seconds, "eval_layers": eval_layers, "swaps": swaps, "bytes_loaded": bytes_loaded,
         "redirect_rate": sum(v["redirects"] for v in eval_layers.values()) / picks,
         "reroute_or_drop_rate": sum(v["drops"] for v in eval_layers.values()) / picks,
@@ -72,8 +95,8 @@ def main() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
-    out = evaluate_bundle(Path(args["bundle"]), args["tasks"], Path(args["include_path"]), args.get("limit"),
-                          args.get("threads", 2))
+    out = evaluate_bundle(Path(args["bundle"]), args["tasks"], [Path(p) for p in args["include_path"]],
+                          args.get("limit"), args.get("threads", 2))
     print("LIGHTMOE_RESULT " + json.dumps(out))
 
 
