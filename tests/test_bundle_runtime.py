@@ -246,3 +246,151 @@ def test_tensor_file_reads_what_safetensors_wrote(tmp_path):
     assert sorted(f.keys()) == ["a", "b", "c"]
     for k, v in tensors.items():
         assert torch.equal(f.read(k), v)
+
+
+# ---- families whose layout breaks a generic rule (tiny random models of the installed transformers) ---------------
+
+_FAMILIES: dict[str, tuple] = {}
+
+
+def _family(model_type, tmp_path_factory):
+    """(model, profile, workspace root, tokenizer) of a tiny `model_type` model, profiled once per test session."""
+    from lightmoe_cli.models.architectures import find_architecture
+    from lightmoe_cli.models.selftest import quiet
+    from lightmoe_cli.models.selftest_pipeline import char_tokenizer, write_recipe
+    from lightmoe_cli.models.tiny_configs import tiny_config
+
+    if model_type not in _FAMILIES:
+        root = tmp_path_factory.mktemp(model_type)
+        info = find_architecture(model_type)
+        torch.manual_seed(0)
+        with quiet():
+            model = info.load_class()(tiny_config(info)).eval()
+        tok = char_tokenizer()
+        prof = run_profile(model, tok, model_type, write_recipe(root), root / "profile",
+                           ProfileSettings(seq_len=32, batch_size=4, sample_tokens=64))
+        _FAMILIES[model_type] = model, prof, root, tok
+    return _FAMILIES[model_type]
+
+
+def _family_bundle(model_type, tmp_path_factory, policy, **params):
+    model, prof, root, tok = _family(model_type, tmp_path_factory)
+    name = policy + "".join(f"-{k}={v}" for k, v in sorted(params.items()))
+    return build_bundle(prof, model, tok, model_type, root / name, BuildOptions(policy=policy, fraction=0.5,
+                                                                                   params=params))
+
+
+def _family_ids():
+    from lightmoe_cli.models.tiny_configs import VOCAB
+
+    return torch.randint(3, VOCAB, (2, 16), generator=torch.Generator().manual_seed(0))
+
+
+def _copied_redirects(model, bundle):
+    """The model with every redirected expert's weights replaced by its target's (what a redirect computes)."""
+    reference = copy.deepcopy(model)
+    adapter = get_adapter(reference)
+    for layer, lp in zip(adapter.moe_layers(reference), bundle.layers, strict=True):
+        for j, i in enumerate(lp.redirect):
+            if i != j:
+                adapter.write_expert(layer, j, adapter.read_expert(layer, i))
+    return reference
+
+
+def test_router_ids_past_the_experts_pass_through_the_slot_pool(tmp_path_factory):
+    """LongCat-Flash: router ids E.. are identity experts without weights. A full bundle equals the model; with
+    half the experts missing, all redirected, it equals copying the targets' weights; on-demand loading (lru)
+    equals the model again: ids >= E run as the rows the pool keeps past its slots and are never loaded."""
+    model, *_ = _family("longcat_flash", tmp_path_factory)
+    ids = _family_ids()
+    picked = []
+    with record_routing(model, lambda i, idx, w: picked.append(int(idx.max()))):
+        reference = _logits(model, ids)
+    num_experts = get_adapter(model).moe_layers(model)[0].num_experts
+    assert max(picked) >= num_experts  # the identity experts really are picked
+    rt = build_runtime(_family_bundle("longcat_flash", tmp_path_factory, "full"))
+    assert torch.equal(_logits(rt.model, ids), reference)
+    b = _family_bundle("longcat_flash", tmp_path_factory, "lightmoe", min_similarity=-1.0)
+    rt = build_runtime(b)
+    layer = rt.layers[0]
+    zero = layer.writer.experts.zero_expert_num
+    assert layer.writer.pool()["gate_up_proj"].shape[0] == layer.slots + zero < num_experts + zero
+    assert torch.allclose(_logits(rt.model, ids), _logits(_copied_redirects(model, b), ids), atol=1e-6)
+    rt.finish()
+    assert layer.stats.redirects > 0 and layer.stats.hits + layer.stats.redirects == layer.stats.picks
+    lru = build_runtime(_family_bundle("longcat_flash", tmp_path_factory, "lru"))  # loads every missing expert
+    assert torch.allclose(_logits(lru.model, ids), reference, atol=1e-6)
+    assert lru.layers[0].stats.misses > 0
+
+
+@pytest.mark.parametrize("model_type", ["longcat_flash", "zaya", "inkling_text"])
+def test_prune_keeps_the_router_rows_past_the_experts(model_type, tmp_path_factory):
+    """Routers with slots past the routed experts (identity, skip, shared): the prune runtime's sliced router
+    keeps them, as keep_experts does, so it equals the router-sliced model."""
+    model, *_ = _family(model_type, tmp_path_factory)
+    b = _family_bundle(model_type, tmp_path_factory, "prune")
+    pruned = get_adapter(model).keep_experts(model, {lp.layer_index: lp.resident for lp in b.layers})
+    ids = _family_ids()
+    assert torch.equal(_logits(build_runtime(b).model, ids), _logits(pruned, ids))
+
+
+def test_dbrx_experts_are_stored_once_and_only_slots_are_held(tmp_path_factory):
+    """DBRX keeps its experts in 2D parameters the adapter views as [E, I, H]: the bundle stores them in the
+    expert store only, the runtime holds `slots` experts, and a logits-only router feeds re-routing (which equals
+    pruning: softmax top-k, renormalised)."""
+    from lightmoe_cli.bundle.safetensors_io import TensorFile
+
+    model, *_ = _family("dbrx", tmp_path_factory)
+    ids = _family_ids()
+    full = _family_bundle("dbrx", tmp_path_factory, "full")
+    keys = TensorFile(full.path / "model" / "non_expert.safetensors").keys()
+    assert not [k for k in keys if ".experts." in k]
+    assert torch.equal(_logits(build_runtime(full).model, ids), _logits(model, ids))
+    light = build_runtime(_family_bundle("dbrx", tmp_path_factory, "lightmoe", min_similarity=1.0))
+    prune = build_runtime(_family_bundle("dbrx", tmp_path_factory, "prune"))
+    mlp, layer = light.model.transformer.blocks[0].ffn.experts.mlp, light.layers[0]
+    assert mlp.w1.shape[0] == layer.slots * mlp.ffn_hidden_size and layer.slots < 8
+    assert torch.allclose(_logits(light.model, ids), _logits(prune.model, ids), atol=1e-6)
+    light.finish()
+    assert layer.stats.drops > 0
+
+
+def test_jetmoe_pool_lives_in_its_projections(tmp_path_factory):
+    """JetMoE's experts are two projection modules inside the block that also holds the router: the pool
+    shrinks the projections only (the router still scores every expert), and re-routing reads this forward's
+    logits from the grouped router output, so it equals pruning exactly."""
+    model, *_ = _family("jetmoe", tmp_path_factory)
+    ids = _family_ids()
+    assert torch.equal(_logits(build_runtime(_family_bundle("jetmoe", tmp_path_factory, "full")).model, ids),
+                       _logits(model, ids))
+    light = build_runtime(_family_bundle("jetmoe", tmp_path_factory, "lightmoe", min_similarity=1.0))
+    prune = build_runtime(_family_bundle("jetmoe", tmp_path_factory, "prune"))
+    block, layer = light.model.model.layers[0].mlp, light.layers[0]
+    assert block.input_linear.weight.shape[0] == block.output_linear.num_experts == layer.slots < 8
+    assert block.router.num_experts == 8
+    assert torch.equal(_logits(light.model, ids), _logits(prune.model, ids))
+    light.finish()
+    assert layer.stats.drops > 0
+
+
+def test_gemma4_full_bundle_loads_its_stored_buffers(tmp_path_factory):
+    """Gemma 4's scaled embedding cannot be built from a config; its non-persistent buffer is in the bundle,
+    so the loader reads it instead of rebuilding the module."""
+    model, *_ = _family("gemma4_text", tmp_path_factory)
+    ids = _family_ids()
+    rt = build_runtime(_family_bundle("gemma4_text", tmp_path_factory, "full"))
+    assert torch.equal(_logits(rt.model, ids), _logits(model, ids))
+
+
+def test_skeleton_class_comes_from_the_manifest():
+    """Mistral 4's config has no AutoModelForCausalLM mapping: the bundle's recorded class builds the skeleton;
+    a name transformers does not know falls back to the auto class."""
+    from transformers import Mistral4Config, Qwen3MoeConfig
+
+    from lightmoe_cli.runtime.loader import _meta_skeleton
+
+    assert type(_meta_skeleton(Mistral4Config(num_hidden_layers=1), "Mistral4ForCausalLM")).__name__ == \
+        "Mistral4ForCausalLM"
+    fallback = _meta_skeleton(Qwen3MoeConfig(num_hidden_layers=1, hidden_size=32, num_attention_heads=2,
+                                             num_key_value_heads=1), "NoSuchForCausalLM")
+    assert type(fallback).__name__ == "Qwen3MoeForCausalLM"

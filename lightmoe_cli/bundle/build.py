@@ -88,7 +88,18 @@ def plan_from_profile(prof: Profile, opts: BuildOptions, bytes_per_expert: list[
 
 
 def _expert_param_ids(adapter, layers) -> set[int]:
-    return {id(t) for m in layers for t in adapter.expert_tensors(m).values()}
+    """The routed experts' parameters themselves (not `expert_tensors`, which may be views of them: DBRX).
+
+    Checked against the views' storages, so an adapter that names the wrong parameters fails here instead of
+    writing every expert again as a non-expert weight."""
+    params = [p for m in layers for p in adapter.expert_parameters(m)]
+    storages = {p.untyped_storage().data_ptr() for p in params}
+    for m in layers:
+        for name, t in adapter.expert_tensors(m).items():
+            if t.untyped_storage().data_ptr() not in storages:
+                raise LightMoEError(f"layer {m.layer_index}: expert tensor {name} is not held by the adapter's "
+                                    "expert_parameters")
+    return {id(p) for p in params}
 
 
 def _non_expert_weights(model, adapter, layers) -> dict[str, torch.Tensor]:

@@ -122,6 +122,40 @@ class MoEAdapter:
             if p.ndim >= 2 and p.shape[0] in rows
         }
 
+    def expert_parameters(self, layer: MoELayer) -> list[nn.Parameter]:
+        """The parameters that hold the routed experts' weights (what `expert_tensors` slices, views resolved):
+        what a bundle stores in its expert store and nowhere else."""
+        return list(self.expert_tensors(layer).values())
+
+    def resize_expert_pool(self, layer: MoELayer, slots: int) -> None:
+        """Make `layer`'s experts a pool of `slots` rows (on the meta device: no memory), for the runtime.
+
+        The fused parameters keep their rows past the routed experts (LongCat's identity rows) and get `slots`
+        routed rows; the experts module's counts follow, so its kernel runs on slot ids. The router is not
+        touched: it still picks among all experts, and the runtime maps its ids to slots.
+        """
+        n = layer.num_experts
+        for name, t in self.expert_tensors(layer).items():
+            shape = (slots + t.shape[0] - n, *t.shape[1:])
+            setattr(layer.experts, name, nn.Parameter(torch.empty(shape, device="meta", dtype=t.dtype),
+                                                      requires_grad=False))
+        fix_counts(list(layer.experts.modules()), n, slots, self.extra_slots(layer), layer.top_k,
+                   self.routable_slots(layer, slots))
+
+    def write_slot(self, layer: MoELayer, slot: int, tensors: dict[str, torch.Tensor]) -> None:
+        """Copy one expert's `tensors` (named as `read_expert` names them) into row `slot` of `layer`'s expert
+        pool (`layer` as found after `resize_expert_pool`); tensors are moved to the pool's device."""
+        targets = self.expert_tensors(layer)
+        missing = set(tensors) - set(targets)
+        if missing:
+            raise LightMoEError(f"layer {layer.layer_index}: the expert pool has no tensor {sorted(missing)}")
+        with torch.no_grad():
+            for name, value in tensors.items():
+                target = targets[name]
+                if not 0 <= slot < target.shape[0]:
+                    raise LightMoEError(f"layer {layer.layer_index}: {name} has {target.shape[0]} slots, not {slot}")
+                target[slot].copy_(value.to(target.device, non_blocking=False))
+
     def bytes_per_expert(self, layer: MoELayer) -> int:
         """Bytes one expert's weights take (all its fused slices, biases included)."""
         return sum(t[0].numel() * t.element_size() for t in self.expert_tensors(layer).values())
@@ -154,6 +188,11 @@ class MoEAdapter:
     def router_top_k_index(self, layer: MoELayer, router_output: Any) -> torch.Tensor:
         """The indices the router itself returned: routers return (logits, top_k_weights, top_k_index, ...)."""
         return router_output[2]
+
+    def router_logits(self, layer: MoELayer, router_output: Any) -> torch.Tensor:
+        """The router's logits [..., W] from its forward output: W is the experts plus the routable slots past
+        them (zero / skip experts). Routers return (logits, weights, index, ...), or the logits alone (DBRX)."""
+        return router_output if isinstance(router_output, torch.Tensor) else router_output[0]
 
     def add_routing_hook(self, layer: MoELayer, fn: RoutingFn) -> RemovableHandle:
         """Run `fn` on the final routing of every forward of `layer`, via a pre-hook on the experts module."""

@@ -1,7 +1,8 @@
 """Per-family overrides of the generic adapter, for the layouts that break one of its rules.
 
 Each override changes as little as possible and says which rule its family breaks:
-- dbrx: experts stored as 2D [E*I, H] parameters in `experts.mlp`; the router returns logits only.
+- dbrx: experts stored as 2D [E*I, H] parameters in `experts.mlp` (the adapter views them [E, I, H], so the
+  parameters themselves and the runtime's slot pool are its own); the router returns logits only.
 - llama4: the experts module never sees indices (it runs every expert on score-scaled inputs), so routing is
   read from and written to the router's dense [T, E] score output instead, and one expert runs as a
   one-expert view of the fused weights.
@@ -12,7 +13,8 @@ Each override changes as little as possible and says which rule its family break
 - inkling: the router scores the shared experts as extra slots past the routed ones.
 - deepseek_v4: hash-routed layers look experts up in a token-id -> expert-id table.
 - jetmoe: no `experts` child; the router hands out tokens grouped by expert instead of top_k_index, and the
-  experts are two `ParallelExperts` projections run by group sizes.
+  experts are two `ParallelExperts` projections run by group sizes (the runtime's slot pool shrinks those, not
+  the block, which also holds the router).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from torch.utils.hooks import RemovableHandle
 
 from lightmoe_cli.models.adapter import LIGHTMOE_HOOK, ExpertInputFn, MoEAdapter, RoutingFn
 from lightmoe_cli.models.layers import MoELayer, layer_index_from_path
+from lightmoe_cli.models.pruning import fix_counts
 from lightmoe_cli.models.registration import register_adapter
 
 
@@ -42,6 +45,18 @@ class DbrxAdapter(MoEAdapter):
         mlp = layer.experts.mlp
         return {n: getattr(mlp, n).view(layer.num_experts, -1, mlp.hidden_size) for n in self._NAMES}  # [E, I, H]
 
+    def expert_parameters(self, layer: MoELayer) -> list[nn.Parameter]:
+        return [getattr(layer.experts.mlp, n) for n in self._NAMES]  # the [E*I, H] storage, not its views
+
+    def resize_expert_pool(self, layer: MoELayer, slots: int) -> None:
+        mlp = layer.experts.mlp
+        for name in self._NAMES:
+            p = getattr(mlp, name)  # [E*I, H]
+            rows = p.shape[0] // layer.num_experts * slots
+            setattr(mlp, name, nn.Parameter(torch.empty((rows, p.shape[1]), device="meta", dtype=p.dtype),
+                                            requires_grad=False))
+        fix_counts(list(layer.experts.modules()), layer.num_experts, slots, 0, layer.top_k, slots)
+
     def _sliced_expert_tensors(self, layer: MoELayer, kept: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         mlp, pairs = layer.experts.mlp, []
         for name in self._NAMES:
@@ -57,6 +72,9 @@ class DbrxAdapter(MoEAdapter):
 @register_adapter("llama4", "llama4_text")
 class Llama4Adapter(MoEAdapter):
     """Llama 4: routing lives only in the router's output, scores [T, E] that are 0 off the top-k."""
+
+    def router_logits(self, layer: MoELayer, router_output: Any) -> torch.Tensor:
+        return router_output[1]  # (scores, logits)
 
     def router_top_k_index(self, layer: MoELayer, router_output: Any) -> torch.Tensor:
         _, logits = router_output
@@ -138,7 +156,9 @@ class ZayaAdapter(MoEAdapter):
     """ZAYA: the router scores E+1 classes; the last one means "skip the experts"."""
 
     def extra_slots(self, layer: MoELayer) -> int:
-        return int(getattr(layer.router, "num_router_classes", layer.num_experts + 1)) - layer.num_experts
+        router = layer.router  # its own count: the runtime resizes the experts module, never the router
+        n = int(getattr(router, "num_experts", layer.num_experts))
+        return int(getattr(router, "num_router_classes", n + 1)) - n
 
 
 @register_adapter("inkling_text", "inkling")
@@ -189,8 +209,22 @@ class JetMoeAdapter(MoEAdapter):
     def router_top_k_index(self, layer: MoELayer, router_output: Any) -> torch.Tensor:
         return router_output[-1].topk(layer.top_k, dim=1).indices  # the router's own rule, on its logits
 
+    def router_logits(self, layer: MoELayer, router_output: Any) -> torch.Tensor:
+        return router_output[-1]  # (sorted positions, batch index, gates, sizes, logits)
+
+    def resize_expert_pool(self, layer: MoELayer, slots: int) -> None:
+        """The projections' weights shrink and their own counts follow; the block (which is also the layer's
+        `experts`) holds the router, whose count must stay whole, so the generic count rewrite is not used."""
+        for name in self._NAMES:
+            linear = getattr(layer.block, name)
+            w = linear.weight  # [E, O, I]
+            linear.weight = nn.Parameter(torch.empty((slots, *w.shape[1:]), device="meta", dtype=w.dtype),
+                                         requires_grad=False)
+            linear.num_experts = slots
+
     def add_routing_hook(self, layer: MoELayer, fn: RoutingFn) -> RemovableHandle:
-        num_experts, top_k = layer.num_experts, layer.top_k
+        """Replacement ids are grouped by the projections' own expert count (the slot pool's rows at run time)."""
+        num_experts, top_k, projection = layer.num_experts, layer.top_k, layer.block.input_linear
 
         def hook(module: nn.Module, args: tuple, output: tuple) -> Any:
             replaced = fn(*_jetmoe_token_major(output, num_experts, top_k))
@@ -198,7 +232,7 @@ class JetMoeAdapter(MoEAdapter):
                 return None
             new_index, new_weights = replaced[0].flatten(), replaced[1].flatten()  # same steps as the router
             _, new_sorted = new_index.sort(0)
-            new_size = torch.bincount(new_index, minlength=num_experts).tolist()
+            new_size = torch.bincount(new_index, minlength=projection.num_experts).tolist()
             return new_sorted, new_sorted.div(top_k, rounding_mode="trunc"), new_weights[new_sorted], new_size, \
                 output[-1]
 

@@ -114,7 +114,7 @@ def run_requests(rt: Runtime, prompts: list[str], max_new_tokens: int, io_bandwi
         if progress:
             progress.advance(task)
     rt.finish()
-    expert_ids = {id(p) for m in rt.layers for p in m.writer.experts.parameters(recurse=False)}
+    expert_ids = {id(p) for m in rt.layers for p in m.writer.adapter.expert_parameters(m.writer.layer)}
     stats.non_expert_bytes = sum(p.numel() * p.element_size() for p in rt.model.parameters() if id(p) not in expert_ids)
     stats.resident_expert_bytes = rt.resident_expert_bytes()
     stats.peak_rss_bytes = peak_rss_bytes()

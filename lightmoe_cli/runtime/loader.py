@@ -48,18 +48,28 @@ class Runtime:
         return next(self.model.parameters()).device
 
 
-def _meta_skeleton(config) -> nn.Module:
-    from transformers import AutoModelForCausalLM
+def _meta_skeleton(config, architecture: str) -> nn.Module:
+    """The model on the meta device, of the class the bundle was built from (the manifest's architecture).
 
+    Why not only AutoModelForCausalLM: some families' configs have no auto mapping (Mistral 4); the class
+    name recorded at build time is the authority, the auto class the fallback for names transformers lacks."""
+    import transformers
+
+    cls = getattr(transformers, architecture, None)
     with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(config)
+        if isinstance(cls, type) and hasattr(cls, "_from_config"):
+            return cls._from_config(config)
+        return transformers.AutoModelForCausalLM.from_config(config)
 
 
-def _restore_non_persistent_buffers(model: nn.Module) -> None:
-    """Buffers not saved in checkpoints (rotary inv_freq) are garbage after to_empty: rebuild their module."""
+def _restore_non_persistent_buffers(model: nn.Module, stored: set[str]) -> None:
+    """Buffers not saved in checkpoints (rotary inv_freq) are garbage after to_empty: rebuild their module.
+
+    Modules whose non-persistent buffers are all in the bundle (`stored`: full names) are left to the load,
+    so modules that cannot be built from their config alone (Gemma 4's scaled embedding) need no rebuild."""
     for name, module in model.named_modules():
         names = set(module._non_persistent_buffers_set)
-        if not names:
+        if not names or all((f"{name}.{b}" if name else b) in stored for b in names):
             continue
         config = getattr(module, "config", None)
         try:
@@ -72,9 +82,20 @@ def _restore_non_persistent_buffers(model: nn.Module) -> None:
                 if fresh._buffers.get(b) is not None else None
 
 
-def _load_non_expert(model: nn.Module, path: str, kept_rows: dict[str, torch.Tensor]) -> None:
-    """Load every stored tensor; where the skeleton was sliced (pruned routers), take the kept rows."""
+def _stored_keys(path: str) -> set[str]:
     from lightmoe_cli.bundle.safetensors_io import TensorFile
+
+    f = TensorFile(path)
+    keys = set(f.keys())
+    f.close()
+    return keys
+
+
+def _load_non_expert(model: nn.Module, path: str, kept: dict[str, tuple[list[int], int]]) -> None:
+    """Load every stored tensor; where the skeleton was sliced (pruned routers), take the kept rows: the kept
+    experts, then every router slot past the routed ones (`models.pruning.rows_for`, as keep_experts does)."""
+    from lightmoe_cli.bundle.safetensors_io import TensorFile
+    from lightmoe_cli.models.pruning import rows_for
 
     params = dict(model.named_parameters(remove_duplicate=False)) | dict(model.named_buffers())
     f = TensorFile(path)
@@ -85,10 +106,11 @@ def _load_non_expert(model: nn.Module, path: str, kept_rows: dict[str, torch.Ten
                                     "its config")
             target, value = params[key], f.read(key)
             if target.shape != value.shape:
-                if key not in kept_rows:
+                if key not in kept:
                     raise LightMoEError(f"bundle weight {key} has shape {tuple(value.shape)}, the model wants "
                                         f"{tuple(target.shape)}: the bundle does not match its config")
-                value = value.index_select(_differing_axis(target, value), kept_rows[key])
+                axis = _differing_axis(target, value)
+                value = value.index_select(axis, rows_for(*kept[key], value.shape[axis]))
             target.copy_(value.to(target.dtype))
     f.close()
 
@@ -100,32 +122,27 @@ def _differing_axis(a: torch.Tensor, b: torch.Tensor) -> int:
     return diff[0]
 
 
-def _prune_skeleton(model: nn.Module, adapter, bundle: Bundle) -> tuple[nn.Module, dict[str, torch.Tensor]]:
-    """Router-sliced skeleton (keep_experts) and, per router/block tensor it sliced, the rows it kept."""
+def _prune_skeleton(model: nn.Module, adapter, bundle: Bundle
+                    ) -> tuple[nn.Module, dict[str, tuple[list[int], int]]]:
+    """Router-sliced skeleton (keep_experts) and, per router/block tensor it may have sliced, the kept experts
+    and the layer's expert count (the rows follow from the stored tensor's size)."""
     resident = {lp.layer_index: lp.resident for lp in bundle.layers}
     full_layers = adapter.moe_layers(model)
     names = [n for n, _ in model.named_parameters()] + [n for n, _ in model.named_buffers()]
     model = adapter.keep_experts(model, resident)
-    kept_rows = {}
+    kept = {}
     for m in full_layers:
-        rows = torch.tensor(resident[m.layer_index], dtype=torch.long)
         for n in names:
             if n.startswith(m.path + ".") and ".experts." not in n[len(m.path):]:
-                kept_rows[n] = rows
-    return model, kept_rows
+                kept[n] = (sorted(resident[m.layer_index]), m.num_experts)
+    return model, kept
 
 
 def _slot_skeleton(model: nn.Module, adapter, bundle: Bundle) -> None:
-    """Shrink every experts module's fused parameters to [slots, ...] (on meta: no memory)."""
-    from lightmoe_cli.models.pruning import fix_counts
-
+    """Shrink every layer's expert pool to its slots (on meta: no memory); the adapter knows the layout."""
     plan = {lp.layer_index: lp for lp in bundle.layers}
     for m in adapter.moe_layers(model):
-        slots = plan[m.layer_index].slots
-        for name, t in adapter.expert_tensors(m).items():
-            setattr(m.experts, name, nn.Parameter(torch.empty((slots, *t.shape[1:]), device="meta", dtype=t.dtype),
-                                                  requires_grad=False))
-        fix_counts(list(m.experts.modules()), m.num_experts, slots, 0, m.top_k, slots)
+        adapter.resize_expert_pool(m, plan[m.layer_index].slots)
 
 
 def _strategy(bundle: Bundle, m, pool: SlotPool, manager: bool) -> LayerStrategy:
@@ -158,19 +175,22 @@ def build_runtime(bundle: Bundle, device: str = "cpu", check_every: int | None =
     config = AutoConfig.from_pretrained(mdir)
     tokenizer = AutoTokenizer.from_pretrained(mdir)
     spec = bundle.runtime_spec
-    model = _meta_skeleton(config)
+    model = _meta_skeleton(config, bundle.manifest.model.architecture)
     adapter = get_adapter(model)
-    kept_rows: dict[str, torch.Tensor] = {}
-    if spec.serving == Serving.PRUNED_ROUTER:
+    kept_rows: dict[str, tuple[list[int], int]] = {}
+    extra = {m.layer_index: 0 for m in adapter.moe_layers(model)}  # router ids past the experts, per layer
+    if spec.serving == Serving.PRUNED_ROUTER:  # the sliced router and experts keep those ids themselves
         model, kept_rows = _prune_skeleton(model, adapter, bundle)
     else:
+        extra = {m.layer_index: adapter.extra_slots(m) for m in adapter.moe_layers(model)}  # before resizing
         _slot_skeleton(model, adapter, bundle)
     layers = adapter.moe_layers(model)
     dtype = getattr(torch, bundle.layout(layers[0].layer_index).dtype)
     model.to_empty(device=device)
     model.to(dtype)
-    _restore_non_persistent_buffers(model)
-    _load_non_expert(model, str(mdir / "non_expert.safetensors"), kept_rows)
+    non_expert = str(mdir / "non_expert.safetensors")
+    _restore_non_persistent_buffers(model, _stored_keys(non_expert))
+    _load_non_expert(model, non_expert, kept_rows)
     if getattr(config, "tie_word_embeddings", False):
         model.tie_weights()
     model.eval()
@@ -180,8 +200,8 @@ def build_runtime(bundle: Bundle, device: str = "cpu", check_every: int | None =
     plans = {lp.layer_index: lp for lp in bundle.layers}
     for m in layers:
         lp = plans[m.layer_index]
-        pool = SlotPool(lp.num_experts, lp.slots, SlotWriter(m.experts, bundle.layout(m.layer_index), store,
-                                                             m.layer_index), device)
+        pool = SlotPool(lp.num_experts, lp.slots, SlotWriter(adapter, m, bundle.layout(m.layer_index), store),
+                        device, extra=extra[m.layer_index])
         pool.fill(lp.resident)
         strategies.append(_strategy(bundle, m, pool, manager))
     rt = Runtime(model, tokenizer, bundle, strategies, store,

@@ -43,29 +43,47 @@ class SwapRecord:
 
 
 class SlotWriter:
-    """Copies one expert's weights from the store into one slot of the experts module (the only data mover)."""
+    """Copies one expert's weights from the store into one slot of the layer's expert pool (the only data mover).
 
-    def __init__(self, experts: torch.nn.Module, layout: ExpertLayout, store: ExpertStore, layer_index: int):
-        self.experts, self.layout, self.store, self.layer_index = experts, layout, store, layer_index
+    Through the adapter (`write_slot`), because only it knows where a family keeps the pool: fused parameters
+    of the experts module for most, views of 2D parameters (DBRX), or projection submodules (JetMoE)."""
+
+    def __init__(self, adapter, layer, layout: ExpertLayout, store: ExpertStore):
+        self.adapter, self.layer, self.layout, self.store = adapter, layer, layout, store
+        self.layer_index = layer.layer_index
         self.bytes_per_expert = layout.bytes
+
+    @property
+    def experts(self) -> torch.nn.Module:
+        return self.layer.experts
+
+    def pool(self) -> dict[str, torch.Tensor]:
+        """Name -> the pool tensor [slots, ...] (a view where the family stores it otherwise), for checks."""
+        return self.adapter.expert_tensors(self.layer)
 
     @torch.no_grad()
     def load(self, expert: int, slot: int) -> float:
         t0 = time.perf_counter()
-        parts = self.layout.split(self.store.read(self.layer_index, expert))
-        for name, tensor in parts.items():
-            target = getattr(self.experts, name)
-            target[slot].copy_(tensor.to(target.device, non_blocking=False))
+        self.adapter.write_slot(self.layer, slot, self.layout.split(self.store.read(self.layer_index, expert)))
         return time.perf_counter() - t0
 
 
 class SlotPool:
-    """Which expert lives in which slot (`slot_of`, on the model's device) and the loads that change it."""
+    """Which expert lives in which slot (`slot_of`, on the model's device) and the loads that change it.
 
-    def __init__(self, num_experts: int, slots: int, writer: SlotWriter, device: torch.device | str):
-        self.num_experts, self.slots, self.writer = num_experts, slots, writer
+    `extra` router ids past the experts (E .. E+extra-1: zero-compute / skip experts, no weights) are fixed:
+    id E+j always runs as slot `slots + j`, the row the experts module keeps for it past the pool."""
+
+    def __init__(self, num_experts: int, slots: int, writer: SlotWriter, device: torch.device | str,
+                 extra: int = 0):
+        self.num_experts, self.slots, self.writer, self.extra = num_experts, slots, writer, extra
         self.slot_of = torch.full((num_experts,), -1, dtype=torch.long, device=device)  # (E,) slot or -1
+        self.extra_slots = torch.arange(slots, slots + extra, dtype=torch.long, device=device)  # (extra,)
         self.stats = LayerStats()
+
+    def with_extra(self, table: torch.Tensor) -> torch.Tensor:
+        """An (E,) expert -> slot table extended to every router id (E + extra,); the table itself if none."""
+        return torch.cat([table, self.extra_slots]) if self.extra else table
 
     @property
     def resident(self) -> list[int]:

@@ -16,6 +16,7 @@ The experts module keeps its own class and kernel (grouped_mm by default); only 
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import ClassVar
 
@@ -101,23 +102,31 @@ class Remap(LayerStrategy):
         self.manager = manager
         self.reroute = spec.missing == Missing.REROUTE
         self.renormalise = renormalise  # the router renormalises its top-k weights (norm_topk_prob)
-        self._logits: torch.Tensor | None = None  # (T, E) the router's logits of the current forward
+        self._logits: torch.Tensor | None = None  # (T, W) the router's logits of the current forward, W >= E
+        self._router_logits = None  # the adapter's reader of the logits from the router's output (install)
         self._pending: list = []  # (index, weights) of forwards since the last check point
         self._arange = torch.arange(self.num_experts, device=device)
         self._rebuild_route()
 
     def install(self, adapter, layer) -> list:
-        handles = [adapter.add_routing_hook(layer, self.route)]
+        handles = []
         if self.reroute:
+            # before the routing hook: families that route in a hook on the router (Llama 4, JetMoE) need this
+            # forward's logits, not the previous one's
+            self._router_logits = functools.partial(adapter.router_logits, layer)
             handles.append(layer.router.register_forward_hook(self.keep_logits))
-        return handles
+        return [*handles, adapter.add_routing_hook(layer, self.route)]
 
     def _rebuild_route(self) -> None:
-        target, slot_of = self.redirect, self.slot_of
-        self._route = torch.where(target >= 0, slot_of[target.clamp_min(0)], torch.full_like(target, -1))
-        self._any_drop = bool((self._route < 0).any())
+        """Tables of the hot path, over every router id (E experts, then the pool's fixed extra ids)."""
+        target, slot_of, pool = self.redirect, self.slot_of, self.pool
+        route = torch.where(target >= 0, slot_of[target.clamp_min(0)], torch.full_like(target, -1))  # (E,)
+        self._any_drop = bool((route < 0).any())
         self._no_redirect = bool(((target == self._arange) | (target < 0)).all())
-        self._bias = torch.where(slot_of >= 0, 0.0, float("-inf"))  # masked top-k over residents
+        self._route = pool.with_extra(route)  # (E + extra,) router id -> slot, -1 dropped
+        self._slot = pool.with_extra(slot_of)  # (E + extra,) router id -> its own slot, -1 missing
+        bias = torch.where(slot_of >= 0, 0.0, float("-inf"))  # masked top-k over residents (extras always in)
+        self._bias = torch.cat([bias, bias.new_zeros(pool.extra)]) if pool.extra else bias
 
     # ---- the hot path: a few tensor ops per layer and forward ------------------------------------------------
     def route(self, index: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -129,8 +138,10 @@ class Remap(LayerStrategy):
         if self.reroute and self.renormalise and self._no_redirect and self._logits is not None:
             # every missing expert is re-routed: top-k among residents from the router's logits; softmax over
             # the k kept logits = renormalised top-k probabilities (tokens with no missing pick are unchanged)
-            vals, experts = (self._logits.reshape(-1, self.num_experts).float() + self._bias).topk(idx.shape[-1])
-            return self.slot_of[experts], vals.softmax(-1).to(weights.dtype)
+            width = self._logits.shape[-1]  # E, or E + the routable extra ids
+            bias = self._bias if width == self._bias.shape[0] else self._bias[:width]
+            vals, experts = (self._logits.reshape(-1, width).float() + bias).topk(idx.shape[-1])
+            return self._slot[experts], vals.softmax(-1).to(weights.dtype)
         slot = self._route[idx]
         dropped = slot < 0
         if not bool(dropped.any()):
@@ -151,23 +162,25 @@ class Remap(LayerStrategy):
         as the router-sliced (pruned) model would: with renormalised top-k (norm_topk_prob) this equals the
         pruned router exactly, so a missing expert never costs more than pruning. Softmax-top-k routers only."""
         rows = dropped.any(-1)
-        probs = self._logits.reshape(-1, self.num_experts)[rows].float().softmax(-1)
-        probs = probs.masked_fill(self.slot_of < 0, 0.0)
+        width = self._logits.shape[-1]  # E, or E + the routable extra ids
+        probs = self._logits.reshape(-1, width)[rows].float().softmax(-1)
+        probs = probs.masked_fill(self._slot[:width] < 0, 0.0)
         w, e = probs.topk(slot.shape[-1], dim=-1)
         if self.renormalise:
             w = w / w.sum(-1, keepdim=True).clamp_min(1e-12)
         slot, weights = slot.clone(), weights.clone()
-        slot[rows] = self.slot_of[e]
+        slot[rows] = self._slot[e]
         weights[rows] = w.to(weights.dtype)
         return slot, weights
 
     def keep_logits(self, module, args, output) -> None:
         """Forward hook on the router: remember its logits for re-routing."""
-        self._logits = output[0].detach()
+        self._logits = self._router_logits(output).detach()
 
     # ---- counts at check points ------------------------------------------------------------------------------
     def _drain(self) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """Picks (E,) and router weight (E,) per expert, and tokens, of the forwards since the last call (CPU)."""
+        """Picks and router weight per router id (E,) or (E + extra ids seen,), and tokens, of the forwards since
+        the last call (CPU)."""
         if not self._pending:
             return torch.zeros(self.num_experts, dtype=torch.long), torch.zeros(self.num_experts), 0
         idx = torch.cat([p[0].reshape(-1, p[0].shape[-1]) for p in self._pending])
@@ -185,10 +198,13 @@ class Remap(LayerStrategy):
         """Fold the pending picks into hit / redirect / drop totals for the current tables; returns the
         demanded router weight per expert (E,) and the token count, for the manager."""
         picks, mass, tokens = self._drain()
+        n = self.num_experts
+        extra = int(picks[n:].sum())  # picks of the weightless extra ids: always served, counted as hits
+        picks, mass = picks[:n], mass[:n]
         resident = (self.slot_of >= 0).cpu()
-        redirected = ~resident & (self._route >= 0).cpu()
-        self.stats.picks += int(picks.sum())
-        self.stats.hits += int(picks[resident].sum())
+        redirected = ~resident & (self._route[:n] >= 0).cpu()
+        self.stats.picks += int(picks.sum()) + extra
+        self.stats.hits += int(picks[resident].sum()) + extra
         self.stats.redirects += int(picks[redirected].sum())
         self.stats.drops += int(picks[~resident & ~redirected].sum())
         return mass, tokens
@@ -266,7 +282,9 @@ class OnDemand(LayerStrategy):
         self.stats.picks += idx.numel()
         out = torch.zeros_like(hidden_states)
         start, group = 0, set()
-        rows = idx.tolist()
+        n = self.num_experts
+        # router ids past the experts (weightless, fixed rows past the pool) are never loaded
+        rows = idx.tolist() if not self.pool.extra else [[e for e in r if e < n] for r in idx.tolist()]
         for t, row in enumerate(rows + [None]):
             if row is not None and len(group | set(row)) <= self.slots:
                 group |= set(row)
@@ -276,10 +294,11 @@ class OnDemand(LayerStrategy):
                 resident_before = {e for e in ensure if int(self.slot_of[e]) >= 0}
                 self.ensure_loaded(ensure)
                 block = idx[start:t]
-                hits = int(sum(int(e) in resident_before for e in block.reshape(-1).tolist()))
+                hits = int(sum(int(e) in resident_before or e >= n for e in block.reshape(-1).tolist()))
                 self.stats.hits += hits
                 self.stats.misses += block.numel() - hits
-                out[start:t] = experts._lightmoe_base.forward(experts, hidden_states[start:t], self.slot_of[block],
+                out[start:t] = experts._lightmoe_base.forward(experts, hidden_states[start:t],
+                                                              self.pool.with_extra(self.slot_of)[block],
                                                               top_k_weights[start:t])
             start, group = t, set(row) if row is not None else set()
         return out
