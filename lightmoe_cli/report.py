@@ -61,7 +61,21 @@ def profile_tables(manifest) -> list[Table]:
         js.add_column(str(i + 1), justify="right")
     for i, (n, row) in enumerate(zip(names, manifest.js_between_tasks_bits, strict=True)):
         js.add_row(f"{i + 1} {n}", *(f"{v:.2f}" for v in row))
-    return [t, js]
+    return [t, js] + ([outlook_table(manifest.outlook)] if manifest.outlook else [])
+
+
+def outlook_table(outlook: dict) -> Table:
+    """Residency outlook: gate mass a budget holds with one global set vs each task's own set."""
+    t = Table(title="residency outlook: share of each task's gate mass the resident experts hold",
+              caption=f"held out = sets chosen on half the calibration tokens, measured on the other half\n"
+                      f"advice: {outlook['advice']}", caption_justify="left")
+    for col in ("budget", "slots", "global set", "task's own set", "held out: global", "held out: own", "gain"):
+        t.add_column(col, justify="right")
+    for r in outlook["rows"]:
+        t.add_row(f"{r['budget']:.0%}", str(r["slots"]), f"{r['global_coverage']:.1%}", f"{r['task_coverage']:.1%}",
+                  f"{r['global_coverage_heldout']:.1%}", f"{r['task_coverage_heldout']:.1%}",
+                  f"{r['heldout_gain']:+.1%}")
+    return t
 
 
 def policies_table() -> Table:

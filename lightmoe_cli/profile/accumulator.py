@@ -19,20 +19,29 @@ class LayerStats:
     gate_mass: (E,) summed router weight given to each expert
     coactivation: (E, E) tokens that selected both i and j; the diagonal equals `counts`
     tokens: real (non-padding) tokens seen
+    half_mass: (2, E) gate mass of the even and the odd batches apart: a split-half, so a choice made on one
+        half can be checked on tokens it has not seen
     """
 
     counts: torch.Tensor
     gate_mass: torch.Tensor
     coactivation: torch.Tensor
     tokens: int = 0
+    half_mass: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.half_mass is None:
+            self.half_mass = torch.zeros(2, self.counts.shape[0], dtype=torch.float64)
 
     @classmethod
     def empty(cls, num_experts: int) -> LayerStats:
         return cls(torch.zeros(num_experts, dtype=torch.int64), torch.zeros(num_experts, dtype=torch.float64),
                    torch.zeros(num_experts, num_experts, dtype=torch.int64))
 
-    def update(self, top_k_index: torch.Tensor, top_k_weights: torch.Tensor, mask: torch.Tensor | None) -> None:
-        """Add one forward's picks. top_k_index/weights: (T, K); mask: (T,) bool, True = real token."""
+    def update(self, top_k_index: torch.Tensor, top_k_weights: torch.Tensor, mask: torch.Tensor | None,
+               half: int = 0) -> None:
+        """Add one forward's picks. top_k_index/weights: (T, K); mask: (T,) bool, True = real token; half: which
+        split-half (0 or 1) this forward belongs to."""
         idx = top_k_index.reshape(top_k_index.shape[0], -1).long()
         w = top_k_weights.reshape(idx.shape)
         if mask is not None:
@@ -50,6 +59,7 @@ class LayerStats:
         onehot = onehot[:, :e]
         self.counts += onehot.sum(0).round().long()
         self.gate_mass.index_add_(0, idx[valid], w[valid].double())
+        self.half_mass[half].index_add_(0, idx[valid], w[valid].double())
         self.coactivation += (onehot.T @ onehot).round().long()
         self.tokens += int(idx.shape[0])
 
@@ -58,6 +68,7 @@ class LayerStats:
         self.gate_mass += other.gate_mass
         self.coactivation += other.coactivation
         self.tokens += other.tokens
+        self.half_mass += other.half_mass
 
 
 @dataclass
@@ -83,6 +94,7 @@ class TaskStats:
             out[f"layer.{li}.gate_mass"] = s.gate_mass
             out[f"layer.{li}.coactivation"] = s.coactivation
             out[f"layer.{li}.tokens"] = torch.tensor([s.tokens], dtype=torch.int64)
+            out[f"layer.{li}.half_mass"] = s.half_mass
         return out
 
     @classmethod
@@ -90,4 +102,5 @@ class TaskStats:
         layer_ids = sorted({int(k.split(".")[1]) for k in tensors})
         return cls(name, {li: LayerStats(tensors[f"layer.{li}.counts"], tensors[f"layer.{li}.gate_mass"],
                                          tensors[f"layer.{li}.coactivation"],
-                                         int(tensors[f"layer.{li}.tokens"][0])) for li in layer_ids})
+                                         int(tensors[f"layer.{li}.tokens"][0]), tensors.get(f"layer.{li}.half_mass"))
+                         for li in layer_ids})

@@ -52,6 +52,7 @@ class ProfileManifest(ArtifactManifest):
     mean_js_between_tasks_bits: float = 0.0
     similarity_kinds: list[str] = field(default_factory=list)
     timings_s: dict[str, Any] = field(default_factory=dict)
+    outlook: dict[str, Any] = field(default_factory=dict)  # residency outlook per budget + advice
 
 
 @dataclass
@@ -86,7 +87,8 @@ class Profile:
                 if li in total:
                     total[li].merge(s)
                 else:
-                    total[li] = LayerStats(s.counts.clone(), s.gate_mass.clone(), s.coactivation.clone(), s.tokens)
+                    total[li] = LayerStats(s.counts.clone(), s.gate_mass.clone(), s.coactivation.clone(), s.tokens,
+                                           s.half_mass.clone())
         return total
 
     def similarity(self, layer_index: int, kind: str) -> torch.Tensor:

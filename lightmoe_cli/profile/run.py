@@ -54,6 +54,21 @@ def summarise(tasks: list[TaskStats]) -> tuple[list[TaskSummary], np.ndarray]:
     return out, js
 
 
+def _outlook(all_stats: list[TaskStats], layers, sims: dict[str, torch.Tensor]) -> dict:
+    """The residency outlook (analysis/outlook.py) of these statistics, as a manifest record."""
+    from dataclasses import asdict
+
+    from lightmoe_cli.analysis.outlook import residency_outlook
+
+    task_mass = {t.name: {li: s.gate_mass.numpy() for li, s in t.layers.items()} for t in all_stats}
+    halves = {t.name: {li: s.half_mass.numpy() for li, s in t.layers.items()} for t in all_stats}
+    sim = {m.layer_index: sims[f"layer.{m.layer_index}.output"].double().numpy() for m in layers
+           if f"layer.{m.layer_index}.output" in sims}
+    out = residency_outlook(task_mass, halves, {m.layer_index: m.top_k for m in layers}, sim or None)
+    return {"rows": [asdict(r) | {"heldout_gain": r.heldout_gain} for r in out.rows],
+            "mean_output_similarity": out.mean_similarity, "advice": out.advice}
+
+
 def _progress_key(identity, recipe: CalibrationRecipe, settings: ProfileSettings) -> str:
     return json.dumps({"model": identity.fingerprint, "recipe": recipe.fingerprint(),
                        "seq_len": settings.seq_len, "sample_tokens": settings.sample_tokens,
@@ -156,6 +171,7 @@ def run_profile(model, tokenizer, model_name: str, recipe: CalibrationRecipe, ou
                         work / "plots" / f"similarity_layer{li}.png")
 
     summaries, js = summarise(all_stats)
+    outlook = _outlook(all_stats, layers, sims)
     (work / "progress.key").unlink()
     manifest = ProfileManifest(
         kind=ProfileManifest.KIND, schema_version=SCHEMA_VERSION, created=ProfileManifest.now(), model=identity,
@@ -164,6 +180,6 @@ def run_profile(model, tokenizer, model_name: str, recipe: CalibrationRecipe, ou
         tasks={s.name: s.tokens for s in all_stats}, summary=summaries,
         js_between_tasks_bits=js.round(5).tolist(), mean_js_between_tasks_bits=mean_offdiagonal(js),
         similarity_kinds=sorted({k.split(".")[2] for k in sims}),
-        timings_s={"tasks": timings, "similarity": similarity_seconds})
+        timings_s={"tasks": timings, "similarity": similarity_seconds}, outlook=outlook)
     write_artifact(work, out, manifest)
     return load_profile(out, verify=False)

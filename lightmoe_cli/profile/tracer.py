@@ -105,11 +105,11 @@ def trace_task(model, layers: list[MoELayer], name: str, batches: Iterable[Token
     The sampler is fed through the adapter's expert-input hook: what the experts receive, wherever the
     family hands it over."""
     stats = TaskStats.empty(name, {m.layer_index: m.num_experts for m in layers})
-    current: dict[str, torch.Tensor | None] = {"mask": None}
+    current: dict = {"mask": None, "half": 0}
 
     def on_route(layer_index: int, top_k_index: torch.Tensor, top_k_weights: torch.Tensor) -> None:
         mask = current["mask"]
-        stats.layers[layer_index].update(top_k_index.cpu(), top_k_weights.cpu(), mask)
+        stats.layers[layer_index].update(top_k_index.cpu(), top_k_weights.cpu(), mask, current["half"])
         if traces is not None:
             keep = mask.bool() if mask is not None else slice(None)
             traces.add(layer_index, top_k_index.cpu()[keep], top_k_weights.cpu()[keep])
@@ -124,8 +124,9 @@ def trace_task(model, layers: list[MoELayer], name: str, batches: Iterable[Token
     device = next(model.parameters()).device
     try:
         with record_routing(model, on_route):
-            for batch in batches:
+            for n, batch in enumerate(batches):
                 current["mask"] = batch.attention_mask.reshape(-1).bool()
+                current["half"] = n % 2  # split-half: even and odd batches
                 model(input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device),
                       use_cache=False)
                 if traces is not None:
