@@ -220,14 +220,16 @@ def eval_cmd(
                               "(held-out text: perplexity, NLL per token), demo task names, lm-eval task names, "
                               "or tasks of --include-path."),
     include_path: Path = typer.Option(None, "--include-path", help="A folder of your own lm-eval task YAMLs."),
-    compare: str = typer.Option("full,prune,lru,lightmoe", help="Policies to build and compare: "
+    compare: str = typer.Option("full,prune,lru,lightmoe,oracle,random", help="Policies to build and compare: "
                                 + policy_help().replace(" | ", ", ") + "."),
     budgets: str = typer.Option("0.5", help="Comma-separated budgets (fractions of expert memory)."),
     limit: int = typer.Option(None, help="Items per task (quick runs)."),
     out: Path = typer.Option(None, "--out", "-o", help="Results folder (default: artifacts/eval/<model>)."),
     threads: int = typer.Option(2, help="torch CPU threads per evaluation process."),
-    task_shift: bool = typer.Option(True, help="Also run the task-shift stream scenario (needs a managed policy)."),
-    per_block: int = typer.Option(30, help="Requests per block in the task-shift stream."),
+    task_shift: bool = typer.Option(True, help="Also run the task-shift streams (needs a managed policy)."),
+    block_requests: str = typer.Option("1,2,8,30", help="Task-shift streams: requests per domain block, one "
+                                       "stream per value."),
+    stream_requests: int = typer.Option(96, help="Requests (held-out documents) per task-shift stream."),
 ) -> None:
     """Score bundles and the baselines with lm-evaluation-harness: accuracy x memory x speed."""
     offline()
@@ -237,10 +239,11 @@ def eval_cmd(
         req = EvalRequest(bundles=bundle or [], model=model, tasks=tasks, include_path=include_path,
                           policies=[p.strip() for p in compare.split(",") if p.strip()],
                           budgets=[float(b) for b in budgets.split(",")], limit=limit, out=out, threads=threads,
-                          task_shift=task_shift, per_block=per_block)
+                          task_shift=task_shift, block_requests=[int(b) for b in block_requests.split(",")],
+                          stream_requests=stream_requests)
         req.validate()
     except ValueError as e:
-        fail(f"bad --budgets {budgets!r}: {e}")
+        fail(f"bad --budgets {budgets!r} or --block-requests {block_requests!r}: {e}")
     except LightMoEError as e:
         fail(e)
 
@@ -250,7 +253,7 @@ def eval_cmd(
     from lightmoe_cli.evaluation.run import run_eval
     from lightmoe_cli.report import token_progress
 
-    console = Console()
+    console = Console(width=max(Console().width, 100))  # the tables are laid out for 100 columns
     try:
         with token_progress(console, unit="bundles") as progress:
             report = run_eval(req, progress)

@@ -394,3 +394,41 @@ def test_skeleton_class_comes_from_the_manifest():
     fallback = _meta_skeleton(Qwen3MoeConfig(num_hidden_layers=1, hidden_size=32, num_attention_heads=2,
                                              num_key_value_heads=1), "NoSuchForCausalLM")
     assert type(fallback).__name__ == "Qwen3MoeForCausalLM"
+
+
+def test_oracle_serves_each_task_with_its_own_set_exactly_as_pruning_to_it(prof, tiny_moe, tmp_path):
+    _, model, tok = tiny_moe
+    b = _bundle(prof, tiny_moe, tmp_path, policy="oracle", fraction=0.5)
+    rt = build_runtime(b)
+    ids = _ids(tok)
+    for task in ("strings", "arithmetic"):
+        rt.use_task(task)
+        sets = b.manifest.task_resident[task]
+        assert [m.resident for m in rt.layers] == [sets[m.layer_index] for m in rt.layers]
+        pruned = get_adapter(model).keep_experts(model, sets)
+        assert torch.allclose(_logits(rt.model, ids), _logits(pruned, ids), atol=1e-5)
+    with pytest.raises(LightMoEError, match="no resident set for task 'klingon'"):
+        rt.use_task("klingon")
+
+
+def test_jump_manager_moves_to_a_task_set_on_a_long_block_and_not_when_tasks_alternate(prof, tiny_moe, tmp_path):
+    _, _, tok = tiny_moe
+    b = _bundle(prof, tiny_moe, tmp_path, policy="lightmoe", fraction=0.5, min_similarity=1.0, swap_rule="jump",
+                max_swap=8, margin=0.0)
+    texts = {"arithmetic": "12 + 7 = 19\n45 - 3 = 42\n99 * 3 = 297\n", "strings": "reverse lamp -> pmal\n"
+             "upper dog -> DOG\nreverse tigon -> nogit\n"}
+    rt = build_runtime(b)
+    for _ in range(5):  # a long block of one task
+        with torch.no_grad():
+            rt.model(input_ids=_ids(tok, texts["strings"]))
+        rt.checkpoint()
+    sets = b.manifest.task_resident["strings"]
+    assert rt.jump.history[-1].task == "strings"
+    assert [m.resident for m in rt.layers] == [sets[m.layer_index] for m in rt.layers]
+    rt = build_runtime(b)
+    for i in range(12):  # the task changes at every request
+        with torch.no_grad():
+            rt.model(input_ids=_ids(tok, texts[("arithmetic", "strings")[i % 2]]))
+        rt.checkpoint()
+    assert rt.jump.history[-1].p_stay < 0.25
+    assert [m.resident for m in rt.layers] == [lp.resident for lp in b.layers]  # back on the global set

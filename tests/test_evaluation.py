@@ -3,14 +3,12 @@
 import json
 
 import pytest
-import torch
 from lm_eval.api.instance import Instance
 from lm_eval.models.huggingface import HFLM
 
 from lightmoe_cli.bundle.build import BuildOptions, build_bundle
 from lightmoe_cli.evaluation.lm_eval_model import LightMoELM
-from lightmoe_cli.evaluation.task_shift import choose, stream_items
-from lightmoe_cli.evaluation.tasks import generated_items, read_items, render_lm_eval_tasks
+from lightmoe_cli.evaluation.tasks import generated_items, render_lm_eval_tasks
 from lightmoe_cli.profile.run import ProfileSettings, run_profile
 from lightmoe_cli.recipes import load_recipe
 from lightmoe_cli.runtime.loader import build_runtime
@@ -60,34 +58,6 @@ def test_rendered_tasks_use_absolute_paths(tmp_path):
     names = render_lm_eval_tasks(items, tmp_path / "yaml")
     assert names == ["demo_arithmetic"]
     assert str(items.resolve() / "arithmetic.jsonl") in (tmp_path / "yaml" / "demo_arithmetic.yaml").read_text()
-
-
-def test_task_shift_stream_keeps_order_and_scores(full_runtime, tmp_path):
-    rt, _, _ = full_runtime
-    for d in ("arithmetic", "strings"):
-        (tmp_path / f"{d}.jsonl").write_text(
-            "\n".join(json.dumps(i.__dict__) for i in generated_items(d, 6)) + "\n")
-    stream = stream_items(tmp_path, ["arithmetic", "strings", "arithmetic"], 3)
-    assert [d for d, _ in stream] == ["arithmetic"] * 3 + ["strings"] * 3 + ["arithmetic"] * 3
-    assert stream[0][1].context != stream[6][1].context  # a repeated domain takes new items
-    it = read_items(tmp_path / "arithmetic.jsonl")[0]
-    assert 0 <= choose(rt, it) < 4
-
-
-def test_choose_prefers_the_likeliest_continuation(full_runtime):
-    rt, model, tok = full_runtime
-    from lightmoe_cli.evaluation.tasks import MCItem
-
-    ctx = "reverse lamp -> pmal\nreverse tigon -> "
-    choices = ["nogit", "zzzz", "qqqq", "xkxk"]
-    scores = []
-    for c in choices:
-        ids = tok(ctx + c, return_tensors="pt").input_ids
-        n = len(tok(ctx)["input_ids"])
-        with torch.no_grad():
-            lp = model(input_ids=ids).logits.log_softmax(-1)[0]
-        scores.append(float(sum(lp[i - 1, ids[0, i]] for i in range(n, ids.shape[1]))))
-    assert choose(rt, MCItem("strings", ctx, choices, 0)) == max(range(4), key=scores.__getitem__)
 
 
 @pytest.mark.slow

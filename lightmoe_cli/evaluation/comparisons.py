@@ -64,3 +64,36 @@ def add_comparisons(rows: list[dict], seed: int = 0) -> None:
                     and summary_value(full, metric) is not None:
                 r["gap_closed"][metric] = gap_closed(summary_value(r, metric), summary_value(p, metric),
                                                      summary_value(full, metric))
+
+
+def merge_replicates(rows: list[dict]) -> list[dict]:
+    """One row per policy x budget: replicated bundles (random's seeds) become their mean, per item too, so
+    the paired comparisons see the floor's expected score; the replicate rows are kept under `replicates`."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["policy"], r["budget_fraction"]), []).append(r)
+    out = []
+    for group in groups.values():
+        if len(group) == 1:
+            out.append(group[0])
+            continue
+        merged = dict(group[0])
+        for key in ("average", "nll_per_token", "decode_tokens_per_s", "prefill_tokens_per_s", "peak_rss_mib",
+                    "redirect_rate", "reroute_or_drop_rate", "miss_rate"):
+            vals = [r[key] for r in group if r.get(key) is not None]
+            merged[key] = float(np.mean(vals)) if vals else None
+        for key in ("scores", "nll"):
+            merged[key] = {t: float(np.mean([r[key][t] for r in group])) for t in group[0].get(key, {})}
+        merged["swaps"] = int(round(np.mean([r["swaps"] for r in group])))
+        merged["bytes_loaded"] = int(np.mean([r["bytes_loaded"] for r in group]))
+        items = {}
+        for t, rec in group[0].get("items", {}).items():
+            rec = dict(rec)
+            for metric in ("acc", "nll"):
+                if metric in rec:
+                    rec[metric] = np.mean([r["items"][t][metric] for r in group], axis=0).tolist()
+            items[t] = rec
+        merged["items"] = items
+        merged["replicates"] = [{k: r[k] for k in ("bundle", "average", "nll_per_token")} for r in group]
+        out.append(merged)
+    return out

@@ -4,7 +4,7 @@
   paired 95% interval, the share of prune's gap to `full` closed, memory, speed, swaps;
 - versus full: the same differences against the full model;
 - per task: accuracy per MC task, NLL per token per held-out text task;
-- the task-shift stream.
+- the task-shift streams (NLL per token per block length).
 """
 
 from __future__ import annotations
@@ -78,15 +78,17 @@ def per_task_table(rows: list[dict], tasks: list[str], key: str, title: str, fmt
     return t
 
 
-def shift_table(results) -> Table:
-    t = _table("task-shift stream (accuracy per block; swaps; MiB loaded; seconds)")
-    t.add_column("config")
-    for i, b in enumerate(results[0].blocks):
-        t.add_column(f"{i + 1}: {b.domain}", justify="right")
-    t.add_column("overall", justify="right")
-    for r in results:
-        t.add_row(r.name, *[f"{b.accuracy:.2f} ({b.swaps} sw, {b.bytes_loaded / 2**20:.1f} MiB, {b.seconds:.0f}s)"
-                            for b in r.blocks], f"[bold]{r.accuracy:.3f}[/]")
+def stream_table(rows: list[dict]) -> Table:
+    t = _table("task-shift streams: held-out text, the domain changes every `block` requests",
+               "ΔNLL vs prune ± half-width of the paired 95% interval (requests), * = excludes 0;\n"
+               "gap = share of prune's gap to full closed; oracle = share of the oracle's gain reached")
+    for col in ("block", "config", "NLL", "ΔNLL vs prune", "gap", "oracle", "swaps", "MiB moved", "s"):
+        t.add_column(col, justify="left" if col == "config" else "right", no_wrap=True)
+    for r in rows:
+        g, o = r.get("gap_closed"), r.get("oracle_share")
+        t.add_row(str(r["block"]), r["config"], f"{r['nll_per_token']:.3f}", _iv(r.get("vs_prune"), 1, 3),
+                  "-" if g is None else f"{g:.0%}", "-" if o is None else f"{o:.0%}", str(r["swaps"]),
+                  f"{r['bytes_loaded'] / 2**20:.1f}", f"{r['seconds']:.0f}")
     return t
 
 
@@ -95,7 +97,7 @@ def eval_tables(report) -> list[Table]:
               per_task_table(report.rows, report.tasks, "scores", "accuracy per multiple-choice task", ".3f"),
               per_task_table(report.rows, report.tasks, "nll", "NLL per token per held-out text task", ".3f")]
     if report.shift:
-        tables.append(shift_table(report.shift))
+        tables.append(stream_table(report.shift))
     return [t for t in tables if t is not None]
 
 
@@ -104,5 +106,6 @@ def render_eval(console, report) -> None:
         console.print(table)
     if report.precision_note:
         console.print(report.precision_note)
-    console.print(f"results written to {report.out / 'results.json'}"
-                  + (f" and {report.plot}" if report.plot else ""))
+    plots = [str(p) for p in (report.plot, report.shift_plot) if p]
+    console.print(f"results written to {report.out / 'results.json'}" + (f"; plots: {', '.join(plots)}" if plots
+                                                                          else ""))

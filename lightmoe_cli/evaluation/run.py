@@ -24,13 +24,14 @@ class EvalRequest:
     model: str | None = None
     tasks: str = "demo,demo_ppl"
     include_path: Path | None = None  # a folder of the user's own lm-eval task YAMLs
-    policies: list[str] = field(default_factory=lambda: ["full", "prune", "lru", "lightmoe"])
+    policies: list[str] = field(default_factory=lambda: ["full", "prune", "lru", "lightmoe", "oracle", "random"])
     budgets: list[float] = field(default_factory=lambda: [0.5])
     limit: int | None = None
     out: Path | None = None
     threads: int = 2
     task_shift: bool = True
-    per_block: int = 30
+    block_requests: list[int] = field(default_factory=lambda: [1, 2, 8, 30])
+    stream_requests: int = 96
 
     def validate(self) -> None:
         """Every option checked before a model is loaded (one-line errors naming the fix)."""
@@ -46,8 +47,9 @@ class EvalRequest:
             raise LightMoEError("--tasks is empty: give demo or comma-separated task names")
         if self.limit is not None and self.limit < 1:
             raise LightMoEError(f"--limit must be a positive number of items per task, not {self.limit}")
-        if self.threads < 1 or self.per_block < 1:
-            raise LightMoEError("--threads and --per-block must be positive")
+        if self.threads < 1 or self.stream_requests < 1 or not self.block_requests \
+                or any(b < 1 for b in self.block_requests):
+            raise LightMoEError("--threads, --stream-requests and every --block-requests must be positive")
         for b in self.bundles:
             if not Path(b).is_dir():
                 raise LightMoEError(f"bundle folder {b} does not exist")
@@ -65,6 +67,7 @@ class EvalReport:
     payload: dict
     shift: list = field(default_factory=list)
     plot: Path | None = None
+    shift_plot: Path | None = None
     precision_note: str = ""  # whether the middle budget's accuracy interval reaches +-2 points
 
 
@@ -135,24 +138,38 @@ def ensure_profile(model, tok, name: str, progress=None):
                        progress=progress)
 
 
-def run_task_shift(configs, items_dir: Path, per_block: int, threads: int) -> list:
-    """The stream, once per config; a managed bundle is also served with its manager off (static)."""
+def run_streams(configs, req: EvalRequest, full_bundle: Path | None) -> list:
+    """Task-shift streams at every block length, at the middle budget: full and prune (the ends of the gap),
+    the oracle (task given), and every managed bundle with each swap rule and with its manager off."""
     import torch
 
     from lightmoe_cli.bundle.artifact import load_bundle
-    from lightmoe_cli.evaluation.task_shift import DEFAULT_BLOCKS, run_stream, stream_items
+    from lightmoe_cli.evaluation.stream import build_stream, run_stream
     from lightmoe_cli.runtime.loader import build_runtime
 
-    torch.set_num_threads(threads)
-    stream = stream_items(items_dir, DEFAULT_BLOCKS, per_block)
-    results = []
+    torch.set_num_threads(req.threads)
+    runs = []  # (name, bundle, build_runtime kwargs, task_given)
+    if full_bundle is not None:
+        runs.append(("full", load_bundle(full_bundle, verify=False), {}, False))
     for c in configs:
-        bundle = load_bundle(c.bundle, verify=False)
-        if bundle.runtime_spec.manager is not None:
-            results.append(run_stream(build_runtime(bundle), f"{c.policy} (manager on)", stream))
-            results.append(run_stream(build_runtime(bundle, manager=False), f"{c.policy} (manager off)", stream))
-        else:
-            results.append(run_stream(build_runtime(bundle), c.policy, stream))
+        b = load_bundle(c.bundle, verify=False)
+        spec = b.runtime_spec
+        if spec.manager is not None:
+            own = spec.manager.mode
+            runs.append((f"{c.policy} ({own})", b, {}, False))
+            for rule in ("incremental", "jump"):
+                if rule != own:
+                    runs.append((f"{c.policy} ({rule})", b, {"swap_rule": rule}, False))
+            runs.append((f"{c.policy} (manager off)", b, {"manager": False}, False))
+        elif spec.task_given:
+            runs.append((c.policy, b, {}, True))
+        elif c.policy == "prune":
+            runs.append(("prune", b, {}, False))
+    results = []
+    for block in req.block_requests:
+        stream = build_stream(ITEMS_DIR / "ppl", block, req.stream_requests)
+        for name, bundle, kwargs, task_given in runs:
+            results.append(run_stream(build_runtime(bundle, **kwargs), name, stream, block, task_given))
     return results
 
 
@@ -170,8 +187,10 @@ def _configs_from_bundles(bundles: list[Path]) -> list:
 def run_eval(req: EvalRequest, progress=None) -> EvalReport:
     """Build (or reuse) the bundles, evaluate each in its own process, run the task-shift stream; write
     results.json and pareto.png into the output folder and return the report."""
-    from lightmoe_cli.evaluation.compare import ensure_bundles, pareto_plot, run_comparison, write_results
-    from lightmoe_cli.evaluation.comparisons import add_comparisons
+    from lightmoe_cli.evaluation.compare import ensure_bundles, run_comparison, write_results
+    from lightmoe_cli.evaluation.comparisons import add_comparisons, merge_replicates
+    from lightmoe_cli.evaluation.plots import pareto_plot, task_shift_plot
+    from lightmoe_cli.evaluation.stream import summarise_streams
     from lightmoe_cli.files import atomic_write_json
     from lightmoe_cli.loading import load_model_and_tokenizer, resolve_model
     from lightmoe_cli.policies.registry import get_policy
@@ -189,7 +208,7 @@ def run_eval(req: EvalRequest, progress=None) -> EvalReport:
         prof = ensure_profile(lm, tok, name, progress)
         configs = ensure_bundles(prof, lm, tok, name, req.policies, req.budgets, out / "bundles", progress)
         del lm
-    rows = run_comparison(configs, task_names, include, req.limit, req.threads, progress)
+    rows = merge_replicates(run_comparison(configs, task_names, include, req.limit, req.threads, progress))
     add_comparisons(rows)
     payload = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
                "model": name, "tasks": task_names, "limit": req.limit, "rows": rows,
@@ -199,12 +218,13 @@ def run_eval(req: EvalRequest, progress=None) -> EvalReport:
     report.precision_note = payload["precision_note"] = precision_note(rows, middle)
     shift_configs = [c for c in configs if get_policy(c.policy).uses_budget and c.budget == middle]
     managed = [c for c in shift_configs if _has_manager(c.bundle)]
-    if req.task_shift and managed:
-        report.shift = run_task_shift(shift_configs, ITEMS_DIR, req.per_block, req.threads)
-        payload["task_shift"] = {"budget": middle, "per_block": req.per_block,
-                                 "results": [{"name": r.name, "accuracy": r.accuracy,
-                                              "blocks": [b.__dict__ | {"accuracy": b.accuracy} for b in r.blocks]}
-                                             for r in report.shift]}
+    if req.task_shift and managed and (ITEMS_DIR / "ppl").is_dir():
+        full = next((c.bundle for c in configs if c.policy == "full"), None)
+        streams = run_streams(shift_configs, req, full)
+        report.shift = summarise_streams(streams)
+        payload["task_shift"] = {"budget": middle, "stream_requests": req.stream_requests, "rows": report.shift}
+        report.shift_plot = out / "task_shift.png"
+        task_shift_plot(report.shift, report.shift_plot)
     write_results(out, payload)
     if any(r["policy"] != "full" for r in rows):
         report.plot = out / "pareto.png"

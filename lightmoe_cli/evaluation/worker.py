@@ -15,6 +15,17 @@ from pathlib import Path
 SPEED_PROMPTS = ["12 + 7 = 19\n45 - 3 = ", "def read_lines(path):\n", "1:1 EN el principio", "reverse lamp -> "]
 
 
+def calibration_task(task: str, known: list[str]) -> str:
+    """The calibration task an evaluation task belongs to: demo_<domain>[_ppl] -> <domain>."""
+    name = task.removeprefix("demo_").removesuffix("_ppl")
+    if name not in known:
+        from lightmoe_cli.errors import LightMoEError
+
+        raise LightMoEError(f"task {task} has no calibration task {name!r} in the bundle ({', '.join(known)}): "
+                            "an oracle is scored on the tasks it was profiled on")
+    return name
+
+
 def task_scores(task: str, metrics: dict, samples: list[dict], tok_encode) -> tuple[str, float, dict]:
     """(kind, primary score, per-item record) of one lm-eval task's results.
 
@@ -55,6 +66,8 @@ def evaluate_bundle(bundle: Path, tasks: list[str], include_path: Path | list[Pa
     scores, nll, other, raw, items = {}, {}, {}, {}, {}
     t0 = time.perf_counter()
     for task in tasks:
+        if b.runtime_spec.task_given:  # the oracle: told which task it serves
+            rt.use_task(calibration_task(task, list(b.manifest.task_resident)))
         res = lm_eval.simple_evaluate(model=lm, tasks=[task], task_manager=manager, limit=limit,
                                       random_seed=0, numpy_random_seed=1234, torch_random_seed=1234,
                                       fewshot_random_seed=1234, log_samples=True)

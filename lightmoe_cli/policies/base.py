@@ -112,6 +112,7 @@ class RuntimeSpec:
     manager: ManagerParams | None = None  # REMAP: task-aware swaps at check points; None = static
     uses_similarity: bool = False  # REMAP: re-derive the redirect table from the bundle's similarity on swaps
     min_similarity: float | None = None
+    task_given: bool = False  # REMAP: the caller names each request's task; its own resident set is loaded
 
 
 @dataclass
@@ -171,6 +172,7 @@ class Policy(ABC):
     Params: ClassVar[type[PolicyParams]] = NoParams
     needs_similarity: ClassVar[bool] = False  # plan() reads inputs.similarity (and the bundle stores it)
     uses_budget: ClassVar[bool] = True  # False: every expert resident whatever the budget (full)
+    replicates: ClassVar[int] = 1  # > 1: a report builds this many bundles (seed = 0, 1, ...) and averages them
 
     def min_slots_per_layer(self, params: PolicyParams, top_k: int) -> int:
         """The fewest slots a layer may get. Default top-k: one token's k picks must all be servable."""

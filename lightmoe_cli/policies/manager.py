@@ -23,6 +23,8 @@ class ManagerParams:
     max_swap: int = 4  # experts replaced per layer per decision
     cooldown_tokens: int = 512
     check_every: int = 64  # tokens between check points (plus every request boundary)
+    mode: str = "incremental"  # "incremental" (this module's LayerManager) or "jump" (policies/jump.py)
+    margin: float = 0.02  # jump: expected-coverage gain a move must bring over holding the current set
 
 
 @dataclass(frozen=True)

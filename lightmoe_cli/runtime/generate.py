@@ -93,7 +93,7 @@ def generate_one(rt: Runtime, prompt: str, max_new_tokens: int, tokens_done: lis
         generated.append(nxt.item())
         tokens_done[0] += 1
         if tokens_done[0] % rt.check_every == 0:
-            rt.checkpoint()
+            rt.checkpoint(boundary=False)
         out = model(input_ids=nxt, use_cache=True, **{name: past})
         past, nxt = cache_of(out), out.logits[:, -1].argmax(-1, keepdim=True)
     decode = time.perf_counter() - t1

@@ -8,8 +8,11 @@ the strategy its policy asked for (runtime/strategies.py). Every table lives on 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -19,6 +22,9 @@ from lightmoe_cli.policies.base import Serving
 from lightmoe_cli.policies.manager import LayerManager
 from lightmoe_cli.runtime.slots import SlotPool, SlotWriter
 from lightmoe_cli.runtime.strategies import STRATEGIES, LayerStrategy, Remap
+
+if TYPE_CHECKING:
+    from lightmoe_cli.policies.jump import TaskJump
 
 
 @dataclass
@@ -30,10 +36,53 @@ class Runtime:
     store: ExpertStore
     check_every: int = 64
     handles: list = field(default_factory=list)
+    jump: TaskJump | None = None  # the cross-layer task-jump manager (ManagerParams.mode == "jump")
+    max_swap: int | None = None  # experts a jump may move per layer per boundary
+    _demand: dict = field(default_factory=dict)  # jump: layer -> (E,) demand since the last boundary
+    _tokens: int = 0
+    _clock: int = 0
 
-    def checkpoint(self) -> int:
-        """Give every layer's manager a chance to swap; returns how many layers swapped."""
-        return sum(1 for m in self.layers if m.checkpoint() is not None)
+    def checkpoint(self, boundary: bool = True) -> int:
+        """A check point (`boundary`: between requests): managers may swap; returns how many layers swapped.
+        The task-jump manager decides at request boundaries only, on the demand since the last one."""
+        if self.jump is None:
+            return sum(1 for m in self.layers if m.checkpoint() is not None)
+        seen = 0
+        for m in self.layers:
+            mass, tokens = m.demand()
+            self._demand[m.layer_index] = self._demand.get(m.layer_index, 0) + mass
+            seen = max(seen, tokens)
+        self._tokens += seen
+        if not boundary:
+            return 0
+        demand, seen, self._demand, self._tokens = self._demand, self._tokens, {}, 0
+        self._clock += seen
+        decision = self.jump.decide(demand, seen, {m.layer_index: set(m.resident) for m in self.layers})
+        target = self.jump.target_sets(decision) if decision else None
+        return self._move_to(target, decision.task, self.max_swap) if target else 0
+
+    def use_task(self, task: str) -> int:
+        """Serve the next requests with `task`'s own resident set (a bundle whose policy is told the task);
+        returns how many layers swapped."""
+        sets = self.bundle.manifest.task_resident
+        if not all(isinstance(m, Remap) for m in self.layers):
+            raise LightMoEError(f"a {self.bundle.policy} bundle cannot switch resident sets by task")
+        if task not in sets:
+            raise LightMoEError(f"bundle has no resident set for task {task!r}; tasks: {', '.join(sorted(sets))}")
+        for m in self.layers:
+            m.demand()  # fold the counts under the set they were served with
+        return self._move_to(sets[task], task, None)
+
+    def _move_to(self, target: dict[int, list[int]], task: str, max_swap: int | None) -> int:
+        from lightmoe_cli.policies.jump import moves_toward
+
+        signatures = self.bundle.manifest.task_signatures.get(task, {})
+        moved = 0
+        for m in self.layers:
+            priority = np.asarray(signatures.get(m.layer_index, np.zeros(m.num_experts)))
+            evict, load = moves_toward(set(m.resident), target[m.layer_index], priority, max_swap)
+            moved += m.move(evict, load, self._clock) is not None
+        return moved
 
     def finish(self) -> None:
         """Fold pending per-expert counts into the statistics (without a swap decision)."""
@@ -145,24 +194,24 @@ def _slot_skeleton(model: nn.Module, adapter, bundle: Bundle) -> None:
         adapter.resize_expert_pool(m, plan[m.layer_index].slots)
 
 
-def _strategy(bundle: Bundle, m, pool: SlotPool, manager: bool) -> LayerStrategy:
-    spec = bundle.runtime_spec
+def _strategy(bundle: Bundle, spec, m, pool: SlotPool, manager: bool) -> LayerStrategy:
     lp = next(p for p in bundle.layers if p.layer_index == m.layer_index)
     cls = STRATEGIES[spec.serving]
     if cls is not Remap:
         return cls(m.layer_index, pool, lp, spec)
     sim = bundle.similarity(m.layer_index) if spec.uses_similarity else None
+    per_layer = manager and spec.manager is not None and spec.manager.mode == "incremental"
     return Remap(m.layer_index, pool, lp, spec, similarity=sim.numpy() if sim is not None else None,
-                 manager=LayerManager(lp.num_experts, set(lp.resident), spec.manager)
-                 if manager and spec.manager is not None else None,
+                 manager=LayerManager(lp.num_experts, set(lp.resident), spec.manager) if per_layer else None,
                  renormalise=bool(getattr(m.router, "norm_topk_prob", True)))
 
 
 def build_runtime(bundle: Bundle, device: str = "cpu", check_every: int | None = None,
-                  manager: bool = True) -> Runtime:
+                  manager: bool = True, swap_rule: str | None = None) -> Runtime:
     """The bundle's model with only resident experts in memory, served as the bundle's policy says.
 
-    manager=False serves a managed policy statically (its initial resident set, no swaps)."""
+    manager=False serves a managed policy statically (its initial resident set, no swaps); swap_rule
+    ("incremental" | "jump") overrides the managed policy's rule (to compare both on one bundle)."""
     from transformers import AutoConfig, AutoTokenizer
 
     from lightmoe_cli.models import get_adapter
@@ -175,6 +224,8 @@ def build_runtime(bundle: Bundle, device: str = "cpu", check_every: int | None =
     config = AutoConfig.from_pretrained(mdir)
     tokenizer = AutoTokenizer.from_pretrained(mdir)
     spec = bundle.runtime_spec
+    if swap_rule is not None and spec.manager is not None:
+        spec = dataclasses.replace(spec, manager=dataclasses.replace(spec.manager, mode=swap_rule))
     model = _meta_skeleton(config, bundle.manifest.model.architecture)
     adapter = get_adapter(model)
     kept_rows: dict[str, tuple[list[int], int]] = {}
@@ -203,10 +254,18 @@ def build_runtime(bundle: Bundle, device: str = "cpu", check_every: int | None =
         pool = SlotPool(lp.num_experts, lp.slots, SlotWriter(adapter, m, bundle.layout(m.layer_index), store),
                         device, extra=extra[m.layer_index])
         pool.fill(lp.resident)
-        strategies.append(_strategy(bundle, m, pool, manager))
+        strategies.append(_strategy(bundle, spec, m, pool, manager))
     rt = Runtime(model, tokenizer, bundle, strategies, store,
                  check_every or (spec.manager.check_every if spec.manager else 64))
     for m, s in zip(layers, strategies, strict=True):
         rt.handles += s.install(adapter, m)
+    if manager and spec.manager is not None and spec.manager.mode == "jump":
+        from lightmoe_cli.policies.jump import TaskJump
+
+        man = bundle.manifest
+        rt.jump = TaskJump({t: {li: np.asarray(v) for li, v in sig.items()} for t, sig in man.task_signatures.items()},
+                           man.task_resident, {lp.layer_index: lp.resident for lp in bundle.layers},
+                           margin=spec.manager.margin)
+        rt.max_swap = spec.manager.max_swap
     store.bytes_read = 0  # the initial fill is not run-time loading
     return rt

@@ -217,14 +217,24 @@ class Remap(LayerStrategy):
         if tokens:
             self.manager.observe(mass.numpy(), tokens)
         swap = self.manager.decide()
-        if swap is None:
+        return None if swap is None else self.move(swap.evict, swap.load, swap.token)
+
+    def demand(self) -> tuple[np.ndarray, int]:
+        """Fold the counts and hand over the demanded router weight per expert (E,) and the tokens, for a
+        manager that decides across layers (the task-jump manager)."""
+        mass, tokens = self._fold()
+        return mass.numpy(), tokens
+
+    def move(self, evict: list[int], load: list[int], token: int = 0) -> SwapRecord | None:
+        """Replace residents `evict` by experts `load` (pairwise, same slots) and retarget the tables."""
+        if not load:
             return None
         t0, loaded_bytes = time.perf_counter(), 0
-        for old, new in zip(swap.evict, swap.load, strict=True):
+        for old, new in zip(evict, load, strict=True):
             self.pool.load(new, self.pool.evict(old))
             loaded_bytes += self.writer.bytes_per_expert
         self._retarget()
-        record = SwapRecord(self.layer_index, swap.token, swap.evict, swap.load, loaded_bytes,
+        record = SwapRecord(self.layer_index, token, list(evict), list(load), loaded_bytes,
                             time.perf_counter() - t0)
         self.swaps.append(record)
         return record

@@ -45,9 +45,15 @@ class LightMoEParams(PolicyParams):
     cooldown: int = param(512, "manager: tokens between two swaps of a layer", minimum=0)
     check_every: int = param(64, "manager: tokens between check points (plus every request boundary)",
                              minimum=1)
+    swap_rule: str = param("incremental", "manager: incremental (swap the most-missed experts when missed "
+                           "mass stays high) or jump (recognise the task at request boundaries and move to its "
+                           "set when the next request is likely the same task)", choices=("incremental", "jump"))
+    margin: float = param(0.02, "manager (jump): expected coverage gain a move must bring", minimum=0.0,
+                          maximum=1.0)
 
     def manager(self) -> ManagerParams:
-        return ManagerParams(self.window, self.threshold, self.max_swap, self.cooldown, self.check_every)
+        return ManagerParams(self.window, self.threshold, self.max_swap, self.cooldown, self.check_every,
+                             self.swap_rule, self.margin)
 
 
 @register_policy

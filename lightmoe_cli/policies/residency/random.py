@@ -31,6 +31,7 @@ class RandomResidents(Policy):
     name = "random"
     summary = "uniformly random resident sets at prune's slot counts, router sliced (the floor)"
     Params = RandomParams
+    replicates = 3  # one draw is noise: the report's floor is the mean of three seeds
 
     def plan(self, inputs: PlanInputs, params: RandomParams) -> BundlePlan:
         slots = allocate_slots(inputs.mass, inputs.total_slots, min_per_layer=max(inputs.top_k.values()))
