@@ -108,3 +108,26 @@ def test_rendered_ppl_task_reads_absolute_paths(tmp_path):
     assert "demo_bible_en_ppl" in names
     yaml_text = (tmp_path / "yaml" / "demo_bible_en_ppl.yaml").read_text()
     assert str((items / "ppl" / "bible_en.jsonl").resolve()) in yaml_text
+
+
+def test_lm_eval_command_line_runs_a_bundle(tiny_moe, tmp_path):
+    from typer.testing import CliRunner
+
+    from lightmoe_cli.bundle.build import BuildOptions, build_bundle
+    from lightmoe_cli.cli import app
+    from lightmoe_cli.profile.run import ProfileSettings, run_profile
+    from lightmoe_cli.recipes import load_recipe
+
+    root, model, tok = tiny_moe
+    prof = run_profile(model, tok, str(root / "model"), load_recipe(root / "calib.yaml"), tmp_path / "p",
+                       ProfileSettings(batch_size=4, seq_len=64, sample_tokens=32))
+    bundle = build_bundle(prof, model, tok, str(root / "model"), tmp_path / "b", BuildOptions(policy="prune"))
+    items = tmp_path / "items"
+    items.mkdir()
+    (items / "arithmetic.jsonl").write_text("\n".join(json.dumps(i.__dict__) for i in generated_items("arithmetic", 3)))
+    render_lm_eval_tasks(items, tmp_path / "yaml")
+    res = CliRunner().invoke(app, ["lm-eval", "--model", "lightmoe", "--model_args", f"bundle={bundle.path}",
+                                   "--tasks", "demo_arithmetic", "--include_path", str(tmp_path / "yaml"),
+                                   "--limit", "2", "--output_path", str(tmp_path / "out"), "--log_samples"])
+    assert res.exit_code == 0, res.output
+    assert list((tmp_path / "out").rglob("results_*.json")), "lm-eval wrote no results"

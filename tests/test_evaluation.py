@@ -61,22 +61,27 @@ def test_rendered_tasks_use_absolute_paths(tmp_path):
 
 
 @pytest.mark.slow
-def test_eval_on_the_demo_model_writes_table_results_and_plot(tmp_path):
+def test_eval_on_the_demo_model_writes_tables_results_and_plots(tmp_path):
     from typer.testing import CliRunner
 
     from lightmoe_cli.cli import app
-    from lightmoe_cli.evaluation.run import CORPUS_DIR
+    from lightmoe_cli.paths import CORPUS_DIR
 
     if not (CORPUS_DIR / "manifest.json").exists():
         pytest.skip("demo corpus not built (just corpus)")
     out = tmp_path / "eval"
-    res = CliRunner().invoke(app, ["eval", "--compare", "full,prune,lightmoe", "--budgets", "0.5", "--limit", "4",
-                                   "--tasks", "demo_arithmetic,demo_bible_es", "--per-block", "2", "--out", str(out)])
+    res = CliRunner().invoke(app, ["eval", "--compare", "full,prune,lightmoe,oracle", "--budgets", "0.5",
+                                   "--limit", "4", "--tasks", "demo_arithmetic,demo_bible_es,demo_bible_es_ppl",
+                                   "--block-requests", "1,3", "--stream-requests", "6", "--out", str(out)])
     assert res.exit_code == 0, res.output
     results = json.loads((out / "results.json").read_text())
-    assert {r["policy"] for r in results["rows"]} == {"full", "prune", "lightmoe"}
-    assert all(len(r["manifest_sha256"]) == 64 and 0 <= r["average"] <= 1 for r in results["rows"])
-    assert (out / "pareto.png").stat().st_size > 5000
-    assert "task_shift" in results and "accuracy x memory x speed" in res.output
+    rows = {r["policy"]: r for r in results["rows"]}
+    assert set(rows) == {"full", "prune", "lightmoe", "oracle"}
+    assert all(len(r["manifest_sha256"]) == 64 and 0 <= r["average"] <= 1 for r in rows.values())
+    assert rows["lightmoe"]["vs_prune"]["nll"]["lo"] <= rows["lightmoe"]["vs_prune"]["nll"]["diff"]
+    assert rows["oracle"]["nll_per_token"] < rows["prune"]["nll_per_token"]  # its own set fits its task better
+    assert {r["block"] for r in results["task_shift"]["rows"]} == {1, 3}
+    assert (out / "pareto.png").stat().st_size > 5000 and (out / "task_shift.png").stat().st_size > 5000
+    assert "differences to prune" in res.output and "task-shift streams" in res.output
     res = CliRunner().invoke(app, ["eval", "--tasks", "demo_klingon", "--out", str(out)])
-    assert res.exit_code == 1 and "available: demo, demo_" in res.output
+    assert res.exit_code == 1 and "available: demo, demo_ppl" in res.output
