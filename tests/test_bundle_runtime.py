@@ -152,10 +152,10 @@ def test_lru_counts_equal_a_replay_of_the_same_trace(prof, tiny_moe, tmp_path):
 def test_manager_swaps_on_task_shift_within_cooldown(prof, tiny_moe, tmp_path):
     _, _, tok = tiny_moe
     b = _bundle(prof, tiny_moe, tmp_path, policy="lightmoe", fraction=0.25, min_similarity=1.0, window=16,
-                threshold=0.05, max_swap=2, cooldown=24, check_every=8)
+                threshold=0.05, max_swap=2, cooldown=24, check_every=8, swap_rule="incremental")
     params = b.runtime_spec.manager
     assert params == ManagerParams(window_tokens=16, miss_threshold=0.05, max_swap=2, cooldown_tokens=24,
-                                   check_every=8)
+                                   check_every=8, mode="incremental")
     rt = build_runtime(b)
     prompts = ["12 + 7 = 19\n45 - 3 = 42\n"] * 2 + ["reverse lamp -> pmal\nupper dog -> DOG\n"] * 3
     stats = run_requests(rt, prompts, max_new_tokens=16)
@@ -418,7 +418,7 @@ def test_jump_manager_moves_to_a_task_set_on_a_long_block_and_not_when_tasks_alt
     texts = {"arithmetic": "12 + 7 = 19\n45 - 3 = 42\n99 * 3 = 297\n", "strings": "reverse lamp -> pmal\n"
              "upper dog -> DOG\nreverse tigon -> nogit\n"}
     rt = build_runtime(b)
-    for _ in range(5):  # a long block of one task
+    for _ in range(16):  # a long block of one task: the stream shows that tasks persist
         with torch.no_grad():
             rt.model(input_ids=_ids(tok, texts["strings"]))
         rt.checkpoint()

@@ -24,7 +24,7 @@ def test_recognises_the_task_of_the_demand():
 def test_jumps_on_long_blocks_and_holds_global_when_tasks_alternate():
     m, sig = _manager()
     current = {0: {1, 2, 5, 6}}
-    decisions = [m.decide({0: sig["a"][0] * 50}, 50, current) for _ in range(4)]
+    decisions = [m.decide({0: sig["a"][0] * 50}, 50, current) for _ in range(6)]
     assert decisions[-1].target == "a" and decisions[-1].p_stay > 0.7
     m2, _ = _manager()
     held = {0: {0, 1, 2, 3}}  # a task set left over

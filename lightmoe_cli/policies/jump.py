@@ -3,7 +3,8 @@ holding that task's resident set is worth it for the NEXT request, or whether th
 
 Why a decision and not a chase: moving toward whatever the last request wanted pays only when the next request
 is of the same task. The manager estimates that probability from the stream itself (how often the recognised
-task stayed the same at past boundaries, with a Beta(1, 1) prior) and compares the expected share of the next
+task stayed the same at past boundaries, with a Beta(1, 2) prior: a stream must show that tasks persist before
+the manager bets on it) and compares the expected share of the next
 request's gate mass that each candidate set holds:
 
     E[cover(S)] = p_stay * cover(S | t) + (1 - p_stay) * mean over other tasks u of cover(S | u)
@@ -73,7 +74,7 @@ class TaskJump:
             else:
                 self.changes += 1
         self.last_task = task
-        p = (self.stays + 1) / (self.stays + self.changes + 2)
+        p = (self.stays + 1) / (self.stays + self.changes + 3)
         others = [u for u in self.signatures if u != task]
 
         def expected(sets) -> float:

@@ -45,7 +45,7 @@ class LightMoEParams(PolicyParams):
     cooldown: int = param(512, "manager: tokens between two swaps of a layer", minimum=0)
     check_every: int = param(64, "manager: tokens between check points (plus every request boundary)",
                              minimum=1)
-    swap_rule: str = param("incremental", "manager: incremental (swap the most-missed experts when missed "
+    swap_rule: str = param("jump", "manager: incremental (swap the most-missed experts when missed "
                            "mass stays high) or jump (recognise the task at request boundaries and move to its "
                            "set when the next request is likely the same task)", choices=("incremental", "jump"))
     margin: float = param(0.02, "manager (jump): expected coverage gain a move must bring", minimum=0.0,
