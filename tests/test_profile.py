@@ -104,6 +104,9 @@ def test_profile_cli_writes_artifact_and_resume(tiny, tmp_path):
     assert m.model.moe_layers == [0, 2] and m.model.num_experts == [E, E]
     assert set(m.tasks) == {"arithmetic", "strings"} and all(0 < v <= 600 for v in m.tasks.values())
     assert m.similarity_kinds == ["coactivation", "output", "weight"]
+    assert [r["budget"] for r in m.outlook["rows"]] == [0.25, 0.5, 0.75] and m.outlook["advice"]
+    assert all(r["task_coverage"] >= r["global_coverage"] - 1e-9 for r in m.outlook["rows"])
+    assert "residency outlook" in res.output
     for png in ("plots/expert_frequency.png", "plots/similarity_layer2.png"):
         assert (out / png).stat().st_size > 5000
     chunk = sorted((out / "traces" / "arithmetic").glob("chunk_*.safetensors"))
