@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from rich import box
 from rich.table import Table
 from rich.text import Text
@@ -109,3 +111,41 @@ def render_eval(console, report) -> None:
     plots = [str(p) for p in (report.plot, report.shift_plot) if p]
     console.print(f"results written to {report.out / 'results.json'}" + (f"; plots: {', '.join(plots)}" if plots
                                                                           else ""))
+
+
+def _md_iv(d: dict | None, scale: float = 1.0, digits: int = 1) -> str:
+    if not d:
+        return "-"
+    star = " *" if d["lo"] > 0 or d["hi"] < 0 else ""
+    return (f"{d['diff'] * scale:+.{digits}f} [{d['lo'] * scale:+.{digits}f}, {d['hi'] * scale:+.{digits}f}]"
+            f"{star}")
+
+
+def markdown_report(payload: dict) -> str:
+    """The README's result tables from a results.json payload (so the README is rebuilt, not retyped)."""
+    rows = payload["rows"]
+    out = [f"`lightmoe eval` on {Path(payload['model']).name if payload.get('model') else 'bundles'} "
+           f"({payload['date']}, {payload['machine']}, limit {payload['limit']} items / documents per task):", "",
+           "| policy | budget | MC acc | Δacc vs prune (points) | NLL/token | ΔNLL vs prune | ΔNLL vs full "
+           "| gap closed | experts MiB | decode tok/s | swaps | MiB moved |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        g = r.get("gap_closed", {}).get("nll")
+        out.append(f"| {r['policy']} | {r['budget_fraction']:.2f} | {_num(r.get('average'), '.3f')} | "
+                   f"{_md_iv(r.get('vs_prune', {}).get('acc'), 100)} | {_num(r.get('nll_per_token'), '.3f')} | "
+                   f"{_md_iv(r.get('vs_prune', {}).get('nll'), 1, 3)} | {_md_iv(r.get('vs_full', {}).get('nll'), 1, 3)}"
+                   f" | {'-' if g is None else f'{g:.0%}'} | {r['resident_expert_bytes'] / 2**20:.1f} | "
+                   f"{r['decode_tokens_per_s']:.1f} | {r['swaps']} | {r['bytes_loaded'] / 2**20:,.1f} |")
+    out += ["", "[lo, hi] = paired 95% bootstrap interval, * = excludes 0. " + payload.get("precision_note", ""), ""]
+    shift = payload.get("task_shift", {}).get("rows", [])
+    if shift:
+        out += [f"Task-shift streams at budget {payload['task_shift']['budget']:.2f} "
+                f"({payload['task_shift']['stream_requests']} held-out documents per stream):", "",
+                "| block | config | NLL/token | ΔNLL vs prune | gap closed | oracle share | swaps | MiB moved |",
+                "|---|---|---|---|---|---|---|---|"]
+        for r in shift:
+            g, o = r.get("gap_closed"), r.get("oracle_share")
+            out.append(f"| {r['block']} | {r['config']} | {r['nll_per_token']:.3f} | {_md_iv(r.get('vs_prune'), 1, 3)}"
+                       f" | {'-' if g is None else f'{g:.0%}'} | {'-' if o is None else f'{o:.0%}'} | {r['swaps']} | "
+                       f"{r['bytes_loaded'] / 2**20:.1f} |")
+    return "\n".join(out) + "\n"

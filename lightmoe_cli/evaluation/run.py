@@ -191,7 +191,7 @@ def run_eval(req: EvalRequest, progress=None) -> EvalReport:
     from lightmoe_cli.evaluation.comparisons import add_comparisons, merge_replicates
     from lightmoe_cli.evaluation.plots import pareto_plot, task_shift_plot
     from lightmoe_cli.evaluation.stream import summarise_streams
-    from lightmoe_cli.files import atomic_write_json
+    from lightmoe_cli.files import atomic_write, atomic_write_json
     from lightmoe_cli.loading import load_model_and_tokenizer, resolve_model
     from lightmoe_cli.policies.registry import get_policy
 
@@ -229,6 +229,9 @@ def run_eval(req: EvalRequest, progress=None) -> EvalReport:
     if any(r["policy"] != "full" for r in rows):
         report.plot = out / "pareto.png"
         pareto_plot(rows, report.plot, f"{Path(name).name if name else 'bundles'}: accuracy vs memory")
+    from lightmoe_cli.evaluation.render import markdown_report
+
+    atomic_write(out / "report.md", markdown_report(payload))
     atomic_write_json(out / "summary.json", {"rows": [{k: r[k] for k in ("policy", "budget_fraction", "average")}
                                                       for r in rows]})
     return report
