@@ -228,7 +228,7 @@ def run_eval(req: EvalRequest, progress=None) -> EvalReport:
     write_results(out, payload)
     if any(r["policy"] != "full" for r in rows):
         report.plot = out / "pareto.png"
-        pareto_plot(rows, report.plot, f"{Path(name).name if name else 'bundles'}: accuracy vs memory")
+        pareto_plot(rows, report.plot, Path(name).name if name else "bundles")
     from lightmoe_cli.evaluation.render import markdown_report
 
     atomic_write(out / "report.md", markdown_report(payload))
