@@ -327,7 +327,7 @@ def demo_train(
     try:
         state = train(r, resume=not fresh, on_log=show,
                       stop_after_s=max_minutes * 60 if max_minutes else None)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, LightMoEError) as e:
         fail(e)
     console.print(f"trained {state.step} steps, {state.tokens:,} tokens; model in {r.out}")
 

@@ -30,7 +30,7 @@ def tiny_corpus(tmp_path_factory) -> Path:
 
 def _recipe(tmp: Path, corpus: Path, **kw) -> TrainRecipe:
     base = dict(corpus=str(corpus), tokens_cache=str(tmp / "tok"), out=str(tmp / "model"),
-                checkpoint=str(tmp / "ckpt" / "ckpt.pt"), log=str(tmp / "ckpt" / "log.jsonl"), domains=DOMAINS,
+                checkpoint=str(tmp / "ckpt" / "ckpt.safetensors"), log=str(tmp / "ckpt" / "log.jsonl"), domains=DOMAINS,
                 vocab_size=300, model=TINY_MODEL, seq_len=32, batch_size=8, lr=5e-3, warmup_steps=5,
                 total_steps=40, eval_every=20, eval_windows=4, threads=1)
     base.update(kw)

@@ -39,7 +39,7 @@ class TrainRecipe:
     corpus: str = "data/corpus"
     tokens_cache: str = "data/tokens"
     out: str = "artifacts/demo-moe"
-    checkpoint: str = "data/train-ckpt/ckpt.pt"
+    checkpoint: str = "data/train-ckpt/ckpt.safetensors"  # tensors; its .json holds the rest (no pickle)
     log: str = "data/train-ckpt/log.jsonl"
     domains: list[str] = field(default_factory=list)
     vocab_size: int = 6144
@@ -173,9 +173,51 @@ def _save_npy(path: Path, arr: np.ndarray) -> None:
 
 
 # ---------------------------------------------------------------- checkpoint / export
-def _atomic_torch_save(obj, path: Path) -> None:
+def save_checkpoint(path: Path, model, opt, rng, state: TrainState, recipe: TrainRecipe) -> None:
+    """Model and optimizer tensors as safetensors, everything else as JSON beside it (never pickle: a loaded
+    checkpoint cannot run code). The step is in both files, so a pair from two different saves is refused."""
+    from safetensors.torch import save_file
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    tensors = {f"model.{k}": v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    opt_state = opt.state_dict()
+    for idx, st in opt_state["state"].items():
+        for name, v in st.items():
+            tensors[f"opt.{idx}.{name}"] = v.detach().clone().contiguous() if torch.is_tensor(v) \
+                else torch.tensor(v)
+    meta = {"step": str(state.step)}
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+    atomic_write(path.with_suffix(".json"), json.dumps({
+        "step": state.step, "state": asdict(state), "rng": rng.bit_generator.state,
+        "param_groups": opt_state["param_groups"], "recipe": asdict(recipe)}, indent=1))
+
+
+def load_checkpoint(path: Path, model, opt, rng) -> TrainState:
+    """Restore what `save_checkpoint` wrote; a mismatched or damaged pair is a one-line error."""
+    from safetensors import safe_open
+
+    from lightmoe_cli.errors import LightMoEError
+
+    side = path.with_suffix(".json")
+    try:
+        info = json.loads(side.read_text())
+        with safe_open(str(path), "pt") as f:
+            if (f.metadata() or {}).get("step") != str(info["step"]):
+                raise LightMoEError(f"checkpoint {path} and {side.name} are from different steps: "
+                                    "start over with `lightmoe demo train --fresh`")
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (OSError, ValueError, KeyError) as e:
+        raise LightMoEError(f"checkpoint {path} is damaged ({e}): start over with `lightmoe demo train --fresh`") \
+            from e
+    model.load_state_dict({k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")})
+    opt_state: dict = {"state": {}, "param_groups": info["param_groups"]}
+    for k, v in tensors.items():
+        if k.startswith("opt."):
+            _, idx, name = k.split(".", 2)
+            opt_state["state"].setdefault(int(idx), {})[name] = v
+    opt.load_state_dict(opt_state)
+    rng.bit_generator.state = info["rng"]
+    return TrainState(**info["state"])
 
 
 def export_model(model, tokenizer, out: Path) -> None:
@@ -208,10 +250,10 @@ def train(recipe: TrainRecipe, resume: bool = True, on_log: Callable[[dict], Non
     torch.set_num_threads(recipe.threads)
     out = Path(recipe.out)
     ckpt_path, log_path = Path(recipe.checkpoint), Path(recipe.log)
-    ckpt = torch.load(ckpt_path, weights_only=False) if resume and ckpt_path.exists() else None
+    ckpt = resume and ckpt_path.exists() and ckpt_path.with_suffix(".json").exists()
 
     tok_dir = ckpt_path.parent / "tokenizer"
-    if ckpt is not None and tok_dir.exists():
+    if ckpt and tok_dir.exists():
         from transformers import PreTrainedTokenizerFast
         tokenizer = PreTrainedTokenizerFast.from_pretrained(tok_dir)
     else:
@@ -227,11 +269,8 @@ def train(recipe: TrainRecipe, resume: bool = True, on_log: Callable[[dict], Non
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, betas=(0.9, 0.95), weight_decay=recipe.weight_decay)
     rng = np.random.default_rng(recipe.seed)
     state = TrainState()
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["opt"])
-        rng.bit_generator.state = ckpt["rng"]
-        state = TrainState(**ckpt["state"])
+    if ckpt:
+        state = load_checkpoint(ckpt_path, model, opt, rng)
     else:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log_path.write_text("")
@@ -272,9 +311,7 @@ def train(recipe: TrainRecipe, resume: bool = True, on_log: Callable[[dict], Non
             run_loss, run_aux, run_n = 0.0, 0.0, 0
             with log_path.open("a") as f:
                 f.write(json.dumps(rec) + "\n")
-            _atomic_torch_save({"model": model.state_dict(), "opt": opt.state_dict(),
-                                "rng": rng.bit_generator.state, "state": asdict(state),
-                                "recipe": asdict(recipe)}, ckpt_path)
+            save_checkpoint(ckpt_path, model, opt, rng, state, recipe)
             export_model(model, tokenizer, out)
             t0 = time.perf_counter()  # evaluation and export time is not training time
             if on_log:
