@@ -18,6 +18,21 @@ def config_hash(config) -> str:
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def fingerprint(config, router_tensors) -> str:
+    """sha256 over the config hash and every router tensor (rounded), in MoE-layer order: what ties an artifact
+    to one model's weights without hashing all of them."""
+    h = hashlib.sha256(config_hash(config).encode())
+    for t in router_tensors:
+        h.update(t.detach().float().cpu().numpy().round(5).tobytes())
+    return h.hexdigest()[:16]
+
+
+def router_tensor_names(model, adapter) -> list[str]:
+    """Names (as in model.named_parameters) of every router parameter, in the order `fingerprint` reads them."""
+    names = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
+    return [names[id(p)] for m in adapter.moe_layers(model) for p in m.router.parameters()]
+
+
 def model_identity(model, adapter, name_or_path: str):
     """Architecture facts plus a fingerprint over config and router weights (cheap, catches other weights)."""
     import torch
@@ -25,16 +40,12 @@ def model_identity(model, adapter, name_or_path: str):
     from lightmoe_cli.manifest import ModelIdentity
 
     layers = adapter.moe_layers(model)
-    h = hashlib.sha256(config_hash(model.config).encode())
-    for m in layers:
-        for p in m.router.parameters():
-            h.update(p.detach().float().cpu().numpy().round(5).tobytes())
     return ModelIdentity(
         name_or_path=name_or_path,
         architecture=type(model).__name__,
         model_type=getattr(model.config, "model_type", ""),
         config_hash=config_hash(model.config),
-        fingerprint=h.hexdigest()[:16],
+        fingerprint=fingerprint(model.config, [p for m in layers for p in m.router.parameters()]),
         moe_layers=[m.layer_index for m in layers],
         num_layers=int(getattr(model.config, "num_hidden_layers", len(layers))),
         num_experts=[m.num_experts for m in layers],

@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar, get_args, get_origin, get_type_hints
 
 from lightmoe_cli.errors import LightMoEError
-from lightmoe_cli.files import atomic_write_json, file_entries, sha256_file, swap_in_dir
+from lightmoe_cli.files import atomic_write_json, file_entries, safetensors_metadata, sha256_file, swap_in_dir
+
+FINGERPRINT_KEY = "lightmoe_fingerprint"  # safetensors header metadata: the model an artifact file belongs to
 
 R = TypeVar("R", bound="Record")
 
@@ -211,13 +213,28 @@ class ArtifactManifest(Record):
             if p.is_absolute() or ".." in p.parts or not (folder / p).resolve().is_relative_to(root):
                 raise ManifestError(f"{folder}: manifest names file {rel!r} outside the {what}: {self.REBUILD}")
             f = folder / p
-            if not f.is_file():
+            if not f.exists():
                 raise ManifestError(f"{folder}: file {rel} is missing: {self.REBUILD}")
+            if not f.is_file() or f.is_symlink():
+                raise ManifestError(f"{folder}: {rel} is not a regular file: {self.REBUILD}")
             if f.stat().st_size != entry.bytes:
                 raise ManifestError(f"{folder}: file {rel} is truncated or changed (size {f.stat().st_size}, "
                                     f"expected {entry.bytes}): {self.REBUILD}")
             if hashes and sha256_file(f) != entry.sha256:
                 raise ManifestError(f"{folder}: file {rel} is corrupt (sha256 mismatch): {self.REBUILD}")
+            if rel.endswith(".safetensors") and not rel.startswith("traces/"):
+                self._check_file_model(folder, rel, f)
+
+    def _check_file_model(self, folder: Path, rel: str, f: Path) -> None:
+        """A weights or statistics file must carry this manifest's model fingerprint in its header: a file from
+        another model (or an edited fingerprint in the manifest) is refused by name."""
+        try:
+            mine = safetensors_metadata(f).get(FINGERPRINT_KEY)
+        except (OSError, ValueError) as e:
+            raise ManifestError(f"{folder}: file {rel} is not a safetensors file ({e}): {self.REBUILD}") from e
+        if mine != self.model.fingerprint:
+            raise ManifestError(f"{folder}: file {rel} belongs to model fingerprint {mine}, the manifest says "
+                                f"{self.model.fingerprint}: {self.REBUILD}")
 
 
 def write_artifact(work: Path, out: Path, manifest: ArtifactManifest) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,9 +19,9 @@ from lightmoe_cli.bundle.artifact import (
     load_bundle,
 )
 from lightmoe_cli.errors import LightMoEError
-from lightmoe_cli.files import save_tensors, sha256_file
+from lightmoe_cli.files import exclusive_output, save_tensors, sha256_file
 from lightmoe_cli.identity import library_versions, model_identity
-from lightmoe_cli.manifest import write_artifact
+from lightmoe_cli.manifest import FINGERPRINT_KEY, write_artifact
 from lightmoe_cli.policies.base import BundlePlan, PlanInputs, Policy, PolicyParams
 from lightmoe_cli.policies.budget import slots_for_budget
 from lightmoe_cli.policies.registry import get_policy
@@ -115,7 +114,8 @@ def _non_expert_weights(model, adapter, layers) -> dict[str, torch.Tensor]:
     return out
 
 
-def _write_expert_store(adapter, layers, folder: Path, progress=None) -> dict[int, ExpertLayout]:
+def _write_expert_store(adapter, layers, folder: Path, meta: dict[str, str], progress=None
+                        ) -> dict[int, ExpertLayout]:
     """One safetensors file per layer, one flat tensor per expert; returns each layer's layout."""
     layout = {}
     task = progress.add_task("expert store", total=sum(m.num_experts for m in layers)) if progress else None
@@ -130,7 +130,7 @@ def _write_expert_store(adapter, layers, folder: Path, progress=None) -> dict[in
             store[f"e{e}"] = torch.cat([t[n].reshape(-1) for n in names])
             if progress:
                 progress.advance(task)
-        save_tensors(store, folder / f"layer_{m.layer_index}.safetensors")
+        save_tensors(store, folder / f"layer_{m.layer_index}.safetensors", meta)
     return layout
 
 
@@ -146,19 +146,25 @@ def build_bundle(prof: Profile, model, tokenizer, model_name: str, out: Path, op
     prof.check_model(identity)
     plan, budget = plan_from_profile(prof, opts, [adapter.bytes_per_expert(m) for m in layers])
 
-    out = Path(out)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    with exclusive_output(Path(out)) as tmp:
+        _write_bundle(tmp, Path(out), prof, model, tokenizer, adapter, layers, identity, policy, params, opts,
+                      plan, budget, progress)
+    return load_bundle(out, verify=False)
+
+
+def _write_bundle(tmp: Path, out: Path, prof: Profile, model, tokenizer, adapter, layers, identity, policy,
+                  params, opts: BuildOptions, plan: BundlePlan, budget: BudgetRecord, progress) -> None:
+    meta = {FINGERPRINT_KEY: identity.fingerprint}
     (tmp / "model").mkdir(parents=True)
     (tmp / "experts").mkdir()
     model.config.save_pretrained(tmp / "model")
     tokenizer.save_pretrained(tmp / "model")
-    save_tensors(_non_expert_weights(model, adapter, layers), tmp / "model" / "non_expert.safetensors")
-    layout = _write_expert_store(adapter, layers, tmp / "experts", progress)
+    save_tensors(_non_expert_weights(model, adapter, layers), tmp / "model" / "non_expert.safetensors", meta)
+    layout = _write_expert_store(adapter, layers, tmp / "experts", meta, progress)
     kind = policy.similarity_kind(params)
     if kind:
         save_tensors({f"layer.{m.layer_index}": prof.similarity(m.layer_index, kind).float() for m in layers},
-                     tmp / "similarity.safetensors")
+                     tmp / "similarity.safetensors", meta)
 
     manifest = BundleManifest(
         kind=BundleManifest.KIND, schema_version=SCHEMA_VERSION, created=BundleManifest.now(), model=identity,
@@ -170,5 +176,4 @@ def build_bundle(prof: Profile, model, tokenizer, model_name: str, out: Path, op
         profile=ProfileRef(str(prof.path), sha256_file(prof.path / "manifest.json"), dict(prof.manifest.tasks),
                            prof.manifest.recipe))
     write_artifact(tmp, out, manifest)
-    return load_bundle(out, verify=False)
 

@@ -18,9 +18,9 @@ import torch
 
 from lightmoe_cli.analysis.routing_stats import entropy_bits, mean_offdiagonal, pairwise_js_bits, top_half_coverage
 from lightmoe_cli.errors import LightMoEError
-from lightmoe_cli.files import save_tensors
+from lightmoe_cli.files import exclusive_output, save_tensors
 from lightmoe_cli.identity import library_versions, model_identity
-from lightmoe_cli.manifest import write_artifact
+from lightmoe_cli.manifest import FINGERPRINT_KEY, write_artifact
 from lightmoe_cli.profile.accumulator import TaskStats
 from lightmoe_cli.profile.artifact import SCHEMA_VERSION, Profile, ProfileManifest, TaskSummary, load_profile
 from lightmoe_cli.recipes import CalibrationRecipe, iter_task_texts
@@ -77,7 +77,16 @@ def _progress_key(identity, recipe: CalibrationRecipe, settings: ProfileSettings
 
 def run_profile(model, tokenizer, model_name: str, recipe: CalibrationRecipe, out: Path,
                 settings: ProfileSettings, resume: bool = False, progress=None) -> Profile:
-    """Profile `model` on every task of `recipe` into `out`; `progress` is an optional rich Progress."""
+    """Profile `model` on every task of `recipe` into `out`; `progress` is an optional rich Progress.
+    One writer per output (a second one is refused in one line); finished tasks survive an interruption in
+    `<out>.partial` for `--resume`."""
+    out = Path(out)
+    with exclusive_output(out, ".partial") as work:
+        return _profile_into(work, out, model, tokenizer, model_name, recipe, settings, resume, progress)
+
+
+def _profile_into(work: Path, out: Path, model, tokenizer, model_name: str, recipe: CalibrationRecipe,
+                  settings: ProfileSettings, resume: bool, progress) -> Profile:
     from lightmoe_cli.models import get_adapter
     from lightmoe_cli.profile.batches import batches, token_windows
     from lightmoe_cli.profile.expert_similarity import layer_similarities
@@ -87,11 +96,14 @@ def run_profile(model, tokenizer, model_name: str, recipe: CalibrationRecipe, ou
     adapter = get_adapter(model)
     layers = adapter.moe_layers(model)
     identity = model_identity(model, adapter, model_name)
-    out = Path(out)
-    work = out.with_name(out.name + ".partial")
+    meta = {FINGERPRINT_KEY: identity.fingerprint}
     key = _progress_key(identity, recipe, settings)
     if work.exists() and not (resume and (work / "progress.key").exists()
                               and (work / "progress.key").read_text() == key):
+        if progress:
+            progress.console.print(f"discarding the interrupted run in {work}: " + (
+                "it was made with other settings, recipe or model, so it cannot be resumed" if resume
+                else "continue one with --resume instead of starting over"))
         shutil.rmtree(work)
     (work / "stats").mkdir(parents=True, exist_ok=True)
     (work / "samples").mkdir(exist_ok=True)
@@ -126,8 +138,8 @@ def run_profile(model, tokenizer, model_name: str, recipe: CalibrationRecipe, ou
             raise LightMoEError(f"task {task.name} produced no tokens: its source is empty")
         if progress:
             progress.update(bar, total=stats.tokens, completed=stats.tokens)
-        save_tensors(sampler.tensors(), sample_path)
-        save_tensors(stats.to_tensors(), stats_path)
+        save_tensors(sampler.tensors(), sample_path, meta)
+        save_tensors(stats.to_tensors(), stats_path, meta)
         all_stats.append(stats)
 
     # similarity over all tasks' statistics and hidden samples
@@ -148,9 +160,9 @@ def run_profile(model, tokenizer, model_name: str, recipe: CalibrationRecipe, ou
         sims.update({f"layer.{li}.{kind}": mat.float() for kind, mat in sim.items()})
         if sal is not None:
             saliency[f"layer.{li}.reap"] = sal.float()
-    save_tensors(sims, work / "similarity.safetensors")
+    save_tensors(sims, work / "similarity.safetensors", meta)
     if saliency:
-        save_tensors(saliency, work / "saliency.safetensors")
+        save_tensors(saliency, work / "saliency.safetensors", meta)
     similarity_seconds = time.perf_counter() - t0
     shutil.rmtree(work / "samples")
 

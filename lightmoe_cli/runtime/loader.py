@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -194,6 +195,27 @@ def _slot_skeleton(model: nn.Module, adapter, bundle: Bundle) -> None:
         adapter.resize_expert_pool(m, plan[m.layer_index].slots)
 
 
+def _check_fingerprint(bundle: Bundle, config, skeleton: nn.Module, adapter, non_expert: Path) -> None:
+    """Recompute the model fingerprint from the config and router weights this bundle will load, and refuse a
+    bundle whose weights are not the model its manifest names (an edited fingerprint, swapped files)."""
+    from lightmoe_cli.bundle.safetensors_io import TensorFile
+    from lightmoe_cli.identity import fingerprint, router_tensor_names
+
+    f = TensorFile(non_expert)
+    try:
+        names = router_tensor_names(skeleton, adapter)
+        missing = [n for n in names if n not in f.header]
+        if missing:
+            raise LightMoEError(f"{bundle.path}: router weight {missing[0]} is not in model/non_expert.safetensors: "
+                                "build the bundle again")
+        found = fingerprint(config, [f.read(n) for n in names])
+    finally:
+        f.close()
+    if found != bundle.manifest.model.fingerprint:
+        raise LightMoEError(f"{bundle.path}: its weights are model {found}, its manifest says "
+                            f"{bundle.manifest.model.fingerprint}: build the bundle again from the right model")
+
+
 def _strategy(bundle: Bundle, spec, m, pool: SlotPool, manager: bool) -> LayerStrategy:
     lp = next(p for p in bundle.layers if p.layer_index == m.layer_index)
     cls = STRATEGIES[spec.serving]
@@ -228,6 +250,7 @@ def build_runtime(bundle: Bundle, device: str = "cpu", check_every: int | None =
         spec = dataclasses.replace(spec, manager=dataclasses.replace(spec.manager, mode=swap_rule))
     model = _meta_skeleton(config, bundle.manifest.model.architecture)
     adapter = get_adapter(model)
+    _check_fingerprint(bundle, config, model, adapter, mdir / "non_expert.safetensors")
     kept_rows: dict[str, tuple[list[int], int]] = {}
     extra = {m.layer_index: 0 for m in adapter.moe_layers(model)}  # router ids past the experts, per layer
     if spec.serving == Serving.PRUNED_ROUTER:  # the sliced router and experts keep those ids themselves
