@@ -64,7 +64,7 @@ def profile(
     from lightmoe_cli.loading import load_model_and_tokenizer, resolve_model
     from lightmoe_cli.paths import default_profile
     from lightmoe_cli.profile.run import ProfileSettings, run_profile
-    from lightmoe_cli.recipes import load_recipe
+    from lightmoe_cli.recipes import check_sources, load_recipe
     from lightmoe_cli.report import profile_tables, token_progress
 
     console = Console()
@@ -77,15 +77,21 @@ def profile(
         fail("--device cuda asked for, but torch sees no CUDA device: use --device cpu")
     if threads:
         torch.set_num_threads(threads)
+    out_used = out
     try:
         recipe = load_recipe(tasks, max_tokens)
+        check_sources(recipe)
         name = resolve_model(model)
-        out = out or default_profile(name)
+        out_used = out or default_profile(name)
         lm, tok = load_model_and_tokenizer(name, device=device, dtype=dtype)
         settings = ProfileSettings(seq_len=seq_len, batch_size=batch_size, sample_tokens=sample_tokens,
                                    save_traces=save_traces, similarity_layer=similarity_layer)
         with token_progress(console) as progress:
-            prof = run_profile(lm, tok, name, recipe, out, settings, resume=resume, progress=progress)
+            prof = run_profile(lm, tok, name, recipe, out_used, settings, resume=resume, progress=progress)
+    except KeyboardInterrupt:
+        partial = f"{out_used}.partial" if out_used else "the .partial folder beside the output"
+        fail(f"interrupted: finished tasks are kept in {partial} and any earlier profile is untouched; continue "
+             "with the same command and --resume", code=130)
     except torch.OutOfMemoryError:
         fail(f"out of memory at --batch-size {batch_size}: try --batch-size {max(1, batch_size // 2)}")
     except LightMoEError as e:
@@ -146,6 +152,8 @@ def build_bundle_cmd(
         with token_progress(console, unit="experts") as progress:
             bundle = build_bundle(prof, lm, tok, name, out or default_bundle(name, policy, tag), opts,
                                   progress=progress)
+    except KeyboardInterrupt:
+        fail("interrupted: nothing was written and any earlier bundle at that path is untouched", code=130)
     except LightMoEError as e:
         fail(e)
     console.print(bundle_table(bundle))
@@ -192,6 +200,7 @@ def run_cmd(
     from lightmoe_cli.report import run_tables, token_progress
     from lightmoe_cli.runtime.generate import run_requests
     from lightmoe_cli.runtime.loader import build_runtime
+    from lightmoe_cli.runtime.prompts import check_lengths
 
     console = Console()
     if threads:
@@ -199,6 +208,7 @@ def run_cmd(
     try:
         bundle = load_bundle(bundle_dir or DEFAULT_BUNDLE)
         rt = build_runtime(bundle, device=device, manager=not no_manager)
+        check_lengths(rt, prompts, max_new_tokens)
         with token_progress(console, unit="requests") as progress:
             stats = run_requests(rt, prompts, max_new_tokens, io_bandwidth=bw, progress=progress)
     except LightMoEError as e:
@@ -257,6 +267,9 @@ def eval_cmd(
     try:
         with token_progress(console, unit="bundles") as progress:
             report = run_eval(req, progress)
+    except KeyboardInterrupt:
+        fail("interrupted: bundles built so far are kept and reused by the next run; results were not written",
+             code=130)
     except LightMoEError as e:
         fail(e)
     render_eval(console, report)

@@ -155,6 +155,16 @@ def resolve_path(recipe: CalibrationRecipe, p: str) -> Path:
     return candidate.resolve()
 
 
+def check_sources(recipe: CalibrationRecipe) -> None:
+    """Every local data file a recipe names exists (checked before a model is loaded)."""
+    for task in recipe.tasks:
+        if task.source.type in ("jsonl", "text"):
+            path = resolve_path(recipe, task.source.path)
+            if not path.is_file():
+                hint = " (build the demo corpus with `just corpus`)" if "data/corpus" in str(path) else ""
+                raise RecipeError(f"task {task.name}: data file {path} not found{hint}")
+
+
 def iter_task_texts(recipe: CalibrationRecipe, task: CalibrationTask) -> Iterator[str]:
     """The task's documents as strings, streamed; missing files and fields get a message naming the fix."""
     src = task.source
@@ -175,8 +185,13 @@ def iter_task_texts(recipe: CalibrationRecipe, task: CalibrationTask) -> Iterato
             if block:
                 yield "".join(block)
             return
-        with path.open(encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
+        with path.open("rb") as f:
+            for n, raw in enumerate(f, 1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise RecipeError(f"task {task.name}: {path}:{n} is not UTF-8 (byte {e.start}): save the file "
+                                      "as UTF-8") from e
                 if not line.strip():
                     continue
                 try:

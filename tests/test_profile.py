@@ -140,8 +140,9 @@ def test_interrupted_profile_resumes_from_finished_tasks(tiny, tmp_path):
     out = tmp_path / "p"
     args = ["profile", "--model", str(root / "model"), "--tasks", str(recipe), "--out", str(out),
             "--batch-size", "4", "--seq-len", "64", "--threads", "1"]
-    res = CliRunner().invoke(app, args)  # the second task's data is missing: the run stops after the first
-    assert res.exit_code == 1 and "late.jsonl not found" in res.output
+    data.write_text("not json\n")  # the second task's data is broken: the run stops after the first task
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 1 and "late.jsonl:1 is not valid JSON" in res.output
     assert not out.exists() and (tmp_path / "p.partial" / "stats" / "first.safetensors").exists()
     data.write_text((root / "corpus" / "strings" / "train.jsonl").read_text())
     res = CliRunner().invoke(app, [*args, "--resume"])

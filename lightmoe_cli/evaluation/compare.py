@@ -29,8 +29,14 @@ def run_worker(bundle: Path, tasks: list[str], include_path: list[Path], limit: 
                          text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
     lines = [ln for ln in res.stdout.splitlines() if ln.startswith("LIGHTMOE_RESULT ")]
     if res.returncode or not lines:
-        tail = (res.stderr or res.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise LightMoEError(f"evaluation of {bundle} failed: {tail[0][:300]}")
+        errors = [ln.removeprefix("LIGHTMOE_ERROR ") for ln in res.stdout.splitlines()
+                  if ln.startswith("LIGHTMOE_ERROR ")]
+        log = Path(bundle).with_suffix(".eval.log")
+        log.write_text(f"{res.stdout}\n{res.stderr}")
+        if errors:
+            raise LightMoEError(f"evaluation of {bundle} failed: {errors[-1]}")
+        raise LightMoEError(f"evaluation of {bundle} failed unexpectedly (exit {res.returncode}); its output is in "
+                            f"{log}")
     return json.loads(lines[-1].removeprefix("LIGHTMOE_RESULT "))
 
 

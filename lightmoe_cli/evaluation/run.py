@@ -6,6 +6,7 @@ checked by `EvalRequest.validate` before any model is loaded.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import time
@@ -85,6 +86,7 @@ def prepare_tasks(tasks: str, out: Path, include_path: Path | None = None) -> tu
             if not (CORPUS_DIR / "manifest.json").exists():
                 raise LightMoEError("demo task data needs the corpus: build it with `just corpus`")
             build_demo_items(CORPUS_DIR, ITEMS_DIR)
+        _check_items(ITEMS_DIR)
         available = render_lm_eval_tasks(ITEMS_DIR, include[0])
         tags = {"demo": [n for n in available if not n.endswith("_ppl")],
                 "demo_ppl": [n for n in available if n.endswith("_ppl")]}
@@ -103,6 +105,18 @@ def prepare_tasks(tasks: str, out: Path, include_path: Path | None = None) -> tu
     if others:
         names += _lm_eval_tasks(others, include)
     return list(dict.fromkeys(names)), include
+
+
+def _check_items(items_dir: Path) -> None:
+    """Every demo data file is non-empty JSON lines (an empty or edited file would fail deep inside lm-eval)."""
+    for path in sorted(items_dir.glob("*.jsonl")) + sorted((items_dir / "ppl").glob("*.jsonl")):
+        try:
+            lines = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+        except (ValueError, UnicodeDecodeError) as e:
+            raise LightMoEError(f"demo task file {path} is damaged ({e}): delete {items_dir} and run again to "
+                                "rebuild it") from e
+        if not lines:
+            raise LightMoEError(f"demo task file {path} is empty: delete {items_dir} and run again to rebuild it")
 
 
 def _lm_eval_tasks(names: list[str], include: list[Path]) -> list[str]:

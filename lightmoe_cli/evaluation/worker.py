@@ -108,8 +108,18 @@ def main() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
-    out = evaluate_bundle(Path(args["bundle"]), args["tasks"], [Path(p) for p in args["include_path"]],
-                          args.get("limit"), args.get("threads", 2))
+    from lightmoe_cli.errors import LightMoEError
+
+    try:
+        out = evaluate_bundle(Path(args["bundle"]), args["tasks"], [Path(p) for p in args["include_path"]],
+                              args.get("limit"), args.get("threads", 2))
+    except LightMoEError as e:
+        print(f"LIGHTMOE_ERROR {e}")
+        sys.exit(1)
+    except Exception as e:  # lm-eval and datasets raise many types: name where it failed, keep the detail in the log
+        print(f"LIGHTMOE_ERROR lm-eval could not score these tasks ({type(e).__name__}: {str(e)[:200]}); "
+              "check the task files (--tasks, --include-path) and the log beside the bundle")
+        raise
     print("LIGHTMOE_RESULT " + json.dumps(out))
 
 

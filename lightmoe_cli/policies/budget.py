@@ -49,6 +49,11 @@ def slots_for_budget(bytes_per_expert: list[int], num_experts: list[int], *, fra
         if not 0 < fraction <= 1:
             raise BudgetError(f"--budget {fraction} must be a fraction in (0, 1] of the expert weights")
         memory_bytes = int(round(fraction * total_bytes))
+    if not memory_bytes > 0:
+        raise BudgetError(f"--memory must be a positive size, not {memory_bytes} bytes")
+    if memory_bytes > total_bytes:
+        raise BudgetError(f"--memory {memory_bytes / 2**20:.1f} MiB is more than all experts take "
+                          f"({total_bytes / 2**20:.1f} MiB): use --policy full, or a smaller --memory")
     mean_bytes = total_bytes / sum(num_experts)
     slots = min(sum(num_experts), int(memory_bytes // mean_bytes))
     need = min_per_layer * len(num_experts)

@@ -13,6 +13,11 @@ def read_prompts(prompts: list[str] | None, input_file: Path | None) -> list[str
     out = list(prompts or [])
     if any(not p for p in out):
         raise LightMoEError("--prompt is empty: give the text to continue")
+    for p in out:
+        try:
+            p.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise LightMoEError(f"--prompt is not valid UTF-8 (character {e.start}): pass UTF-8 text") from e
     if input_file is not None:
         if not input_file.is_file():
             raise LightMoEError(f"input file {input_file} not found")
@@ -33,3 +38,15 @@ def read_prompts(prompts: list[str] | None, input_file: Path | None) -> list[str
     if not out:
         raise LightMoEError("nothing to run: give --prompt TEXT or --input prompts.jsonl")
     return out
+
+
+def check_lengths(rt, prompts: list[str], max_new_tokens: int) -> None:
+    """Prompt plus new tokens must fit the model's positions (checked before generating anything)."""
+    limit = getattr(rt.model.config, "max_position_embeddings", None)
+    if not limit:
+        return
+    for i, p in enumerate(prompts, 1):
+        n = len(rt.tokenizer(p)["input_ids"])
+        if n + max_new_tokens > limit:
+            raise LightMoEError(f"prompt {i} has {n} tokens; with --max-new-tokens {max_new_tokens} that passes the "
+                                f"model's {limit} positions: use --max-new-tokens {max(1, limit - n)} or less")
