@@ -1,0 +1,447 @@
+"""Bad inputs, edited artifacts, signals and two writers: every case ends in one line naming the fix (never a
+traceback, never a hang), and artifacts that existed before are byte-identical afterwards.
+
+Each case is a row of a table (id, what is done, the message expected), run through the real command line."""
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from lightmoe_cli.cli import app
+
+RUNNER = CliRunner()
+
+
+def folder_digest(folder: Path) -> str:
+    """sha256 over every file's relative path and bytes: 'byte-identical afterwards' made checkable."""
+    h = hashlib.sha256()
+    for p in sorted(Path(folder).rglob("*")):
+        if p.is_file():
+            h.update(p.relative_to(folder).as_posix().encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def one_line_error(res, message: str, code: int = 1) -> None:
+    text = res.output
+    assert res.exit_code == code, text
+    assert "Traceback" not in text, text
+    errors = [ln for ln in text.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1, text
+    assert message in " ".join(text.split()), text
+
+
+@pytest.fixture(scope="module")
+def made(tiny_moe, tmp_path_factory):
+    """A profile and a lightmoe bundle of the tiny model, plus a second model's bundle (other weights)."""
+    import copy
+
+    import torch
+
+    from lightmoe_cli.bundle.build import BuildOptions, build_bundle
+    from lightmoe_cli.profile.run import ProfileSettings, run_profile
+    from lightmoe_cli.recipes import load_recipe
+
+    root, model, tok = tiny_moe
+    work = tmp_path_factory.mktemp("bad")
+    prof = run_profile(model, tok, str(root / "model"), load_recipe(root / "calib.yaml"), work / "profile",
+                       ProfileSettings(batch_size=4, seq_len=64, sample_tokens=64))
+    bundle = build_bundle(prof, model, tok, str(root / "model"), work / "bundle", BuildOptions(fraction=0.5))
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(0.01)
+    other.save_pretrained(work / "other-model")
+    tok.save_pretrained(work / "other-model")
+    other_prof = run_profile(other, tok, str(work / "other-model"), load_recipe(root / "calib.yaml"),
+                             work / "other-profile", ProfileSettings(batch_size=4, seq_len=64, sample_tokens=64))
+    other_bundle = build_bundle(other_prof, other, tok, str(work / "other-model"), work / "other-bundle",
+                                BuildOptions(fraction=0.5))
+    return {"root": root, "profile": prof.path, "bundle": bundle.path, "other_bundle": other_bundle.path}
+
+
+@pytest.fixture
+def pristine(made):
+    """Digests of the module's artifacts before a case; checked unchanged after it."""
+    before = {k: folder_digest(made[k]) for k in ("profile", "bundle", "other_bundle")}
+    yield
+    assert before == {k: folder_digest(made[k]) for k in ("profile", "bundle", "other_bundle")}
+
+
+def _edit_manifest(folder: Path, edit) -> None:
+    m = json.loads((folder / "manifest.json").read_text())
+    edit(m)
+    (folder / "manifest.json").write_text(json.dumps(m))
+
+
+def _rehash(folder: Path, rel: str) -> None:
+    """Rewrite a file's size and sha256 in the manifest, as an editor covering their tracks would."""
+    from lightmoe_cli.files import sha256_file
+
+    def edit(m):
+        m["files"][rel] = {"sha256": sha256_file(folder / rel), "bytes": (folder / rel).stat().st_size}
+    _edit_manifest(folder, edit)
+
+
+def _bundle_edits():
+    def first_layer(m):
+        return m["layers"][0]
+
+    return [
+        ("files-absolute", lambda b, o: _edit_manifest(b, lambda m: m["files"].update(
+            {"/etc/hostname": {"sha256": "0" * 64, "bytes": 1}})), "outside the bundle"),
+        ("files-dotdot", lambda b, o: _edit_manifest(b, lambda m: m["files"].update(
+            {"../bundle/manifest.json": {"sha256": "0" * 64, "bytes": 1}})), "outside the bundle"),
+        ("files-dev-zero", lambda b, o: _edit_manifest(b, lambda m: m["files"].update(
+            {"/dev/zero": {"sha256": "0" * 64, "bytes": 0}})), "outside the bundle"),
+        ("files-symlink", lambda b, o: (os.symlink("/dev/zero", b / "zero"), _edit_manifest(
+            b, lambda m: m["files"].update({"zero": {"sha256": "0" * 64, "bytes": 0}}))), "outside the bundle"),
+        ("no-files", lambda b, o: _edit_manifest(b, lambda m: m.pop("files")), "manifest lists no files"),
+        ("no-model", lambda b, o: _edit_manifest(b, lambda m: m.pop("model")), "field 'model' is missing"),
+        ("wrong-type", lambda b, o: _edit_manifest(b, lambda m: m.update(layers="all")), "expected a list"),
+        ("corrupt-json", lambda b, o: (b / "manifest.json").write_text("{"), "manifest.json is corrupt"),
+        ("schema-1", lambda b, o: _edit_manifest(b, lambda m: m.update(schema_version=1)),
+         "this lightmoe reads 2: build the bundle again"),
+        ("resident-99", lambda b, o: _edit_manifest(b, lambda m: first_layer(m)["resident"].__setitem__(0, 99)),
+         "names experts outside 0..7"),
+        ("redirect-40", lambda b, o: _edit_manifest(b, lambda m: first_layer(m)["redirect"].__setitem__(0, 40)),
+         "redirect target that is not resident"),
+        ("edited-fingerprint", lambda b, o: _edit_manifest(b, lambda m: m["model"].update(fingerprint="0" * 16)),
+         "belongs to model fingerprint"),
+        ("swapped-weights", lambda b, o: (shutil.copy(o / "model" / "non_expert.safetensors",
+                                                      b / "model" / "non_expert.safetensors"),
+                                          _rehash(b, "model/non_expert.safetensors")),
+         "belongs to model fingerprint"),
+        ("swapped-experts", lambda b, o: (shutil.copy(o / "experts" / "layer_0.safetensors",
+                                                      b / "experts" / "layer_0.safetensors"),
+                                          _rehash(b, "experts/layer_0.safetensors")),
+         "belongs to model fingerprint"),
+        ("truncated-store", lambda b, o: (b / "experts" / "layer_2.safetensors").write_bytes(
+            (b / "experts" / "layer_2.safetensors").read_bytes()[:-10]), "is truncated or changed"),
+    ]
+
+
+@pytest.mark.parametrize("case, edit, message", _bundle_edits(), ids=[c[0] for c in _bundle_edits()])
+def test_edited_bundles_are_refused_by_run(made, pristine, tmp_path, case, edit, message):
+    b = tmp_path / "b"
+    shutil.copytree(made["bundle"], b)
+    edit(b, made["other_bundle"])
+    t0 = time.perf_counter()
+    res = RUNNER.invoke(app, ["run", "--bundle", str(b), "--prompt", "12 + 7 = ", "--max-new-tokens", "2"])
+    one_line_error(res, message)
+    assert time.perf_counter() - t0 < 60  # never a hang (the /dev/zero case used to read forever)
+
+
+def test_a_bundle_whose_router_weights_are_not_its_model_is_refused_at_load(made, pristine, tmp_path):
+    """Files and fingerprints all consistent, but the router rows in the weights edited: run recomputes the
+    fingerprint from the weights it loads."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from lightmoe_cli.files import safetensors_metadata
+
+    b = tmp_path / "b"
+    shutil.copytree(made["bundle"], b)
+    path = b / "model" / "non_expert.safetensors"
+    meta = safetensors_metadata(path)
+    tensors = load_file(str(path))
+    key = next(k for k in tensors if k.endswith("mlp.gate.weight"))
+    tensors[key] = tensors[key] + torch.randn_like(tensors[key])
+    save_file(tensors, str(path), metadata=meta)
+    _rehash(b, "model/non_expert.safetensors")
+    res = RUNNER.invoke(app, ["run", "--bundle", str(b), "--prompt", "12 + 7 = ", "--max-new-tokens", "2"])
+    one_line_error(res, "its weights are model")
+
+
+def _profile_edits():
+    return [
+        ("edited-fingerprint", lambda p: _edit_manifest(p, lambda m: m["model"].update(fingerprint="0" * 16)),
+         "belongs to model fingerprint"),
+        ("no-files", lambda p: _edit_manifest(p, lambda m: m.pop("files")), "manifest lists no files"),
+        ("files-dotdot", lambda p: _edit_manifest(p, lambda m: m["files"].update(
+            {"../x": {"sha256": "0" * 64, "bytes": 1}})), "outside the profile"),
+        ("old-file-map", lambda p: _edit_manifest(p, lambda m: m.update(files={k: v["sha256"] for k, v in
+                                                                               m["files"].items()})),
+         "expected an object"),
+    ]
+
+
+@pytest.mark.parametrize("case, edit, message", _profile_edits(), ids=[c[0] for c in _profile_edits()])
+def test_edited_profiles_are_refused_by_build_bundle(made, pristine, tmp_path, case, edit, message):
+    p = tmp_path / "p"
+    shutil.copytree(made["profile"], p)
+    edit(p)
+    res = RUNNER.invoke(app, ["build-bundle", "--profile", str(p), "--out", str(tmp_path / "out")])
+    one_line_error(res, message)
+    assert not (tmp_path / "out").exists()
+
+
+def _run_cases(tmp: Path):
+    latin1 = tmp / "latin1.jsonl"
+    latin1.write_bytes('{"prompt": "caf\xe9"}\n'.encode("latin-1"))
+    as_list = tmp / "list.jsonl"
+    as_list.write_text('["12 + 7 = "]\n')
+    as_number = tmp / "number.jsonl"
+    as_number.write_text('{"prompt": 42}\n')
+    return [
+        ("empty-prompt", ["--prompt", ""], "--prompt is empty"),
+        ("no-prompt", [], "nothing to run"),
+        ("input-missing", ["--input", str(tmp / "none.jsonl")], "not found"),
+        ("input-not-utf8", ["--input", str(latin1)], "is not UTF-8"),
+        ("input-json-list", ["--input", str(as_list)], "list.jsonl:1 is not a JSON object"),
+        ("input-prompt-number", ["--input", str(as_number)], "number.jsonl:1 is not a JSON object"),
+        ("stats-json-missing-folder", ["--prompt", "x", "--stats-json", str(tmp / "no" / "s.json")],
+         "folder"),
+        ("max-new-tokens-0", ["--prompt", "x", "--max-new-tokens", "0"], "--max-new-tokens must be between"),
+        ("max-new-tokens-negative", ["--prompt", "x", "--max-new-tokens", "-5"], "--max-new-tokens must be between"),
+        ("max-new-tokens-1e9", ["--prompt", "x", "--max-new-tokens", "1000000000"],
+         "--max-new-tokens must be between"),
+        ("max-new-tokens-past-positions", ["--prompt", "x", "--max-new-tokens", "999999"], "positions"),
+        ("io-bandwidth", ["--prompt", "x", "--io-bandwidth", "fast"], "cannot read size"),
+        ("bundle-missing", ["--prompt", "x", "--bundle", str(tmp / "nope")], "not a lightmoe bundle"),
+    ]
+
+
+@pytest.mark.parametrize("case", [c[0] for c in _run_cases(Path("/tmp"))])
+def test_bad_run_options(made, pristine, tmp_path, case):
+    args, message = next((a, m) for c, a, m in _run_cases(tmp_path) if c == case)
+    if "--bundle" not in args:
+        args = ["--bundle", str(made["bundle"]), *args]
+    one_line_error(RUNNER.invoke(app, ["run", *args]), message)
+
+
+def _build_cases():
+    return [
+        ("budget-nan", ["--budget", "nan"], "must be a fraction"),
+        ("budget-inf", ["--budget", "inf"], "must be a fraction"),
+        ("budget-zero", ["--budget", "0"], "must be a fraction"),
+        ("budget-and-memory", ["--budget", "0.5", "--memory", "1MiB"], "not both"),
+        ("memory-too-big", ["--memory", "1000GiB"], "more than all experts take"),
+        ("memory-too-small", ["--memory", "1KiB"], "use at least --memory"),
+        ("memory-unreadable", ["--memory", "lots"], "cannot read size"),
+        ("threshold-negative", ["--threshold", "-3"], "--threshold must be at least 0.0"),
+        ("window-zero", ["--window", "0"], "--window must be at least 1"),
+        ("max-swap-negative", ["--max-swap", "-1"], "--max-swap must be at least 1"),
+        ("cooldown-negative", ["--cooldown", "-5"], "--cooldown must be at least 0"),
+        ("min-similarity-7", ["--min-similarity", "7"], "--min-similarity must be at most 1.0"),
+        ("missing-choice", ["--missing", "maybe"], "--missing must be one of reroute, drop"),
+        ("option-of-another-policy", ["--policy", "prune", "--eviction", "lfu"],
+         "--eviction is not a parameter of policy prune"),
+        ("unknown-policy", ["--policy", "magic"], "unknown policy 'magic'"),
+        ("unknown-ranking", ["--ranking", "vibes"], "unknown ranking 'vibes'"),
+        ("unknown-dtype", ["--dtype", "float8"], "unknown --dtype"),
+        ("profile-missing", ["--profile", "/nonexistent/profile"], "not a lightmoe profile"),
+    ]
+
+
+@pytest.mark.parametrize("case, args, message", _build_cases(), ids=[c[0] for c in _build_cases()])
+def test_bad_build_options(made, pristine, tmp_path, case, args, message):
+    base = [] if "--profile" in args else ["--profile", str(made["profile"])]
+    res = RUNNER.invoke(app, ["build-bundle", *base, *args, "--out", str(tmp_path / "out")])
+    one_line_error(res, message)
+    assert not (tmp_path / "out").exists()
+
+
+def _profile_cases(root: Path, tmp: Path):
+    bad = tmp / "bad.jsonl"
+    bad.write_bytes(b'{"text": "caf\xe9"}\n')
+    (tmp / "latin1.yaml").write_text(f"tasks:\n  - {{name: b, source: {{type: jsonl, path: {bad}}}}}\n")
+    (tmp / "missing.yaml").write_text(f"tasks:\n  - {{name: m, source: {{type: jsonl, path: {tmp}/none.jsonl}}}}\n")
+    model = ["--model", str(root / "model")]
+    return [
+        ("calibration-not-utf8", [*model, "--tasks", str(tmp / "latin1.yaml")], "bad.jsonl:1 is not UTF-8"),
+        # the data file is checked before the model: a bad model path does not even get looked at
+        ("calibration-file-missing", ["--model", str(tmp / "nope"), "--tasks", str(tmp / "missing.yaml")],
+         "none.jsonl not found"),
+        ("batch-size-0", [*model, "--batch-size", "0"], "--batch-size must be positive"),
+        ("recipe-missing", [*model, "--tasks", str(tmp / "none.yaml")], "not found"),
+        ("model-missing", ["--model", str(tmp / "nope")], "does not exist"),
+    ]
+
+
+@pytest.mark.parametrize("case", [c[0] for c in _profile_cases(Path("/r"), Path("/tmp"))])
+def test_bad_profile_inputs(made, pristine, tmp_path, case):
+    args, message = next((a, m) for c, a, m in _profile_cases(made["root"], tmp_path) if c == case)
+    res = RUNNER.invoke(app, ["profile", *args, "--out", str(tmp_path / "out")])
+    one_line_error(res, message)
+    assert not (tmp_path / "out").exists()
+
+
+def test_resume_with_changed_settings_says_it_starts_over(made, tmp_path):
+    root = made["root"]
+    out = tmp_path / "p"
+    (tmp_path / "p.partial").mkdir()
+    (tmp_path / "p.partial" / "progress.key").write_text("settings of another run")
+    res = RUNNER.invoke(app, ["profile", "--model", str(root / "model"), "--tasks", str(root / "calib.yaml"),
+                              "--out", str(out), "--batch-size", "4", "--seq-len", "64", "--resume"])
+    assert res.exit_code == 0, res.output
+    assert "cannot be resumed" in " ".join(res.output.split())
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--tasks", ""], "--tasks is empty"), (["--limit", "0"], "--limit must be"),
+    (["--limit", "-3"], "--limit must be"), (["--budgets", "nan"], "budgets are fractions"),
+    (["--budgets", "half"], "bad --budgets"), (["--compare", "magic"], "unknown policy"),
+    (["--block-requests", "0"], "must be positive"), (["--include-path", "/nonexistent"], "--include-path"),
+])
+def test_bad_eval_options(args, message, tmp_path):
+    one_line_error(RUNNER.invoke(app, ["eval", *args, "--out", str(tmp_path / "e")]), message)
+
+
+def test_an_empty_demo_task_file_is_named(tmp_path, monkeypatch):
+    import lightmoe_cli.evaluation.run as run
+
+    (tmp_path / "items" / "ppl").mkdir(parents=True)
+    (tmp_path / "items" / "arithmetic.jsonl").write_text("")
+    (tmp_path / "items" / "ppl" / "arithmetic.jsonl").write_text('{"text": "1"}\n')
+    monkeypatch.setattr(run, "ITEMS_DIR", tmp_path / "items")
+    res = RUNNER.invoke(app, ["eval", "--bundle", str(tmp_path), "--tasks", "demo", "--out", str(tmp_path / "e")])
+    one_line_error(res, "arithmetic.jsonl is empty")
+
+
+def test_no_pickle_in_the_package():
+    root = Path(__file__).resolve().parent.parent / "lightmoe_cli"
+    for p in root.rglob("*.py"):
+        text = p.read_text()
+        assert "torch.load(" not in text and "import pickle" not in text, p
+
+
+def test_a_second_writer_of_the_same_output_is_refused(made, pristine, tmp_path):
+    import fcntl
+
+    out = tmp_path / "b"
+    with (tmp_path / ".b.lock").open("a+") as lock:  # another process holds the output
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        res = RUNNER.invoke(app, ["build-bundle", "--profile", str(made["profile"]), "--out", str(out)])
+        one_line_error(res, "another lightmoe process is writing")
+    assert not out.exists()
+    res = RUNNER.invoke(app, ["build-bundle", "--profile", str(made["profile"]), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+
+
+# ---- signals and concurrent processes: real subprocesses ----------------------------------------------------
+def _cli(*args: str) -> subprocess.Popen:
+    code = "from lightmoe_cli.cli import app; app()"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "120"}
+    return subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=env)
+
+
+def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 120) -> None:
+    t0 = time.time()
+    while not predicate():
+        if proc.poll() is not None:
+            raise AssertionError(f"process ended early: {proc.stdout.read()}")
+        if time.time() - t0 > timeout:
+            proc.kill()
+            raise AssertionError("timed out")
+        time.sleep(0.05)
+
+
+def test_sigint_mid_profile_keeps_finished_tasks_and_says_how_to_continue(made, pristine, tmp_path):
+    root = made["root"]
+    out = tmp_path / "p"
+    shutil.copytree(made["profile"], out)  # an earlier profile at the same path must survive
+    before = folder_digest(out)
+    recipe = tmp_path / "r.yaml"
+    data = root / "corpus" / "arithmetic" / "train.jsonl"
+    recipe.write_text("max_tokens: 4000\ntasks:\n" + "".join(
+        f"  - {{name: t{i}, source: {{type: jsonl, path: {data}}}}}\n" for i in range(6)))
+    args = ["profile", "--model", str(root / "model"), "--tasks", str(recipe), "--out", str(out),
+            "--batch-size", "2", "--seq-len", "32", "--threads", "1"]
+    proc = _cli(*args)
+    _wait_for(lambda: (tmp_path / "p.partial" / "stats" / "t0.safetensors").exists(), proc)
+    proc.send_signal(signal.SIGINT)
+    text = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 130, text
+    assert "Traceback" not in text and "--resume" in text and "p.partial" in " ".join(text.split())
+    assert folder_digest(out) == before
+    done = _cli(*args, "--resume")
+    text = done.communicate(timeout=300)[0]
+    assert done.returncode == 0 and "resumed: task t0 already profiled" in text, text
+
+
+def test_sigkill_mid_profile_keeps_the_earlier_profile_and_resume_works(made, pristine, tmp_path):
+    root = made["root"]
+    out = tmp_path / "p"
+    shutil.copytree(made["profile"], out)
+    before = folder_digest(out)
+    recipe = tmp_path / "r.yaml"
+    data = root / "corpus" / "strings" / "train.jsonl"
+    recipe.write_text("max_tokens: 4000\ntasks:\n" + "".join(
+        f"  - {{name: t{i}, source: {{type: jsonl, path: {data}}}}}\n" for i in range(6)))
+    args = ["profile", "--model", str(root / "model"), "--tasks", str(recipe), "--out", str(out),
+            "--batch-size", "2", "--seq-len", "32", "--threads", "1"]
+    proc = _cli(*args)
+    _wait_for(lambda: (tmp_path / "p.partial" / "stats" / "t0.safetensors").exists(), proc)
+    proc.kill()
+    proc.wait(timeout=30)
+    assert folder_digest(out) == before
+    done = _cli(*args, "--resume")  # the lock died with the killed process
+    text = done.communicate(timeout=300)[0]
+    assert done.returncode == 0 and "resumed: task t0 already profiled" in text, text
+
+
+def test_sigint_mid_build_says_nothing_was_written(made, pristine, tmp_path):
+    out = tmp_path / "b"
+    shutil.copytree(made["bundle"], out)
+    before = folder_digest(out)
+    proc = _cli("build-bundle", "--profile", str(made["profile"]), "--out", str(out), "--policy", "prune")
+    t0 = time.time()
+    while not any(tmp_path.glob("b.tmp-*")) and proc.poll() is None and time.time() - t0 < 120:
+        time.sleep(0.001)
+    proc.send_signal(signal.SIGINT)
+    text = proc.communicate(timeout=60)[0]
+    assert "Traceback" not in text, text
+    if proc.returncode == 130:
+        assert "nothing was written" in text and folder_digest(out) == before
+    else:  # the build finished before the signal arrived
+        assert proc.returncode == 0, text
+
+
+def test_sigkill_mid_build_leaves_a_complete_bundle_and_the_next_build_cleans_up(made, pristine, tmp_path):
+    """Killed while writing, a build leaves the earlier bundle (or, if it had already swapped in, the new one)
+    complete and verified, never half of one; its temp folder is removed by the next writer."""
+    from lightmoe_cli.bundle.artifact import load_bundle
+
+    out = tmp_path / "b"
+    shutil.copytree(made["bundle"], out)
+    before = folder_digest(out)
+    proc = _cli("build-bundle", "--profile", str(made["profile"]), "--out", str(out), "--policy", "prune")
+    t0 = time.time()
+    while not any(tmp_path.glob("b.tmp-*")) and proc.poll() is None and time.time() - t0 < 120:
+        time.sleep(0.001)
+    proc.kill()
+    proc.wait(timeout=30)
+    policy = load_bundle(out).policy  # complete and verified either way
+    assert (folder_digest(out) == before) == (policy == "lightmoe")
+    stale = tmp_path / "b.tmp-4242-dead00"  # what a writer killed earlier leaves behind
+    (stale / "experts").mkdir(parents=True, exist_ok=True)
+    (stale / "experts" / "layer_0.safetensors").write_bytes(b"half")
+    res = RUNNER.invoke(app, ["build-bundle", "--profile", str(made["profile"]), "--out", str(out),
+                              "--policy", "prune"])
+    assert res.exit_code == 0, res.output
+    assert load_bundle(out).policy == "prune" and not list(tmp_path.glob("b.tmp-*"))
+
+
+def test_two_builds_started_together_never_crash_or_mix(made, pristine, tmp_path):
+    from lightmoe_cli.bundle.artifact import load_bundle
+
+    out = tmp_path / "b"
+    procs = [_cli("build-bundle", "--profile", str(made["profile"]), "--out", str(out), "--policy", p)
+             for p in ("prune", "lightmoe")]
+    results = [(p.wait(timeout=300), p.stdout.read()) for p in procs]
+    for code, text in results:
+        assert "Traceback" not in text, text
+        assert code == 0 or "another lightmoe process is writing" in text, text
+    assert any(code == 0 for code, _ in results)
+    assert load_bundle(out).policy in ("prune", "lightmoe")  # one complete bundle, verified
