@@ -332,8 +332,10 @@ def test_a_second_writer_of_the_same_output_is_refused(made, pristine, tmp_path)
 def _cli(*args: str) -> subprocess.Popen:
     code = "from lightmoe_cli.cli import app; app()"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "120"}
+    # a shell's background job starts with SIGINT ignored, and Python then never installs its handler: restore
+    # the default, as a terminal's foreground process has it
     return subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env=env)
+                            text=True, env=env, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 120) -> None:
