@@ -122,6 +122,10 @@ def build_bundle_cmd(
     out: Path = typer.Option(None, "--out", "-o",
                              help="Bundle folder (default: artifacts/bundles/<model>-<policy>-<budget>)."),
     dtype: str = typer.Option("float32", help="dtype of the expert store and runtime weights."),
+    activation: str = typer.Option(None, help="Activation budget (fewer experts per token): topk (uniform) | "
+                                   "lexi (data-free per-layer k)."),
+    active: float = typer.Option(1.0, help="With --activation: share of the model's activations kept, summed "
+                                 "over MoE layers (e.g. 0.5)."),
     policy_params: dict | None = None,
 ) -> None:
     """Choose resident experts under a memory budget, a redirect table and a swap policy -> a bundle folder."""
@@ -143,11 +147,13 @@ def build_bundle_cmd(
     try:
         memory_bytes = parse_size(memory) if memory else None
         fraction = None if memory_bytes is not None else (budget if budget is not None else 0.5)
-        opts = BuildOptions(policy, fraction, memory_bytes, ranking, policy_params or {})
+        opts = BuildOptions(policy, fraction, memory_bytes, ranking, policy_params or {}, activation, active)
         opts.resolve()  # every option checked before a model is loaded
         prof = load_profile(profile_dir or default_profile(resolve_model(model)))
         name = model or prof.model.name_or_path
         tag = f"{int(round(fraction * 100))}" if fraction is not None else memory.replace(" ", "")
+        if activation:
+            tag += f"-{activation}{int(round(active * 100))}"
         lm, tok = load_model_and_tokenizer(name, dtype=dtype)
         with token_progress(console, unit="experts") as progress:
             bundle = build_bundle(prof, lm, tok, name, out or default_bundle(name, policy, tag), opts,

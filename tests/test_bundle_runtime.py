@@ -432,3 +432,40 @@ def test_jump_manager_moves_to_a_task_set_on_a_long_block_and_not_when_tasks_alt
         rt.checkpoint()
     assert rt.jump.history[-1].p_stay < 0.25
     assert [m.resident for m in rt.layers] == [lp.resident for lp in b.layers]  # back on the global set
+
+
+@pytest.mark.parametrize("policy", ["full", "prune", "lightmoe"])
+def test_activation_topk_equals_the_model_with_a_smaller_top_k(prof, tiny_moe, tmp_path, policy):
+    """k = 1 of 2 in every layer: the runtime's truncated routing equals the same model whose routers pick
+    top-1 (Qwen3-MoE renormalises its top-k: norm_topk_prob), under every serving strategy."""
+    root, model, tok = tiny_moe
+    b = build_bundle(prof, model, tok, str(root / "model"), tmp_path / policy,
+                     BuildOptions(policy=policy, fraction=1.0 if policy != "prune" else 0.5, activation="topk",
+                                  active=0.5))
+    assert b.manifest.activation.k == {0: 1, 2: 1} and b.manifest.activation.budget == 2
+    reference = copy.deepcopy(model)
+    for layer in get_adapter(reference).moe_layers(reference):
+        layer.router.top_k = 1
+    if policy == "prune":
+        reference = get_adapter(reference).keep_experts(reference, {lp.layer_index: lp.resident for lp in b.layers})
+    rt = build_runtime(b)
+    ids = _ids(tok)
+    assert torch.allclose(_logits(rt.model, ids), _logits(reference, ids), atol=1e-5)
+    rt.finish()
+    assert rt.layers[0].stats.picks == ids.numel()  # one pick per token, not two
+
+
+def test_activation_lexi_measures_the_model_and_allocates_the_budget(prof, tiny_moe, tmp_path):
+    root, model, tok = tiny_moe
+    b = build_bundle(prof, model, tok, str(root / "model"), tmp_path / "lexi",
+                     BuildOptions(policy="full", fraction=1.0, activation="lexi", active=0.75))
+    act = b.manifest.activation
+    assert sum(act.k.values()) == act.budget == 3 and set(act.k.values()) <= {1, 2}
+    assert all(d["2"] == 0 or d[2] == 0 for d in act.measured["delta"].values())
+    rt = build_runtime(b)
+    assert torch.isfinite(_logits(rt.model, _ids(tok))).all()
+    with pytest.raises(LightMoEError, match="at least one expert per token per layer"):
+        build_bundle(prof, model, tok, str(root / "model"), tmp_path / "x",
+                     BuildOptions(policy="full", fraction=1.0, activation="topk", active=0.1))
+    with pytest.raises(LightMoEError, match="unknown --activation"):
+        BuildOptions(activation="magic").resolve()

@@ -22,6 +22,7 @@ import torch
 
 from lightmoe_cli.errors import LightMoEError
 from lightmoe_cli.manifest import ArtifactManifest, ManifestError, Record
+from lightmoe_cli.policies.activation_budget import ActivationPlan
 from lightmoe_cli.policies.base import LayerPlan, RuntimeSpec
 
 SCHEMA_VERSION = 2
@@ -92,6 +93,7 @@ class BundleManifest(ArtifactManifest):
     task_signatures: dict[str, dict[int, list[float]]] = field(default_factory=dict)
     expert_layout: dict[int, ExpertLayout] = field(default_factory=dict)
     profile: ProfileRef | None = None
+    activation: ActivationPlan | None = None  # an activation budget: experts per token per layer
 
     def check(self, folder: Path) -> None:
         """Consistency a typed read cannot see: every layer's table names experts that exist and are resident."""

@@ -40,6 +40,8 @@ class BuildOptions:
     memory_bytes: int | None = None
     ranking: str = "gate_mass"  # which experts a layer keeps: gate_mass, frequency (counts) or reap (saliency)
     params: dict[str, Any] = field(default_factory=dict)
+    activation: str | None = None  # an activation budget rule (topk | lexi): fewer experts per token
+    active: float = 1.0  # share of the model's activations kept (with `activation`)
 
     def resolve(self) -> tuple[Policy, PolicyParams]:
         """The registered policy and its validated parameters: every option checked before a model loads."""
@@ -48,6 +50,14 @@ class BuildOptions:
             raise LightMoEError(f"unknown ranking {self.ranking!r}; use {', '.join(RANKINGS)}")
         if self.fraction is not None and not (0 < self.fraction <= 1):  # also refuses nan
             raise LightMoEError(f"--budget {self.fraction} must be a fraction in (0, 1] of the expert weights")
+        if self.activation is not None:
+            from lightmoe_cli.policies.activation_budget import ACTIVATION_RULES
+
+            if self.activation not in ACTIVATION_RULES:
+                raise LightMoEError(f"unknown --activation {self.activation!r}; rules: {', '.join(ACTIVATION_RULES)}")
+            if not (0 < self.active <= 1):
+                raise LightMoEError(f"--active {self.active} must be a fraction in (0, 1] of the model's "
+                                    "activations")
         return policy, policy.Params.from_options(self.params, policy.name)
 
 
@@ -84,6 +94,23 @@ def plan_from_profile(prof: Profile, opts: BuildOptions, bytes_per_expert: list[
     record = BudgetRecord(opts.fraction, budget.budget_bytes, budget.all_expert_bytes, resident_bytes,
                           resident_bytes / budget.all_expert_bytes, budget.total_slots)
     return plan, record
+
+
+def _activation_plan(opts: BuildOptions, model, adapter, layers):
+    """The activation budget's per-layer k (None without --activation); LExI measures the model first."""
+    if opts.activation is None:
+        return None
+    from lightmoe_cli.policies.activation_budget import ACTIVATION_RULES, plan_activation
+
+    measured = {}
+    if ACTIVATION_RULES[opts.activation].needs_model:
+        from lightmoe_cli.bundle.lexi import lexi_deltas
+
+        measured = {"delta": lexi_deltas(model, adapter, layers)}
+    try:
+        return plan_activation(opts.activation, {m.layer_index: m.top_k for m in layers}, opts.active, measured)
+    except ValueError as e:
+        raise LightMoEError(str(e)) from e
 
 
 def _expert_param_ids(adapter, layers) -> set[int]:
@@ -145,15 +172,16 @@ def build_bundle(prof: Profile, model, tokenizer, model_name: str, out: Path, op
     identity = model_identity(model, adapter, model_name)
     prof.check_model(identity)
     plan, budget = plan_from_profile(prof, opts, [adapter.bytes_per_expert(m) for m in layers])
+    activation = _activation_plan(opts, model, adapter, layers)
 
     with exclusive_output(Path(out)) as tmp:
         _write_bundle(tmp, Path(out), prof, model, tokenizer, adapter, layers, identity, policy, params, opts,
-                      plan, budget, progress)
+                      plan, budget, progress, activation)
     return load_bundle(out, verify=False)
 
 
 def _write_bundle(tmp: Path, out: Path, prof: Profile, model, tokenizer, adapter, layers, identity, policy,
-                  params, opts: BuildOptions, plan: BundlePlan, budget: BudgetRecord, progress) -> None:
+                  params, opts: BuildOptions, plan: BundlePlan, budget: BudgetRecord, progress, activation) -> None:
     meta = {FINGERPRINT_KEY: identity.fingerprint}
     (tmp / "model").mkdir(parents=True)
     (tmp / "experts").mkdir()
@@ -172,7 +200,7 @@ def _write_bundle(tmp: Path, out: Path, prof: Profile, model, tokenizer, adapter
         runtime=plan.runtime, budget=budget, layers=plan.layers, task_resident=plan.task_resident,
         task_signatures={t: {li: (s.gate_mass / max(float(s.gate_mass.sum()), 1e-12)).tolist()
                              for li, s in prof.task_stats(t).layers.items()} for t in prof.task_names},
-        expert_layout=layout,
+        expert_layout=layout, activation=activation,
         profile=ProfileRef(str(prof.path), sha256_file(prof.path / "manifest.json"), dict(prof.manifest.tasks),
                            prof.manifest.recipe))
     write_artifact(tmp, out, manifest)

@@ -15,6 +15,8 @@ A budget B = round(active x sum_l K_l) is spread over the MoE layers (K_l = the 
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 
@@ -168,3 +170,64 @@ def pooled_token_topk(scores: np.ndarray, k_layer: int, k_base: int = 1) -> np.n
         top = np.argsort(-rest, kind="stable")[:pool]
         keep.reshape(-1)[top] = True
     return keep
+
+
+@dataclass
+class ActivationPlan:
+    """What a bundle records of its activation budget (the manifest's `activation`)."""
+
+    rule: str  # topk | lexi
+    active: float  # requested share of the model's activations
+    budget: int  # B = round(active x sum_l K_l)
+    k: dict[int, int]  # per MoE layer: experts each token activates
+    params: dict = field(default_factory=dict)
+    measured: dict = field(default_factory=dict)  # e.g. LExI's Delta table, for the record
+
+
+class ActivationRule:
+    """A way to spread the budget over layers. `measure` needs the model (None: nothing to measure)."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    needs_model: ClassVar[bool] = False
+
+    def allocate(self, top_k: dict[int, int], budget: int, measured: dict, seed: int) -> dict[int, int]:
+        raise NotImplementedError
+
+
+ACTIVATION_RULES: dict[str, type[ActivationRule]] = {}
+
+
+def register_rule(cls: type[ActivationRule]) -> type[ActivationRule]:
+    ACTIVATION_RULES[cls.name] = cls
+    return cls
+
+
+@register_rule
+class TopK(ActivationRule):
+    name = "topk"
+    summary = "uniform: every layer floor/ceil of B / L experts per token (the baseline)"
+
+    def allocate(self, top_k, budget, measured, seed):
+        return uniform_split(top_k, budget)
+
+
+@register_rule
+class LExI(ActivationRule):
+    name = "lexi"
+    summary = ("data-free (LExI): per-layer output change Delta_l(k) on Gaussian inputs at the layer's input "
+               "scale, then an evolutionary search for the k vector with sum B and the least total change")
+    needs_model = True
+
+    def allocate(self, top_k, budget, measured, seed):
+        delta = {int(li): {int(k): float(v) for k, v in row.items()} for li, row in measured["delta"].items()}
+        return evolutionary_search(delta, budget, seed=seed)
+
+
+def plan_activation(rule: str, top_k: dict[int, int], active: float, measured: dict | None = None,
+                    seed: int = 0) -> ActivationPlan:
+    if rule not in ACTIVATION_RULES:
+        raise ValueError(f"unknown --activation {rule!r}; rules: {', '.join(ACTIVATION_RULES)}")
+    budget = activation_budget(top_k, active)
+    k = ACTIVATION_RULES[rule]().allocate(top_k, budget, measured or {}, seed)
+    return ActivationPlan(rule, active, budget, k, {"seed": seed}, measured or {})

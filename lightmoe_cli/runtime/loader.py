@@ -21,6 +21,7 @@ from lightmoe_cli.bundle.artifact import Bundle, ExpertStore
 from lightmoe_cli.errors import LightMoEError
 from lightmoe_cli.policies.base import Serving
 from lightmoe_cli.policies.manager import LayerManager
+from lightmoe_cli.runtime.activation import LayerActivation
 from lightmoe_cli.runtime.slots import SlotPool, SlotWriter
 from lightmoe_cli.runtime.strategies import STRATEGIES, LayerStrategy, Remap
 
@@ -280,7 +281,11 @@ def build_runtime(bundle: Bundle, device: str = "cpu", check_every: int | None =
         strategies.append(_strategy(bundle, spec, m, pool, manager))
     rt = Runtime(model, tokenizer, bundle, strategies, store,
                  check_every or (spec.manager.check_every if spec.manager else 64))
+    activation = bundle.manifest.activation
     for m, s in zip(layers, strategies, strict=True):
+        if activation is not None:
+            s.activation = LayerActivation(activation.k[m.layer_index],
+                                           renormalise=bool(getattr(m.router, "norm_topk_prob", True)))
         rt.handles += s.install(adapter, m)
     if manager and spec.manager is not None and spec.manager.mode == "jump":
         from lightmoe_cli.policies.jump import TaskJump

@@ -28,6 +28,7 @@ from lightmoe_cli.policies.base import LayerPlan, Missing, RuntimeSpec, Serving
 from lightmoe_cli.policies.cache import ExpertCache
 from lightmoe_cli.policies.manager import LayerManager
 from lightmoe_cli.policies.redirect import DROP, redirect_table
+from lightmoe_cli.runtime.activation import LayerActivation
 from lightmoe_cli.runtime.slots import LayerStats, SlotPool, SlotWriter, SwapRecord
 
 
@@ -40,6 +41,11 @@ class LayerStrategy:
         self.layer_index, self.pool, self.plan, self.spec = layer_index, pool, plan, spec
         self.num_experts = plan.num_experts
         self.swaps: list[SwapRecord] = []
+        self.activation: LayerActivation | None = None  # an activation budget (fewer experts per token)
+
+    def activate(self, index: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The routing after the bundle's activation budget (unchanged without one)."""
+        return (index, weights) if self.activation is None else self.activation.apply(index, weights)
 
     # views used by reports and tests
     @property
@@ -80,10 +86,13 @@ class PrunedRouter(LayerStrategy):
     def install(self, adapter, layer) -> list:
         return [adapter.add_routing_hook(layer, self.count)]
 
-    def count(self, index: torch.Tensor, weights: torch.Tensor) -> None:
+    def count(self, index: torch.Tensor, weights: torch.Tensor):
         """The sliced router only picks resident experts: every pick is a hit."""
+        if self.activation is not None:
+            index, weights = self.activate(index, weights)
         self.stats.picks += index.numel()
         self.stats.hits += index.numel()
+        return None if self.activation is None else (index, weights)
 
 
 class Remap(LayerStrategy):
@@ -131,6 +140,8 @@ class Remap(LayerStrategy):
     # ---- the hot path: a few tensor ops per layer and forward ------------------------------------------------
     def route(self, index: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(T, K) expert ids + router weights -> slot ids + weights (dropped picks: weight 0, renormalised)."""
+        if self.activation is not None:
+            index, weights = self.activate(index, weights)
         idx = index.long()
         self._pending.append((idx, weights))  # counted at the next check point, off the per-token path
         if not self._any_drop:
@@ -288,6 +299,7 @@ class OnDemand(LayerStrategy):
 
     def run(self, experts: nn.Module, hidden_states: torch.Tensor, top_k_index: torch.Tensor,
             top_k_weights: torch.Tensor) -> torch.Tensor:
+        top_k_index, top_k_weights = self.activate(top_k_index, top_k_weights)
         idx = top_k_index.long()
         self.stats.picks += idx.numel()
         out = torch.zeros_like(hidden_states)
