@@ -245,3 +245,9 @@ def _task_doc_texts(t) -> Iterator[str]:
         if isinstance(target, int) and choices:
             target = choices[target]
         yield f"{t.doc_to_text(doc)} {target}"
+
+
+def recipe_from_resolved(d: dict) -> CalibrationRecipe:
+    """The recipe a profile's manifest stored (absolute data paths), to read its calibration text again."""
+    tasks = [CalibrationTask(t["name"], TaskSource(**t["source"]), int(t["max_tokens"])) for t in d["tasks"]]
+    return CalibrationRecipe(tasks, int(d["max_tokens"]), d.get("path", ""), d.get("description", ""))

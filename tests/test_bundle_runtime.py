@@ -469,3 +469,18 @@ def test_activation_lexi_measures_the_model_and_allocates_the_budget(prof, tiny_
                      BuildOptions(policy="full", fraction=1.0, activation="topk", active=0.1))
     with pytest.raises(LightMoEError, match="unknown --activation"):
         BuildOptions(activation="magic").resolve()
+
+
+def test_activation_alloc_measures_calibration_sensitivity_and_solves_the_dp(prof, tiny_moe, tmp_path):
+    from lightmoe_cli.policies.activation_budget import brute_force
+
+    root, model, tok = tiny_moe
+    b = build_bundle(prof, model, tok, str(root / "model"), tmp_path / "alloc",
+                     BuildOptions(policy="full", fraction=1.0, activation="alloc", active=0.75))
+    act = b.manifest.activation
+    s = {int(li): {int(k): v for k, v in row.items()} for li, row in act.measured["sensitivity"].items()}
+    assert set(s) == {0, 2} and all(set(row) == {1, 2} for row in s.values())
+    assert s[0][2] == s[2][2]  # k = K everywhere is the unchanged model
+    want = brute_force(s, act.budget)
+    assert sum(s[li][k] for li, k in act.k.items()) == pytest.approx(sum(s[li][k] for li, k in want.items()))
+    assert torch.isfinite(_logits(build_runtime(b).model, _ids(tok))).all()

@@ -96,17 +96,23 @@ def plan_from_profile(prof: Profile, opts: BuildOptions, bytes_per_expert: list[
     return plan, record
 
 
-def _activation_plan(opts: BuildOptions, model, adapter, layers):
+def _activation_plan(opts: BuildOptions, model, tokenizer, prof: Profile, adapter, layers):
     """The activation budget's per-layer k (None without --activation); LExI measures the model first."""
     if opts.activation is None:
         return None
     from lightmoe_cli.policies.activation_budget import ACTIVATION_RULES, plan_activation
 
     measured = {}
-    if ACTIVATION_RULES[opts.activation].needs_model:
+    kind = ACTIVATION_RULES[opts.activation].measurement
+    if kind == "lexi":
         from lightmoe_cli.bundle.lexi import lexi_deltas
 
         measured = {"delta": lexi_deltas(model, adapter, layers)}
+    elif kind == "alloc":
+        from lightmoe_cli.bundle.alloc import alloc_sensitivity, calibration_windows
+
+        measured = {"sensitivity": alloc_sensitivity(model, adapter, layers,
+                                                     calibration_windows(prof, tokenizer))}
     try:
         return plan_activation(opts.activation, {m.layer_index: m.top_k for m in layers}, opts.active, measured)
     except ValueError as e:
@@ -172,7 +178,7 @@ def build_bundle(prof: Profile, model, tokenizer, model_name: str, out: Path, op
     identity = model_identity(model, adapter, model_name)
     prof.check_model(identity)
     plan, budget = plan_from_profile(prof, opts, [adapter.bytes_per_expert(m) for m in layers])
-    activation = _activation_plan(opts, model, adapter, layers)
+    activation = _activation_plan(opts, model, tokenizer, prof, adapter, layers)
 
     with exclusive_output(Path(out)) as tmp:
         _write_bundle(tmp, Path(out), prof, model, tokenizer, adapter, layers, identity, policy, params, opts,

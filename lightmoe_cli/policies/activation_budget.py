@@ -189,7 +189,7 @@ class ActivationRule:
 
     name: ClassVar[str]
     summary: ClassVar[str]
-    needs_model: ClassVar[bool] = False
+    measurement: ClassVar[str | None] = None  # what the builder measures on the model first ("lexi", "alloc")
 
     def allocate(self, top_k: dict[int, int], budget: int, measured: dict, seed: int) -> dict[int, int]:
         raise NotImplementedError
@@ -217,11 +217,23 @@ class LExI(ActivationRule):
     name = "lexi"
     summary = ("data-free (LExI): per-layer output change Delta_l(k) on Gaussian inputs at the layer's input "
                "scale, then an evolutionary search for the k vector with sum B and the least total change")
-    needs_model = True
+    measurement = "lexi"
 
     def allocate(self, top_k, budget, measured, seed):
         delta = {int(li): {int(k): float(v) for k, v in row.items()} for li, row in measured["delta"].items()}
         return evolutionary_search(delta, budget, seed=seed)
+
+
+@register_rule
+class AllocL(ActivationRule):
+    name = "alloc"
+    summary = ("Alloc-MoE (Alloc-L): calibration NLL with each layer at each k, then the exact grouped-knapsack DP "
+               "for the per-layer k with the least summed NLL under the budget")
+    measurement = "alloc"
+
+    def allocate(self, top_k, budget, measured, seed):
+        cost = {int(li): {int(k): float(v) for k, v in row.items()} for li, row in measured["sensitivity"].items()}
+        return grouped_knapsack(cost, budget)
 
 
 def plan_activation(rule: str, top_k: dict[int, int], active: float, measured: dict | None = None,
