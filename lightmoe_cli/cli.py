@@ -123,7 +123,8 @@ def build_bundle_cmd(
                              help="Bundle folder (default: artifacts/bundles/<model>-<policy>-<budget>)."),
     dtype: str = typer.Option("float32", help="dtype of the expert store and runtime weights."),
     activation: str = typer.Option(None, help="Activation budget (fewer experts per token): topk (uniform) | "
-                                   "lexi (data-free per-layer k) | alloc (Alloc-L: calibration sensitivity + DP)."),
+                                   "lexi (data-free per-layer k) | alloc (Alloc-L: calibration sensitivity + DP) | "
+                                   "alloc-t (Alloc-L + per-token pooling) | naee (per-token threshold)."),
     active: float = typer.Option(1.0, help="With --activation: share of the model's activations kept, summed "
                                  "over MoE layers (e.g. 0.5)."),
     policy_params: dict | None = None,

@@ -484,3 +484,55 @@ def test_activation_alloc_measures_calibration_sensitivity_and_solves_the_dp(pro
     want = brute_force(s, act.budget)
     assert sum(s[li][k] for li, k in act.k.items()) == pytest.approx(sum(s[li][k] for li, k in want.items()))
     assert torch.isfinite(_logits(build_runtime(b).model, _ids(tok))).all()
+
+
+def _per_token_reference(model, plan, keep_fn):
+    """A copy of the model whose routing hook zeroes the picks `keep_fn` drops and renormalises (Qwen3-MoE
+    renormalises its top-k): an independent reimplementation of a per-token rule."""
+    reference = copy.deepcopy(model)
+    adapter = get_adapter(reference)
+    for layer in adapter.moe_layers(reference):
+        def fn(idx, w, li=layer.layer_index):
+            order = w.argsort(-1, descending=True)
+            idx, w = idx.gather(-1, order), w.gather(-1, order)
+            keep = torch.as_tensor(keep_fn(li, w.double().numpy()))
+            w = w * keep
+            return idx, w / w.sum(-1, keepdim=True)
+        adapter.add_routing_hook(layer, fn)
+    return reference
+
+
+def test_activation_naee_drops_picks_under_the_threshold(prof, tiny_moe, tmp_path):
+    import numpy as np
+
+    root, model, tok = tiny_moe
+    b = build_bundle(prof, model, tok, str(root / "model"), tmp_path / "naee",
+                     BuildOptions(policy="full", fraction=1.0, activation="naee", active=0.75))
+    beta = b.manifest.activation.beta
+    assert set(beta) == {0, 2} and all(0 < v < 1 for v in beta.values())
+    reference = _per_token_reference(model, b.manifest.activation,
+                                     lambda li, w: np.concatenate([np.ones((len(w), 1), bool),
+                                                                   w[:, 1:] >= beta[li] * w[:, :1]], 1))
+    rt = build_runtime(b)
+    ids = _ids(tok)
+    assert torch.allclose(_logits(rt.model, ids), _logits(reference, ids), atol=1e-5)
+    rt.finish()
+    assert ids.numel() <= rt.layers[0].stats.picks < 2 * ids.numel()  # some tokens ran one expert, not two
+
+
+def test_activation_alloc_t_pools_the_spare_slots_over_the_tokens(prof, tiny_moe, tmp_path):
+    from lightmoe_cli.policies.activation_budget import pooled_token_topk
+
+    root, model, tok = tiny_moe
+    b = build_bundle(prof, model, tok, str(root / "model"), tmp_path / "allct",
+                     BuildOptions(policy="prune", fraction=0.5, activation="alloc-t", active=0.75))
+    act = b.manifest.activation
+    assert act.pooled_base == 1 and sorted(act.k.values()) == [1, 2]
+    pruned = get_adapter(model).keep_experts(model, {lp.layer_index: lp.resident for lp in b.layers})
+    reference = _per_token_reference(pruned, act, lambda li, w: pooled_token_topk(w, act.k[li], 1))
+    rt = build_runtime(b)
+    ids = _ids(tok)
+    assert torch.allclose(_logits(rt.model, ids), _logits(reference, ids), atol=1e-5)
+    with pytest.raises(LightMoEError, match="on-demand loading"):
+        build_bundle(prof, model, tok, str(root / "model"), tmp_path / "lru",
+                     BuildOptions(policy="lru", fraction=0.5, activation="naee", active=0.75))

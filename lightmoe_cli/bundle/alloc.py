@@ -56,3 +56,24 @@ def alloc_sensitivity(model, adapter, layers, windows: list[list[int]]) -> dict[
             finally:
                 handle.remove()
     return dict(sorted(out.items()))
+
+
+@torch.no_grad()
+def routing_weights(model, windows: list[list[int]], batch_size: int = 8) -> dict[int, torch.Tensor]:
+    """Per MoE layer (N, K): the router weights of every real calibration token (NAEE calibrates on them)."""
+    from lightmoe_cli.models import record_routing
+    from lightmoe_cli.profile.batches import batches
+
+    device = next(model.parameters()).device
+    seen: dict[int, list[torch.Tensor]] = {}
+    mask: dict[str, torch.Tensor] = {}
+
+    def keep(layer_index: int, index: torch.Tensor, weights: torch.Tensor) -> None:
+        w = weights.reshape(-1, weights.shape[-1]).float().cpu()
+        seen.setdefault(layer_index, []).append(w[mask["m"]])
+
+    with record_routing(model, keep):
+        for b in batches(windows, batch_size, 0):
+            mask["m"] = b.attention_mask.reshape(-1).bool()
+            model(input_ids=b.input_ids.to(device), attention_mask=b.attention_mask.to(device))
+    return {li: torch.cat(v) for li, v in sorted(seen.items())}

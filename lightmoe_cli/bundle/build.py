@@ -113,6 +113,10 @@ def _activation_plan(opts: BuildOptions, model, tokenizer, prof: Profile, adapte
 
         measured = {"sensitivity": alloc_sensitivity(model, adapter, layers,
                                                      calibration_windows(prof, tokenizer))}
+    elif kind == "routing":
+        from lightmoe_cli.bundle.alloc import calibration_windows, routing_weights
+
+        measured = {"weights": routing_weights(model, calibration_windows(prof, tokenizer))}
     try:
         return plan_activation(opts.activation, {m.layer_index: m.top_k for m in layers}, opts.active, measured)
     except ValueError as e:
@@ -179,6 +183,10 @@ def build_bundle(prof: Profile, model, tokenizer, model_name: str, out: Path, op
     prof.check_model(identity)
     plan, budget = plan_from_profile(prof, opts, [adapter.bytes_per_expert(m) for m in layers])
     activation = _activation_plan(opts, model, tokenizer, prof, adapter, layers)
+    if activation is not None and (activation.beta or activation.pooled_base) and \
+            plan.runtime.serving.value == "on_demand":
+        raise LightMoEError(f"--activation {opts.activation} drops picks per token, which on-demand loading "
+                            f"(--policy {opts.policy}) does not support: use prune, lightmoe or full")
 
     with exclusive_output(Path(out)) as tmp:
         _write_bundle(tmp, Path(out), prof, model, tokenizer, adapter, layers, identity, policy, params, opts,

@@ -179,8 +179,10 @@ class ActivationPlan:
     rule: str  # topk | lexi
     active: float  # requested share of the model's activations
     budget: int  # B = round(active x sum_l K_l)
-    k: dict[int, int]  # per MoE layer: experts each token activates
+    k: dict[int, int]  # per MoE layer: experts each token activates (the cap, for per-token rules)
     params: dict = field(default_factory=dict)
+    beta: dict[int, float] | None = None  # NAEE: per layer, drop pick i when w_i < beta x w_1
+    pooled_base: int | None = None  # Alloc-T: picks each token keeps before the layer's pooled slots
     measured: dict = field(default_factory=dict)  # e.g. LExI's Delta table, for the record
 
 
@@ -193,6 +195,10 @@ class ActivationRule:
 
     def allocate(self, top_k: dict[int, int], budget: int, measured: dict, seed: int) -> dict[int, int]:
         raise NotImplementedError
+
+    def per_token(self, top_k: dict[int, int], budget: int, measured: dict) -> dict:
+        """Extra ActivationPlan fields of a per-token rule (beta, pooled_base); none by default."""
+        return {}
 
 
 ACTIVATION_RULES: dict[str, type[ActivationRule]] = {}
@@ -236,10 +242,38 @@ class AllocL(ActivationRule):
         return grouped_knapsack(cost, budget)
 
 
+@register_rule
+class AllocLT(AllocL):
+    name = "alloc-t"
+    summary = ("Alloc-MoE (Alloc-L + Alloc-T): Alloc-L's per-layer k, and inside a forward every token keeps its "
+               "top pick while the layer's other T x (k - 1) slots go to the highest scores of all tokens")
+
+    def per_token(self, top_k, budget, measured):
+        return {"pooled_base": 1}
+
+
+@register_rule
+class NAEE(ActivationRule):
+    name = "naee"
+    summary = ("NAEE-style dynamic skipping: a token drops its i-th pick when w_i < beta_l x w_1, beta_l the "
+               "calibration quantile that meets the layer's share of the budget")
+    measurement = "routing"
+
+    def allocate(self, top_k, budget, measured, seed):
+        return dict(top_k)  # every pick may run; the thresholds decide per token
+
+    def per_token(self, top_k, budget, measured):
+        w = {int(li): np.asarray(v) for li, v in measured["weights"].items()}
+        return {"beta": naee_thresholds(w, top_k, budget)}
+
+
 def plan_activation(rule: str, top_k: dict[int, int], active: float, measured: dict | None = None,
                     seed: int = 0) -> ActivationPlan:
     if rule not in ACTIVATION_RULES:
         raise ValueError(f"unknown --activation {rule!r}; rules: {', '.join(ACTIVATION_RULES)}")
     budget = activation_budget(top_k, active)
-    k = ACTIVATION_RULES[rule]().allocate(top_k, budget, measured or {}, seed)
-    return ActivationPlan(rule, active, budget, k, {"seed": seed}, measured or {})
+    r = ACTIVATION_RULES[rule]()
+    k = r.allocate(top_k, budget, measured or {}, seed)
+    extra = r.per_token(top_k, budget, measured or {})
+    kept = {key: v for key, v in (measured or {}).items() if key != "weights"}  # raw weights are not recorded
+    return ActivationPlan(rule, active, budget, k, params={"seed": seed}, measured=kept, **extra)

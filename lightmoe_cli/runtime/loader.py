@@ -285,7 +285,11 @@ def build_runtime(bundle: Bundle, device: str = "cpu", check_every: int | None =
     for m, s in zip(layers, strategies, strict=True):
         if activation is not None:
             s.activation = LayerActivation(activation.k[m.layer_index],
-                                           renormalise=bool(getattr(m.router, "norm_topk_prob", True)))
+                                           renormalise=bool(getattr(m.router, "norm_topk_prob", True)),
+                                           beta=(activation.beta or {}).get(m.layer_index),
+                                           pooled_base=activation.pooled_base)
+            if s.activation.per_token:
+                m.experts._is_expert_parallel = True  # dropped picks carry the sentinel id: no GEMM rows
         rt.handles += s.install(adapter, m)
     if manager and spec.manager is not None and spec.manager.mode == "jump":
         from lightmoe_cli.policies.jump import TaskJump

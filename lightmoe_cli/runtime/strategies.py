@@ -47,6 +47,15 @@ class LayerStrategy:
         """The routing after the bundle's activation budget (unchanged without one)."""
         return (index, weights) if self.activation is None else self.activation.apply(index, weights)
 
+    def _select(self, index: torch.Tensor, weights: torch.Tensor):
+        if self.activation is None:
+            return index, weights, None
+        return self.activation.select(index, weights)
+
+    @property
+    def sentinel(self) -> int:
+        """The experts kernel's "no expert" id: one past the pool (skipped once `_is_expert_parallel`)."""
+        return self.pool.slots + self.pool.extra
     # views used by reports and tests
     @property
     def stats(self) -> LayerStats:
@@ -88,11 +97,17 @@ class PrunedRouter(LayerStrategy):
 
     def count(self, index: torch.Tensor, weights: torch.Tensor):
         """The sliced router only picks resident experts: every pick is a hit."""
-        if self.activation is not None:
-            index, weights = self.activate(index, weights)
-        self.stats.picks += index.numel()
-        self.stats.hits += index.numel()
-        return None if self.activation is None else (index, weights)
+        if self.activation is None:
+            self.stats.picks += index.numel()
+            self.stats.hits += index.numel()
+            return None
+        index, weights, dropped = self._select(index, weights)
+        runs = index.numel() - (int(dropped.sum()) if dropped is not None else 0)
+        self.stats.picks += runs
+        self.stats.hits += runs
+        if dropped is not None:
+            index = index.masked_fill(dropped, self.sentinel)
+        return index, weights
 
 
 class Remap(LayerStrategy):
@@ -113,7 +128,7 @@ class Remap(LayerStrategy):
         self.renormalise = renormalise  # the router renormalises its top-k weights (norm_topk_prob)
         self._logits: torch.Tensor | None = None  # (T, W) the router's logits of the current forward, W >= E
         self._router_logits = None  # the adapter's reader of the logits from the router's output (install)
-        self._pending: list = []  # (index, weights) of forwards since the last check point
+        self._pending: list = []  # (ids, weights, tokens) of forwards since the last check point
         self._arange = torch.arange(self.num_experts, device=device)
         self._rebuild_route()
 
@@ -141,9 +156,18 @@ class Remap(LayerStrategy):
     def route(self, index: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(T, K) expert ids + router weights -> slot ids + weights (dropped picks: weight 0, renormalised)."""
         if self.activation is not None:
-            index, weights = self.activate(index, weights)
+            index, weights, dropped = self._select(index, weights)
+            if dropped is not None:
+                slot, w = self._route_all(index, weights)
+                ids, ws, tokens = self._pending[-1]  # a dropped pick is no demand and no pick
+                self._pending[-1] = (ids[~dropped], ws[~dropped], tokens)
+                return slot.masked_fill(dropped, self.sentinel), w.masked_fill(dropped, 0.0)
+        return self._route_all(index, weights)
+
+    def _route_all(self, index: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         idx = index.long()
-        self._pending.append((idx, weights))  # counted at the next check point, off the per-token path
+        # counted at the next check point, off the per-token path
+        self._pending.append((idx, weights, idx.reshape(-1, idx.shape[-1]).shape[0]))
         if not self._any_drop:
             return self._route[idx], weights
         if self.reroute and self.renormalise and self._no_redirect and self._logits is not None:
@@ -194,13 +218,14 @@ class Remap(LayerStrategy):
         the last call (CPU)."""
         if not self._pending:
             return torch.zeros(self.num_experts, dtype=torch.long), torch.zeros(self.num_experts), 0
-        idx = torch.cat([p[0].reshape(-1, p[0].shape[-1]) for p in self._pending])
-        w = torch.cat([p[1].reshape(-1, p[1].shape[-1]) for p in self._pending])
+        idx = torch.cat([p[0].reshape(-1) for p in self._pending])
+        w = torch.cat([p[1].reshape(-1) for p in self._pending])
+        tokens = sum(p[2] for p in self._pending)
         self._pending = []
         flat = idx.reshape(-1)
         picks = torch.bincount(flat, minlength=self.num_experts)
         mass = torch.bincount(flat, weights=w.reshape(-1).double(), minlength=self.num_experts)
-        return picks.cpu(), mass.cpu(), idx.shape[0]
+        return picks.cpu(), mass.cpu(), tokens
 
     def finish(self) -> None:
         self._fold()
