@@ -247,6 +247,9 @@ def eval_cmd(
     block_requests: str = typer.Option("1,2,8,30", help="Task-shift streams: requests per domain block, one "
                                        "stream per value."),
     stream_requests: int = typer.Option(96, help="Requests (held-out documents) per task-shift stream."),
+    activations: str = typer.Option("", help="Activation budget rules to score (comma-separated: topk, lexi, "
+                                    "alloc, alloc-t, naee), each on full and on lightmoe at the middle budget."),
+    active: str = typer.Option("0.5,0.75", help="With --activations: shares of activations to score."),
 ) -> None:
     """Score bundles and the baselines with lm-evaluation-harness: accuracy x memory x speed."""
     offline()
@@ -257,7 +260,9 @@ def eval_cmd(
                           policies=[p.strip() for p in compare.split(",") if p.strip()],
                           budgets=[float(b) for b in budgets.split(",")], limit=limit, out=out, threads=threads,
                           task_shift=task_shift, block_requests=[int(b) for b in block_requests.split(",")],
-                          stream_requests=stream_requests)
+                          stream_requests=stream_requests,
+                          activations=[a.strip() for a in activations.split(",") if a.strip()],
+                          active=[float(a) for a in active.split(",")])
         req.validate()
     except ValueError as e:
         fail(f"bad --budgets {budgets!r} or --block-requests {block_requests!r}: {e}")

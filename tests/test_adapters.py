@@ -406,3 +406,11 @@ def test_no_module_outside_models_reaches_into_adapters():
                 or re.search(r"\.experts\(", source):
             offenders.append(path.relative_to(package).as_posix())
     assert offenders == []
+
+
+def test_which_families_can_change_top_k():
+    from lightmoe_cli.models.adapter import MoEAdapter
+    from lightmoe_cli.models.families import JetMoeAdapter, Llama4Adapter
+
+    assert MoEAdapter().can_change_top_k()
+    assert not Llama4Adapter().can_change_top_k() and not JetMoeAdapter().can_change_top_k()

@@ -536,3 +536,27 @@ def test_activation_alloc_t_pools_the_spare_slots_over_the_tokens(prof, tiny_moe
     with pytest.raises(LightMoEError, match="on-demand loading"):
         build_bundle(prof, model, tok, str(root / "model"), tmp_path / "lru",
                      BuildOptions(policy="lru", fraction=0.5, activation="naee", active=0.75))
+
+
+def test_activation_keeps_raw_weights_where_the_router_does_not_renormalise(tiny_moe, tmp_path):
+    """OLMoE with norm_topk_prob=False: dropping a pick keeps the other raw probabilities, exactly as the same
+    model with a smaller top-k (the Qwen3-MoE tests above cover a renormalising router)."""
+    from transformers import OlmoeConfig, OlmoeForCausalLM
+
+    root, _, tok = tiny_moe
+    cfg = OlmoeConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                      num_key_value_heads=1, intermediate_size=16, num_experts=8, num_experts_per_tok=2,
+                      norm_topk_prob=False, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(1)
+    model = OlmoeForCausalLM(cfg).eval()
+    model.save_pretrained(tmp_path / "olmoe")
+    tok.save_pretrained(tmp_path / "olmoe")
+    prof = run_profile(model, tok, str(tmp_path / "olmoe"), load_recipe(root / "calib.yaml"), tmp_path / "p",
+                       ProfileSettings(batch_size=4, seq_len=64, sample_tokens=32))
+    b = build_bundle(prof, model, tok, str(tmp_path / "olmoe"), tmp_path / "b",
+                     BuildOptions(policy="full", fraction=1.0, activation="topk", active=0.5))
+    reference = copy.deepcopy(model)
+    for layer in get_adapter(reference).moe_layers(reference):
+        layer.router.top_k = 1
+    ids = _ids(tok)
+    assert torch.allclose(_logits(build_runtime(b).model, ids), _logits(reference, ids), atol=1e-5)

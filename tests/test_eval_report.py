@@ -53,6 +53,7 @@ def test_comparisons_pair_items_and_report_the_gap_closed():
 
 def test_tables_fit_100_columns_without_truncation():
     rows = _rows()
+    rows.append(dict(rows[2], policy="lightmoe+alloc-t@75%", swaps=1234, bytes_loaded=324_581 * 2**20))
     add_comparisons(rows)
     report = EvalReport(None, ["demo_x", "demo_x_ppl"], rows, {})
     console = Console(width=100, record=True)

@@ -102,6 +102,10 @@ def _activation_plan(opts: BuildOptions, model, tokenizer, prof: Profile, adapte
         return None
     from lightmoe_cli.policies.activation_budget import ACTIVATION_RULES, plan_activation
 
+    if not adapter.can_change_top_k():
+        raise LightMoEError(f"--activation needs a router whose picks per token can be cut; "
+                            f"{model.config.model_type} routes inside its router, which lightmoe cannot change")
+
     measured = {}
     kind = ACTIVATION_RULES[opts.activation].measurement
     if kind == "lexi":

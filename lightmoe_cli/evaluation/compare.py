@@ -20,6 +20,12 @@ class EvalConfig:
     budget: float  # fraction of expert bytes (1.0 for full)
     bundle: Path
     replicate: int = 0  # seed of a replicated policy (random); rows of one policy x budget are averaged
+    activation: str | None = None  # an activation budget rule and its share of activations
+    active: float = 1.0
+
+    @property
+    def label(self) -> str:
+        return self.policy if self.activation is None else f"{self.policy}+{self.activation}@{self.active:.0%}"
 
 
 def run_worker(bundle: Path, tasks: list[str], include_path: list[Path], limit: int | None, threads: int) -> dict:
@@ -41,8 +47,10 @@ def run_worker(bundle: Path, tasks: list[str], include_path: list[Path], limit: 
 
 
 def ensure_bundles(prof, model, tokenizer, model_name: str, policies: list[str], budgets: list[float],
-                   root: Path, progress=None) -> list[EvalConfig]:
-    """Build each policy x budget bundle unless a bundle with the same plan inputs already exists."""
+                   root: Path, progress=None, activations: list[tuple[str, str, float, float]] = ()
+                   ) -> list[EvalConfig]:
+    """Build each policy x budget bundle (and each (policy, rule, budget, active) activation bundle) unless a
+    bundle with the same plan inputs already exists."""
     from lightmoe_cli.bundle.artifact import BundleError, load_bundle
     from lightmoe_cli.bundle.build import BuildOptions, build_bundle
     from lightmoe_cli.files import sha256_file
@@ -66,6 +74,21 @@ def ensure_bundles(prof, model, tokenizer, model_name: str, policies: list[str],
                              BuildOptions(policy=policy, fraction=budget if cls.uses_budget else None,
                                           params={"seed": seed} if cls.replicates > 1 else {}))
             configs.append(EvalConfig(policy, budget, path, seed))
+    for policy, rule, budget, active in activations:
+        uses_budget = get_policy(policy).uses_budget
+        budget = budget if uses_budget else 1.0
+        path = root / f"{policy}-{int(round(budget * 100))}-{rule}{int(round(active * 100))}"
+        try:
+            fresh = load_bundle(path, verify=False).manifest.profile.manifest_sha256 == profile_sha
+        except BundleError:
+            fresh = False
+        if not fresh:
+            if progress:
+                progress.console.print(f"building bundle {path.name}")
+            build_bundle(prof, model, tokenizer, model_name, path,
+                         BuildOptions(policy=policy, fraction=budget if uses_budget else None, activation=rule,
+                                      active=active))
+        configs.append(EvalConfig(policy, budget, path, 0, rule, active))
     return configs
 
 
@@ -86,6 +109,8 @@ def run_comparison(configs: list[EvalConfig], tasks: list[str], include_path: li
         r["wall_seconds"] = time.perf_counter() - t0
         r["budget_fraction"] = c.budget
         r["replicate"] = c.replicate
+        if c.activation:
+            r["policy"], r["activation"], r["active"] = c.label, c.activation, c.active
         rows.append(r)
         if progress:
             progress.advance(bar)

@@ -37,10 +37,9 @@ def _table(title: str, caption: str | None = None) -> Table:
 
 def summary_table(rows: list[dict]) -> Table:
     t = _table("policies x budgets: differences to prune, paired 95% intervals",
-               "Δ ± half-width of the 95% interval; Δacc in points, NLL in nats/token;\n* = interval excludes 0; "
-               "gap = share of prune's gap to full closed")
-    for col in ("policy", "budget", "acc", "Δacc vs prune", "NLL", "ΔNLL vs prune", "gap", "MiB", "tok/s",
-                "swaps"):
+               "mem = resident expert budget; Δ ± half-width of the 95% interval;\nΔacc in points, NLL in "
+               "nats/token; * = interval excludes 0; gap = share of prune's gap to full closed")
+    for col in ("policy", "mem", "acc", "Δacc", "NLL", "ΔNLL", "gap", "MiB", "tok/s"):
         t.add_column(col, justify="left" if col == "policy" else "right", no_wrap=True)
     for r in rows:
         gap = r.get("gap_closed", {})
@@ -48,21 +47,22 @@ def summary_table(rows: list[dict]) -> Table:
         t.add_row(r["policy"], f"{r['budget_fraction']:.2f}", _num(r.get("average"), ".3f"),
                   _iv(r.get("vs_prune", {}).get("acc"), 100), _num(r.get("nll_per_token"), ".3f"),
                   _iv(r.get("vs_prune", {}).get("nll"), 1, 3), "-" if g is None else f"{g:.0%}",
-                  f"{r['resident_expert_bytes'] / 2**20:.1f}", f"{r['decode_tokens_per_s']:.1f}", str(r["swaps"]))
+                  f"{r['resident_expert_bytes'] / 2**20:.1f}", f"{r['decode_tokens_per_s']:.0f}")
     return t
 
 
 def versus_full_table(rows: list[dict]) -> Table:
-    t = _table("versus the full model: paired 95% intervals",
-               "MiB loaded: expert bytes moved at run time\nre-route/drop, miss: share of router picks")
-    for col in ("policy", "budget", "Δacc vs full", "ΔNLL vs full", "MiB loaded", "re-route/drop", "miss"):
+    t = _table("differences to the full model, paired 95% intervals",
+               "MiB in: expert bytes loaded at run time\nre-route (or drop), miss: share of router picks")
+    for col in ("policy", "mem", "Δacc", "ΔNLL", "swaps", "MiB in", "re-route", "miss"):
         t.add_column(col, justify="left" if col == "policy" else "right", no_wrap=True)
     for r in rows:
         if r["policy"] == "full":
             continue
         vs = r.get("vs_full", {})
         t.add_row(r["policy"], f"{r['budget_fraction']:.2f}", _iv(vs.get("acc"), 100), _iv(vs.get("nll"), 1, 3),
-                  f"{r['bytes_loaded'] / 2**20:,.1f}", f"{r['reroute_or_drop_rate']:.1%}", f"{r['miss_rate']:.1%}")
+                  str(r["swaps"]), f"{r['bytes_loaded'] / 2**20:,.0f}", f"{r['reroute_or_drop_rate']:.0%}",
+                  f"{r['miss_rate']:.0%}")
     return t
 
 

@@ -33,6 +33,9 @@ class EvalRequest:
     task_shift: bool = True
     block_requests: list[int] = field(default_factory=lambda: [1, 2, 8, 30])
     stream_requests: int = 96
+    activations: list[str] = field(default_factory=list)  # activation rules to score (issue: topk, lexi, ...)
+    active: list[float] = field(default_factory=lambda: [0.5, 0.75])
+    activation_policies: list[str] = field(default_factory=lambda: ["full", "lightmoe"])
 
     def validate(self) -> None:
         """Every option checked before a model is loaded (one-line errors naming the fix)."""
@@ -54,6 +57,16 @@ class EvalRequest:
         for b in self.bundles:
             if not Path(b).is_dir():
                 raise LightMoEError(f"bundle folder {b} does not exist")
+        if self.activations:
+            from lightmoe_cli.policies.activation_budget import ACTIVATION_RULES
+
+            bad = [a for a in self.activations if a not in ACTIVATION_RULES]
+            if bad:
+                raise LightMoEError(f"unknown --activations {bad[0]!r}; rules: {', '.join(ACTIVATION_RULES)}")
+            if not self.active or any(not 0 < a <= 1 for a in self.active):
+                raise LightMoEError("--active values are fractions in (0, 1], e.g. --active 0.5,0.75")
+            for p in self.activation_policies:
+                get_policy(p)
         if self.include_path is not None and not Path(self.include_path).is_dir():
             raise LightMoEError(f"--include-path {self.include_path} is not a folder of lm-eval task YAMLs")
 
@@ -220,7 +233,10 @@ def run_eval(req: EvalRequest, progress=None) -> EvalReport:
     else:
         lm, tok = load_model_and_tokenizer(name)
         prof = ensure_profile(lm, tok, name, progress)
-        configs = ensure_bundles(prof, lm, tok, name, req.policies, req.budgets, out / "bundles", progress)
+        middle_budget = sorted(req.budgets)[len(req.budgets) // 2]
+        combos = [(p, rule, middle_budget, a) for rule in req.activations for a in req.active
+                  for p in req.activation_policies]
+        configs = ensure_bundles(prof, lm, tok, name, req.policies, req.budgets, out / "bundles", progress, combos)
         del lm
     rows = merge_replicates(run_comparison(configs, task_names, include, req.limit, req.threads, progress))
     add_comparisons(rows)
@@ -230,7 +246,8 @@ def run_eval(req: EvalRequest, progress=None) -> EvalReport:
     report = EvalReport(out, task_names, rows, payload)
     middle = sorted(req.budgets)[len(req.budgets) // 2]
     report.precision_note = payload["precision_note"] = precision_note(rows, middle)
-    shift_configs = [c for c in configs if get_policy(c.policy).uses_budget and c.budget == middle]
+    shift_configs = [c for c in configs if get_policy(c.policy).uses_budget and c.budget == middle
+                     and c.activation is None]
     managed = [c for c in shift_configs if _has_manager(c.bundle)]
     if req.task_shift and managed and (ITEMS_DIR / "ppl").is_dir():
         full = next((c.bundle for c in configs if c.policy == "full"), None)

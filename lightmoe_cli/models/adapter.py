@@ -96,6 +96,12 @@ class MoEAdapter:
             top_k=top_k, shared_experts=first_child(block, SHARED_EXPERT_NAMES), path=path,
         )
 
+    def can_change_top_k(self) -> bool:
+        """Whether the routing hook may hand the experts fewer picks per token than the router made (activation
+        budgets). Families that route inside the router's own output (Llama 4's score scaling, JetMoE's
+        grouped tokens) cannot."""
+        return type(self).add_routing_hook is MoEAdapter.add_routing_hook
+
     def extra_slots(self, layer: MoELayer) -> int:
         """Router outputs past the routed experts that have no weights (zero / skip experts); they are kept."""
         return 0
