@@ -230,11 +230,12 @@ def _strategy(bundle: Bundle, spec, m, pool: SlotPool, manager: bool) -> LayerSt
 
 
 def build_runtime(bundle: Bundle, device: str = "cpu", check_every: int | None = None,
-                  manager: bool = True, swap_rule: str | None = None) -> Runtime:
+                  manager: bool = True, swap_rule: str | None = None, activation=None) -> Runtime:
     """The bundle's model with only resident experts in memory, served as the bundle's policy says.
 
     manager=False serves a managed policy statically (its initial resident set, no swaps); swap_rule
-    ("incremental" | "jump") overrides the managed policy's rule (to compare both on one bundle)."""
+    ("incremental" | "jump") overrides the managed policy's rule (to compare both on one bundle); activation
+    (an ActivationPlan) overrides the bundle's activation budget (benchmarks compare rules on one bundle)."""
     from transformers import AutoConfig, AutoTokenizer
 
     from lightmoe_cli.models import get_adapter
@@ -281,7 +282,7 @@ def build_runtime(bundle: Bundle, device: str = "cpu", check_every: int | None =
         strategies.append(_strategy(bundle, spec, m, pool, manager))
     rt = Runtime(model, tokenizer, bundle, strategies, store,
                  check_every or (spec.manager.check_every if spec.manager else 64))
-    activation = bundle.manifest.activation
+    activation = activation if activation is not None else bundle.manifest.activation
     for m, s in zip(layers, strategies, strict=True):
         if activation is not None:
             s.activation = LayerActivation(activation.k[m.layer_index],
