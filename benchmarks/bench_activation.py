@@ -72,7 +72,7 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from benchmarks.bench_runtime import WORK, random_olmoe
+    from benchmarks.bench_runtime import WORK, generated_recipe, random_olmoe
     from lightmoe_cli.bundle.alloc import alloc_sensitivity, calibration_windows, routing_weights
     from lightmoe_cli.bundle.build import BuildOptions, build_bundle
     from lightmoe_cli.bundle.lexi import lexi_deltas
@@ -92,18 +92,10 @@ def main() -> None:
     layers = adapter.moe_layers(model)
     prof = ensure_profile(model, tok, name) if not args.random_olmoe else None
     if prof is None:
-        from lightmoe_cli.demo.generators import GENERATORS, generate_documents
         from lightmoe_cli.profile.run import ProfileSettings, run_profile
         from lightmoe_cli.recipes import load_recipe
 
-        texts = WORK / "calib"
-        texts.mkdir(exist_ok=True)
-        lines = []
-        for g in GENERATORS:
-            (texts / f"{g}.jsonl").write_text("\n".join(json.dumps({"text": t}) for t in generate_documents(g, 60, 9)))
-            lines.append(f"  - {{name: {g}, source: {{type: jsonl, path: {texts / (g + '.jsonl')}}}}}")
-        (texts / "recipe.yaml").write_text("max_tokens: 2048\ntasks:\n" + "\n".join(lines) + "\n")
-        prof = run_profile(model, tok, name, load_recipe(WORK / "calib" / "recipe.yaml"), WORK / f"profile-{tag}",
+        prof = run_profile(model, tok, name, load_recipe(generated_recipe(2048)), WORK / f"profile-{tag}",
                            ProfileSettings(batch_size=4, sample_tokens=128))
     top_k = {m.layer_index: m.top_k for m in layers}
     cost, plans = {}, {}

@@ -73,6 +73,20 @@ def run_child(bundle: Path, threads: int, new_tokens: int, native: bool = False)
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
+def generated_recipe(max_tokens: int) -> Path:
+    """A calibration recipe over our generated domains (a random-weight model has no domain of its own)."""
+    from lightmoe_cli.demo.generators import GENERATORS, generate_documents
+
+    texts = WORK / "calib"
+    texts.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for g in GENERATORS:
+        (texts / f"{g}.jsonl").write_text("\n".join(json.dumps({"text": t}) for t in generate_documents(g, 60, 9)))
+        lines.append(f"  - {{name: {g}, source: {{type: jsonl, path: {texts / (g + '.jsonl')}}}}}")
+    (texts / "recipe.yaml").write_text(f"max_tokens: {max_tokens}\ntasks:\n" + "\n".join(lines) + "\n")
+    return texts / "recipe.yaml"
+
+
 def random_olmoe(layers: int, out: Path) -> Path:
     """A random-weight OLMoE-shaped model (hidden 2048, 64 experts x 1024, top-8) with the demo tokenizer."""
     import torch
@@ -121,17 +135,8 @@ def main() -> None:
     tag = Path(name).name
     model, tok = load_model_and_tokenizer(name)
     params = sum(p.numel() for p in model.parameters())
-    texts = WORK / "calib"
-    texts.mkdir(exist_ok=True)
-    from lightmoe_cli.demo.generators import GENERATORS, generate_documents
-
-    lines = []
-    for g in GENERATORS:
-        (texts / f"{g}.jsonl").write_text("\n".join(json.dumps({"text": t}) for t in generate_documents(g, 60, 9)))
-        lines.append(f"  - {{name: {g}, source: {{type: jsonl, path: {texts / (g + '.jsonl')}}}}}")
-    (texts / "recipe.yaml").write_text(f"max_tokens: {args.profile_tokens}\ntasks:\n" + "\n".join(lines) + "\n")
     t0 = time.perf_counter()
-    prof = run_profile(model, tok, name, load_recipe(texts / "recipe.yaml"), WORK / f"profile-{tag}",
+    prof = run_profile(model, tok, name, load_recipe(generated_recipe(args.profile_tokens)), WORK / f"profile-{tag}",
                        ProfileSettings(batch_size=4, sample_tokens=128))
     profile_s = time.perf_counter() - t0
 

@@ -56,40 +56,32 @@ def ensure_bundles(prof, model, tokenizer, model_name: str, policies: list[str],
     from lightmoe_cli.files import sha256_file
     from lightmoe_cli.policies.registry import get_policy
 
-    profile_sha = sha256_file(prof.path / "manifest.json")
-    configs = []
+    wanted: list[tuple[EvalConfig, BuildOptions]] = []
     for policy in policies:
         cls = get_policy(policy)
         for budget, seed in [(b, s) for b in (budgets if cls.uses_budget else [1.0]) for s in range(cls.replicates)]:
             path = root / (f"{policy}-{int(round(budget * 100))}" + (f"-s{seed}" if cls.replicates > 1 else ""))
-            try:
-                existing = load_bundle(path, verify=False)
-                fresh = existing.manifest.profile.manifest_sha256 == profile_sha
-            except BundleError:
-                fresh = False
-            if not fresh:
-                if progress:
-                    progress.console.print(f"building bundle {path.name}")
-                build_bundle(prof, model, tokenizer, model_name, path,
-                             BuildOptions(policy=policy, fraction=budget if cls.uses_budget else None,
-                                          params={"seed": seed} if cls.replicates > 1 else {}))
-            configs.append(EvalConfig(policy, budget, path, seed))
+            wanted.append((EvalConfig(policy, budget, path, seed),
+                           BuildOptions(policy=policy, fraction=budget if cls.uses_budget else None,
+                                        params={"seed": seed} if cls.replicates > 1 else {})))
     for policy, rule, budget, active in activations:
         uses_budget = get_policy(policy).uses_budget
         budget = budget if uses_budget else 1.0
         path = root / f"{policy}-{int(round(budget * 100))}-{rule}{int(round(active * 100))}"
+        wanted.append((EvalConfig(policy, budget, path, 0, rule, active),
+                       BuildOptions(policy=policy, fraction=budget if uses_budget else None, activation=rule,
+                                    active=active)))
+    profile_sha = sha256_file(prof.path / "manifest.json")
+    for config, opts in wanted:
         try:
-            fresh = load_bundle(path, verify=False).manifest.profile.manifest_sha256 == profile_sha
+            fresh = load_bundle(config.bundle, verify=False).manifest.profile.manifest_sha256 == profile_sha
         except BundleError:
             fresh = False
         if not fresh:
             if progress:
-                progress.console.print(f"building bundle {path.name}")
-            build_bundle(prof, model, tokenizer, model_name, path,
-                         BuildOptions(policy=policy, fraction=budget if uses_budget else None, activation=rule,
-                                      active=active))
-        configs.append(EvalConfig(policy, budget, path, 0, rule, active))
-    return configs
+                progress.console.print(f"building bundle {config.bundle.name}")
+            build_bundle(prof, model, tokenizer, model_name, config.bundle, opts)
+    return [config for config, _ in wanted]
 
 
 def write_results(out: Path, payload: dict) -> None:
