@@ -69,3 +69,19 @@ def test_pooled_token_topk_gives_spare_slots_to_the_highest_scores():
     keep = pooled_token_topk(scores, k_layer=2, k_base=1)
     assert keep.sum() == 6 and keep[:, 0].all()
     assert keep[1].tolist() == [True, True, True] and keep[0].tolist() == [True, False, False]
+
+
+def test_runtime_alloc_t_pools_over_every_remaining_candidate():
+    """Alloc-T's spare slots go to the best of ALL tokens' remaining picks (not only up to k): with K = 3,
+    k = 2 and one token confident, another token may keep all three of its picks."""
+    import torch
+
+    from lightmoe_cli.runtime.activation import LayerActivation
+
+    w = torch.tensor([[0.90, 0.06, 0.04], [0.40, 0.35, 0.25], [0.50, 0.30, 0.20]])
+    idx = torch.tensor([[0, 1, 2], [3, 4, 5], [6, 7, 0]])
+    kept_idx, kept_w, dropped = LayerActivation(2, renormalise=False, pooled_base=1).select(idx, w)
+    want = pooled_token_topk(w.numpy(), 2, 1)
+    assert torch.equal(~dropped, torch.as_tensor(want)) and int((~dropped).sum()) == 6
+    assert (~dropped)[1].all() and not (~dropped)[0, 1:].any()  # token 1 keeps 3 picks, token 0 only 1
+    assert torch.equal(kept_w, w * torch.as_tensor(want))

@@ -207,7 +207,9 @@ def _configs_from_bundles(bundles: list[Path]) -> list:
     configs = []
     for b in bundles:
         bb = load_bundle(b)
-        configs.append(EvalConfig(bb.policy, bb.manifest.budget.requested_fraction or 1.0, Path(b)))
+        act = bb.manifest.activation
+        configs.append(EvalConfig(bb.policy, bb.manifest.budget.requested_fraction or 1.0, Path(b), 0,
+                                  act.rule if act else None, act.active if act else 1.0))
     return configs
 
 

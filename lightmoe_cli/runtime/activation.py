@@ -37,7 +37,9 @@ class LayerActivation:
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """(T, K) ids and weights -> (T, k) ids, weights (dropped picks 0, the rest renormalised as the router
         does) and the (T, k) dropped mask of per-token rules (None when every kept pick runs)."""
-        order = weights.argsort(dim=-1, descending=True)[..., : self.k]
+        # a per-layer k truncates; Alloc-T pools over every token's remaining candidates, so it keeps all K
+        width = index.shape[-1] if self.pooled_base is not None else self.k
+        order = weights.argsort(dim=-1, descending=True)[..., :width]
         idx, w = index.gather(-1, order), weights.gather(-1, order)
         dropped = None
         if self.beta is not None:
