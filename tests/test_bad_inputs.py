@@ -349,48 +349,46 @@ def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 120) -> None:
         time.sleep(0.05)
 
 
-def test_sigint_mid_profile_keeps_finished_tasks_and_says_how_to_continue(made, pristine, tmp_path):
+def _interruptible_profile(made, tmp_path: Path) -> tuple[list[str], Path, str, subprocess.Popen]:
+    """A six-task profile over an earlier profile at the same path, started and waited for until its first
+    task is saved: (its arguments, the output, the output's digest before, the running process)."""
     root = made["root"]
     out = tmp_path / "p"
     shutil.copytree(made["profile"], out)  # an earlier profile at the same path must survive
-    before = folder_digest(out)
     recipe = tmp_path / "r.yaml"
     data = root / "corpus" / "arithmetic" / "train.jsonl"
     recipe.write_text("max_tokens: 4000\ntasks:\n" + "".join(
         f"  - {{name: t{i}, source: {{type: jsonl, path: {data}}}}}\n" for i in range(6)))
     args = ["profile", "--model", str(root / "model"), "--tasks", str(recipe), "--out", str(out),
             "--batch-size", "2", "--seq-len", "32", "--threads", "1"]
+    before = folder_digest(out)
     proc = _cli(*args)
     _wait_for(lambda: (tmp_path / "p.partial" / "stats" / "t0.safetensors").exists(), proc)
+    return args, out, before, proc
+
+
+def _resume_finds_the_first_task(args: list[str]) -> None:
+    done = _cli(*args, "--resume")  # the lock of an interrupted or killed run is free again
+    text = done.communicate(timeout=300)[0]
+    assert done.returncode == 0 and "resumed: task t0 already profiled" in text, text
+
+
+def test_sigint_mid_profile_keeps_finished_tasks_and_says_how_to_continue(made, pristine, tmp_path):
+    args, out, before, proc = _interruptible_profile(made, tmp_path)
     proc.send_signal(signal.SIGINT)
     text = proc.communicate(timeout=60)[0]
     assert proc.returncode == 130, text
     assert "Traceback" not in text and "--resume" in text and "p.partial" in " ".join(text.split())
     assert folder_digest(out) == before
-    done = _cli(*args, "--resume")
-    text = done.communicate(timeout=300)[0]
-    assert done.returncode == 0 and "resumed: task t0 already profiled" in text, text
+    _resume_finds_the_first_task(args)
 
 
 def test_sigkill_mid_profile_keeps_the_earlier_profile_and_resume_works(made, pristine, tmp_path):
-    root = made["root"]
-    out = tmp_path / "p"
-    shutil.copytree(made["profile"], out)
-    before = folder_digest(out)
-    recipe = tmp_path / "r.yaml"
-    data = root / "corpus" / "strings" / "train.jsonl"
-    recipe.write_text("max_tokens: 4000\ntasks:\n" + "".join(
-        f"  - {{name: t{i}, source: {{type: jsonl, path: {data}}}}}\n" for i in range(6)))
-    args = ["profile", "--model", str(root / "model"), "--tasks", str(recipe), "--out", str(out),
-            "--batch-size", "2", "--seq-len", "32", "--threads", "1"]
-    proc = _cli(*args)
-    _wait_for(lambda: (tmp_path / "p.partial" / "stats" / "t0.safetensors").exists(), proc)
+    args, out, before, proc = _interruptible_profile(made, tmp_path)
     proc.kill()
     proc.wait(timeout=30)
     assert folder_digest(out) == before
-    done = _cli(*args, "--resume")  # the lock died with the killed process
-    text = done.communicate(timeout=300)[0]
-    assert done.returncode == 0 and "resumed: task t0 already profiled" in text, text
+    _resume_finds_the_first_task(args)
 
 
 def test_sigint_mid_build_says_nothing_was_written(made, pristine, tmp_path):
