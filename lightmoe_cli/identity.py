@@ -1,12 +1,10 @@
-"""Model identity and file hashes: what lets a later stage refuse a profile or bundle made for another model."""
+"""Model identity: what lets a later stage refuse a profile or bundle made for another model."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import platform
-
-from lightmoe_cli.files import sha256_file  # noqa: F401 - re-exported for callers of identity
 
 
 def config_hash(config) -> str:

@@ -37,14 +37,12 @@ def lexi_deltas(model, adapter, layers, tokens: int = 256, repetitions: int = 3,
                 ) -> dict[int, dict[int, float]]:
     """Delta[layer][k] for k in 1..K (Delta[layer][K] = 0)."""
     gen = torch.Generator().manual_seed(seed)
-    renorm_default = True
     out: dict[int, dict[int, float]] = {}
     for m in layers:
         param = next(m.experts.parameters())
-        hidden = param.shape[-1] if param.ndim == 3 else model.config.hidden_size
-        hidden = getattr(model.config, "hidden_size", hidden)
+        hidden = getattr(model.config, "hidden_size", None) or param.shape[-1]
         scale = _input_scale(model, m)
-        renorm = bool(getattr(m.router, "norm_topk_prob", renorm_default))
+        renorm = bool(getattr(m.router, "norm_topk_prob", True))
         sums = {k: 0.0 for k in range(1, m.top_k + 1)}
         for _ in range(repetitions):
             x = torch.randn(tokens, hidden, generator=gen) * scale
