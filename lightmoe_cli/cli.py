@@ -345,7 +345,7 @@ def demo_train(
 
     def show(rec: dict) -> None:
         val = rec["val_loss"]
-        console.print(f"step {rec['step']:>5}  tokens {rec['tokens']:>10,}  "
+        console.print(f"step {rec['step']:>5} {rec.get('phase', 'moe'):<7} tokens {rec['tokens']:>10,}  "
                       f"val loss avg {sum(val.values()) / len(val):.3f}  "
                       + "  ".join(f"{k}={v:.2f}" for k, v in val.items()))
 

@@ -104,3 +104,60 @@ def test_shipped_training_recipe_validates():
         r = TrainRecipe.from_yaml(path)
         assert r.model["num_experts"] >= 32 and 4 <= r.model["num_experts_per_tok"] <= 8
         assert set(r.domains) >= {"arithmetic", "algebra"} and len(r.domains) >= 5
+
+
+def test_upcycled_moe_computes_what_the_dense_model_computed():
+    """At noise 0 every expert is the dense FFN and the renormalised top-k weights sum to 1: same logits."""
+    from lightmoe_cli.demo.train import UpcycleSpec, build_model, upcycled_model
+    from lightmoe_cli.demo.upcycle import upcycle_state
+
+    model_kw = dict(TINY_MODEL, moe_intermediate_size=16)
+    recipe = TrainRecipe(model=model_kw, upcycle=UpcycleSpec(dense_intermediate_size=16, noise_std=0.0))
+
+    class Tok:  # the model builder only needs these
+        bos_token_id, eos_token_id, pad_token_id = 1, 2, 0
+
+        def __len__(self):
+            return 300
+
+    dense = build_model(recipe, Tok(), "dense")
+    assert not any(".experts." in n for n in dense.state_dict())
+    torch.manual_seed(3)
+    for p in dense.parameters():  # a "trained" dense model, not its initialisation
+        p.data.normal_(0, 0.05)
+    moe = upcycled_model(recipe, Tok(), dense).eval()
+    ids = torch.randint(0, 300, (2, 12))
+    with torch.no_grad():
+        assert torch.allclose(dense.eval()(ids).logits, moe(ids).logits, atol=1e-5)
+
+    noisy = upcycle_state(dense.state_dict(), moe.state_dict(), 0.01, torch.Generator().manual_seed(0))
+    experts = noisy["model.layers.0.mlp.experts.down_proj"]
+    assert not torch.equal(experts[0], experts[1])  # noise breaks the symmetry ...
+    cos = torch.nn.functional.cosine_similarity(experts[0].flatten(), experts[1].flatten(), dim=0)
+    assert 0.99 < cos < 1.0  # ... but only slightly
+    wide = build_model(TrainRecipe(model=model_kw, upcycle=UpcycleSpec(dense_intermediate_size=32)), Tok(), "dense")
+    with pytest.raises(ValueError, match="experts' width"):
+        upcycle_state(wide.state_dict(), moe.state_dict(), 0.0, torch.Generator())
+
+
+def test_upcycled_recipe_trains_dense_then_moe_and_resumes(tmp_path, tiny_corpus):
+    from transformers import AutoModelForCausalLM
+
+    from lightmoe_cli.demo.train import UpcycleSpec
+
+    spec = UpcycleSpec(dense_steps=20, dense_intermediate_size=16, noise_std=0.01, rewarmup_steps=5)
+    recipe = _recipe(tmp_path, tiny_corpus, upcycle=spec, total_steps=30, eval_every=10)
+    assert recipe.phase_at(19) == "dense" and recipe.phase_at(20) == "moe"
+    assert lr_at(20, recipe) < lr_at(24, recipe)  # re-warm-up after the switch
+    state = train(recipe, resume=False, stop_after_s=None)
+    assert state.step == 30 and state.phase == "moe"
+    log = [json.loads(x) for x in Path(recipe.log).read_text().splitlines()]
+    assert [(r["step"], r["phase"]) for r in log] == [(0, "dense"), (10, "dense"), (20, "dense"), (20, "upcycle"),
+                                                       (30, "moe")]
+    dense_end, upcycled = log[2]["val_loss"], log[3]["val_loss"]
+    for d in DOMAINS:  # the copy costs (almost) nothing: only the noise and the router differ
+        assert abs(upcycled[d] - dense_end[d]) < 0.05
+    assert AutoModelForCausalLM.from_pretrained(recipe.out).config.num_experts == 4
+    assert (Path(recipe.checkpoint).parent / "dense" / "config.json").exists()
+    state = train(_recipe(tmp_path, tiny_corpus, upcycle=spec, total_steps=40, eval_every=10), resume=True)
+    assert state.step == 40 and state.phase == "moe"

@@ -33,6 +33,18 @@ from lightmoe_cli.files import atomic_write, swap_in_dir
 
 
 @dataclass
+class UpcycleSpec:
+    """Sparse upcycling: `dense_steps` of the dense model (FFN width `dense_intermediate_size`, which must equal
+    the experts' width), then its FFN is copied into every expert with relative noise `noise_std` and training
+    continues as an MoE on the same learning-rate schedule after `rewarmup_steps` of linear re-warm-up."""
+
+    dense_steps: int = 1200
+    dense_intermediate_size: int = 128
+    noise_std: float = 0.01
+    rewarmup_steps: int = 50
+
+
+@dataclass
 class TrainRecipe:
     """Everything that determines the demo model; loaded from recipes/training/*.yaml."""
 
@@ -57,6 +69,8 @@ class TrainRecipe:
     eval_windows: int = 16
     seed: int = 0
     threads: int = 2
+    tokenizer: str | None = None  # reuse this model folder's tokenizer instead of training one
+    upcycle: UpcycleSpec | None = None  # train dense first, then copy its FFN into every expert
 
     @classmethod
     def from_yaml(cls, path: Path) -> TrainRecipe:
@@ -65,7 +79,17 @@ class TrainRecipe:
         bad = sorted(set(raw) - known)
         if bad:
             raise ValueError(f"{path}: unknown key(s) {bad}; allowed: {sorted(known)}")
+        if raw.get("upcycle") is not None:
+            spec_known = set(UpcycleSpec.__dataclass_fields__)
+            bad = sorted(set(raw["upcycle"]) - spec_known)
+            if bad:
+                raise ValueError(f"{path}: unknown upcycle key(s) {bad}; allowed: {sorted(spec_known)}")
+            raw["upcycle"] = UpcycleSpec(**raw["upcycle"])
         return cls(**raw)
+
+    def phase_at(self, step: int) -> str:
+        """'dense' while an upcycled recipe trains its dense model, else 'moe'."""
+        return "dense" if self.upcycle is not None and step < self.upcycle.dense_steps else "moe"
 
 
 # ---------------------------------------------------------------- data
@@ -114,14 +138,30 @@ def fixed_windows(stream: np.ndarray, n: int, seq_len: int) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------- model + losses
-def build_model(recipe: TrainRecipe, tokenizer):
+def build_model(recipe: TrainRecipe, tokenizer, phase: str = "moe"):
+    """The recipe's Qwen3-MoE; for the 'dense' phase of an upcycled recipe, the same model with every layer dense."""
     from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
 
+    from lightmoe_cli.demo.upcycle import dense_config_kwargs
+
+    kwargs = dict(recipe.model)
+    if phase == "dense":
+        kwargs = dense_config_kwargs(kwargs, recipe.upcycle.dense_intermediate_size)
     cfg = Qwen3MoeConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                         max_position_embeddings=max(1024, recipe.seq_len), **recipe.model)
+                         max_position_embeddings=max(1024, recipe.seq_len), **kwargs)
     torch.manual_seed(recipe.seed)
     return Qwen3MoeForCausalLM(cfg)
+
+
+def upcycled_model(recipe: TrainRecipe, tokenizer, dense_model):
+    """The MoE made from the trained dense model (see demo/upcycle.py)."""
+    from lightmoe_cli.demo.upcycle import upcycle_state
+
+    moe = build_model(recipe, tokenizer, "moe")
+    gen = torch.Generator().manual_seed(recipe.seed + 1)
+    moe.load_state_dict(upcycle_state(dense_model.state_dict(), moe.state_dict(), recipe.upcycle.noise_std, gen))
+    return moe
 
 
 def per_layer_balance_loss(router_logits: tuple[torch.Tensor, ...], top_k: int) -> torch.Tensor:
@@ -160,11 +200,15 @@ def evaluate(model, val_windows: dict[str, torch.Tensor], batch: int = 8) -> dic
 
 
 def lr_at(step: int, r: TrainRecipe) -> float:
-    """Linear warm-up, then cosine decay to min_lr_ratio * lr."""
+    """Linear warm-up, then cosine decay to min_lr_ratio * lr; an upcycled recipe re-warms linearly after the
+    dense phase (the new router and fresh optimiser moments need it) and then rejoins the same cosine."""
     if step < r.warmup_steps:
         return r.lr * (step + 1) / r.warmup_steps
     t = min(1.0, (step - r.warmup_steps) / max(1, r.total_steps - r.warmup_steps))
-    return r.lr * (r.min_lr_ratio + (1 - r.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
+    lr = r.lr * (r.min_lr_ratio + (1 - r.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
+    if r.upcycle is not None and 0 <= step - r.upcycle.dense_steps < r.upcycle.rewarmup_steps:
+        lr *= (step - r.upcycle.dense_steps + 1) / r.upcycle.rewarmup_steps
+    return lr
 
 
 def _save_npy(path: Path, arr: np.ndarray) -> None:
@@ -190,6 +234,14 @@ def save_checkpoint(path: Path, model, opt, rng, state: TrainState, recipe: Trai
     atomic_write(path.with_suffix(".json"), json.dumps({
         "step": state.step, "state": asdict(state), "rng": rng.bit_generator.state,
         "param_groups": opt_state["param_groups"], "recipe": asdict(recipe)}, indent=1))
+
+
+def checkpoint_phase(path: Path) -> str | None:
+    """Which model a checkpoint holds ('dense' or 'moe'), read from its JSON side file; None if unreadable."""
+    try:
+        return json.loads(path.with_suffix(".json").read_text())["state"].get("phase", "moe")
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def load_checkpoint(path: Path, model, opt, rng) -> TrainState:
@@ -240,56 +292,58 @@ class TrainState:
     step: int = 0
     tokens: int = 0
     wall_s: float = 0.0
+    phase: str = "moe"  # 'dense' during an upcycled recipe's dense phase
 
 
 def train(recipe: TrainRecipe, resume: bool = True, on_log: Callable[[dict], None] | None = None,
           stop_after_s: float | None = None) -> TrainState:
-    """Run (or continue) the recipe. Logs one JSON line per evaluation to recipe.log."""
-    from lightmoe_cli.demo.tokenizer import train_tokenizer
+    """Run (or continue) the recipe. Logs one JSON line per evaluation to recipe.log.
 
+    An upcycled recipe trains the dense model first (exported beside the checkpoint, never to `out`), then at
+    `dense_steps` turns it into the MoE (logged as an 'upcycle' record with the MoE's loss before any MoE step)."""
     torch.set_num_threads(recipe.threads)
     out = Path(recipe.out)
     ckpt_path, log_path = Path(recipe.checkpoint), Path(recipe.log)
     ckpt = resume and ckpt_path.exists() and ckpt_path.with_suffix(".json").exists()
-
-    tok_dir = ckpt_path.parent / "tokenizer"
-    if ckpt and tok_dir.exists():
-        from transformers import PreTrainedTokenizerFast
-        tokenizer = PreTrainedTokenizerFast.from_pretrained(tok_dir)
-    else:
-        tokenizer = train_tokenizer(Path(recipe.corpus), recipe.domains, recipe.vocab_size)
-        tok_dir.parent.mkdir(parents=True, exist_ok=True)
-        tokenizer.save_pretrained(tok_dir)
+    tokenizer = _recipe_tokenizer(recipe, ckpt_path.parent / "tokenizer", reuse=ckpt)
 
     train_streams = load_token_streams(recipe, tokenizer, "train")
     val_windows = {d: fixed_windows(s, recipe.eval_windows, recipe.seq_len)
                    for d, s in load_token_streams(recipe, tokenizer, "val").items()}
 
-    model = build_model(recipe, tokenizer)
-    opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, betas=(0.9, 0.95), weight_decay=recipe.weight_decay)
+    phase = (checkpoint_phase(ckpt_path) or "moe") if ckpt else recipe.phase_at(0)
+    model = build_model(recipe, tokenizer, phase)
+    opt = _optimizer(model, recipe)
     rng = np.random.default_rng(recipe.seed)
-    state = TrainState()
+    state = TrainState(phase=phase)
     if ckpt:
         state = load_checkpoint(ckpt_path, model, opt, rng)
     else:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log_path.write_text("")
-        init = {"step": 0, "tokens": 0, "wall_s": 0.0, "val_loss": evaluate(model, val_windows)}
-        with log_path.open("a") as f:
-            f.write(json.dumps(init) + "\n")
-        if on_log:
-            on_log(init)
+        _log(log_path, {"step": 0, "tokens": 0, "wall_s": 0.0, "phase": phase,
+                        "val_loss": evaluate(model, val_windows)}, on_log)
 
     top_k = model.config.num_experts_per_tok
     model.train()
     t_start, t0 = time.perf_counter(), time.perf_counter()
     run_loss, run_aux, run_n = 0.0, 0.0, 0
     while state.step < recipe.total_steps:
+        if state.phase == "dense" and recipe.phase_at(state.step) == "moe":
+            model = upcycled_model(recipe, tokenizer, model)
+            model.train()
+            opt = _optimizer(model, recipe)
+            state.phase = "moe"
+            _log(log_path, {"step": state.step, "tokens": state.tokens, "wall_s": round(state.wall_s, 1),
+                            "phase": "upcycle", "val_loss": evaluate(model, val_windows)}, on_log)
+            save_checkpoint(ckpt_path, model, opt, rng, state, recipe)
+            t0 = time.perf_counter()
+        moe = state.phase == "moe"
         for g in opt.param_groups:
             g["lr"] = lr_at(state.step, recipe)
         window = sample_batch(train_streams, recipe.domains, recipe.batch_size, recipe.seq_len, rng)
-        loss, router_logits = lm_loss(model, window, output_router_logits=True)
-        aux = per_layer_balance_loss(router_logits, top_k)
+        loss, router_logits = lm_loss(model, window, output_router_logits=moe)
+        aux = per_layer_balance_loss(router_logits, top_k) if moe else loss.new_zeros(())
         (loss + recipe.aux_loss_coef * aux).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
         opt.step()
@@ -298,24 +352,49 @@ def train(recipe: TrainRecipe, resume: bool = True, on_log: Callable[[dict], Non
         state.tokens += window[:, :-1].numel()
         run_loss, run_aux, run_n = run_loss + loss.item(), run_aux + aux.item(), run_n + 1
         done = state.step >= recipe.total_steps
+        phase_ends = recipe.phase_at(state.step) != state.phase
         out_of_time = stop_after_s is not None and time.perf_counter() - t_start > stop_after_s
-        if state.step % recipe.eval_every == 0 or done or out_of_time:
+        if state.step % recipe.eval_every == 0 or done or out_of_time or phase_ends:
             now = time.perf_counter()
             state.wall_s += now - t0
             t0 = now
             rec = {"step": state.step, "tokens": state.tokens, "wall_s": round(state.wall_s, 1),
-                   "lr": lr_at(state.step - 1, recipe), "train_loss": run_loss / run_n,
-                   "balance_loss": run_aux / run_n / len(router_logits),
+                   "phase": state.phase, "lr": lr_at(state.step - 1, recipe), "train_loss": run_loss / run_n,
+                   "balance_loss": run_aux / run_n / (len(router_logits) if moe else 1),
                    "tokens_per_s": round(state.tokens / max(state.wall_s, 1e-9), 1),
                    "val_loss": evaluate(model, val_windows)}
             run_loss, run_aux, run_n = 0.0, 0.0, 0
-            with log_path.open("a") as f:
-                f.write(json.dumps(rec) + "\n")
             save_checkpoint(ckpt_path, model, opt, rng, state, recipe)
-            export_model(model, tokenizer, out)
+            export_model(model, tokenizer, out if moe else ckpt_path.parent / "dense")
             t0 = time.perf_counter()  # evaluation and export time is not training time
-            if on_log:
-                on_log(rec)
+            _log(log_path, rec, on_log)
             if out_of_time:
                 break
     return state
+
+
+def _recipe_tokenizer(recipe: TrainRecipe, tok_dir: Path, reuse: bool):
+    """The recipe's tokenizer: a named model's (so two demo models share one), the checkpoint's, or a new one."""
+    from transformers import PreTrainedTokenizerFast
+
+    from lightmoe_cli.demo.tokenizer import train_tokenizer
+
+    if recipe.tokenizer:
+        return PreTrainedTokenizerFast.from_pretrained(recipe.tokenizer)
+    if reuse and tok_dir.exists():
+        return PreTrainedTokenizerFast.from_pretrained(tok_dir)
+    tokenizer = train_tokenizer(Path(recipe.corpus), recipe.domains, recipe.vocab_size)
+    tok_dir.parent.mkdir(parents=True, exist_ok=True)
+    tokenizer.save_pretrained(tok_dir)
+    return tokenizer
+
+
+def _optimizer(model, recipe: TrainRecipe) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(model.parameters(), lr=recipe.lr, betas=(0.9, 0.95), weight_decay=recipe.weight_decay)
+
+
+def _log(log_path: Path, record: dict, on_log: Callable[[dict], None] | None) -> None:
+    with log_path.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+    if on_log:
+        on_log(record)
