@@ -5,18 +5,21 @@ from __future__ import annotations
 from pathlib import Path
 
 from lightmoe_cli.errors import LightMoEError
-from lightmoe_cli.paths import DEFAULT_MODEL, offline
+from lightmoe_cli.paths import DEFAULT_MODEL, DEMO_MODELS, offline
 
 
 def resolve_model(model: str | Path | None) -> str:
-    """The embedded demo model when none is given; a local folder must hold a config.json."""
-    if model is None:
-        if not (DEFAULT_MODEL / "config.json").exists():
-            raise LightMoEError(f"the demo model is missing at {DEFAULT_MODEL}: restore artifacts/ from git "
-                                "or rebuild it with `just train-demo`")
-        return str(DEFAULT_MODEL)
-    text = str(model)
+    """The embedded demo model when none is given (`demo` and `demo-upcycled` name the two demo models); a local
+    folder must hold a config.json."""
+    text = "demo" if model is None else str(model)
     path = Path(text).expanduser()
+    if text in DEMO_MODELS and not path.exists():
+        demo = DEMO_MODELS[text]
+        if not (demo / "config.json").exists():
+            recipe = "" if demo == DEFAULT_MODEL else " --recipe recipes/training/demo-moe-upcycled.yaml"
+            raise LightMoEError(f"the demo model {text!r} is missing at {demo}: restore artifacts/ from git "
+                                f"or rebuild it with `lightmoe demo train{recipe}`")
+        return str(demo)
     if path.exists():
         if not (path / "config.json").exists():
             raise LightMoEError(f"{path} is not a Hugging Face model folder (no config.json)")

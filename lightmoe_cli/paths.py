@@ -11,6 +11,9 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = REPO_ROOT / "artifacts" / "demo-moe"
+UPCYCLED_MODEL = REPO_ROOT / "artifacts" / "demo-moe-upcycled"
+# short names accepted wherever a model is asked for: the trained-from-scratch and the upcycled demo model
+DEMO_MODELS = {"demo": DEFAULT_MODEL, "demo-upcycled": UPCYCLED_MODEL}
 DEFAULT_CALIBRATION = REPO_ROOT / "recipes" / "calibration" / "demo.yaml"
 DEFAULT_TRAIN_RECIPE = REPO_ROOT / "recipes" / "training" / "demo-moe.yaml"
 PROFILES_DIR = REPO_ROOT / "artifacts" / "profiles"

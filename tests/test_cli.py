@@ -3,6 +3,7 @@
 import subprocess
 import sys
 
+import pytest
 import torch
 from typer.testing import CliRunner
 
@@ -38,3 +39,14 @@ def test_models_command_selftests_an_architecture():
     res = CliRunner().invoke(app, ["models", "--arch", "qwen3_moe"])
     assert res.exit_code == 0, res.output
     assert "Qwen3MoeForCausalLM" in res.output and "1/1 passed" in res.output
+
+
+def test_demo_model_short_names_resolve_and_a_missing_one_names_its_recipe(monkeypatch, tmp_path):
+    from lightmoe_cli import loading
+    from lightmoe_cli.errors import LightMoEError
+    from lightmoe_cli.paths import DEFAULT_MODEL
+
+    assert loading.resolve_model(None) == loading.resolve_model("demo") == str(DEFAULT_MODEL)
+    monkeypatch.setitem(loading.DEMO_MODELS, "demo-upcycled", tmp_path / "absent")
+    with pytest.raises(LightMoEError, match="demo-upcycled.*--recipe recipes/training/demo-moe-upcycled.yaml"):
+        loading.resolve_model("demo-upcycled")

@@ -1,0 +1,174 @@
+"""Is redirecting a missing expert to the most similar resident worth it? A sweep on the demo models.
+
+For each model and memory budget, with the resident set fixed (the lightmoe frequency-aware set, manager off,
+so only the handling of missing experts differs), scores on held-out text (corpus test split, NLL per token) and
+on the demo multiple-choice items:
+  prune (re-route among residents: the baseline), drop (missing picks weighted 0, renormalised), and redirect
+  by each similarity kind (output, weight, coactivation) at thresholds 0.3..0.9 (below it: re-route, as prune).
+Each row: NLL per token, its paired difference to prune with a 95% bootstrap interval over documents, MC accuracy,
+and the redirect rate (share of router picks sent to another expert). Prints a table and writes
+benchmarks/results/redirect-<model>.json.
+
+    python benchmarks/bench_redirect.py --model demo --budgets 0.25,0.5
+    python benchmarks/bench_redirect.py --model demo-upcycled --budgets 0.25,0.5
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+RESULTS = Path(__file__).resolve().parent / "results"
+KINDS = ("output", "weight", "coactivation")
+
+
+def score_documents(rt, docs: dict[str, list[str]]) -> tuple[dict, dict]:
+    """Per-domain arrays of summed NLL and token counts, one forward per document."""
+    import numpy as np
+
+    from lightmoe_cli.evaluation.stream import score_text
+
+    nll, tokens = {}, {}
+    for domain, texts in docs.items():
+        scored = [score_text(rt, t) for t in texts]
+        nll[domain] = np.array([s[0] for s in scored])
+        tokens[domain] = np.array([s[1] for s in scored], dtype=np.float64)
+    return nll, tokens
+
+
+def mc_correct(rt, items: dict[str, list]) -> dict:
+    """Per-domain 0/1 arrays: the choice with the highest summed log-probability is the gold one (lm-eval's `acc`
+    with an empty target delimiter; context and choice are tokenised apart and concatenated)."""
+    import numpy as np
+    import torch
+
+    out = {}
+    for domain, its in items.items():
+        right = []
+        for it in its:
+            ctx = rt.tokenizer(it.context, add_special_tokens=False).input_ids
+            scores = []
+            for choice in it.choices:
+                cont = rt.tokenizer(choice, add_special_tokens=False).input_ids
+                ids = torch.tensor([ctx + cont], device=rt.device)
+                with torch.no_grad():
+                    logp = rt.model(input_ids=ids).logits[0, :-1].float().log_softmax(-1)
+                pos = torch.arange(len(ctx) - 1, len(ctx) + len(cont) - 1)
+                scores.append(float(logp[pos, ids[0, pos + 1]].sum()))
+            right.append(float(int(np.argmax(scores)) == it.gold))
+        out[domain] = np.array(right)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="demo")
+    ap.add_argument("--budgets", default="0.25,0.5")
+    ap.add_argument("--thresholds", default="0.3,0.4,0.5,0.6,0.7,0.8,0.9")
+    ap.add_argument("--kinds", default=",".join(KINDS))
+    ap.add_argument("--docs", type=int, default=24, help="held-out documents per domain")
+    ap.add_argument("--items", type=int, default=24, help="multiple-choice items per domain")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+
+    import numpy as np
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+
+    from lightmoe_cli.analysis.paired import paired_bootstrap
+    from lightmoe_cli.bundle.build import BuildOptions, build_bundle
+    from lightmoe_cli.evaluation.run import ensure_profile
+    from lightmoe_cli.evaluation.tasks import build_demo_items, read_items
+    from lightmoe_cli.files import atomic_write_json
+    from lightmoe_cli.loading import load_model_and_tokenizer, resolve_model
+    from lightmoe_cli.paths import CORPUS_DIR, ITEMS_DIR, model_slug
+    from lightmoe_cli.runtime.loader import build_runtime
+
+    torch.set_num_threads(args.threads)
+    if not any((ITEMS_DIR / "ppl").glob("*.jsonl")):
+        build_demo_items(CORPUS_DIR, ITEMS_DIR)
+    docs = {p.stem: [r["text"] for r in map(__import__("json").loads, p.read_text().splitlines()[:args.docs])]
+            for p in sorted((ITEMS_DIR / "ppl").glob("*.jsonl"))}
+    items = {p.stem: read_items(p)[:args.items] for p in sorted(ITEMS_DIR.glob("*.jsonl"))}
+
+    name = resolve_model(args.model)
+    slug = model_slug(name)
+    model, tok = load_model_and_tokenizer(name)
+    prof = ensure_profile(model, tok, name)
+    work = ROOT / "runs" / "bench-redirect" / slug
+    configs: list[tuple[float, str, str, float | None, dict]] = []  # budget, label, kind, threshold, params
+    for budget in [float(b) for b in args.budgets.split(",")]:
+        configs.append((budget, "prune (re-route)", "", None, {"policy": "prune"}))
+        configs.append((budget, "drop", "", None, {"missing": "drop", "min_similarity": 1.0}))
+        for kind in args.kinds.split(","):
+            for t in [float(x) for x in args.thresholds.split(",")]:
+                configs.append((budget, f"redirect {kind} >= {t:.1f}", kind, t,
+                                {"similarity": kind, "min_similarity": t, "missing": "reroute"}))
+    console = Console(width=110)
+    rows, full_nll = [], None
+    full_dir = build_bundle(prof, model, tok, name, work / "full", BuildOptions(policy="full", fraction=1.0))
+    rt = build_runtime(full_dir, manager=False)
+    full_nll, tokens = score_documents(rt, docs)
+    full_acc = mc_correct(rt, items)
+    del rt
+    t0 = time.perf_counter()
+    prune_scores: dict[float, tuple[dict, dict]] = {}
+    for budget, label, kind, threshold, params in configs:
+        params = dict(params)
+        policy = params.pop("policy", "lightmoe")
+        out = work / f"tmp-{policy}"
+        shutil.rmtree(out, ignore_errors=True)
+        bundle = build_bundle(prof, model, tok, name, out, BuildOptions(policy=policy, fraction=budget,
+                                                                          params=params))
+        rt = build_runtime(bundle, manager=False)
+        nll, _ = score_documents(rt, docs)
+        acc = mc_correct(rt, items)
+        picks = sum(m.stats.picks for m in rt.layers)
+        redirects = sum(m.stats.redirects for m in rt.layers)
+        del rt
+        shutil.rmtree(out, ignore_errors=True)
+        if policy == "prune":
+            prune_scores[budget] = (nll, acc)
+        p_nll, p_acc = prune_scores[budget]
+        d_nll = paired_bootstrap(nll, p_nll, weights=tokens)
+        d_full = paired_bootstrap(nll, full_nll, weights=tokens)
+        d_acc = paired_bootstrap(acc, p_acc)
+        rows.append({"budget": budget, "config": label, "similarity": kind or None, "threshold": threshold,
+                     "nll": float(sum(v.sum() for v in nll.values()) / sum(v.sum() for v in tokens.values())),
+                     "d_nll_vs_prune": d_nll.to_json(), "d_nll_vs_full": d_full.to_json(),
+                     "acc": float(np.mean([v.mean() for v in acc.values()])), "d_acc_vs_prune": d_acc.to_json(),
+                     "redirect_rate": redirects / max(1, picks)})
+        console.print(f"[{time.perf_counter() - t0:6.0f} s] {budget:.2f} {label}: ΔNLL vs prune "
+                      f"{d_nll.diff:+.3f} [{d_nll.lo:+.3f}, {d_nll.hi:+.3f}], redirect {redirects / max(1, picks):.1%}")
+
+    table = Table(title=f"Redirect sweep on {slug} (resident set fixed, manager off; {args.docs} held-out docs "
+                        f"and {args.items} MC items per domain)")
+    for col in ("budget", "missing expert ->", "redirect rate", "NLL/token", "ΔNLL vs prune [95%]",
+                "ΔNLL vs full", "MC acc", "Δacc vs prune (pts)"):
+        table.add_column(col, justify="left" if col == "missing expert ->" else "right")
+    for r in rows:
+        d, f, a = r["d_nll_vs_prune"], r["d_nll_vs_full"], r["d_acc_vs_prune"]
+        table.add_row(f"{r['budget']:.0%}", r["config"], f"{r['redirect_rate']:.1%}", f"{r['nll']:.3f}",
+                      f"{d['diff']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]", f"{f['diff']:+.3f}",
+                      f"{r['acc']:.1%}", f"{100 * a['diff']:+.1f} [{100 * a['lo']:+.1f}, {100 * a['hi']:+.1f}]")
+    console.print(table)
+    full_row = {"nll": float(sum(v.sum() for v in full_nll.values()) / sum(v.sum() for v in tokens.values())),
+                "acc": float(np.mean([v.mean() for v in full_acc.values()]))}
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"redirect-{slug}.json"
+    atomic_write_json(path, {"model": name, "docs_per_domain": args.docs, "items_per_domain": args.items,
+                             "full": full_row, "rows": rows, "threads": args.threads,
+                             "seconds": round(time.perf_counter() - t0, 1)})
+    console.print(f"written {path}")
+
+
+if __name__ == "__main__":
+    main()
