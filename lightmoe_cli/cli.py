@@ -248,8 +248,11 @@ def eval_cmd(
                                        "stream per value."),
     stream_requests: int = typer.Option(96, help="Requests (held-out documents) per task-shift stream."),
     activations: str = typer.Option("", help="Activation budget rules to score (comma-separated: topk, lexi, "
-                                    "alloc, alloc-t, naee), each on full and on lightmoe at the middle budget."),
+                                    "alloc, alloc-t, naee), each combined with every --activation-on policy "
+                                    "(at every budget) and every --active share."),
     active: str = typer.Option("0.5,0.75", help="With --activations: shares of activations to score."),
+    activation_on: str = typer.Option("full,lightmoe", help="With --activations: the resident-set policies the "
+                                      "rules are combined with (any of full, prune, lightmoe, lru, ...)."),
 ) -> None:
     """Score bundles and the baselines with lm-evaluation-harness: accuracy x memory x speed."""
     offline()
@@ -262,7 +265,8 @@ def eval_cmd(
                           task_shift=task_shift, block_requests=[int(b) for b in block_requests.split(",")],
                           stream_requests=stream_requests,
                           activations=[a.strip() for a in activations.split(",") if a.strip()],
-                          active=[float(a) for a in active.split(",")])
+                          active=[float(a) for a in active.split(",")],
+                          activation_policies=[p.strip() for p in activation_on.split(",") if p.strip()])
         req.validate()
     except ValueError as e:
         fail(f"bad --budgets {budgets!r} or --block-requests {block_requests!r}: {e}")

@@ -434,13 +434,13 @@ def test_jump_manager_moves_to_a_task_set_on_a_long_block_and_not_when_tasks_alt
     assert [m.resident for m in rt.layers] == [lp.resident for lp in b.layers]  # back on the global set
 
 
-@pytest.mark.parametrize("policy", ["full", "prune", "lightmoe"])
+@pytest.mark.parametrize("policy", ["full", "prune", "lightmoe", "lru"])
 def test_activation_topk_equals_the_model_with_a_smaller_top_k(prof, tiny_moe, tmp_path, policy):
     """k = 1 of 2 in every layer: the runtime's truncated routing equals the same model whose routers pick
     top-1 (Qwen3-MoE renormalises its top-k: norm_topk_prob), under every serving strategy."""
     root, model, tok = tiny_moe
     b = build_bundle(prof, model, tok, str(root / "model"), tmp_path / policy,
-                     BuildOptions(policy=policy, fraction=1.0 if policy != "prune" else 0.5, activation="topk",
+                     BuildOptions(policy=policy, fraction=0.5 if policy in ("prune", "lru") else 1.0, activation="topk",
                                   active=0.5))
     assert b.manifest.activation.k == {0: 1, 2: 1} and b.manifest.activation.budget == 2
     reference = copy.deepcopy(model)

@@ -10,7 +10,7 @@ from rich.console import Console
 from lightmoe_cli.errors import LightMoEError
 from lightmoe_cli.evaluation.comparisons import add_comparisons
 from lightmoe_cli.evaluation.render import eval_tables
-from lightmoe_cli.evaluation.run import EvalReport, EvalRequest, precision_note, prepare_tasks
+from lightmoe_cli.evaluation.run import EvalReport, EvalRequest, activation_combos, precision_note, prepare_tasks
 from lightmoe_cli.evaluation.tasks import generated_items, render_lm_eval_tasks
 from lightmoe_cli.evaluation.worker import task_scores
 
@@ -98,6 +98,16 @@ def test_task_names_resolve_tags_and_refuse_unknown(tmp_path, monkeypatch):
 def test_eval_options_are_checked_first(kw, message):
     with pytest.raises(LightMoEError, match=message):
         EvalRequest(**kw).validate()
+
+
+def test_activation_rules_combine_with_every_resident_set_policy_and_budget():
+    req = EvalRequest(budgets=[0.25, 0.5], activations=["topk", "alloc"], active=[0.5],
+                      activation_policies=["full", "prune", "lru"])
+    combos = activation_combos(req)
+    assert ("full", "topk", 1.0, 0.5) in combos and ("lru", "alloc", 0.25, 0.5) in combos
+    assert len(combos) == 2 * (1 + 2 + 2)  # full once; prune and lru at both budgets
+    with pytest.raises(LightMoEError, match="unknown policy"):
+        EvalRequest(activations=["topk"], activation_policies=["magic"]).validate()
 
 
 def test_rendered_ppl_task_reads_absolute_paths(tmp_path):

@@ -213,6 +213,15 @@ def _configs_from_bundles(bundles: list[Path]) -> list:
     return configs
 
 
+def activation_combos(req: EvalRequest) -> list[tuple[str, str, float, float]]:
+    """(policy, rule, budget, active) of every activation bundle asked for: each rule x share on each
+    --activation-on policy, at every budget of a policy that takes one (full: once)."""
+    from lightmoe_cli.policies.registry import get_policy
+
+    return [(p, rule, b, a) for rule in req.activations for a in req.active for p in req.activation_policies
+            for b in (req.budgets if get_policy(p).uses_budget else [1.0])]
+
+
 def run_eval(req: EvalRequest, progress=None) -> EvalReport:
     """Build (or reuse) the bundles, evaluate each in its own process, run the task-shift stream; write
     results.json and pareto.png into the output folder and return the report."""
@@ -235,9 +244,7 @@ def run_eval(req: EvalRequest, progress=None) -> EvalReport:
     else:
         lm, tok = load_model_and_tokenizer(name)
         prof = ensure_profile(lm, tok, name, progress)
-        middle_budget = sorted(req.budgets)[len(req.budgets) // 2]
-        combos = [(p, rule, middle_budget, a) for rule in req.activations for a in req.active
-                  for p in req.activation_policies]
+        combos = activation_combos(req)
         configs = ensure_bundles(prof, lm, tok, name, req.policies, req.budgets, out / "bundles", progress, combos)
         del lm
     rows = merge_replicates(run_comparison(configs, task_names, include, req.limit, req.threads, progress))
