@@ -25,15 +25,16 @@ sys.path.insert(0, str(ROOT))
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def _child(bundle: str, plan_json: str, threads: int, new_tokens: int) -> None:
-    """Run the prompts with one activation plan (empty: the full top-k); last line is JSON."""
+def _child(bundle: str, plan_json: str, threads: int, new_tokens: int, batch: int = 0) -> None:
+    """Run the prompts with one activation plan (empty: the full top-k), one request at a time and, with
+    `batch`, `batch` requests decoded together (one forward per step routes B tokens); last line is JSON."""
     import torch
 
     from benchmarks.bench_runtime import PROMPTS
     from lightmoe_cli.bundle.artifact import load_bundle
     from lightmoe_cli.manifest import record_from_json
     from lightmoe_cli.policies.activation_budget import ActivationPlan
-    from lightmoe_cli.runtime.generate import generate_one, run_requests
+    from lightmoe_cli.runtime.generate import generate_batch, generate_one, run_requests
     from lightmoe_cli.runtime.loader import build_runtime
 
     torch.set_num_threads(threads)
@@ -42,13 +43,17 @@ def _child(bundle: str, plan_json: str, threads: int, new_tokens: int) -> None:
     generate_one(rt, PROMPTS[0], 4, [0])  # warm-up
     prompts = [p * 4 for p in PROMPTS]  # longer prompts: prefill is where the experts' compute shows
     stats = run_requests(rt, prompts, new_tokens)
-    print(json.dumps({"prefill_tokens_per_s": stats.prefill_tokens_per_s,
-                      "decode_tokens_per_s": stats.decode_tokens_per_s}))
+    result = {"prefill_tokens_per_s": stats.prefill_tokens_per_s, "decode_tokens_per_s": stats.decode_tokens_per_s}
+    if batch:
+        requests = generate_batch(rt, [prompts[i % len(prompts)] for i in range(batch)], new_tokens)
+        result["batched_decode_tokens_per_s"] = sum(r.new_tokens for r in requests) / requests[0].decode_s
+    print(json.dumps(result))
 
 
-def run_child(bundle: Path, plan: dict | None, threads: int, new_tokens: int) -> dict:
+def run_child(bundle: Path, plan: dict | None, threads: int, new_tokens: int, batch: int = 0) -> dict:
     code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); import benchmarks.bench_activation as b; "
-            f"b._child({str(bundle)!r}, {json.dumps(json.dumps(plan) if plan else '')}, {threads}, {new_tokens})")
+            f"b._child({str(bundle)!r}, {json.dumps(json.dumps(plan) if plan else '')}, {threads}, {new_tokens}, "
+            f"{batch})")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     if res.returncode:
         raise RuntimeError(res.stderr[-2000:])
@@ -64,6 +69,8 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3, help="runs per configuration (median)")
+    ap.add_argument("--tag", default="", help="suffix of the results file name")
+    ap.add_argument("--batch", type=int, default=8, help="also decode this many requests together (0: skip)")
     args = ap.parse_args()
 
     import statistics
@@ -116,29 +123,39 @@ def main() -> None:
     rows = []
     for rule in ["full top-k", *plans]:
         plan = to_json(plans[rule]) if rule in plans else None
-        runs = [run_child(full.path, plan, args.threads, args.new_tokens) for _ in range(args.repeats)]
+        runs = [run_child(full.path, plan, args.threads, args.new_tokens, args.batch) for _ in range(args.repeats)]
         rows.append({"rule": rule, "k": plans[rule].k if rule in plans else top_k,
                      "prefill_tokens_per_s": statistics.median(r["prefill_tokens_per_s"] for r in runs),
                      "decode_tokens_per_s": statistics.median(r["decode_tokens_per_s"] for r in runs),
                      "planning_seconds": cost.get(rule, 0.0)})
+        if args.batch:
+            rows[-1]["batched_decode_tokens_per_s"] = statistics.median(r["batched_decode_tokens_per_s"] for r in runs)
     base = rows[0]
     table = Table(title=f"activation budgets on {tag} at active {args.active} ({args.threads} threads, median of "
                         f"{args.repeats})")
-    for col in ("rule", "k per layer", "prefill tok/s", "x full", "decode tok/s", "x full", "planning s"):
+    cols = ["rule", "k per layer", "prefill tok/s", "x full", "decode tok/s", "x full"]
+    cols += [f"decode x{args.batch} tok/s", "x full"] if args.batch else []
+    for col in [*cols, "planning s"]:
         table.add_column(col, justify="right")
     for r in rows:
         r["prefill_vs_full"] = r["prefill_tokens_per_s"] / base["prefill_tokens_per_s"]
         r["decode_vs_full"] = r["decode_tokens_per_s"] / base["decode_tokens_per_s"]
-        table.add_row(r["rule"], "/".join(str(v) for _, v in sorted(r["k"].items())),
-                      f"{r['prefill_tokens_per_s']:,.1f}", f"{r['prefill_vs_full']:.2f}",
-                      f"{r['decode_tokens_per_s']:,.2f}", f"{r['decode_vs_full']:.2f}", f"{r['planning_seconds']:.1f}")
+        cells = [r["rule"], "/".join(str(v) for _, v in sorted(r["k"].items())),
+                 f"{r['prefill_tokens_per_s']:,.1f}", f"{r['prefill_vs_full']:.2f}",
+                 f"{r['decode_tokens_per_s']:,.2f}", f"{r['decode_vs_full']:.2f}"]
+        if args.batch:
+            r["batched_decode_vs_full"] = r["batched_decode_tokens_per_s"] / base["batched_decode_tokens_per_s"]
+            cells += [f"{r['batched_decode_tokens_per_s']:,.2f}", f"{r['batched_decode_vs_full']:.2f}"]
+        table.add_row(*cells, f"{r['planning_seconds']:.1f}")
     Console(width=120).print(table)
     RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"activation-{tag}.json"
-    out.write_text(json.dumps({"model": name, "active": args.active, "threads": args.threads,
-                               "date": time.strftime("%Y-%m-%d"), "rows": rows,
-                               "plans": {k: asdict(v) | {"measured": {}} for k, v in plans.items()}}, indent=1,
-                              default=str))
+    out = RESULTS / f"activation-{tag}{args.tag}.json"
+    from lightmoe_cli.files import atomic_write
+
+    atomic_write(out, json.dumps({"model": name, "active": args.active, "threads": args.threads, "batch": args.batch,
+                                  "date": time.strftime("%Y-%m-%d"), "rows": rows,
+                                  "plans": {k: asdict(v) | {"measured": {}} for k, v in plans.items()}}, indent=1,
+                                 default=str))
     print(f"wrote {out}")
 
 

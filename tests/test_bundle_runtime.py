@@ -560,3 +560,34 @@ def test_activation_keeps_raw_weights_where_the_router_does_not_renormalise(tiny
         layer.router.top_k = 1
     ids = _ids(tok)
     assert torch.allclose(_logits(build_runtime(b).model, ids), _logits(reference, ids), atol=1e-5)
+
+
+@pytest.mark.parametrize("activation", [None, "alloc-t"])
+def test_batched_decoding_serves_several_requests_in_one_forward_per_step(prof, tiny_moe, tmp_path, activation):
+    """Left-padded batch decoding gives each request the tokens it gets alone (full top-k); with Alloc-T a
+    decode step's forward routes the whole batch (T = B tokens), so its pooled slots are shared across requests."""
+    from lightmoe_cli.runtime.generate import generate_batch, generate_one
+
+    root, model, tok = tiny_moe
+    opts = BuildOptions(policy="full", fraction=1.0, activation=activation, active=0.75) if activation \
+        else BuildOptions(policy="full", fraction=1.0)
+    b = build_bundle(prof, model, tok, str(root / "model"), tmp_path / "batch", opts)
+    rt = build_runtime(b)
+    prompts = ["12 + 7 = ", "reverse lamp -> pmal\nreverse stone -> ", "45 - 3 = 42\n"]
+    batch = generate_batch(rt, prompts, max_new_tokens=6)
+    assert [r.prompt for r in batch] == prompts and all(0 < r.new_tokens <= 6 for r in batch)
+    if activation is None:
+        alone = [generate_one(rt, p, 6, [0]).text for p in prompts]
+        assert [r.text for r in batch] == alone
+    else:
+        widths = []
+        layer = rt.layers[0]
+        original = layer._select
+
+        def spy(index, weights):
+            widths.append(index.reshape(-1, index.shape[-1]).shape[0])
+            return original(index, weights)
+
+        layer._select = spy
+        generate_batch(rt, prompts, max_new_tokens=3)
+        assert widths[1:] == [len(prompts)] * (len(widths) - 1)  # every decode step routes B = 3 tokens at once

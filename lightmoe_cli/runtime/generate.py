@@ -101,6 +101,44 @@ def generate_one(rt: Runtime, prompt: str, max_new_tokens: int, tokens_done: lis
                          prefill, decode)
 
 
+@torch.no_grad()
+def generate_batch(rt: Runtime, prompts: list[str], max_new_tokens: int) -> list[RequestResult]:
+    """Greedy decoding of several requests together (left padding, one forward per step for the batch).
+
+    Why: a server decodes many requests at once, so one decode step routes B tokens, not 1 -- which is what a
+    per-forward rule such as Alloc-T pools over (with one request, T = 1 and only the per-layer k remains).
+    The batch ends when every request has hit end-of-text or `max_new_tokens`; the timings are the batch's,
+    and each request's result carries the whole batch's prefill and decode time."""
+    tok, model, device = rt.tokenizer, rt.model, rt.device
+    rows = [tok(p, add_special_tokens=False).input_ids for p in prompts]
+    width = max(len(r) for r in rows)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=device)
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
+    positions = (mask.cumsum(-1) - 1).clamp_min(0)
+    name = cache_kwarg_name(model)
+    t0 = time.perf_counter()
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+    prefill = time.perf_counter() - t0
+    past, nxt = cache_of(out), out.logits[:, -1].argmax(-1, keepdim=True)
+    generated: list[list[int]] = [[] for _ in rows]
+    done = torch.zeros(len(rows), dtype=torch.bool, device=device)
+    t1 = time.perf_counter()
+    for _ in range(max_new_tokens):
+        done |= nxt[:, 0] == tok.eos_token_id
+        if bool(done.all()):
+            break
+        for i in (~done).nonzero().flatten().tolist():
+            generated[i].append(int(nxt[i]))
+        mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=1)
+        positions = positions[:, -1:] + 1
+        out = model(input_ids=nxt, attention_mask=mask, position_ids=positions, use_cache=True, **{name: past})
+        past, nxt = cache_of(out), out.logits[:, -1].argmax(-1, keepdim=True)
+    decode = time.perf_counter() - t1
+    return [RequestResult(p, tok.decode(g, skip_special_tokens=True), len(r), len(g), prefill, decode)
+            for p, r, g in zip(prompts, rows, generated)]
+
+
 def run_requests(rt: Runtime, prompts: list[str], max_new_tokens: int, io_bandwidth: float | None = None,
                  progress=None) -> RunStats:
     """Serve prompts one after another; request boundaries are check points for the manager."""
