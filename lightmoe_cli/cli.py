@@ -11,7 +11,7 @@ from pathlib import Path
 import typer
 
 from lightmoe_cli.errors import LightMoEError, fail
-from lightmoe_cli.paths import DEFAULT_BUNDLE, DEFAULT_CALIBRATION, DEFAULT_TRAIN_RECIPE, offline
+from lightmoe_cli.paths import DEFAULT_BUNDLE, DEFAULT_CALIBRATION, DEFAULT_TRAIN_RECIPE, offline, repo_relative
 from lightmoe_cli.policy_options import policy_help, with_policy_options
 
 app = typer.Typer(
@@ -376,11 +376,44 @@ def demo_card(
     console = Console()
     r = TrainRecipe.from_yaml(recipe)
     try:
-        summary = write_card(r, tokens_per_domain=tokens_per_domain, console=console)
+        summary = write_card(r, tokens_per_domain=tokens_per_domain, console=console,
+                             recipe_path=repo_relative(recipe))
     except (FileNotFoundError, LightMoEError) as e:
         fail(e)
     console.print(f"card written to {Path(r.out) / 'README.md'} and {Path(r.out) / 'training.json'}")
     console.print(summary)
+
+
+@demo_app.command("similarity")
+def demo_similarity(
+    model: list[str] = typer.Option(["demo", "demo-upcycled"], "--model", "-m",
+                                    help="Models to compare (repeatable; profiled first when needed)."),
+    out: Path = typer.Option(Path("artifacts/eval/expert-similarity.png"), help="Histogram PNG to write."),
+    threshold: float = typer.Option(0.5, help="Similarity a nearest neighbour must reach to count as redirectable."),
+) -> None:
+    """How alike are the experts? Per-layer similarity histograms of several models, side by side."""
+    offline()
+    from rich.console import Console
+    from rich.table import Table
+
+    from lightmoe_cli.demo.compare_similarity import compare_similarity, similarity_matrices
+    from lightmoe_cli.loading import resolve_model
+    from lightmoe_cli.paths import model_slug
+
+    console = Console()
+    try:
+        mats = {model_slug(resolve_model(m)): similarity_matrices(resolve_model(m)) for m in model}
+    except LightMoEError as e:
+        fail(e)
+    rows = compare_similarity(mats, out, threshold)
+    table = Table(title="expert similarity (pairs off the diagonal); nearest = each expert's most similar other")
+    for col in ("model", "layer", "kind", "mean pair", "max pair", "mean nearest", f"nearest >= {threshold:.1f}"):
+        table.add_column(col, justify="left" if col in ("model", "kind") else "right")
+    for r in rows:
+        table.add_row(r["model"], str(r["layer"]), r["kind"], f"{r['mean_pair']:.3f}", f"{r['max_pair']:.3f}",
+                      f"{r['mean_nearest']:.3f}", f"{r['share_nearest_at_threshold']:.0%}")
+    console.print(table)
+    console.print(f"histograms written to {out}")
 
 
 @demo_app.command("show")

@@ -24,6 +24,12 @@ ITEMS_DIR = REPO_ROOT / "data" / "tasks" / "items"
 DEFAULT_BUNDLE = BUNDLES_DIR / "demo-moe-lightmoe-50"
 
 
+def repo_relative(path: str | Path) -> str:
+    """`path` relative to the repository when it lies inside it (for cards and manifests), else absolute."""
+    p = Path(path).resolve()
+    return str(p.relative_to(REPO_ROOT)) if p.is_relative_to(REPO_ROOT) else str(p)
+
+
 def model_slug(name: str | Path) -> str:
     """A folder name for a model: a local folder's own name, or a hub id with '/' -> '--'."""
     text = str(name)

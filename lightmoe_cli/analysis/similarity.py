@@ -12,6 +12,7 @@ All matrices are (E, E), symmetric, with 1 on the diagonal (0 for experts never 
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 SIMILARITY_KINDS = ("output", "weight", "coactivation")
@@ -71,3 +72,22 @@ def reap_saliency(outputs: torch.Tensor, top_k_index: torch.Tensor, top_k_weight
     contrib.index_add_(0, idx[valid], top_k_weights.double()[valid] * norms[idx[valid], tok[valid]])
     count.index_add_(0, idx[valid], torch.ones_like(contrib[idx[valid]]))
     return torch.where(count > 0, contrib / count.clamp_min(1), torch.zeros_like(contrib))
+
+
+def nearest_neighbour_similarity(sim: np.ndarray) -> np.ndarray:
+    """(E, E) similarity -> (E,) each expert's highest similarity to ANOTHER expert: what a redirect of that
+    expert could at best substitute (with every other expert resident)."""
+    m = np.array(sim, dtype=np.float64, copy=True)
+    np.fill_diagonal(m, -np.inf)
+    return m.max(axis=1)
+
+
+def similarity_summary(sim: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
+    """Figures of one layer's (E, E) similarity that say whether redirecting can pay off: mean and max over
+    expert pairs, mean nearest-neighbour similarity, and the share of experts whose nearest neighbour reaches
+    `threshold` (the redirect default)."""
+    m = np.asarray(sim, dtype=np.float64)
+    off = m[~np.eye(len(m), dtype=bool)]
+    nn = nearest_neighbour_similarity(m)
+    return {"mean_pair": float(off.mean()), "max_pair": float(off.max()), "mean_nearest": float(nn.mean()),
+            "share_nearest_at_threshold": float((nn >= threshold).mean()), "threshold": threshold}

@@ -30,6 +30,7 @@ from lightmoe_cli.analysis.routing_stats import (
 from lightmoe_cli.demo.train import TrainRecipe, build_model, evaluate, fixed_windows, load_token_streams
 from lightmoe_cli.files import atomic_write
 from lightmoe_cli.models import get_adapter, record_routing
+from lightmoe_cli.paths import repo_relative
 
 SAMPLE_PROMPTS = {
     "dictionary": "Lantern \\Lan\"tern\\, n.",
@@ -128,8 +129,24 @@ def _read_log(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
-def measure(recipe: TrainRecipe, tokens_per_domain: int) -> dict:
+def expert_similarity(model, tokenizer, name: str) -> dict:
+    """Per layer and kind (output, weight, coactivation): the similarity summary that says whether redirecting
+    a missing expert can pay off, from the model's default profile (made with the demo calibration recipe when
+    missing)."""
+    from lightmoe_cli.analysis.similarity import similarity_summary
+    from lightmoe_cli.evaluation.run import ensure_profile
+
+    prof = ensure_profile(model, tokenizer, name)
+    kinds = prof.manifest.similarity_kinds
+    return {"profile": repo_relative(prof.path), "per_layer": [
+        {"layer": li} | {k: similarity_summary(prof.similarity(li, k).numpy()) for k in kinds}
+        for li in prof.layer_indices]}
+
+
+def measure(recipe: TrainRecipe, tokens_per_domain: int, recipe_path: str = "recipes/training/demo-moe.yaml") -> dict:
     """Everything the card reports, as one JSON-able dict."""
+    from dataclasses import asdict
+
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch.set_num_threads(recipe.threads)
@@ -159,18 +176,20 @@ def measure(recipe: TrainRecipe, tokens_per_domain: int) -> dict:
                   "layers": cfg.num_hidden_layers, "hidden": cfg.hidden_size, "experts": cfg.num_experts,
                   "top_k": cfg.num_experts_per_tok, "expert_intermediate": cfg.moe_intermediate_size,
                   "vocab": cfg.vocab_size, "weights_bytes": weights, "dtype": "bfloat16"},
-        "recipe": {k: v for k, v in recipe.__dict__.items()},
+        "recipe": asdict(recipe),
+        "recipe_path": recipe_path,
         "data": {d: {"train_tokens": int(len(train_streams[d])), "test_tokens": int(len(test_streams[d]))}
                  for d in recipe.domains},
         "training": {"steps": last.get("step", 0), "tokens": last.get("tokens", 0),
                      "wall_s": last.get("wall_s", 0.0), "tokens_per_s": last.get("tokens_per_s", 0.0),
-                     "val_loss_curve": [{"step": r["step"], "tokens": r["tokens"], "val_loss": r["val_loss"]}
-                                        for r in log]},
+                     "val_loss_curve": [{"step": r["step"], "tokens": r["tokens"], "val_loss": r["val_loss"],
+                                         "phase": r.get("phase", "moe")} for r in log]},
         "test_loss": test_loss,
         "test_loss_at_init": init_loss,
         "held_out_tokens_per_domain": int(n_windows * recipe.seq_len),
         "specialisation": {"trained": trained, "at_init": at_init},
         "samples": sample_generations(model, tokenizer),
+        "expert_similarity": expert_similarity(model, tokenizer, str(out)),
         "measure_seconds": round(time.perf_counter() - t0, 1),
         "versions": _versions(),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, CPU only",
@@ -208,12 +227,46 @@ def render_card(m: dict) -> str:
     loss_rows = "\n".join(f"| {d} | {m['data'][d]['train_tokens']:,} | {m['test_loss'][d]:.3f} | "
                           f"{m['test_loss_at_init'][d]:.3f} |" for d in domains)
     samples = "\n".join(f"- **{d}** `{SAMPLE_PROMPTS[d]!r}` -> `{s!r}`" for d, s in m["samples"].items())
-    return f"""# lightmoe demo MoE
-
-A small Mixture-of-Experts language model trained by lightmoe's own recipe
-(`recipes/training/demo-moe.yaml`) on a multi-domain corpus built offline from public sources and our own
+    recipe_path = m.get("recipe_path", "recipes/training/demo-moe.yaml")
+    up = m["recipe"].get("upcycle")
+    out_dir = m["recipe"]["out"]
+    if up:
+        title = "lightmoe demo MoE, upcycled"
+        intro = f"""The toolkit's second demo model, made by **sparse upcycling** by lightmoe's own recipe
+(`{recipe_path}`): a dense model of the same family (every layer one FFN of the experts' width,
+{up['dense_intermediate_size']}) trained for {up['dense_steps']:,} steps, then its FFN copied into all {mod['experts']}
+experts of every layer ({up['noise_std']:.0%} relative noise, a fresh router) and trained on as an MoE to
+{t['steps']:,} steps. Same family, shape, tokenizer, corpus and token count as the first demo model
+(`artifacts/demo-moe`, trained from scratch); they differ in how they were made, as Mixtral or Qwen1.5-MoE differ
+from models trained as MoEs from the start. It exists to measure what redirecting a missing expert to a similar
+resident one is worth when experts are alike. A toy: {mod['parameters'] / 1e6:.1f}M parameters, trained on CPU."""
+    else:
+        title = "lightmoe demo MoE"
+        intro = f"""A small Mixture-of-Experts language model trained by lightmoe's own recipe
+(`{recipe_path}`) on a multi-domain corpus built offline from public sources and our own
 generators. It is the embedded default model and the test model of the toolkit: everything lightmoe measures
-about accuracy is measured on it. It is a toy: {mod['parameters'] / 1e6:.1f}M parameters, trained on CPU.
+about accuracy is measured on it. It is a toy: {mod['parameters'] / 1e6:.1f}M parameters, trained on CPU."""
+    sim = m.get("expert_similarity")
+    sim_section = ""
+    if sim:
+        kinds = [k for k in ("output", "weight", "coactivation") if k in sim["per_layer"][0]]
+        rows = "\n".join(f"| {r['layer']} | " + " | ".join(
+            f"{r[k]['mean_pair']:.2f} / {r[k]['mean_nearest']:.2f} / {r[k]['max_pair']:.2f} / "
+            f"{r[k]['share_nearest_at_threshold']:.0%}" for k in kinds) + " |" for r in sim["per_layer"])
+        sim_section = f"""
+## Expert similarity (calibration profile)
+Per layer and kind: mean over expert pairs / mean of each expert's nearest neighbour / highest pair / share of
+experts whose nearest neighbour reaches {sim['per_layer'][0][kinds[0]]['threshold']:.1f} (the redirect
+threshold's default). Output = mean cosine of two experts' outputs on the same routed hidden states; weight =
+cosine of the flattened weights; coactivation = normalised co-selection. From `{sim['profile']}`.
+
+| layer | {' | '.join(kinds)} |
+|---|{'---|' * len(kinds)}
+{rows}
+"""
+    return f"""# {title}
+
+{intro}
 
 | | |
 |---|---|
@@ -226,7 +279,7 @@ about accuracy is measured on it. It is a toy: {mod['parameters'] / 1e6:.1f}M pa
 {t['tokens_per_s']:,.0f} tokens/s |
 | measured | {m['date']}, {m['machine']}, torch {m['versions']['torch']}, transformers {m['versions']['transformers']} |
 
-Load it with `AutoModelForCausalLM.from_pretrained("artifacts/demo-moe")`.
+Load it with `AutoModelForCausalLM.from_pretrained("{out_dir}")`.
 
 ## Data and held-out loss
 Loss in nats per token on {m['held_out_tokens_per_domain']:,} held-out (test split) tokens per domain.
@@ -259,21 +312,23 @@ Own top-half coverage per domain and layer:
 |---|{'---|' * len(tr['per_layer'])}
 {cov_rows}
 
+{sim_section}
 ## Samples (greedy, 40 new tokens)
 {samples}
 
 ## Rebuild
     just setup && just corpus
-    lightmoe demo train --fresh      # recipe: recipes/training/demo-moe.yaml
-    lightmoe demo card               # this file and training.json
+    lightmoe demo train --fresh --recipe {recipe_path}
+    lightmoe demo card --recipe {recipe_path}      # this file and training.json
 
 All figures on this page come from `training.json`, written by `lightmoe demo card`.
 """
 
 
-def write_card(recipe: TrainRecipe, tokens_per_domain: int = 32_768, console=None) -> str:
+def write_card(recipe: TrainRecipe, tokens_per_domain: int = 32_768, console=None,
+               recipe_path: str = "recipes/training/demo-moe.yaml") -> str:
     """Measure, then write training.json and README.md atomically into the model folder; returns a summary."""
-    m = measure(recipe, tokens_per_domain)
+    m = measure(recipe, tokens_per_domain, recipe_path)
     out = Path(recipe.out)
     for name, text in (("training.json", json.dumps(m, indent=2)), ("README.md", render_card(m))):
         atomic_write(out / name, text)

@@ -58,3 +58,32 @@ def similarity_heatmaps(sims: dict[str, np.ndarray], layer_index: int, path: Pat
         fig.colorbar(im, ax=ax, fraction=0.046)
     _save(fig, path)
     plt.close(fig)
+
+
+def similarity_histograms(models: dict[str, dict[int, dict[str, np.ndarray]]], path: Path) -> None:
+    """Per-layer histograms of expert-pair similarity (off-diagonal), one row per layer and one column per
+    kind, every model overlaid: do two models' experts differ in how alike they are?"""
+    plt = _plt()
+    names = list(models)
+    layers = sorted(next(iter(models.values())))
+    kinds = [k for k in ("output", "weight", "coactivation") if all(k in models[n][layers[0]] for n in names)]
+    fig, axes = plt.subplots(len(layers), len(kinds), figsize=(4.2 * len(kinds), 2.2 * len(layers)),
+                             squeeze=False, constrained_layout=True)
+    bins = np.linspace(-0.2, 1.0, 49)
+    for r, li in enumerate(layers):
+        for c, kind in enumerate(kinds):
+            ax = axes[r, c]
+            for name in names:
+                if li not in models[name]:
+                    continue
+                m = np.asarray(models[name][li][kind], dtype=np.float64)
+                off = np.clip(m[~np.eye(len(m), dtype=bool)], bins[0], bins[-1])
+                ax.hist(off, bins=bins, alpha=0.55, density=True, label=name)
+            ax.set_title(f"layer {li}: {kind}", fontsize=9)
+            ax.tick_params(labelsize=7)
+            if r == len(layers) - 1:
+                ax.set_xlabel("cosine similarity of an expert pair", fontsize=8)
+    axes[0, 0].legend(fontsize=7)
+    fig.suptitle("expert-pair similarity per layer")
+    _save(fig, path)
+    plt.close(fig)

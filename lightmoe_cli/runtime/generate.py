@@ -136,7 +136,7 @@ def generate_batch(rt: Runtime, prompts: list[str], max_new_tokens: int) -> list
         past, nxt = cache_of(out), out.logits[:, -1].argmax(-1, keepdim=True)
     decode = time.perf_counter() - t1
     return [RequestResult(p, tok.decode(g, skip_special_tokens=True), len(r), len(g), prefill, decode)
-            for p, r, g in zip(prompts, rows, generated)]
+            for p, r, g in zip(prompts, rows, generated, strict=True)]
 
 
 def run_requests(rt: Runtime, prompts: list[str], max_new_tokens: int, io_bandwidth: float | None = None,
