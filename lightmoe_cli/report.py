@@ -69,12 +69,16 @@ def outlook_table(outlook: dict) -> Table:
     t = Table(title="residency outlook: share of each task's gate mass the resident experts hold",
               caption=f"held out = sets chosen on half the calibration tokens, measured on the other half\n"
                       f"advice: {outlook['advice']}", caption_justify="left")
-    for col in ("budget", "slots", "global set", "task's own set", "held out: global", "held out: own", "gain"):
+    reach = any(r.get("redirect_reach") is not None for r in outlook["rows"])
+    cols = ["budget", "slots", "global set", "task's own set", "held out: global", "held out: own", "gain"]
+    for col in cols + (["redirect reach"] if reach else []):
         t.add_column(col, justify="right")
     for r in outlook["rows"]:
-        t.add_row(f"{r['budget']:.0%}", str(r["slots"]), f"{r['global_coverage']:.1%}", f"{r['task_coverage']:.1%}",
-                  f"{r['global_coverage_heldout']:.1%}", f"{r['task_coverage_heldout']:.1%}",
-                  f"{r['heldout_gain']:+.1%}")
+        cells = [f"{r['budget']:.0%}", str(r["slots"]), f"{r['global_coverage']:.1%}", f"{r['task_coverage']:.1%}",
+                 f"{r['global_coverage_heldout']:.1%}", f"{r['task_coverage_heldout']:.1%}", f"{r['heldout_gain']:+.1%}"]
+        if reach:  # share of the missed gate mass whose expert has a similar enough resident
+            cells.append("-" if r.get("redirect_reach") is None else f"{r['redirect_reach']:.1%}")
+        t.add_row(*cells)
     return t
 
 

@@ -20,7 +20,21 @@ def test_specialised_tasks_gain_from_their_own_sets():
     mid = out.rows[1]
     assert mid.budget == 0.5 and mid.slots == 4
     assert mid.task_coverage > 0.98 and mid.global_coverage < 0.6  # global set: two of each task's four
-    assert mid.heldout_gain > 0.3 and "pays off" in out.advice and "too dissimilar" in out.advice
+    assert mid.heldout_gain > 0.3 and "pays off" in out.advice and "re-routed as by prune" in out.advice
+    assert mid.redirect_reach == 0.0  # 0.05 between experts: no missing expert has a similar resident
+
+
+def test_redirect_reach_is_the_missed_mass_with_a_similar_resident():
+    from lightmoe_cli.analysis.outlook import redirect_reach
+
+    mass = {0: np.array([4.0, 3.0, 2.0, 1.0])}
+    sim = np.eye(4)
+    sim[2, 0] = sim[0, 2] = 0.8  # expert 2 (missing) has a similar resident; expert 3 does not
+    assert redirect_reach(mass, {0: [0, 1]}, {0: sim}, 0.5) == 2.0 / 3.0
+    assert redirect_reach(mass, {0: [0, 1]}, {0: sim}, 0.9) == 0.0
+    alike = {0: np.full((4, 4), 0.7)}
+    out = residency_outlook({"a": mass}, {"a": {0: _halves(mass[0])}}, {0: 1}, alike)
+    assert out.rows[1].redirect_reach == 1.0 and "measure it against prune" in out.advice
 
 
 def test_shared_routing_says_static_pruning_is_enough():

@@ -16,7 +16,8 @@ import numpy as np
 from lightmoe_cli.policies.resident import allocate_slots, covered_share, select_residents
 
 PAYS_OFF = 0.05  # held-out coverage gain (share of gate mass) from which task-aware residency is worth it
-SIMILAR = 0.5  # mean output cosine from which redirecting to a similar expert can matter
+SIMILAR = 0.5  # output cosine a redirect target must reach (the outlook's threshold)
+REDIRECT_MATTERS = 0.10  # share of the missed gate mass redirect must reach to be worth measuring
 
 
 @dataclass
@@ -27,6 +28,8 @@ class OutlookRow:
     task_coverage: float
     global_coverage_heldout: float  # split-half
     task_coverage_heldout: float
+    redirect_reach: float | None = None  # share of the missing experts' gate mass a redirect could serve
+
 
     @property
     def heldout_gain(self) -> float:
@@ -44,7 +47,24 @@ def _coverage(sets: dict[int, list[int]], mass: dict[int, np.ndarray]) -> float:
     return float(np.mean([covered_share(mass[li], sets[li]) for li in sorted(mass)]))
 
 
-def _row(budget: float, task_mass: dict, task_halves: dict, top_k: dict[int, int]) -> OutlookRow:
+def redirect_reach(mass: dict[int, np.ndarray], resident: dict[int, list[int]], similarity: dict[int, np.ndarray],
+                   threshold: float) -> float:
+    """Share of the gate mass of NON-resident experts whose most similar resident reaches `threshold`: how much
+    of what a resident set misses similarity redirection could serve at all (mean over layers; 0 if nothing is
+    missed)."""
+    shares = []
+    for li in sorted(mass):
+        m, keep = np.asarray(mass[li], dtype=np.float64), list(resident[li])
+        missing = np.setdiff1d(np.arange(len(m)), keep)
+        if not len(missing) or m[missing].sum() <= 0:
+            continue
+        best = np.asarray(similarity[li])[np.ix_(missing, keep)].max(axis=1)
+        shares.append(float(m[missing][best >= threshold].sum() / m[missing].sum()))
+    return float(np.mean(shares)) if shares else 0.0
+
+
+def _row(budget: float, task_mass: dict, task_halves: dict, top_k: dict[int, int],
+         similarity: dict[int, np.ndarray] | None = None, threshold: float = SIMILAR) -> OutlookRow:
     layers = sorted(top_k)
     n_experts = sum(len(next(iter(task_mass.values()))[li]) for li in layers)
     floor = max(top_k.values())
@@ -62,15 +82,17 @@ def _row(budget: float, task_mass: dict, task_halves: dict, top_k: dict[int, int
             other = {li: halves[li][1 - h] for li in layers}
             g_out.append(_coverage(glob_h, other))
             t_out.append(_coverage(select_residents({li: halves[li][h] for li in layers}, slots), other))
-    return OutlookRow(budget, slots_total, float(g_in), float(t_in), float(np.mean(g_out)), float(np.mean(t_out)))
+    reach = redirect_reach(total, glob, similarity, threshold) if similarity else None
+    return OutlookRow(budget, slots_total, float(g_in), float(t_in), float(np.mean(g_out)), float(np.mean(t_out)),
+                      reach)
 
 
 def residency_outlook(task_mass: dict[str, dict[int, np.ndarray]], task_halves: dict[str, dict[int, np.ndarray]],
                       top_k: dict[int, int], similarity: dict[int, np.ndarray] | None,
-                      budgets: tuple[float, ...] = (0.25, 0.5, 0.75)) -> Outlook:
+                      budgets: tuple[float, ...] = (0.25, 0.5, 0.75), threshold: float = SIMILAR) -> Outlook:
     """task_mass[task][layer] (E,) gate mass; task_halves[task][layer] (2, E) the same per split-half;
-    similarity[layer] (E, E) output cosine (optional)."""
-    rows = [_row(b, task_mass, task_halves, top_k) for b in budgets]
+    similarity[layer] (E, E) output cosine (optional); threshold: the redirect's minimum similarity."""
+    rows = [_row(b, task_mass, task_halves, top_k, similarity, threshold) for b in budgets]
     sim = None
     if similarity:
         sim = float(np.mean([(s.sum() - np.trace(s)) / (s.shape[0] * (s.shape[0] - 1)) for s in similarity.values()]))
@@ -82,8 +104,11 @@ def residency_outlook(task_mass: dict[str, dict[int, np.ndarray]], task_halves: 
     else:
         advice = (f"static pruning is enough: at {mid.budget:.0%} memory a task's own set gains only "
                   f"{mid.heldout_gain:+.1%} held-out gate mass over one global set")
-    if sim is not None and sim < SIMILAR:
-        advice += f"; experts too dissimilar for redirect to matter (mean output cosine {sim:.2f})"
-    elif sim is not None:
-        advice += f"; experts similar enough for redirect to be worth measuring (mean output cosine {sim:.2f})"
+    if mid.redirect_reach is not None and mid.redirect_reach < REDIRECT_MATTERS:
+        advice += (f"; redirect would serve {mid.redirect_reach:.0%} of the missed gate mass at similarity >= "
+                   f"{threshold:.1f} (mean output cosine {sim:.2f}): missing experts are re-routed as by prune")
+    elif mid.redirect_reach is not None:
+        advice += (f"; experts alike (mean output cosine {sim:.2f}): redirect at similarity >= {threshold:.1f} "
+                   f"could serve {mid.redirect_reach:.0%} of the missed gate mass -- measure it against prune "
+                   f"(benchmarks/bench_redirect.py) before turning it on")
     return Outlook(rows, sim, advice)
