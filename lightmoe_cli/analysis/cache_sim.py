@@ -1,0 +1,128 @@
+"""Replay routing traces through a per-layer expert cache: how often is a picked expert already in memory?
+
+Why a simulator: an offloading runtime's hit rate is set by its cache policy and capacity long before any
+kernel runs, and the offline optimum (Belady: evict the expert needed furthest in the future) bounds what any
+policy -- learned predictor included -- can reach. Pure: arrays in, counts out; no torch, no I/O.
+
+Semantics (one layer): tokens arrive in order, each needs its K picked experts. A picked expert in the cache is a
+hit; otherwise a miss loads it, evicting (if full) a cached expert the current token does not need, chosen by the
+policy. `static` never loads (a fixed resident set: what pruning and the lightmoe initial set serve), and
+`prefetch` inserts the experts a predictor names for the token before it is served (a wrong guess still costs a
+load and a slot).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+CACHE_POLICIES = ("lru", "lfu", "belady", "static")
+
+
+@dataclass
+class CacheResult:
+    policy: str
+    capacity: int
+    accesses: int = 0
+    hits: int = 0
+    loads: int = 0  # experts copied in (misses + prefetches)
+    prefetch_loads: int = 0
+    prefetch_hits: int = 0  # hits on an expert that was there only because it was prefetched
+
+    @property
+    def hit_rate(self) -> float:
+        return self.hits / self.accesses if self.accesses else 0.0
+
+    def loads_per_token(self, tokens: int) -> float:
+        return self.loads / tokens if tokens else 0.0
+
+
+def next_use(ids: np.ndarray, num_experts: int) -> np.ndarray:
+    """(T, K) picks -> (T, E): the first token index >= t+1 that picks each expert (T if never)."""
+    t_len = ids.shape[0]
+    nxt = np.full((t_len, num_experts), t_len, dtype=np.int64)
+    upcoming = np.full(num_experts, t_len, dtype=np.int64)
+    for t in range(t_len - 1, -1, -1):
+        nxt[t] = upcoming
+        upcoming[ids[t]] = t
+    return nxt
+
+
+def simulate_layer(ids: np.ndarray, num_experts: int, capacity: int, policy: str,
+                   initial: Sequence[int] | None = None, prefetch: Sequence[Sequence[int]] | None = None
+                   ) -> CacheResult:
+    """Replay one layer's (T, K) picks through a cache of `capacity` experts.
+
+    initial: the experts cached at the start (default: the first distinct experts the trace picks, as if the
+    cache were warm; `static` needs it); prefetch[t]: experts inserted before token t is served (LRU eviction
+    order otherwise), for a predictor's guesses.
+    """
+    if policy not in CACHE_POLICIES:
+        raise ValueError(f"unknown cache policy {policy!r}; policies: {', '.join(CACHE_POLICIES)}")
+    if not 1 <= capacity <= num_experts:
+        raise ValueError(f"capacity {capacity} must be within 1..{num_experts} experts")
+    ids = np.asarray(ids, dtype=np.int64)
+    res = CacheResult(policy, capacity)
+    if initial is None:
+        order = list(dict.fromkeys(ids.reshape(-1).tolist()))
+        initial = order[:capacity]
+    cache: dict[int, int] = {int(e): -1 for e in list(initial)[:capacity]}  # expert -> last use (LRU clock)
+    freq = np.zeros(num_experts, dtype=np.int64)
+    prefetched: set[int] = set()
+    nxt = next_use(ids, num_experts) if policy == "belady" else None
+
+    def victim(t: int, protect: set[int]) -> int:
+        candidates = [e for e in cache if e not in protect] or list(cache)  # capacity < K: anything goes
+        if policy == "lru":
+            return min(candidates, key=lambda e: cache[e])
+        if policy == "lfu":
+            return min(candidates, key=lambda e: (freq[e], cache[e]))
+        return max(candidates, key=lambda e: (nxt[t][e], -cache[e]))  # belady: needed furthest ahead
+
+    def insert(t: int, e: int, protect: set[int]) -> None:
+        if len(cache) >= capacity:
+            del cache[victim(t, protect)]
+        cache[e] = t
+        res.loads += 1
+
+    for t in range(ids.shape[0]):
+        need = [int(e) for e in ids[t]]
+        protect = set(need)
+        if prefetch is not None and policy != "static":
+            for e in prefetch[t]:
+                e = int(e)
+                if e not in cache:
+                    insert(t, e, protect | {int(x) for x in prefetch[t]})
+                    res.prefetch_loads += 1
+                    prefetched.add(e)
+        for e in need:
+            res.accesses += 1
+            freq[e] += 1
+            if e in cache:
+                res.hits += 1
+                if e in prefetched:
+                    res.prefetch_hits += 1
+                cache[e] = t
+            elif policy != "static":
+                insert(t, e, protect)
+            prefetched.discard(e)
+    return res
+
+
+def simulate(traces: dict[int, np.ndarray], num_experts: int, fraction: float, policy: str,
+             initial: dict[int, Sequence[int]] | None = None,
+             prefetch: dict[int, Sequence[Sequence[int]]] | None = None) -> CacheResult:
+    """Every layer's trace at a capacity of round(fraction x E) experts (at least one); counts summed."""
+    capacity = max(1, int(round(fraction * num_experts)))
+    total = CacheResult(policy, capacity)
+    for li, ids in sorted(traces.items()):
+        r = simulate_layer(ids, num_experts, capacity, policy, (initial or {}).get(li),
+                           (prefetch or {}).get(li))
+        total.accesses += r.accesses
+        total.hits += r.hits
+        total.loads += r.loads
+        total.prefetch_loads += r.prefetch_loads
+        total.prefetch_hits += r.prefetch_hits
+    return total
