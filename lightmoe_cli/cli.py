@@ -291,6 +291,65 @@ def eval_cmd(
     render_eval(console, report)
 
 
+@app.command("simulate")
+def simulate_cmd(
+    traces: Path = typer.Option(..., "--traces", help="Profile folder with routing traces to replay (made with "
+                                "--save-traces; held-out text: recipes/calibration/demo-heldout.yaml)."),
+    profile_dir: Path = typer.Option(None, "--profile", "-p", help="Profile whose statistics choose the resident "
+                                     "sets (default: the traced model's default profile)."),
+    cache: str = typer.Option("0.05,0.1,0.25,0.5", help="Cache capacities, fractions of each layer's experts."),
+    policies: str = typer.Option("lru,lfu,belady,static,task", help="Cache policies: lru, lfu, belady (offline "
+                                 "optimum), static (frequency set), task (the task's own set, swapped per task)."),
+    out: Path = typer.Option(None, "--out", "-o", help="Folder for simulation.json and hit_rate.png (default: "
+                             "artifacts/eval/<model>-cache)."),
+) -> None:
+    """Replay routing traces through per-layer expert caches: hit rate and experts moved per capacity."""
+    offline()
+    from dataclasses import asdict
+
+    import numpy as np
+    from rich.console import Console
+
+    from lightmoe_cli.evaluation.cache_replay import SIM_POLICIES, replay
+    from lightmoe_cli.evaluation.plots import hit_rate_plot
+    from lightmoe_cli.files import atomic_write_json
+    from lightmoe_cli.paths import EVAL_DIR, default_profile, model_slug
+    from lightmoe_cli.profile.artifact import load_profile
+    from lightmoe_cli.report import simulation_table
+
+    console = Console()
+    try:
+        fractions = [float(c) for c in cache.split(",") if c.strip()]
+    except ValueError:
+        fail(f"bad --cache {cache!r}: give fractions such as 0.05,0.1,0.25")
+    if not fractions or any(not 0 < f <= 1 for f in fractions):
+        fail(f"--cache values are fractions in (0, 1], not {cache!r}")
+    wanted = [p.strip() for p in policies.split(",") if p.strip()]
+    bad = [p for p in wanted if p not in SIM_POLICIES]
+    if bad or not wanted:
+        fail(f"unknown --policies {bad[0] if bad else policies!r}; policies: {', '.join(SIM_POLICIES)}")
+    try:
+        tp = load_profile(traces)
+        sp = load_profile(profile_dir or default_profile(tp.model.name_or_path))
+        if sp.model.fingerprint != tp.model.fingerprint:
+            fail(f"--profile {sp.path} was made for another model than the traces in {tp.path}")
+        trace = {t: {li: v.numpy() for li, v in tp.trace_ids(t).items()} for t in tp.task_names}
+        mass = {t: {li: s.gate_mass.numpy() for li, s in sp.task_stats(t).layers.items()} for t in sp.task_names}
+    except LightMoEError as e:
+        fail(e)
+    ident = tp.model
+    rows = replay(trace, mass, ident.num_experts[0], float(np.mean(ident.bytes_per_expert)), fractions, wanted)
+    folder = out or EVAL_DIR / f"{model_slug(ident.name_or_path)}-cache"
+    folder.mkdir(parents=True, exist_ok=True)
+    payload = {"traces": str(tp.path), "profile": str(sp.path), "tokens": int(sum(len(next(iter(v.values())))
+                                                                                  for v in trace.values())),
+               "rows": [asdict(r) for r in rows]}
+    atomic_write_json(folder / "simulation.json", payload)
+    hit_rate_plot(payload["rows"], folder / "hit_rate.png", model_slug(ident.name_or_path))
+    console.print(simulation_table(payload["rows"], payload["tokens"]))
+    console.print(f"written {folder / 'simulation.json'} and {folder / 'hit_rate.png'}")
+
+
 @app.command("lm-eval", context_settings={"allow_extra_args": True, "ignore_unknown_options": True,
                                           "help_option_names": []}, add_help_option=False)
 def lm_eval_cmd(ctx: typer.Context) -> None:

@@ -75,7 +75,8 @@ def outlook_table(outlook: dict) -> Table:
         t.add_column(col, justify="right")
     for r in outlook["rows"]:
         cells = [f"{r['budget']:.0%}", str(r["slots"]), f"{r['global_coverage']:.1%}", f"{r['task_coverage']:.1%}",
-                 f"{r['global_coverage_heldout']:.1%}", f"{r['task_coverage_heldout']:.1%}", f"{r['heldout_gain']:+.1%}"]
+                 f"{r['global_coverage_heldout']:.1%}", f"{r['task_coverage_heldout']:.1%}",
+                 f"{r['heldout_gain']:+.1%}"]
         if reach:  # share of the missed gate mass whose expert has a similar enough resident
             cells.append("-" if r.get("redirect_reach") is None else f"{r['redirect_reach']:.1%}")
         t.add_row(*cells)
@@ -139,3 +140,17 @@ def run_tables(stats, policy: str) -> list[Table]:
         per.add_row(str(li), f"{s['picks']:,}", f"{s['hit_rate']:.1%}", f"{s['redirect_rate']:.1%}",
                     f"{s['drop_rate']:.1%}", f"{s['miss_rate']:.1%}", str(s["loads"]))
     return [t, per]
+
+
+def simulation_table(rows: list[dict], tokens: int) -> Table:
+    """`lightmoe simulate`: hit rate and experts moved per cache policy and capacity."""
+    t = Table(title=f"expert caches replaying {tokens:,} traced tokens (same start set and capacity per layer)",
+              caption="belady = offline optimum of policies that load every miss; static = frequency set, never "
+                      "loads (its misses are re-routed: accuracy, not I/O); task = the task's own set swapped in at "
+                      "each task boundary", caption_justify="left")
+    for col in ("capacity", "experts/layer", "policy", "hit rate", "loads/token", "MiB/token"):
+        t.add_column(col, justify="left" if col == "policy" else "right")
+    for r in rows:
+        t.add_row(f"{r['fraction']:.0%}", str(r["capacity"]), r["policy"], f"{r['hit_rate']:.1%}",
+                  f"{r['loads_per_token']:.3f}", f"{r['bytes_per_token'] / 2**20:.3f}")
+    return t

@@ -118,6 +118,27 @@ def test_profile_cli_writes_artifact_and_resume(tiny, tmp_path):
                        prof.task_stats("arithmetic").layers[0].counts)
     assert not out.with_name("prof.partial").exists()
 
+    # replay the traces through expert caches (in-sample here: the tiny model has one profile)
+    sim = tmp_path / "sim"
+    res = CliRunner().invoke(app, ["simulate", "--traces", str(out), "--profile", str(out), "--cache", "0.25,0.5",
+                                   "--out", str(sim)])
+    assert res.exit_code == 0, res.output
+    import json
+
+    rows = {(r["policy"], r["fraction"]): r for r in json.loads((sim / "simulation.json").read_text())["rows"]}
+    assert (sim / "hit_rate.png").stat().st_size > 5000 and "belady" in res.output
+    for f in (0.25, 0.5):
+        # belady bounds every policy that loads each miss (static serves misses elsewhere, so it is not bounded)
+        assert all(rows[("belady", f)]["hit_rate"] >= rows[(p, f)]["hit_rate"] for p in ("lru", "lfu"))
+        assert rows[("static", f)]["loads_per_token"] == 0
+    static = rows[("static", 0.5)]  # the top-4 experts by gate mass serve exactly the picks they got
+    total = {li: sum(prof.task_stats(t).layers[li].gate_mass for t in prof.task_names) for li in (0, 2)}
+    counts = {li: sum(prof.task_stats(t).layers[li].counts for t in prof.task_names) for li in (0, 2)}
+    served = sum(int(counts[li][total[li].topk(4).indices].sum()) for li in (0, 2))
+    assert static["hit_rate"] == pytest.approx(served / sum(int(c.sum()) for c in counts.values()))
+    res = CliRunner().invoke(app, ["simulate", "--traces", str(out), "--cache", "0"])
+    assert res.exit_code == 1 and "--cache values are fractions" in res.output
+
     # corrupt a file: reported by name
     data = bytearray((out / "similarity.safetensors").read_bytes())
     data[-3] ^= 0xFF

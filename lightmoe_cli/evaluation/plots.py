@@ -72,3 +72,28 @@ def task_shift_plot(rows: list[dict], path: Path) -> None:
         ax.legend(fontsize=7)
     _save(fig, path)
     plt.close(fig)
+
+
+def hit_rate_plot(rows: list[dict], path: Path, title: str) -> None:
+    """Hit rate against cache capacity (share of each layer's experts), one line per cache policy."""
+    plt = _plt()
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
+    for policy in dict.fromkeys(r["policy"] for r in rows):
+        mine = sorted((r for r in rows if r["policy"] == policy), key=lambda r: r["fraction"])
+        style = "--" if policy == "belady" else "-"
+        ax.plot([100 * r["fraction"] for r in mine], [100 * r["hit_rate"] for r in mine], style, marker="o",
+                label=policy + (" (offline optimum)" if policy == "belady" else ""))
+        ax2.plot([100 * r["fraction"] for r in mine], [max(r["loads_per_token"], 1e-3) for r in mine], style,
+                 marker="o", label=policy)
+    ax.set_xlabel("cache capacity (% of each layer's experts)")
+    ax.set_ylabel("hit rate (% of router picks already in memory)")
+    ax.set_title(f"{title}: hit rate")
+    ax2.set_xlabel("cache capacity (% of each layer's experts)")
+    ax2.set_ylabel("experts loaded per token, all layers (log; none drawn at 0.001)")
+    ax2.set_yscale("log")
+    ax2.set_title("cost: experts moved")
+    for a in (ax, ax2):
+        a.grid(alpha=0.3)
+        a.legend(fontsize=8)
+    _save(fig, path)
+    plt.close(fig)

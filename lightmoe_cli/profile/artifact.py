@@ -111,6 +111,23 @@ class Profile:
         with safe_open(str(path), "pt") as f:
             return f.get_tensor(f"layer.{layer_index}.reap")
 
+    def trace_ids(self, task: str) -> dict[int, torch.Tensor]:
+        """Per layer, the (T, K) expert ids every real token of `task` picked, in token order (needs a profile
+        made with --save-traces)."""
+        from safetensors import safe_open
+
+        chunks = sorted((self.path / "traces" / task).glob("chunk_*.safetensors"))
+        if not chunks:
+            raise ProfileError(f"profile {self.path} has no routing traces for task {task!r}: profile with "
+                               "`lightmoe profile --save-traces`")
+        parts: dict[int, list[torch.Tensor]] = {}
+        for chunk in chunks:
+            with safe_open(str(chunk), "pt") as f:
+                for key in f.keys():
+                    if key.endswith(".ids"):
+                        parts.setdefault(int(key.split(".")[1]), []).append(f.get_tensor(key).long())
+        return {li: torch.cat(v) for li, v in sorted(parts.items())}
+
     def check_model(self, identity: ModelIdentity) -> None:
         """Refuse to use this profile with another model."""
         mine = self.manifest.model

@@ -1,0 +1,76 @@
+"""`lightmoe simulate`: replay a profile's routing traces through expert caches of several capacities.
+
+The traces (a profile made with --save-traces, best on held-out text) are served as one stream, task after task
+(a task-shift stream with long blocks). Every policy starts from the same state -- the frequency-aware resident
+set of the statistics profile -- and has the same per-layer capacity, so hit rates compare directly:
+  lru, lfu      demand loading, evicting the least recently / least frequently used expert;
+  belady        the offline optimum (evicts the expert needed furthest ahead): the ceiling of every policy that
+                loads each miss (a policy that serves a miss elsewhere, as static does, is not bounded by it);
+  static        the frequency-aware set, never changed (what prune and lightmoe's initial set serve; a miss is
+                re-routed or redirected, costing accuracy instead of I/O);
+  task          the task's own frequency set, swapped in at each task boundary (lightmoe's manager when it
+                recognises the task; the swap's loads are counted).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from lightmoe_cli.analysis.cache_sim import simulate_layer
+from lightmoe_cli.policies.resident import select_residents
+
+SIM_POLICIES = ("lru", "lfu", "belady", "static", "task")
+
+
+@dataclass
+class SimulationRow:
+    policy: str
+    fraction: float
+    capacity: int  # experts per layer
+    hit_rate: float
+    loads_per_token: float  # experts copied in per token, summed over layers
+    bytes_per_token: float
+
+
+def top_sets(mass: dict[int, np.ndarray], capacity: int) -> dict[int, list[int]]:
+    """The `capacity` experts with the most gate mass, per layer."""
+    return select_residents(mass, {li: capacity for li in mass})
+
+
+def replay(traces: dict[str, dict[int, np.ndarray]], task_mass: dict[str, dict[int, np.ndarray]],
+           num_experts: int, bytes_per_expert: float, fractions: list[float], policies: list[str]
+           ) -> list[SimulationRow]:
+    """traces[task][layer] (T, K) picks in token order; task_mass[task][layer] (E,) the statistics profile's
+    gate mass (sets are chosen on it, never on the traces). Pure."""
+    unknown = [p for p in policies if p not in SIM_POLICIES]
+    if unknown:
+        raise ValueError(f"unknown simulation policy {unknown[0]!r}; policies: {', '.join(SIM_POLICIES)}")
+    tasks = [t for t in traces if t in task_mass] or list(traces)
+    layers = sorted(next(iter(traces.values())))
+    total_mass = {li: sum(np.asarray(task_mass[t][li], dtype=np.float64) for t in task_mass) for li in layers}
+    stream = {li: np.concatenate([traces[t][li] for t in tasks]) for li in layers}
+    tokens = sum(len(traces[t][layers[0]]) for t in tasks)
+    rows = []
+    for f in fractions:
+        cap = max(1, int(round(f * num_experts)))
+        start = top_sets(total_mass, cap)
+        for policy in policies:
+            hits = accesses = loads = 0
+            if policy == "task":
+                own = {t: top_sets(task_mass[t], cap) if t in task_mass else start for t in tasks}
+                for li in layers:
+                    current = set(start[li])
+                    for t in tasks:
+                        loads += len(set(own[t][li]) - current)
+                        current = set(own[t][li])
+                        r = simulate_layer(traces[t][li], num_experts, cap, "static", initial=own[t][li])
+                        hits, accesses = hits + r.hits, accesses + r.accesses
+            else:
+                for li in layers:
+                    r = simulate_layer(stream[li], num_experts, cap, policy, initial=start[li])
+                    hits, accesses, loads = hits + r.hits, accesses + r.accesses, loads + r.loads
+            rows.append(SimulationRow(policy, f, cap, hits / max(1, accesses), loads / max(1, tokens),
+                                      loads * bytes_per_expert / max(1, tokens)))
+    return rows
