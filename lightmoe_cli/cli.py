@@ -23,6 +23,9 @@ app = typer.Typer(
 )
 demo_app = typer.Typer(help="Build the embedded demo model: corpus, training, model card.", no_args_is_help=True)
 app.add_typer(demo_app, name="demo")
+predict_app = typer.Typer(help="Expert-activation prediction (MoE-Beyond) from routing traces.",
+                          no_args_is_help=True)
+app.add_typer(predict_app, name="predict")
 
 
 @app.command()
@@ -53,6 +56,8 @@ def profile(
     sample_tokens: int = typer.Option(512, help="Routed hidden states per layer for output-space similarity."),
     similarity_layer: int = typer.Option(None, help="Layer shown in the similarity plot (default: middle)."),
     save_traces: bool = typer.Option(False, help="Also write raw per-token routing traces (int16/fp16 chunks)."),
+    save_router_inputs: bool = typer.Option(False, help="Traces also keep every token's router input (fp16), the "
+                                            "training data of `lightmoe predict` (implies --save-traces)."),
     resume: bool = typer.Option(False, help="Continue an interrupted run from its last finished task."),
     threads: int = typer.Option(None, help="torch CPU threads (default: all cores)."),
 ) -> None:
@@ -84,8 +89,16 @@ def profile(
         name = resolve_model(model)
         out_used = out or default_profile(name)
         lm, tok = load_model_and_tokenizer(name, device=device, dtype=dtype)
+        if save_router_inputs:
+            from lightmoe_cli.models import get_adapter
+
+            n_layers = len(get_adapter(lm).moe_layers(lm))
+            size = sum(t.max_tokens for t in recipe.tasks) * n_layers * lm.config.hidden_size * 2
+            console.print(f"router inputs in the traces: up to {size / 2**20:,.0f} MiB ({n_layers} MoE layers x "
+                          f"{lm.config.hidden_size} fp16 values per token)")
         settings = ProfileSettings(seq_len=seq_len, batch_size=batch_size, sample_tokens=sample_tokens,
-                                   save_traces=save_traces, similarity_layer=similarity_layer)
+                                   save_traces=save_traces or save_router_inputs,
+                                   save_router_inputs=save_router_inputs, similarity_layer=similarity_layer)
         with token_progress(console) as progress:
             prof = run_profile(lm, tok, name, recipe, out_used, settings, resume=resume, progress=progress)
     except KeyboardInterrupt:
@@ -348,6 +361,75 @@ def simulate_cmd(
     hit_rate_plot(payload["rows"], folder / "hit_rate.png", model_slug(ident.name_or_path))
     console.print(simulation_table(payload["rows"], payload["tokens"]))
     console.print(f"written {folder / 'simulation.json'} and {folder / 'hit_rate.png'}")
+
+
+@predict_app.command("train")
+def predict_train(
+    profile_dir: Path = typer.Option(..., "--profile", "-p", help="Profile with traces and router inputs to learn "
+                                     "from (lightmoe profile --save-router-inputs)."),
+    heldout: Path = typer.Option(..., "--heldout", help="Profile of held-out text with router inputs, to score on."),
+    out: Path = typer.Option(None, "--out", "-o", help="Predictor folder (default: <profile>/predictor)."),
+    epochs: int = typer.Option(30, help="Training epochs over the profile's windows."),
+    d_model: int = typer.Option(128, help="Predictor width."),
+    threads: int = typer.Option(2, help="torch CPU threads."),
+) -> None:
+    """Train the expert predictor (next layer's experts from this layer's router input) and score it on
+    held-out traces beside its baselines: layer frequency, previous token, logistic regression."""
+    offline()
+    import torch
+    from rich.console import Console
+
+    from lightmoe_cli.files import atomic_write_json
+    from lightmoe_cli.predict.data import examples_from_traces, load_profile_traces
+    from lightmoe_cli.predict.model import save_predictor
+    from lightmoe_cli.predict.train import (
+        TrainSettings,
+        evaluate_all,
+        frequency_scores,
+        logistic_scores,
+        predictor_scores,
+        previous_token_scores,
+        timed,
+        train_predictor,
+    )
+    from lightmoe_cli.profile.artifact import load_profile
+    from lightmoe_cli.report import predictor_table, token_progress
+
+    if epochs < 1 or d_model < 8 or d_model % 4:
+        fail("--epochs must be positive and --d-model a multiple of 4 (at least 8)")
+    torch.set_num_threads(threads)
+    console = Console(width=max(Console().width, 100))
+    try:
+        tp, hp = load_profile(profile_dir), load_profile(heldout)
+        if tp.model.fingerprint != hp.model.fingerprint:
+            fail(f"--heldout {hp.path} was profiled on another model than --profile {tp.path}")
+        layers = list(tp.model.moe_layers)
+        if len(layers) < 2:
+            fail("the model has one MoE layer: there is no next layer to predict")
+        train = examples_from_traces(load_profile_traces(tp), layers)
+        test = examples_from_traces(load_profile_traces(hp), layers)
+    except LightMoEError as e:
+        fail(e)
+    e, k = tp.model.num_experts[0], tp.model.top_k[0]
+    settings = TrainSettings(epochs=epochs, d_model=d_model)
+    with token_progress(console, unit="epochs") as progress:
+        bar = progress.add_task("predictor", total=epochs)
+        model, train_s = timed(train_predictor, train, e, k, settings, lambda *_: progress.advance(bar))
+    lr, lr_s = timed(logistic_scores, train, test, e, settings)
+    scores = {"all inactive": None, "layer frequency": frequency_scores(train, test, e),
+              "previous token": previous_token_scores(train, test, e), "logistic regression": lr,
+              "predictor": predictor_scores(model, test)}
+    results = evaluate_all({n: s for n, s in scores.items() if s is not None}, test)
+    folder = out or tp.path / "predictor"
+    payload = {"train_profile": str(tp.path), "heldout_profile": str(hp.path), "train_tokens": train.tokens,
+               "heldout_tokens": test.tokens, "pairs": [list(p) for p in train.pairs], "epochs": epochs,
+               "train_seconds": round(train_s, 1), "logistic_seconds": round(lr_s, 1),
+               "parameters": sum(p.numel() for p in model.parameters()),
+               "scores": {n: vars(r) for n, r in results.items()}}
+    save_predictor(model, folder, payload)
+    atomic_write_json(folder / "scores.json", payload)
+    console.print(predictor_table(payload))
+    console.print(f"predictor written to {folder}")
 
 
 @app.command("lm-eval", context_settings={"allow_extra_args": True, "ignore_unknown_options": True,

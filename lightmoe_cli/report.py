@@ -154,3 +154,20 @@ def simulation_table(rows: list[dict], tokens: int) -> Table:
         t.add_row(f"{r['fraction']:.0%}", str(r["capacity"]), r["policy"], f"{r['hit_rate']:.1%}",
                   f"{r['loads_per_token']:.3f}", f"{r['bytes_per_token'] / 2**20:.3f}")
     return t
+
+
+def predictor_table(payload: dict) -> Table:
+    """`lightmoe predict train`: held-out scores of the predictor beside its baselines."""
+    scores = payload["scores"]
+    inactive = next(iter(scores.values()))["all_inactive_accuracy"]
+    t = Table(title=f"expert prediction on {payload['heldout_tokens']:,} held-out tokens x "
+                    f"{len(payload['pairs'])} layer pairs (next layer's experts from this layer's router input)",
+              caption=f"binary accuracy counts every expert as a 0/1 label: predicting nothing already scores "
+                      f"{inactive:.1%}", caption_justify="left")
+    for col in ("predictor", "recall@K", "precision@K", "F1", "binary accuracy"):
+        t.add_column(col, justify="left" if col == "predictor" else "right")
+    t.add_row("all inactive", "0.0%", "0.0%", "0.0%", f"{inactive:.1%}")
+    for name, r in scores.items():
+        t.add_row(name, f"{r['recall_at_k']:.1%}", f"{r['precision_at_k']:.1%}", f"{r['f1']:.1%}",
+                  f"{r['binary_accuracy']:.1%}")
+    return t

@@ -114,19 +114,30 @@ class Profile:
     def trace_ids(self, task: str) -> dict[int, torch.Tensor]:
         """Per layer, the (T, K) expert ids every real token of `task` picked, in token order (needs a profile
         made with --save-traces)."""
+        return {li: v.long() for li, v in self.trace_tensors(task, "ids").items()}
+
+    def trace_tensors(self, task: str, field: str) -> dict:
+        """One field of `task`'s traces, all chunks in order: per layer for 'ids', 'weights' and 'router_input'
+        ({layer: tensor}), else the token-level tensor under key None ('token_ids', 'positions')."""
         from safetensors import safe_open
 
         chunks = sorted((self.path / "traces" / task).glob("chunk_*.safetensors"))
         if not chunks:
             raise ProfileError(f"profile {self.path} has no routing traces for task {task!r}: profile with "
                                "`lightmoe profile --save-traces`")
-        parts: dict[int, list[torch.Tensor]] = {}
+        parts: dict = {}
         for chunk in chunks:
             with safe_open(str(chunk), "pt") as f:
                 for key in f.keys():
-                    if key.endswith(".ids"):
-                        parts.setdefault(int(key.split(".")[1]), []).append(f.get_tensor(key).long())
-        return {li: torch.cat(v) for li, v in sorted(parts.items())}
+                    if key == field:
+                        parts.setdefault(None, []).append(f.get_tensor(key))
+                    elif key.startswith("layer.") and key.split(".", 2)[2] == field:
+                        parts.setdefault(int(key.split(".")[1]), []).append(f.get_tensor(key))
+        if not parts:
+            hint = " --save-router-inputs" if field == "router_input" else ""
+            raise ProfileError(f"profile {self.path} traces hold no {field!r}: profile again with "
+                               f"`lightmoe profile --save-traces{hint}`")
+        return {k: torch.cat(v) for k, v in sorted(parts.items(), key=lambda kv: -1 if kv[0] is None else kv[0])}
 
     def check_model(self, identity: ModelIdentity) -> None:
         """Refuse to use this profile with another model."""

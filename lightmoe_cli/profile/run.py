@@ -32,6 +32,7 @@ class ProfileSettings:
     batch_size: int = 8
     sample_tokens: int = 512  # routed hidden states kept per layer for output-space similarity
     save_traces: bool = False
+    save_router_inputs: bool = False  # traces also keep each token's router input (for expert predictors)
     trace_chunk_tokens: int = 65536
     similarity_layer: int | None = None  # layer of the similarity plot (default: the middle MoE layer)
     seed: int = 0
@@ -72,7 +73,8 @@ def _outlook(all_stats: list[TaskStats], layers, sims: dict[str, torch.Tensor]) 
 def _progress_key(identity, recipe: CalibrationRecipe, settings: ProfileSettings) -> str:
     return json.dumps({"model": identity.fingerprint, "recipe": recipe.fingerprint(),
                        "seq_len": settings.seq_len, "sample_tokens": settings.sample_tokens,
-                       "traces": settings.save_traces}, sort_keys=True)
+                       "traces": settings.save_traces, "router_inputs": settings.save_router_inputs},
+                      sort_keys=True)
 
 
 def run_profile(model, tokenizer, model_name: str, recipe: CalibrationRecipe, out: Path,
@@ -124,8 +126,8 @@ def _profile_into(work: Path, out: Path, model, tokenizer, model_name: str, reci
                 progress.console.print(f"resumed: task {task.name} already profiled")
             continue
         sampler = HiddenSampler(layers, quota, seed=settings.seed)
-        traces = TraceWriter(work / "traces" / task.name, settings.trace_chunk_tokens) \
-            if settings.save_traces else None
+        traces = TraceWriter(work / "traces" / task.name, settings.trace_chunk_tokens,
+                             settings.save_router_inputs) if settings.save_traces else None
         bar = progress.add_task(f"{task.name}", total=task.max_tokens) if progress else None
         t0 = time.perf_counter()
         texts = iter_task_texts(recipe, task)

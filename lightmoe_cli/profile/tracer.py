@@ -59,13 +59,17 @@ class HiddenSampler:
 
 
 class TraceWriter:
-    """Raw per-token routing (top-k ids int16, weights fp16), written in chunks of `chunk_tokens` tokens."""
+    """Raw per-token routing (top-k ids int16, weights fp16, window positions; optionally the router inputs fp16),
+    written in chunks of `chunk_tokens` tokens."""
 
-    def __init__(self, folder: Path, chunk_tokens: int = 65536):
+    def __init__(self, folder: Path, chunk_tokens: int = 65536, router_inputs: bool = False):
         self.folder = folder
         self.chunk_tokens = chunk_tokens
+        self.router_inputs = router_inputs  # also keep every real token's router input (fp16)
         self.buf: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         self.tokens_buf: list[torch.Tensor] = []
+        self.positions_buf: list[torch.Tensor] = []
+        self.hidden: dict[int, list[torch.Tensor]] = {}
         self.buffered = 0
         self.chunks = 0
         folder.mkdir(parents=True, exist_ok=True)
@@ -73,7 +77,14 @@ class TraceWriter:
     def add(self, layer_index: int, idx: torch.Tensor, w: torch.Tensor) -> None:
         self.buf.setdefault(layer_index, []).append((idx.to(torch.int16), w.to(torch.float16)))
 
-    def add_tokens(self, token_ids: torch.Tensor) -> None:
+    def add_hidden(self, layer_index: int, hidden: torch.Tensor) -> None:
+        """The router's input of every real token (fp16): what an expert predictor learns from."""
+        self.hidden.setdefault(layer_index, []).append(hidden.to(torch.float16))
+
+    def add_tokens(self, token_ids: torch.Tensor, positions: torch.Tensor | None = None) -> None:
+        """The real tokens of a batch, and each one's position in its window (0 starts a new window)."""
+        if positions is not None:
+            self.positions_buf.append(positions.to(torch.int32))
         self.tokens_buf.append(token_ids.to(torch.int32))
         self.buffered += token_ids.numel()
         if self.buffered >= self.chunk_tokens:
@@ -85,14 +96,18 @@ class TraceWriter:
         if not self.buffered:
             return
         data = {"token_ids": torch.cat(self.tokens_buf)}
+        if self.positions_buf:
+            data["positions"] = torch.cat(self.positions_buf)
         for li, parts in self.buf.items():
             data[f"layer.{li}.ids"] = torch.cat([p[0] for p in parts])
             data[f"layer.{li}.weights"] = torch.cat([p[1] for p in parts])
+        for li, parts in self.hidden.items():
+            data[f"layer.{li}.router_input"] = torch.cat(parts)
         path = self.folder / f"chunk_{self.chunks:05d}.safetensors"
         save_file(data, str(path) + ".tmp")
         path.with_name(path.name + ".tmp").replace(path)
         self.chunks += 1
-        self.buf, self.tokens_buf, self.buffered = {}, [], 0
+        self.buf, self.tokens_buf, self.positions_buf, self.hidden, self.buffered = {}, [], [], {}, 0
 
 
 @torch.no_grad()
@@ -115,11 +130,16 @@ def trace_task(model, layers: list[MoELayer], name: str, batches: Iterable[Token
             traces.add(layer_index, top_k_index.cpu()[keep], top_k_weights.cpu()[keep])
 
     handles = []
-    if sampler is not None:
+    keep_inputs = traces is not None and traces.router_inputs
+    if sampler is not None or keep_inputs:
         adapter = adapter or get_adapter(model)
         for m in layers:
             def offer(hidden: torch.Tensor, index: torch.Tensor, weights: torch.Tensor, li: int = m.layer_index):
-                sampler.offer(li, hidden, current["mask"], sample_share, index, weights)  # [T, H], [T, K], [T, K]
+                if sampler is not None:
+                    sampler.offer(li, hidden, current["mask"], sample_share, index, weights)  # [T, H], [T, K]
+                if keep_inputs:
+                    rows = hidden.reshape(-1, hidden.shape[-1]).cpu()
+                    traces.add_hidden(li, rows[current["mask"]] if current["mask"] is not None else rows)
             handles.append(adapter.add_expert_input_hook(m, offer))
     device = next(model.parameters()).device
     try:
@@ -130,7 +150,8 @@ def trace_task(model, layers: list[MoELayer], name: str, batches: Iterable[Token
                 model(input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device),
                       use_cache=False)
                 if traces is not None:
-                    traces.add_tokens(batch.input_ids.reshape(-1)[current["mask"]])
+                    positions = (batch.attention_mask.cumsum(-1) - 1).reshape(-1)
+                    traces.add_tokens(batch.input_ids.reshape(-1)[current["mask"]], positions[current["mask"]])
                 if on_batch:
                     on_batch(batch.real_tokens)
     finally:

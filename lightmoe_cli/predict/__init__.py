@@ -1,0 +1,1 @@
+"""Expert-activation prediction (MoE-Beyond): learn from routing traces which experts the next layer will pick."""
