@@ -315,6 +315,9 @@ def simulate_cmd(
                                  "optimum), static (frequency set), task (the task's own set, swapped per task)."),
     out: Path = typer.Option(None, "--out", "-o", help="Folder for simulation.json and hit_rate.png (default: "
                              "artifacts/eval/<model>-cache)."),
+    predictor: Path = typer.Option(None, help="A trained predictor (lightmoe predict train): adds the `predict` "
+                                   "policy, LRU + prefetch of the next layer's predicted experts."),
+    prefetch_width: int = typer.Option(None, help="Experts prefetched per token and layer (default: top-k)."),
 ) -> None:
     """Replay routing traces through per-layer expert caches: hit rate and experts moved per capacity."""
     offline()
@@ -338,6 +341,10 @@ def simulate_cmd(
     if not fractions or any(not 0 < f <= 1 for f in fractions):
         fail(f"--cache values are fractions in (0, 1], not {cache!r}")
     wanted = [p.strip() for p in policies.split(",") if p.strip()]
+    if predictor is not None and "predict" not in wanted:
+        wanted.append("predict")
+    if "predict" in wanted and predictor is None:
+        fail("policy predict needs --predictor DIR (train one with `lightmoe predict train`)")
     bad = [p for p in wanted if p not in SIM_POLICIES]
     if bad or not wanted:
         fail(f"unknown --policies {bad[0] if bad else policies!r}; policies: {', '.join(SIM_POLICIES)}")
@@ -351,7 +358,25 @@ def simulate_cmd(
     except LightMoEError as e:
         fail(e)
     ident = tp.model
-    rows = replay(trace, mass, ident.num_experts[0], float(np.mean(ident.bytes_per_expert)), fractions, wanted)
+    predicted = None
+    if predictor is not None:
+        from lightmoe_cli.predict.data import load_profile_traces
+        from lightmoe_cli.predict.model import load_predictor
+        from lightmoe_cli.predict.train import predicted_experts
+
+        try:
+            pm = load_predictor(predictor)
+            if pm.cfg.num_experts != ident.num_experts[0]:
+                fail(f"--predictor {predictor} predicts {pm.cfg.num_experts} experts; the traced model has "
+                     f"{ident.num_experts[0]}: train a predictor on this model's profile")
+            width = prefetch_width or ident.top_k[0]
+            if width < 1:
+                fail("--prefetch-width must be positive")
+            predicted = {t: predicted_experts(pm, tr, width) for t, tr in load_profile_traces(tp).items()}
+        except LightMoEError as e:
+            fail(e)
+    rows = replay(trace, mass, ident.num_experts[0], float(np.mean(ident.bytes_per_expert)), fractions, wanted,
+                  predicted)
     folder = out or EVAL_DIR / f"{model_slug(ident.name_or_path)}-cache"
     folder.mkdir(parents=True, exist_ok=True)
     payload = {"traces": str(tp.path), "profile": str(sp.path), "tokens": int(sum(len(next(iter(v.values())))

@@ -81,3 +81,23 @@ def test_simulate_sums_layers_and_checks_its_inputs():
         simulate_layer(ids, 4, 2, "fifo")
     with pytest.raises(ValueError, match="capacity 9"):
         simulate_layer(ids, 4, 9, "lru")
+
+
+def test_replay_scores_every_policy_from_one_start_and_an_oracle_predictor_hits_all():
+    from lightmoe_cli.evaluation.cache_replay import replay
+
+    rng = np.random.default_rng(1)
+    traces = {t: {0: np.stack([rng.choice(8, 2, replace=False) for _ in range(300)]),
+                  1: np.stack([rng.choice(8, 2, replace=False) for _ in range(300)])} for t in ("a", "b")}
+    mass = {t: {li: np.bincount(v.reshape(-1), minlength=8).astype(float) for li, v in tr.items()}
+            for t, tr in traces.items()}
+    oracle = {t: {1: tr[1]} for t, tr in traces.items()}  # layer 1's true picks, known one layer ahead
+    rows = {(r.policy, r.fraction): r for r in replay(traces, mass, 8, 1000.0, [0.25, 0.5],
+                                                      ["lru", "belady", "static", "task", "predict"], oracle)}
+    for f in (0.25, 0.5):
+        assert rows[("belady", f)].hit_rate >= rows[("lru", f)].hit_rate
+        assert rows[("static", f)].loads_per_token == 0
+        assert rows[("predict", f)].hit_rate > rows[("lru", f)].hit_rate  # layer 1 always hits
+        assert rows[("lru", f)].bytes_per_token == pytest.approx(1000.0 * rows[("lru", f)].loads_per_token)
+    with pytest.raises(ValueError, match="needs predictions"):
+        replay(traces, mass, 8, 1.0, [0.5], ["predict"])

@@ -9,7 +9,9 @@ set of the statistics profile -- and has the same per-layer capacity, so hit rat
   static        the frequency-aware set, never changed (what prune and lightmoe's initial set serve; a miss is
                 re-routed or redirected, costing accuracy instead of I/O);
   task          the task's own frequency set, swapped in at each task boundary (lightmoe's manager when it
-                recognises the task; the swap's loads are counted).
+                recognises the task; the swap's loads are counted);
+  predict       LRU plus prefetch: while layer l runs, the predictor's top-W experts of layer l+1 are loaded
+                (MoE-Beyond); needs predictions.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import numpy as np
 from lightmoe_cli.analysis.cache_sim import simulate_layer
 from lightmoe_cli.policies.resident import select_residents
 
-SIM_POLICIES = ("lru", "lfu", "belady", "static", "task")
+SIM_POLICIES = ("lru", "lfu", "belady", "static", "task", "predict")
 
 
 @dataclass
@@ -40,13 +42,16 @@ def top_sets(mass: dict[int, np.ndarray], capacity: int) -> dict[int, list[int]]
 
 
 def replay(traces: dict[str, dict[int, np.ndarray]], task_mass: dict[str, dict[int, np.ndarray]],
-           num_experts: int, bytes_per_expert: float, fractions: list[float], policies: list[str]
-           ) -> list[SimulationRow]:
+           num_experts: int, bytes_per_expert: float, fractions: list[float], policies: list[str],
+           predicted: dict[str, dict[int, np.ndarray]] | None = None) -> list[SimulationRow]:
     """traces[task][layer] (T, K) picks in token order; task_mass[task][layer] (E,) the statistics profile's
-    gate mass (sets are chosen on it, never on the traces). Pure."""
+    gate mass (sets are chosen on it, never on the traces); predicted[task][layer] (T, W) the experts a predictor
+    names for each token of that layer (policy `predict`; layers without predictions get none). Pure."""
     unknown = [p for p in policies if p not in SIM_POLICIES]
     if unknown:
         raise ValueError(f"unknown simulation policy {unknown[0]!r}; policies: {', '.join(SIM_POLICIES)}")
+    if "predict" in policies and not predicted:
+        raise ValueError("policy 'predict' needs predictions (a trained predictor)")
     tasks = [t for t in traces if t in task_mass] or list(traces)
     layers = sorted(next(iter(traces.values())))
     total_mass = {li: sum(np.asarray(task_mass[t][li], dtype=np.float64) for t in task_mass) for li in layers}
@@ -68,8 +73,12 @@ def replay(traces: dict[str, dict[int, np.ndarray]], task_mass: dict[str, dict[i
                         r = simulate_layer(traces[t][li], num_experts, cap, "static", initial=own[t][li])
                         hits, accesses = hits + r.hits, accesses + r.accesses
             else:
+                base = "lru" if policy == "predict" else policy
                 for li in layers:
-                    r = simulate_layer(stream[li], num_experts, cap, policy, initial=start[li])
+                    ahead = None
+                    if policy == "predict" and all(li in predicted.get(t, {}) for t in tasks):
+                        ahead = np.concatenate([predicted[t][li] for t in tasks])
+                    r = simulate_layer(stream[li], num_experts, cap, base, initial=start[li], prefetch=ahead)
                     hits, accesses, loads = hits + r.hits, accesses + r.accesses, loads + r.loads
             rows.append(SimulationRow(policy, f, cap, hits / max(1, accesses), loads / max(1, tokens),
                                       loads * bytes_per_expert / max(1, tokens)))

@@ -136,3 +136,21 @@ def timed(fn, *args):
     t0 = time.perf_counter()
     out = fn(*args)
     return out, time.perf_counter() - t0
+
+
+@torch.no_grad()
+def predicted_experts(model: ExpertPredictor, trace: dict, width: int) -> dict[int, np.ndarray]:
+    """For one task's traces ({"positions", "router_input", "ids"} as load_profile_traces gives), the `width`
+    experts the predictor names for every token of each target layer: {target layer: (T, width)}."""
+    from lightmoe_cli.analysis.predict_metrics import top_k_sets
+    from lightmoe_cli.predict.data import window_starts
+
+    out = {}
+    windows = window_starts(trace["positions"])
+    for p, (src, dst) in enumerate(model.cfg.pairs):
+        parts = []
+        for start, end in windows:
+            x = torch.from_numpy(np.asarray(trace["router_input"][src][start:end], dtype=np.float32))[None]
+            parts.append(top_k_sets(model(x, torch.tensor([p]))[0].numpy(), width))
+        out[dst] = np.concatenate(parts)
+    return out
