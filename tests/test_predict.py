@@ -65,8 +65,8 @@ def test_predict_train_command_on_profiled_traces(tiny_moe, tmp_path):
     assert model.cfg.pairs == [(0, 2)] and model.cfg.num_experts == 8
     load_profile(profiles["train"])  # the predictor folder does not break the profile
     res = CliRunner().invoke(app, ["simulate", "--traces", str(profiles["heldout"]),
-                                   "--profile", str(profiles["train"]), "--predictor", str(profiles["train"] / "predictor"), "--cache", "0.5",
-                                   "--out", str(tmp_path / "sim")])
+                                   "--profile", str(profiles["train"]), "--predictor",
+                                   str(profiles["train"] / "predictor"), "--cache", "0.5", "--out", str(tmp_path / "sim")])
     assert res.exit_code == 0, res.output
     rows = json.loads((tmp_path / "sim" / "simulation.json").read_text())["rows"]
     assert {r["policy"] for r in rows} == {"lru", "lfu", "belady", "static", "task", "predict"}
