@@ -66,7 +66,8 @@ def test_predict_train_command_on_profiled_traces(tiny_moe, tmp_path):
     load_profile(profiles["train"])  # the predictor folder does not break the profile
     res = CliRunner().invoke(app, ["simulate", "--traces", str(profiles["heldout"]),
                                    "--profile", str(profiles["train"]), "--predictor",
-                                   str(profiles["train"] / "predictor"), "--cache", "0.5", "--out", str(tmp_path / "sim")])
+                                   str(profiles["train"] / "predictor"), "--cache", "0.5",
+                                   "--out", str(tmp_path / "sim")])
     assert res.exit_code == 0, res.output
     rows = json.loads((tmp_path / "sim" / "simulation.json").read_text())["rows"]
     assert {r["policy"] for r in rows} == {"lru", "lfu", "belady", "static", "task", "predict"}
