@@ -190,7 +190,9 @@ def run_cmd(
     input_file: Path = typer.Option(None, "--input", help="JSONL file with a 'prompt' field per line."),
     max_new_tokens: int = typer.Option(32, help="Tokens to generate per prompt."),
     stats_json: Path = typer.Option(None, help="Write the run statistics here as JSON."),
-    io_bandwidth: str = typer.Option(None, help="Model a slower link for expert loads, e.g. 2GB/s."),
+    io_bandwidth: str = typer.Option(None, help="A slower link for expert loads, e.g. 2GB/s: a `swap` bundle's "
+                                     "background loader is throttled to it for real; other policies' loads are "
+                                     "modelled (bytes / bandwidth)."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
     threads: int = typer.Option(None, help="torch CPU threads."),
     no_manager: bool = typer.Option(False, "--no-manager", help="Serve a managed bundle statically (no swaps)."),
@@ -227,7 +229,7 @@ def run_cmd(
         torch.set_num_threads(threads)
     try:
         bundle = load_bundle(bundle_dir or DEFAULT_BUNDLE)
-        rt = build_runtime(bundle, device=device, manager=not no_manager)
+        rt = build_runtime(bundle, device=device, manager=not no_manager, io_bandwidth=bw)
         check_lengths(rt, prompts, max_new_tokens)
         with token_progress(console, unit="requests") as progress:
             stats = run_requests(rt, prompts, max_new_tokens, io_bandwidth=bw, progress=progress)

@@ -2,13 +2,14 @@
 
 Why: safetensors' safe_open memory-maps the file, and every page it touched counts in the process's RSS until
 the map is closed, so loading half the experts through it makes the runtime look (and, under pressure, be)
-as big as the store. A header lookup plus one `readinto` per tensor reads exactly one contiguous range into
+as big as the store. A header lookup plus one positioned read (pread) per tensor reads exactly one contiguous range into
 memory we own, which is what "one expert = one contiguous read" should mean.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import struct
 from pathlib import Path
 
@@ -36,9 +37,12 @@ class TensorFile:
         meta = self.header[key]
         start, end = meta["data_offsets"]
         buf = bytearray(end - start)
-        self._f.seek(self._base + start)
-        if self._f.readinto(buf) != len(buf):
-            raise OSError(f"{self.path}: tensor {key} is truncated")
+        view, done = memoryview(buf), 0
+        while done < len(buf):  # os.preadv: no shared file position, so a loader thread may read concurrently
+            n = os.preadv(self._f.fileno(), [view[done:]], self._base + start + done)
+            if n <= 0:
+                raise OSError(f"{self.path}: tensor {key} is truncated")
+            done += n
         t = torch.frombuffer(buf, dtype=_DTYPES[meta["dtype"]]) if buf else torch.empty(0, dtype=_DTYPES[meta["dtype"]])
         return t.reshape(meta["shape"])
 

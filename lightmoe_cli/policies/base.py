@@ -93,6 +93,7 @@ class Serving(enum.Enum):
     PRUNED_ROUTER = "pruned_router"  # router sliced to the resident experts, renormalised: they are all it knows
     REMAP = "remap"  # router whole; a missing pick is redirected, re-routed among residents or dropped
     ON_DEMAND = "on_demand"  # router whole; a missing expert is loaded before the token continues
+    BACKGROUND = "background"  # router whole; a missing pick is re-routed now, its expert loaded in the background
 
 
 class Missing(enum.Enum):
@@ -108,7 +109,8 @@ class RuntimeSpec:
 
     serving: Serving
     missing: Missing = Missing.REROUTE
-    eviction: str | None = None  # ON_DEMAND: "lru" | "lfu"
+    eviction: str | None = None  # ON_DEMAND, BACKGROUND: "lru" | "lfu"
+    max_pending: int | None = None  # BACKGROUND: expert reads queued at most
     manager: ManagerParams | None = None  # REMAP: task-aware swaps at check points; None = static
     uses_similarity: bool = False  # REMAP: re-derive the redirect table from the bundle's similarity on swaps
     min_similarity: float | None = None

@@ -23,7 +23,7 @@ from lightmoe_cli.policies.base import Serving
 from lightmoe_cli.policies.manager import LayerManager
 from lightmoe_cli.runtime.activation import LayerActivation
 from lightmoe_cli.runtime.slots import SlotPool, SlotWriter
-from lightmoe_cli.runtime.strategies import STRATEGIES, LayerStrategy, Remap
+from lightmoe_cli.runtime.strategies import STRATEGIES, Background, LayerStrategy, Remap
 
 if TYPE_CHECKING:
     from lightmoe_cli.policies.jump import TaskJump
@@ -43,6 +43,12 @@ class Runtime:
     _demand: dict = field(default_factory=dict)  # jump: layer -> (E,) demand since the last boundary
     _tokens: int = 0
     _clock: int = 0
+    loader: object | None = None  # the background expert loader (Serving.BACKGROUND)
+
+    def close(self) -> None:
+        """Stop the background loader, if any (its thread is a daemon: a forgotten close costs nothing)."""
+        if self.loader is not None:
+            self.loader.close()
 
     def checkpoint(self, boundary: bool = True) -> int:
         """A check point (`boundary`: between requests): managers may swap; returns how many layers swapped.
@@ -217,9 +223,12 @@ def _check_fingerprint(bundle: Bundle, config, skeleton: nn.Module, adapter, non
                             f"{bundle.manifest.model.fingerprint}: build the bundle again from the right model")
 
 
-def _strategy(bundle: Bundle, spec, m, pool: SlotPool, manager: bool) -> LayerStrategy:
+def _strategy(bundle: Bundle, spec, m, pool: SlotPool, manager: bool, loader=None) -> LayerStrategy:
     lp = next(p for p in bundle.layers if p.layer_index == m.layer_index)
     cls = STRATEGIES[spec.serving]
+    if cls is Background:
+        return Background(m.layer_index, pool, lp, spec, loader,
+                          renormalise=bool(getattr(m.router, "norm_topk_prob", True)))
     if cls is not Remap:
         return cls(m.layer_index, pool, lp, spec)
     sim = bundle.similarity(m.layer_index) if spec.uses_similarity else None
@@ -230,12 +239,14 @@ def _strategy(bundle: Bundle, spec, m, pool: SlotPool, manager: bool) -> LayerSt
 
 
 def build_runtime(bundle: Bundle, device: str = "cpu", check_every: int | None = None,
-                  manager: bool = True, swap_rule: str | None = None, activation=None) -> Runtime:
+                  manager: bool = True, swap_rule: str | None = None, activation=None,
+                  io_bandwidth: float | None = None) -> Runtime:
     """The bundle's model with only resident experts in memory, served as the bundle's policy says.
 
     manager=False serves a managed policy statically (its initial resident set, no swaps); swap_rule
     ("incremental" | "jump") overrides the managed policy's rule (to compare both on one bundle); activation
-    (an ActivationPlan) overrides the bundle's activation budget (benchmarks compare rules on one bundle)."""
+    (an ActivationPlan) overrides the bundle's activation budget (benchmarks compare rules on one bundle);
+    io_bandwidth (bytes/s) throttles a background loader's reads for real."""
     from transformers import AutoConfig, AutoTokenizer
 
     from lightmoe_cli.models import get_adapter
@@ -272,6 +283,11 @@ def build_runtime(bundle: Bundle, device: str = "cpu", check_every: int | None =
     model.eval()
 
     store = ExpertStore(bundle)
+    loader = None
+    if spec.serving == Serving.BACKGROUND:
+        from lightmoe_cli.runtime.background import BackgroundLoader
+
+        loader = BackgroundLoader(store.read, spec.max_pending or 8, io_bandwidth)
     strategies = []
     plans = {lp.layer_index: lp for lp in bundle.layers}
     for m in layers:
@@ -279,9 +295,9 @@ def build_runtime(bundle: Bundle, device: str = "cpu", check_every: int | None =
         pool = SlotPool(lp.num_experts, lp.slots, SlotWriter(adapter, m, bundle.layout(m.layer_index), store),
                         device, extra=extra[m.layer_index])
         pool.fill(lp.resident)
-        strategies.append(_strategy(bundle, spec, m, pool, manager))
+        strategies.append(_strategy(bundle, spec, m, pool, manager, loader))
     rt = Runtime(model, tokenizer, bundle, strategies, store,
-                 check_every or (spec.manager.check_every if spec.manager else 64))
+                 check_every or (spec.manager.check_every if spec.manager else 64), loader=loader)
     activation = activation if activation is not None else bundle.manifest.activation
     for m, s in zip(layers, strategies, strict=True):
         if activation is not None:

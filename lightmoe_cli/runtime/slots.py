@@ -64,8 +64,13 @@ class SlotWriter:
     @torch.no_grad()
     def load(self, expert: int, slot: int) -> float:
         t0 = time.perf_counter()
-        self.adapter.write_slot(self.layer, slot, self.layout.split(self.store.read(self.layer_index, expert)))
+        self.write(self.store.read(self.layer_index, expert), slot)
         return time.perf_counter() - t0
+
+    @torch.no_grad()
+    def write(self, flat: torch.Tensor, slot: int) -> None:
+        """One expert's flat stored weights into one slot."""
+        self.adapter.write_slot(self.layer, slot, self.layout.split(flat))
 
 
 class SlotPool:
@@ -103,6 +108,15 @@ class SlotPool:
         self.stats.loads += 1
         self.stats.bytes_loaded += self.writer.bytes_per_expert
         self.stats.load_seconds += seconds
+
+    def install(self, expert: int, slot: int, flat: torch.Tensor, read_seconds: float) -> None:
+        """Write an expert already read (by the background loader) into `slot` and count it."""
+        self.writer.write(flat, slot)
+        self.slot_of[self.slot_of == slot] = -1
+        self.slot_of[expert] = slot
+        self.stats.loads += 1
+        self.stats.bytes_loaded += self.writer.bytes_per_expert
+        self.stats.load_seconds += read_seconds
 
     def evict(self, expert: int) -> int:
         """Mark `expert` not resident; returns the slot it freed."""

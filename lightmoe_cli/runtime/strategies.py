@@ -351,4 +351,59 @@ class OnDemand(LayerStrategy):
         return out
 
 
-STRATEGIES: dict[Serving, type[LayerStrategy]] = {s.serving: s for s in (PrunedRouter, Remap, OnDemand)}
+class Background(Remap):
+    """Non-blocking swapping: a missing pick is re-routed among the residents at once (no stall) and its expert
+    is queued on the background loader; a finished read is installed into a slot at the layer's next forward,
+    evicting the least recently (or frequently) used resident. Counts: `drops` = picks served by re-routing while
+    their expert was not resident, `loads` = experts installed, `refused` = reads the full queue turned away."""
+
+    serving = Serving.BACKGROUND
+
+    def __init__(self, layer_index: int, pool: SlotPool, plan: LayerPlan, spec: RuntimeSpec, loader,
+                 renormalise: bool = True):
+        super().__init__(layer_index, pool, plan, spec, renormalise=renormalise)
+        self.loader = loader
+        self.eviction = spec.eviction or "lru"
+        self._clock = 0
+        self._last_use = np.zeros(self.num_experts, dtype=np.int64)
+        self._uses = np.zeros(self.num_experts, dtype=np.int64)
+        self.log: list[list[int]] | None = None  # when a list: the resident set each forward ran with (tests)
+
+    def route(self, index: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.install_ready()
+        if self.log is not None:
+            self.log.append(self.resident)
+        flat = index.reshape(-1).long()
+        picked = torch.unique(flat[flat < self.num_experts]).cpu()
+        self._clock += 1
+        resident = (self.slot_of.cpu()[picked] >= 0).numpy()
+        ids = picked.numpy()
+        self._last_use[ids[resident]] = self._clock
+        self._uses[ids] += 1
+        for e in ids[~resident].tolist():
+            self.loader.request(self.layer_index, e)
+        return super().route(index, weights)
+
+    def install_ready(self) -> SwapRecord | None:
+        """Install every expert the loader finished for this layer (main thread, between kernels)."""
+        ready = [r for r in self.loader.take(self.layer_index) if int(self.slot_of[r.expert]) < 0]
+        ready = ready[-self.slots:]  # more reads than slots: the latest ones win, the rest are wasted I/O
+        if not ready:
+            return None
+        self._fold()  # count the forwards so far under the tables they ran with
+        t0, evicted, loaded = time.perf_counter(), [], []
+        for r in ready:
+            candidates = [e for e in self.resident if e not in loaded]
+            key = self._uses if self.eviction == "lfu" else self._last_use
+            victim = min(candidates, key=lambda e: (key[e], self._last_use[e]))
+            self.pool.install(r.expert, self.pool.evict(victim), r.flat, r.seconds)
+            evicted.append(victim)
+            loaded.append(r.expert)
+        self._retarget()
+        record = SwapRecord(self.layer_index, self._clock, evicted, loaded,
+                            len(loaded) * self.writer.bytes_per_expert, time.perf_counter() - t0)
+        self.swaps.append(record)
+        return record
+
+
+STRATEGIES: dict[Serving, type[LayerStrategy]] = {s.serving: s for s in (PrunedRouter, Remap, OnDemand, Background)}

@@ -1,0 +1,49 @@
+"""`swap`: dynamic swapping without stalls -- the equal-latency baseline a task-aware runtime must beat.
+
+Same slots and initial residents as prune and lru. A pick of a missing expert is re-routed among the residents at
+once (as the pruned router would) and the expert is read on a background thread; when the read is done it
+replaces the least recently (or frequently) used resident at the layer's next forward. Its accuracy sits between
+prune (never loads) and lru (always waits); its cost is I/O overlapped with compute, not stall time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lightmoe_cli.policies.base import (
+    BundlePlan,
+    Missing,
+    PlanInputs,
+    Policy,
+    PolicyParams,
+    RuntimeSpec,
+    Serving,
+    layer_plans,
+    param,
+)
+from lightmoe_cli.policies.registry import register_policy
+from lightmoe_cli.policies.residency.prune import frequency_residents
+
+
+@dataclass(frozen=True)
+class SwapParams(PolicyParams):
+    eviction: str = param("lru", "which resident a finished load replaces: lru (least recently used) or lfu "
+                          "(least frequently used)", choices=("lru", "lfu"))
+    max_pending: int = param(8, "expert reads queued at most (more misses are served by re-routing only)",
+                             minimum=1)
+
+
+@register_policy
+class Swap(Policy):
+    name = "swap"
+    summary = "expert cache without stalls: misses re-routed now, their experts loaded in the background"
+    Params = SwapParams
+
+    def min_slots_per_layer(self, params: SwapParams, top_k: int) -> int:
+        return top_k  # re-routing picks top-k among residents
+
+    def plan(self, inputs: PlanInputs, params: SwapParams) -> BundlePlan:
+        _, resident = frequency_residents(inputs, max(inputs.top_k.values()))
+        spec = RuntimeSpec(Serving.BACKGROUND, Missing.REROUTE, eviction=params.eviction,
+                           max_pending=params.max_pending)
+        return BundlePlan(layer_plans(inputs, resident), spec)

@@ -1,0 +1,110 @@
+"""A background expert loader: reads experts from the store on its own thread while the model computes.
+
+Why: a demand-loading cache that stops every missing token until a whole expert is read (mixtral-offloading's
+blocking path, our `lru`) pays the full I/O time on the critical path. Here a miss is served at once from the
+residents (re-routed, as prune would) and its expert is queued; the read happens on this thread, overlapped with
+compute, and the main thread installs the finished expert into a slot at the layer's next forward -- between
+kernels, so no kernel ever sees a half-written slot.
+
+Only this thread touches the store's files for these layers (positioned reads, no shared file position), and
+only the main thread touches the model's tensors: the thread hands over plain host tensors under a lock.
+`io_bandwidth` throttles each read for real (a sleep per byte), so a slow link can be reproduced on any machine.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class ReadyExpert:
+    layer_index: int
+    expert: int
+    flat: torch.Tensor  # the expert's flat weights as stored, host memory
+    seconds: float  # read (and throttle) time on the loader thread
+
+
+class BackgroundLoader:
+    def __init__(self, read: Callable[[int, int], torch.Tensor], max_pending: int = 8,
+                 io_bandwidth: float | None = None, delay: Callable[[], float] | None = None):
+        """read(layer, expert) -> flat tensor; max_pending: queued reads per loader (beyond it a request is
+        refused and counted); io_bandwidth: bytes/s to throttle to; delay: extra seconds per read (tests)."""
+        self._read, self.io_bandwidth, self._delay = read, io_bandwidth, delay
+        self._queue: queue.Queue = queue.Queue(maxsize=max_pending)
+        self._lock = threading.Lock()
+        self._pending: set[tuple[int, int]] = set()  # queued or being read
+        self._ready: dict[int, list[ReadyExpert]] = {}
+        self.refused = 0  # requests refused because the queue was full
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="lightmoe-expert-loader", daemon=True)
+        self._thread.start()
+
+    def request(self, layer_index: int, expert: int) -> bool:
+        """Queue a read unless it is already queued, being read or waiting to be installed; False if refused."""
+        key = (layer_index, expert)
+        with self._lock:
+            if key in self._pending:
+                return True
+            self._pending.add(key)
+        try:
+            self._queue.put_nowait(key)
+        except queue.Full:
+            with self._lock:
+                self._pending.discard(key)
+                self.refused += 1
+            return False
+        return True
+
+    def take(self, layer_index: int) -> list[ReadyExpert]:
+        """The experts of this layer read since the last call (main thread)."""
+        if self.error is not None:
+            raise RuntimeError(f"expert loader failed: {self.error}") from self.error
+        with self._lock:
+            ready = self._ready.pop(layer_index, [])
+            for r in ready:
+                self._pending.discard((r.layer_index, r.expert))
+        return ready
+
+    def wait_idle(self, timeout: float = 30.0) -> None:
+        """Block until every queued read has finished (tests and the end of a run)."""
+        deadline = time.perf_counter() + timeout
+        while time.perf_counter() < deadline:
+            with self._lock:
+                busy = any(k not in {(r.layer_index, r.expert) for rs in self._ready.values() for r in rs}
+                           for k in self._pending)
+            if not busy:
+                return
+            time.sleep(0.001)
+        raise TimeoutError("expert loader did not finish its queue")
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while True:
+            key = self._queue.get()
+            if key is None:
+                return
+            layer_index, expert = key
+            t0 = time.perf_counter()
+            try:
+                flat = self._read(layer_index, expert)
+                if self._delay is not None:
+                    time.sleep(self._delay())
+                if self.io_bandwidth:
+                    left = flat.numel() * flat.element_size() / self.io_bandwidth - (time.perf_counter() - t0)
+                    if left > 0:
+                        time.sleep(left)
+            except BaseException as e:  # reported to the main thread at its next take()
+                self.error = e
+                return
+            with self._lock:
+                self._ready.setdefault(layer_index, []).append(
+                    ReadyExpert(layer_index, expert, flat, time.perf_counter() - t0))

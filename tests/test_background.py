@@ -1,0 +1,109 @@
+"""Non-blocking swapping (`swap`): misses re-routed without a stall, experts installed by a background loader,
+and no data race -- logits under random loader delays equal a serial replay of the same residency decisions."""
+
+import random
+
+import pytest
+import torch
+
+from lightmoe_cli.bundle.build import BuildOptions, build_bundle
+from lightmoe_cli.profile.run import ProfileSettings, run_profile
+from lightmoe_cli.recipes import load_recipe
+from lightmoe_cli.runtime.background import BackgroundLoader
+from lightmoe_cli.runtime.loader import build_runtime
+
+TEXTS = ["12 + 7 = 19\n45 - 3 = 42", "reverse lamp -> pmal\nupper dog -> DOG", "88 * 2 = 176\n", "reverse tigon -> "]
+
+
+@pytest.fixture(scope="module")
+def bundles(tiny_moe, tmp_path_factory):
+    root, model, tok = tiny_moe
+    work = tmp_path_factory.mktemp("bg")
+    prof = run_profile(model, tok, str(root / "model"), load_recipe(root / "calib.yaml"), work / "p",
+                       ProfileSettings(batch_size=4, seq_len=64, sample_tokens=128))
+    return {p: build_bundle(prof, model, tok, str(root / "model"), work / p, BuildOptions(policy=p, fraction=0.25))
+            for p in ("swap", "prune")}
+
+
+def _forward(rt, text):
+    with torch.no_grad():
+        return rt.model(input_ids=rt.tokenizer(text, return_tensors="pt").input_ids).logits
+
+
+def test_swap_serves_misses_at_once_then_installs_the_loaded_experts(bundles):
+    rt, prune = build_runtime(bundles["swap"]), build_runtime(bundles["prune"])
+    assert torch.allclose(_forward(rt, TEXTS[0]), _forward(prune, TEXTS[0]), atol=1e-5)  # first: prune's answer
+    rt.loader.wait_idle()
+    before = [m.resident for m in rt.layers]
+    _forward(rt, TEXTS[0])  # installs what the first forward queued
+    rt.finish()
+    assert any(m.resident != b for m, b in zip(rt.layers, before, strict=True))
+    assert all(len(m.resident) == m.slots for m in rt.layers)  # a load replaces a resident, slots stay fixed
+    loads = sum(m.stats.loads for m in rt.layers)
+    assert loads > 0 and sum(m.stats.drops for m in rt.layers) > 0
+    assert sum(m.stats.bytes_loaded for m in rt.layers) == loads * rt.layers[0].writer.bytes_per_expert
+    rt.close()
+
+
+def test_no_data_race_logits_equal_a_serial_replay_of_the_same_residency(bundles):
+    rng = random.Random(0)
+    rt = build_runtime(bundles["swap"])
+    rt.loader._delay = lambda: rng.uniform(0.0, 0.004)  # reads finish at random points between forwards
+    for m in rt.layers:
+        m.log = []
+    outputs = []
+    for i in range(16):
+        outputs.append(_forward(rt, TEXTS[i % len(TEXTS)]))
+        if i % 3 == 0:
+            rt.loader.wait_idle()
+    assert sum(m.stats.loads for m in rt.layers) + sum(len(m.swaps) for m in rt.layers) > 0
+    logs = {m.layer_index: m.log for m in rt.layers}
+    rt.close()
+
+    class NoLoads:  # the replay decides nothing: it is told the residency of every forward
+        def request(self, *a):
+            return True
+
+        def take(self, layer_index):
+            return []
+
+    replay = build_runtime(bundles["swap"])
+    replay.close()
+    for m in replay.layers:
+        m.loader = NoLoads()
+    changed = 0
+    for i in range(16):
+        for m in replay.layers:
+            want = logs[m.layer_index][i]
+            evict, load = sorted(set(m.resident) - set(want)), sorted(set(want) - set(m.resident))
+            changed += bool(load)
+            m.move(evict, load)
+            assert m.resident == want
+        assert torch.allclose(_forward(replay, TEXTS[i % len(TEXTS)]), outputs[i], atol=1e-6), f"forward {i}"
+    assert changed > 0  # the residency did change during the run
+
+
+def test_loader_throttles_refuses_when_full_and_reports_errors():
+    import time
+
+    loader = BackgroundLoader(lambda li, e: torch.zeros(250_000, dtype=torch.float32), max_pending=1,
+                              io_bandwidth=100e6)  # 1 MB per read at 100 MB/s: >= 10 ms each
+    t0 = time.perf_counter()
+    assert loader.request(0, 1)
+    loader.wait_idle()
+    assert time.perf_counter() - t0 >= 0.009
+    ready = loader.take(0)
+    assert [r.expert for r in ready] == [1] and ready[0].seconds >= 0.009
+    loader._delay = lambda: 0.05
+    accepted = [loader.request(0, e) for e in range(2, 6)]
+    assert not all(accepted) and loader.refused >= 1
+    loader.close()
+
+    def broken(li, e):
+        raise OSError("disk gone")
+
+    bad = BackgroundLoader(broken)
+    bad.request(0, 0)
+    time.sleep(0.05)
+    with pytest.raises(RuntimeError, match="disk gone"):
+        bad.take(0)
