@@ -78,3 +78,22 @@ bench-large: setup
 # The comparison of the README: every policy at three budgets, MC items and held-out text, plus task-shift streams.
 eval-demo: corpus
     {{venv}}/bin/lightmoe eval --budgets 0.25,0.5,0.75 --limit 48
+
+# Train the second, upcycled demo model (about 1.5 hours on 2 cores) and write its card.
+train-upcycled: corpus
+    {{venv}}/bin/lightmoe demo train --recipe recipes/training/demo-moe-upcycled.yaml
+    {{venv}}/bin/lightmoe demo card --recipe recipes/training/demo-moe-upcycled.yaml
+
+# Redirect vs re-route vs drop on both demo models, and their expert-similarity histograms.
+bench-redirect: corpus
+    {{py}} benchmarks/bench_redirect.py --model demo --budgets 0.25,0.5
+    {{py}} benchmarks/bench_redirect.py --model demo-upcycled --budgets 0.25,0.5
+    {{venv}}/bin/lightmoe demo similarity --model demo --model demo-upcycled
+
+# Expert prediction and cache replay on the demo model: traces with router inputs (calibration and held-out),
+# the predictor and its baselines, then every cache policy at 5-50% capacity.
+predict-demo: corpus
+    {{venv}}/bin/lightmoe profile --save-router-inputs --max-tokens 4096 --out runs/profiles/demo-moe-train-traces
+    {{venv}}/bin/lightmoe profile --tasks recipes/calibration/demo-heldout.yaml --save-router-inputs --out runs/profiles/demo-moe-heldout
+    {{venv}}/bin/lightmoe predict train --profile runs/profiles/demo-moe-train-traces --heldout runs/profiles/demo-moe-heldout --out artifacts/eval/demo-moe-predictor
+    {{venv}}/bin/lightmoe simulate --traces runs/profiles/demo-moe-heldout --predictor artifacts/eval/demo-moe-predictor --cache 0.05,0.1,0.25,0.5

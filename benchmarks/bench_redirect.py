@@ -151,6 +151,7 @@ def main() -> None:
             rt = build_runtime(bundle, manager=False)
             nll, _ = score_documents(rt, docs)
             acc = mc_correct(rt, items)
+            rt.finish()  # fold the per-forward counts into the statistics
             scored[key] = (nll, acc, sum(m.stats.picks for m in rt.layers),
                            sum(m.stats.redirects for m in rt.layers))
             del rt
