@@ -107,3 +107,41 @@ def test_loader_throttles_refuses_when_full_and_reports_errors():
     time.sleep(0.05)
     with pytest.raises(RuntimeError, match="disk gone"):
         bad.take(0)
+
+
+def test_predict_bundle_prefetches_the_next_layers_experts(tiny_moe, tmp_path):
+    """A predictor trained on the tiny model's traces is copied into a `predict` bundle; while layer 0 runs it
+    queues reads for layer 2's predicted experts. A predictor for other layers is refused by name."""
+    from lightmoe_cli.errors import LightMoEError
+    from lightmoe_cli.predict.data import examples_from_traces, load_profile_traces
+    from lightmoe_cli.predict.model import save_predictor
+    from lightmoe_cli.predict.train import TrainSettings, train_predictor
+    from lightmoe_cli.profile.artifact import load_profile
+
+    root, model, tok = tiny_moe
+    prof = run_profile(model, tok, str(root / "model"), load_recipe(root / "calib.yaml"), tmp_path / "p",
+                       ProfileSettings(batch_size=4, seq_len=32, sample_tokens=64, save_traces=True,
+                                       save_router_inputs=True))
+    data = examples_from_traces(load_profile_traces(load_profile(prof.path)), [0, 2])
+    pm = train_predictor(data, 8, 2, TrainSettings(epochs=2, d_model=16, layers=1))
+    save_predictor(pm, tmp_path / "pred", {})
+    b = build_bundle(prof, model, tok, str(root / "model"), tmp_path / "b",
+                     BuildOptions(policy="predict", fraction=0.25, params={"predictor": str(tmp_path / "pred")}))
+    assert (b.path / "predictor" / "predictor.safetensors").exists() and b.manifest.runtime.prefetch_width == 2
+    rt = build_runtime(b)
+    assert rt.prefetcher is not None
+    _forward(rt, TEXTS[0])
+    assert rt.prefetcher.requested > 0
+    rt.loader.wait_idle()
+    _forward(rt, TEXTS[1])
+    assert sum(m.stats.loads for m in rt.layers) > 0
+    rt.close()
+
+    pm.cfg.pairs = [(0, 1)]  # a predictor of another layer pair
+    save_predictor(pm, tmp_path / "other", {})
+    with pytest.raises(LightMoEError, match="train one on its profile"):
+        build_bundle(prof, model, tok, str(root / "model"), tmp_path / "b2",
+                     BuildOptions(policy="predict", fraction=0.25, params={"predictor": str(tmp_path / "other")}))
+    with pytest.raises(LightMoEError, match="needs --predictor"):
+        build_bundle(prof, model, tok, str(root / "model"), tmp_path / "b3", BuildOptions(policy="predict",
+                                                                                          fraction=0.25))

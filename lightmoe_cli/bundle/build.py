@@ -192,10 +192,42 @@ def build_bundle(prof: Profile, model, tokenizer, model_name: str, out: Path, op
         raise LightMoEError(f"--activation {opts.activation} drops picks per token, which on-demand loading "
                             f"(--policy {opts.policy}) does not support: use prune, lightmoe or full")
 
+    predictor = _checked_predictor(getattr(params, "predictor", None), layers, policy.name)
     with exclusive_output(Path(out)) as tmp:
+        if predictor is not None:
+            _copy_predictor(predictor, tmp / "predictor", identity.fingerprint)
         _write_bundle(tmp, Path(out), prof, model, tokenizer, adapter, layers, identity, policy, params, opts,
                       plan, budget, progress, activation)
     return load_bundle(out, verify=False)
+
+
+def _checked_predictor(folder: str | None, layers, policy: str) -> Path | None:
+    """A policy that prefetches needs a predictor trained on this model's MoE layers (refused by name)."""
+    if folder is None:
+        return None
+    if not folder:
+        raise LightMoEError(f"--policy {policy} needs --predictor DIR: train one with `lightmoe predict train`")
+    from lightmoe_cli.predict.model import load_predictor
+
+    pm = load_predictor(Path(folder))
+    indices = [m.layer_index for m in layers]
+    want = list(zip(indices[:-1], indices[1:], strict=True))
+    if [tuple(p) for p in pm.cfg.pairs] != want or pm.cfg.num_experts != layers[0].num_experts:
+        raise LightMoEError(f"predictor {folder} predicts layer pairs {pm.cfg.pairs} over {pm.cfg.num_experts} "
+                            f"experts; this model needs {want} over {layers[0].num_experts}: train one on its profile")
+    return Path(folder)
+
+
+def _copy_predictor(src: Path, dst: Path, fingerprint: str) -> None:
+    """The predictor's tensors (re-saved with the model's fingerprint, as every bundle file) and its config."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    dst.mkdir(parents=True)
+    save_tensors(load_file(str(src / "predictor.safetensors")), dst / "predictor.safetensors",
+                 {FINGERPRINT_KEY: fingerprint})
+    shutil.copyfile(src / "predictor.json", dst / "predictor.json")
 
 
 def _write_bundle(tmp: Path, out: Path, prof: Profile, model, tokenizer, adapter, layers, identity, policy,

@@ -44,6 +44,7 @@ class Runtime:
     _tokens: int = 0
     _clock: int = 0
     loader: object | None = None  # the background expert loader (Serving.BACKGROUND)
+    prefetcher: object | None = None  # predictor-driven prefetch (the `predict` policy)
 
     def close(self) -> None:
         """Stop the background loader, if any (its thread is a daemon: a forgotten close costs nothing)."""
@@ -53,6 +54,8 @@ class Runtime:
     def checkpoint(self, boundary: bool = True) -> int:
         """A check point (`boundary`: between requests): managers may swap; returns how many layers swapped.
         The task-jump manager decides at request boundaries only, on the demand since the last one."""
+        if boundary and self.prefetcher is not None:
+            self.prefetcher.reset()
         if self.jump is None:
             return sum(1 for m in self.layers if m.checkpoint() is not None)
         seen = 0
@@ -238,6 +241,23 @@ def _strategy(bundle: Bundle, spec, m, pool: SlotPool, manager: bool, loader=Non
                  renormalise=bool(getattr(m.router, "norm_topk_prob", True)))
 
 
+def _prefetcher(bundle: Bundle, spec, adapter, layers, strategies, loader):
+    """The bundle's predictor, hooked on the input of every source layer of its layer pairs."""
+    from lightmoe_cli.predict.model import load_predictor
+    from lightmoe_cli.runtime.prefetch import Prefetcher
+
+    pm = load_predictor(bundle.path / "predictor")
+    by_layer = {s.layer_index: s for s in strategies}
+    pf = Prefetcher(pm, spec.prefetch_width or layers[0].top_k, loader, by_layer)
+    handles = []
+    for pair, (src, _) in enumerate(pm.cfg.pairs):
+        layer = next(m for m in layers if m.layer_index == src)
+        handles.append(adapter.add_expert_input_hook(
+            layer, lambda hidden, index, weights, pair=pair: pf.on_input(pair, hidden)))
+    pf.handles = handles
+    return pf
+
+
 def build_runtime(bundle: Bundle, device: str = "cpu", check_every: int | None = None,
                   manager: bool = True, swap_rule: str | None = None, activation=None,
                   io_bandwidth: float | None = None) -> Runtime:
@@ -308,6 +328,9 @@ def build_runtime(bundle: Bundle, device: str = "cpu", check_every: int | None =
             if s.activation.per_token:
                 m.experts._is_expert_parallel = True  # dropped picks carry the sentinel id: no GEMM rows
         rt.handles += s.install(adapter, m)
+    if loader is not None and (bundle.path / "predictor" / "predictor.json").exists():
+        rt.prefetcher = _prefetcher(bundle, spec, adapter, layers, strategies, loader)
+        rt.handles += rt.prefetcher.handles
     if manager and spec.manager is not None and spec.manager.mode == "jump":
         from lightmoe_cli.policies.jump import TaskJump
 

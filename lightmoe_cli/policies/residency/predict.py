@@ -1,0 +1,35 @@
+"""`predict`: `swap` plus prefetch (MoE-Beyond) -- while layer l runs, a learned predictor names the experts layer
+l+1 will want and the background loader starts reading the missing ones before they are asked for.
+
+The predictor comes from `lightmoe predict train` (`--predictor DIR`) and is copied into the bundle.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lightmoe_cli.policies.base import BundlePlan, Missing, PlanInputs, RuntimeSpec, Serving, layer_plans, param
+from lightmoe_cli.policies.registry import register_policy
+from lightmoe_cli.policies.residency.prune import frequency_residents
+from lightmoe_cli.policies.residency.swap import Swap, SwapParams
+
+
+@dataclass(frozen=True)
+class PredictParams(SwapParams):
+    predictor: str = param("", "a trained expert predictor folder (lightmoe predict train); required")
+    prefetch_width: int = param(0, "experts of the next layer prefetched per forward (0: the layer's top-k)",
+                                minimum=0)
+
+
+@register_policy
+class Predict(Swap):
+    name = "predict"
+    summary = "swap + prefetch: a learned predictor loads the next layer's experts ahead of demand (MoE-Beyond)"
+    Params = PredictParams
+
+    def plan(self, inputs: PlanInputs, params: PredictParams) -> BundlePlan:
+        _, resident = frequency_residents(inputs, max(inputs.top_k.values()))
+        spec = RuntimeSpec(Serving.BACKGROUND, Missing.REROUTE, eviction=params.eviction,
+                           max_pending=params.max_pending,
+                           prefetch_width=params.prefetch_width or max(inputs.top_k.values()))
+        return BundlePlan(layer_plans(inputs, resident), spec)
