@@ -130,6 +130,9 @@ def run_tables(stats, policy: str) -> list[Table]:
     t.add_row("non-expert weights", f"{stats.non_expert_bytes / mib:,.1f} MiB")
     t.add_row("peak RSS (whole process)", f"{stats.peak_rss_bytes / mib:,.1f} MiB")
     t.add_row("swaps (layer events)", str(len(stats.swaps)))
+    t.add_row("loads / evictions / stalls (steps that waited)",
+              " / ".join(str(sum(s.get(k, 0) for s in stats.layers.values()))
+                         for k in ("loads", "evictions", "stalls")))
     t.add_row("expert bytes loaded / load time", f"{stats.bytes_loaded / mib:,.1f} MiB / {stats.load_seconds:.3f} s")
     if stats.modelled_io_seconds is not None:
         t.add_row("modelled transfer time at --io-bandwidth", f"{stats.modelled_io_seconds:.3f} s")

@@ -22,7 +22,7 @@ def bundles(tiny_moe, tmp_path_factory):
     prof = run_profile(model, tok, str(root / "model"), load_recipe(root / "calib.yaml"), work / "p",
                        ProfileSettings(batch_size=4, seq_len=64, sample_tokens=128))
     return {p: build_bundle(prof, model, tok, str(root / "model"), work / p, BuildOptions(policy=p, fraction=0.25))
-            for p in ("swap", "prune")}
+            for p in ("swap", "prune", "lru")}
 
 
 def _forward(rt, text):
@@ -42,7 +42,11 @@ def test_swap_serves_misses_at_once_then_installs_the_loaded_experts(bundles):
     loads = sum(m.stats.loads for m in rt.layers)
     assert loads > 0 and sum(m.stats.drops for m in rt.layers) > 0
     assert sum(m.stats.bytes_loaded for m in rt.layers) == loads * rt.layers[0].writer.bytes_per_expert
+    assert sum(m.stats.evictions for m in rt.layers) == loads and sum(m.stats.stalls for m in rt.layers) == 0
     rt.close()
+    blocking = build_runtime(bundles["lru"])  # the blocking cache waits for its loads: stalls are counted
+    _forward(blocking, TEXTS[0])
+    assert sum(m.stats.stalls for m in blocking.layers) > 0
 
 
 def test_no_data_race_logits_equal_a_serial_replay_of_the_same_residency(bundles):

@@ -22,6 +22,8 @@ class LayerStats:
     redirects: int = 0  # picks sent to another resident expert
     drops: int = 0  # picks of missing experts with no similar resident: dropped, or the token re-routed
     misses: int = 0  # picks whose expert had to be loaded first (on-demand)
+    stalls: int = 0  # forward steps that waited for a load (on-demand); background loading never stalls
+    evictions: int = 0  # experts a load replaced
     loads: int = 0  # experts copied into a slot (on-demand misses, manager swaps)
     bytes_loaded: int = 0
     load_seconds: float = 0.0
@@ -122,4 +124,5 @@ class SlotPool:
         """Mark `expert` not resident; returns the slot it freed."""
         slot = int(self.slot_of[expert])
         self.slot_of[expert] = -1
+        self.stats.evictions += 1
         return slot

@@ -339,6 +339,7 @@ class OnDemand(LayerStrategy):
             if t > start:
                 ensure = sorted(group)
                 resident_before = {e for e in ensure if int(self.slot_of[e]) >= 0}
+                self.stats.stalls += len(resident_before) < len(ensure)  # this step waits for its loads
                 self.ensure_loaded(ensure)
                 block = idx[start:t]
                 hits = int(sum(int(e) in resident_before or e >= n for e in block.reshape(-1).tolist()))
