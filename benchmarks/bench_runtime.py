@@ -26,7 +26,7 @@ WORK = ROOT / "data" / "bench"
 PROMPTS = ["12 + 7 = 19\n45 - 3 = ", "def read_lines(path):\n", "1:1 EN el principio", "reverse lamp -> "]
 
 
-def _child(bundle: str, threads: int, new_tokens: int, native: bool) -> None:
+def _child(bundle: str, threads: int, new_tokens: int, native: bool, io_bandwidth: float | None = None) -> None:
     """Run one bundle (or the native model) and print its stats as JSON on the last line."""
     import torch
 
@@ -53,20 +53,21 @@ def _child(bundle: str, threads: int, new_tokens: int, native: bool) -> None:
         from lightmoe_cli.runtime.generate import generate_one, run_requests
         from lightmoe_cli.runtime.loader import build_runtime
 
-        rt = build_runtime(load_bundle(Path(bundle), verify=False))
+        rt = build_runtime(load_bundle(Path(bundle), verify=False), io_bandwidth=io_bandwidth)
         generate_one(rt, PROMPTS[0], 4, [0])  # warm-up (its statistics are reset below)
         for m in rt.layers:
             m.stats.__init__()
-        stats = run_requests(rt, PROMPTS, new_tokens)
+        stats = run_requests(rt, PROMPTS, new_tokens, io_bandwidth=io_bandwidth)
         out = stats.to_json()
         out.pop("requests")
     out["peak_rss_mib"] = peak_rss_bytes() / 2**20
     print(json.dumps(out))
 
 
-def run_child(bundle: Path, threads: int, new_tokens: int, native: bool = False) -> dict:
+def run_child(bundle: Path, threads: int, new_tokens: int, native: bool = False,
+              io_bandwidth: float | None = None) -> dict:
     code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); import benchmarks.bench_runtime as b; "
-            f"b._child({str(bundle)!r}, {threads}, {new_tokens}, {native})")
+            f"b._child({str(bundle)!r}, {threads}, {new_tokens}, {native}, {io_bandwidth!r})")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     if res.returncode:
         raise RuntimeError(res.stderr[-2000:])
@@ -117,6 +118,8 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--profile-tokens", type=int, default=4096)
+    ap.add_argument("--io-bandwidth", type=float, default=None, help="bytes/s: expert reads throttled for real")
+    ap.add_argument("--tag", default="", help="suffix of the results file name")
     args = ap.parse_args()
 
     import torch
@@ -149,7 +152,7 @@ def main() -> None:
         for policy in args.policies.split(","):
             b = build_bundle(prof, model, tok, name, WORK / f"{tag}-{policy}-{budget}",
                              BuildOptions(policy=policy, fraction=budget))
-            r = run_child(b.path, args.threads, args.new_tokens)
+            r = run_child(b.path, args.threads, args.new_tokens, io_bandwidth=args.io_bandwidth)
             rows.append({"policy": policy, "budget": budget, **r,
                          "resident_fraction": b.manifest.budget.resident_fraction})
     del model
@@ -162,20 +165,25 @@ def main() -> None:
     table = Table(title=f"runtime on {tag} ({params / 1e6:,.0f}M params, {args.threads} threads, "
                         f"{len(PROMPTS)} prompts x {args.new_tokens} new tokens)")
     for col in ("policy", "budget", "resident experts MiB", "non-expert MiB", "peak RSS MiB", "prefill tok/s",
-                "decode tok/s", "decode vs prune", "loads", "swaps"):
+                "decode tok/s", "decode vs prune", "loads", "stalls", "re-routed", "swaps"):
         table.add_column(col, justify="right")
     for r in rows:
-        loads = sum(v["loads"] for v in r.get("layers", {}).values())
+        layers = r.get("layers", {}).values()
+        loads = sum(v["loads"] for v in layers)
+        stalls = sum(v.get("stalls", 0) for v in layers)
+        picks = max(1, sum(v["picks"] for v in layers))
+        rerouted = sum(v["drops"] for v in layers) / picks
         table.add_row(r["policy"], f"{r['budget']:.2f}", f"{r.get('resident_expert_bytes', 0) / 2**20:,.1f}",
                       f"{r.get('non_expert_bytes', 0) / 2**20:,.1f}", f"{r['peak_rss_mib']:,.0f}",
                       f"{r['prefill_tokens_per_s']:,.1f}", f"{r['decode_tokens_per_s']:,.2f}",
-                      f"{r['decode_vs_prune']:.3f}" if r["decode_vs_prune"] else "-", str(loads),
-                      str(len(r.get("swaps", []))))
+                      f"{r['decode_vs_prune']:.3f}" if r["decode_vs_prune"] else "-", str(loads), str(stalls),
+                      f"{rerouted:.1%}" if layers else "-", str(len(r.get("swaps", []))))
     Console(width=170).print(table)
     Console(width=170).print(f"managed-layer overhead: full runtime decode = {overhead:.3f}x native transformers")
     RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"runtime-{tag}.json"
+    out = RESULTS / f"runtime-{tag}{args.tag}.json"
     out.write_text(json.dumps({"model": name, "parameters": params, "threads": args.threads,
+                               "io_bandwidth": args.io_bandwidth,
                                "profile_seconds": profile_s, "managed_overhead_ratio": overhead, "rows": rows,
                                "date": time.strftime("%Y-%m-%d")}, indent=1))
     print(f"wrote {out}")

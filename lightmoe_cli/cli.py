@@ -190,9 +190,8 @@ def run_cmd(
     input_file: Path = typer.Option(None, "--input", help="JSONL file with a 'prompt' field per line."),
     max_new_tokens: int = typer.Option(32, help="Tokens to generate per prompt."),
     stats_json: Path = typer.Option(None, help="Write the run statistics here as JSON."),
-    io_bandwidth: str = typer.Option(None, help="A slower link for expert loads, e.g. 2GB/s: a `swap` bundle's "
-                                     "background loader is throttled to it for real; other policies' loads are "
-                                     "modelled (bytes / bandwidth)."),
+    io_bandwidth: str = typer.Option(None, help="A slower link for expert loads, e.g. 2GB/s: every run-time "
+                                     "expert read is throttled to it for real (lru stalls for it, swap overlaps it)."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
     threads: int = typer.Option(None, help="torch CPU threads."),
     no_manager: bool = typer.Option(False, "--no-manager", help="Serve a managed bundle statically (no swaps)."),

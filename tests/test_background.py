@@ -44,9 +44,14 @@ def test_swap_serves_misses_at_once_then_installs_the_loaded_experts(bundles):
     assert sum(m.stats.bytes_loaded for m in rt.layers) == loads * rt.layers[0].writer.bytes_per_expert
     assert sum(m.stats.evictions for m in rt.layers) == loads and sum(m.stats.stalls for m in rt.layers) == 0
     rt.close()
-    blocking = build_runtime(bundles["lru"])  # the blocking cache waits for its loads: stalls are counted
+    # the blocking cache waits for its loads: stalls are counted, and --io-bandwidth slows each read for real
+    per_expert = rt.layers[0].writer.bytes_per_expert
+    blocking = build_runtime(bundles["lru"], io_bandwidth=per_expert / 0.02)  # 20 ms per expert
     _forward(blocking, TEXTS[0])
-    assert sum(m.stats.stalls for m in blocking.layers) > 0
+    blocking.finish()
+    loads = sum(m.stats.loads for m in blocking.layers)
+    assert sum(m.stats.stalls for m in blocking.layers) > 0 and loads > 0
+    assert sum(m.stats.load_seconds for m in blocking.layers) >= 0.019 * loads
 
 
 def test_no_data_race_logits_equal_a_serial_replay_of_the_same_residency(bundles):

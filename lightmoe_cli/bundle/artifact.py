@@ -163,11 +163,20 @@ class ExpertStore:
         self._files = {li: TensorFile(bundle.path / "experts" / f"layer_{li}.safetensors")
                        for li in bundle.manifest.expert_layout}
         self.bytes_read = 0
+        self.io_bandwidth: float | None = None  # bytes/s: every read is slowed to it for real (a slow link)
 
     def read(self, layer_index: int, expert: int) -> torch.Tensor:
-        """The expert's flat 1-D tensor (one positioned read, no memory map)."""
+        """The expert's flat 1-D tensor (one positioned read, no memory map), throttled to `io_bandwidth`."""
+        import time
+
+        t0 = time.perf_counter()
         flat = self._files[layer_index].read(f"e{expert}")
-        self.bytes_read += flat.numel() * flat.element_size()
+        size = flat.numel() * flat.element_size()
+        self.bytes_read += size
+        if self.io_bandwidth:
+            left = size / self.io_bandwidth - (time.perf_counter() - t0)
+            if left > 0:
+                time.sleep(left)
         return flat
 
 

@@ -266,7 +266,8 @@ def build_runtime(bundle: Bundle, device: str = "cpu", check_every: int | None =
     manager=False serves a managed policy statically (its initial resident set, no swaps); swap_rule
     ("incremental" | "jump") overrides the managed policy's rule (to compare both on one bundle); activation
     (an ActivationPlan) overrides the bundle's activation budget (benchmarks compare rules on one bundle);
-    io_bandwidth (bytes/s) throttles a background loader's reads for real."""
+    io_bandwidth (bytes/s) throttles every run-time expert read for real: a blocking cache stalls for it, a
+    background loader overlaps it with compute."""
     from transformers import AutoConfig, AutoTokenizer
 
     from lightmoe_cli.models import get_adapter
@@ -307,7 +308,7 @@ def build_runtime(bundle: Bundle, device: str = "cpu", check_every: int | None =
     if spec.serving == Serving.BACKGROUND:
         from lightmoe_cli.runtime.background import BackgroundLoader
 
-        loader = BackgroundLoader(store.read, spec.max_pending or 8, io_bandwidth)
+        loader = BackgroundLoader(store.read, spec.max_pending or 8)  # the store throttles its reads
     strategies = []
     plans = {lp.layer_index: lp for lp in bundle.layers}
     for m in layers:
@@ -340,4 +341,5 @@ def build_runtime(bundle: Bundle, device: str = "cpu", check_every: int | None =
                            margin=spec.manager.margin)
         rt.max_swap = spec.manager.max_swap
     store.bytes_read = 0  # the initial fill is not run-time loading
+    store.io_bandwidth = io_bandwidth  # run-time reads only: the fill happens before serving starts
     return rt
