@@ -6,11 +6,11 @@ The predictor comes from `lightmoe predict train` (`--predictor DIR`) and is cop
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
-from lightmoe_cli.policies.base import BundlePlan, Missing, PlanInputs, RuntimeSpec, Serving, layer_plans, param
+from lightmoe_cli.policies.base import PlanInputs, RuntimeSpec, param
 from lightmoe_cli.policies.registry import register_policy
-from lightmoe_cli.policies.residency.prune import frequency_residents
 from lightmoe_cli.policies.residency.swap import Swap, SwapParams
 
 
@@ -27,9 +27,6 @@ class Predict(Swap):
     summary = "swap + prefetch: a learned predictor loads the next layer's experts ahead of demand (MoE-Beyond)"
     Params = PredictParams
 
-    def plan(self, inputs: PlanInputs, params: PredictParams) -> BundlePlan:
-        _, resident = frequency_residents(inputs, max(inputs.top_k.values()))
-        spec = RuntimeSpec(Serving.BACKGROUND, Missing.REROUTE, eviction=params.eviction,
-                           max_pending=params.max_pending,
-                           prefetch_width=params.prefetch_width or max(inputs.top_k.values()))
-        return BundlePlan(layer_plans(inputs, resident), spec)
+    def runtime_spec(self, inputs: PlanInputs, params: PredictParams) -> RuntimeSpec:
+        return dataclasses.replace(super().runtime_spec(inputs, params),
+                                   prefetch_width=params.prefetch_width or max(inputs.top_k.values()))

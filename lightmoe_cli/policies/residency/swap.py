@@ -42,8 +42,10 @@ class Swap(Policy):
     def min_slots_per_layer(self, params: SwapParams, top_k: int) -> int:
         return top_k  # re-routing picks top-k among residents
 
+    def runtime_spec(self, inputs: PlanInputs, params: SwapParams) -> RuntimeSpec:
+        return RuntimeSpec(Serving.BACKGROUND, Missing.REROUTE, eviction=params.eviction,
+                           max_pending=params.max_pending)
+
     def plan(self, inputs: PlanInputs, params: SwapParams) -> BundlePlan:
         _, resident = frequency_residents(inputs, max(inputs.top_k.values()))
-        spec = RuntimeSpec(Serving.BACKGROUND, Missing.REROUTE, eviction=params.eviction,
-                           max_pending=params.max_pending)
-        return BundlePlan(layer_plans(inputs, resident), spec)
+        return BundlePlan(layer_plans(inputs, resident), self.runtime_spec(inputs, params))
