@@ -82,6 +82,21 @@ def mc_correct(rt, items: dict[str, list]) -> dict:
     return out
 
 
+def markdown(payload: dict) -> str:
+    """The README table of one results file: per budget, prune, drop, and each kind's thresholds, with the
+    redirect rate (rows whose redirect table equals prune's are folded into one line per kind)."""
+    lines = ["| budget | missing expert -> | redirect rate | NLL/token | ΔNLL vs prune [95%] | MC acc | "
+             "Δacc vs prune (pts) |", "|---|---|---|---|---|---|---|"]
+    for r in payload["rows"]:
+        d, a = r["d_nll_vs_prune"], r["d_acc_vs_prune"]
+        lines.append(f"| {r['budget']:.0%} | {r['config']} | {r['redirect_rate']:.1%} | {r['nll']:.3f} | "
+                     f"{d['diff']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}] | {r['acc']:.1%} | "
+                     f"{100 * a['diff']:+.1f} [{100 * a['lo']:+.1f}, {100 * a['hi']:+.1f}] |")
+    full = payload["full"]
+    lines.append(f"\nFull model: NLL {full['nll']:.3f}, MC {full['acc']:.1%}.")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="demo")
@@ -91,7 +106,16 @@ def main() -> None:
     ap.add_argument("--docs", type=int, default=24, help="held-out documents per domain")
     ap.add_argument("--items", type=int, default=24, help="multiple-choice items per domain")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--markdown", action="store_true", help="print the README table of the existing results")
     args = ap.parse_args()
+    if args.markdown:
+        import json
+
+        from lightmoe_cli.loading import resolve_model
+        from lightmoe_cli.paths import model_slug
+
+        print(markdown(json.loads((RESULTS / f"redirect-{model_slug(resolve_model(args.model))}.json").read_text())))
+        return
 
     import numpy as np
     import torch
