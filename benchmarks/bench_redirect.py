@@ -87,9 +87,20 @@ def markdown(payload: dict) -> str:
     redirect rate (rows whose redirect table equals prune's are folded into one line per kind)."""
     lines = ["| budget | missing expert -> | redirect rate | NLL/token | ΔNLL vs prune [95%] | MC acc | "
              "Δacc vs prune (pts) |", "|---|---|---|---|---|---|---|"]
+    groups: list[list[dict]] = []  # consecutive thresholds of one kind that served identically
     for r in payload["rows"]:
+        last = groups[-1][-1] if groups else None
+        if last and r["similarity"] and last["similarity"] == r["similarity"] and last["budget"] == r["budget"] \
+                and last["nll"] == r["nll"] and last["redirect_rate"] == r["redirect_rate"]:
+            groups[-1].append(r)
+        else:
+            groups.append([r])
+    for g in groups:
+        r = g[0]
+        label = r["config"] if len(g) == 1 else \
+            f"redirect {r['similarity']} >= {g[0]['threshold']:.1f} .. {g[-1]['threshold']:.1f}"
         d, a = r["d_nll_vs_prune"], r["d_acc_vs_prune"]
-        lines.append(f"| {r['budget']:.0%} | {r['config']} | {r['redirect_rate']:.1%} | {r['nll']:.3f} | "
+        lines.append(f"| {r['budget']:.0%} | {label} | {r['redirect_rate']:.1%} | {r['nll']:.3f} | "
                      f"{d['diff']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}] | {r['acc']:.1%} | "
                      f"{100 * a['diff']:+.1f} [{100 * a['lo']:+.1f}, {100 * a['hi']:+.1f}] |")
     full = payload["full"]

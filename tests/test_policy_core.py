@@ -62,7 +62,7 @@ def test_policy_parameters_become_cli_options_once_each():
         assert o.flag in res.output
     res = CliRunner().invoke(app, ["policies"], env={"COLUMNS": "200"})
     assert res.exit_code == 0 and all(name in res.output for name in policies())
-    assert "--min-similarity [0.5]" in res.output and "--eviction [lru]" in res.output
+    assert "--min-similarity [1.0]" in res.output and "--eviction [lru]" in res.output
 
 
 @pytest.mark.parametrize("args, message", [
