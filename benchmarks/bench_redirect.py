@@ -59,18 +59,29 @@ def score_documents(rt, docs: dict[str, list[str]]) -> tuple[dict, dict]:
     return nll, tokens
 
 
+def split_encode(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """lm-eval's split: trailing spaces of the context move to the continuation, the whole string is encoded
+    once and the continuation is what follows the context's own encoding (so BPE merges match lm-eval's)."""
+    spaces = len(context) - len(context.rstrip())
+    if spaces:
+        context, continuation = context[:-spaces], context[-spaces:] + continuation
+    whole = tokenizer(context + continuation, add_special_tokens=False).input_ids
+    ctx = tokenizer(context, add_special_tokens=False).input_ids
+    return ctx, whole[len(ctx):]
+
+
 def mc_correct(rt, items: dict[str, list]) -> dict:
     """Per-domain 0/1 arrays: the choice with the highest summed log-probability is the gold one (lm-eval's `acc`
-    with an empty target delimiter; context and choice are tokenised apart and concatenated)."""
+    with an empty target delimiter, tokenised as lm-eval does)."""
     import numpy as np
 
     out = {}
     for domain, its in items.items():
         seqs, starts, owners = [], [], []
         for n, it in enumerate(its):
-            ctx = rt.tokenizer(it.context, add_special_tokens=False).input_ids
             for choice in it.choices:
-                seqs.append(ctx + rt.tokenizer(choice, add_special_tokens=False).input_ids)
+                ctx, cont = split_encode(rt.tokenizer, it.context, choice)
+                seqs.append(ctx + cont)
                 starts.append(len(ctx))
                 owners.append(n)
         scores = sequence_logprobs(rt, seqs, starts)
