@@ -109,6 +109,7 @@ def residency_outlook(task_mass: dict[str, dict[int, np.ndarray]], task_halves: 
                    f"{threshold:.1f} (mean output cosine {sim:.2f}): missing experts are re-routed as by prune")
     elif mid.redirect_reach is not None:
         advice += (f"; experts alike (mean output cosine {sim:.2f}): redirect at similarity >= {threshold:.1f} "
-                   f"could serve {mid.redirect_reach:.0%} of the missed gate mass -- measure it against prune "
-                   f"(benchmarks/bench_redirect.py) before turning it on")
+                   f"could serve {mid.redirect_reach:.0%} of the missed gate mass, but it is off by default "
+                   f"(re-routing measured better on both demo models) -- measure it against prune "
+                   f"(benchmarks/bench_redirect.py) before turning it on with --min-similarity")
     return Outlook(rows, sim, advice)
