@@ -89,7 +89,7 @@ def hit_rate_plot(rows: list[dict], path: Path, title: str) -> None:
     ax.set_ylabel("hit rate (% of router picks already in memory)")
     ax.set_title(f"{title}: hit rate")
     ax2.set_xlabel("cache capacity (% of each layer's experts)")
-    ax2.set_ylabel("experts loaded per token, all layers (log; none drawn at 0.001)")
+    ax2.set_ylabel("experts loaded per token (log; 0 drawn at 0.001)")
     ax2.set_yscale("log")
     ax2.set_title("cost: experts moved")
     for a in (ax, ax2):
