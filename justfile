@@ -97,3 +97,20 @@ predict-demo: corpus
     {{venv}}/bin/lightmoe profile --tasks recipes/calibration/demo-heldout.yaml --save-router-inputs --out runs/profiles/demo-moe-heldout
     {{venv}}/bin/lightmoe predict train --profile runs/profiles/demo-moe-train-traces --heldout runs/profiles/demo-moe-heldout --out artifacts/eval/demo-moe-predictor
     {{venv}}/bin/lightmoe simulate --traces runs/profiles/demo-moe-heldout --predictor artifacts/eval/demo-moe-predictor --cache 0.05,0.1,0.25,0.5
+
+# Non-blocking swapping vs the other caches on the demo model (after predict-demo: the predict bundles need its
+# predictor): bundles at 25% and 50% memory, then one eval of all of them (paired against prune).
+eval-swap: corpus
+    #!/usr/bin/env bash
+    set -euo pipefail
+    out=runs/bundles-swap; args=()
+    for b in 0.25 0.5; do
+        for p in prune lru swap lightmoe; do
+            {{venv}}/bin/lightmoe build-bundle --policy $p --budget $b --out $out/$p-$b >/dev/null
+            args+=(--bundle $out/$p-$b)
+        done
+        {{venv}}/bin/lightmoe build-bundle --policy predict --predictor artifacts/eval/demo-moe-predictor --budget $b --out $out/predict-$b >/dev/null
+        args+=(--bundle $out/predict-$b)
+    done
+    {{venv}}/bin/lightmoe build-bundle --policy full --out $out/full >/dev/null
+    {{venv}}/bin/lightmoe eval --bundle $out/full "${args[@]}" --tasks demo,demo_ppl --limit 48 --out artifacts/eval/demo-moe-swap
