@@ -154,3 +154,25 @@ def test_predict_bundle_prefetches_the_next_layers_experts(tiny_moe, tmp_path):
     with pytest.raises(LightMoEError, match="needs --predictor"):
         build_bundle(prof, model, tok, str(root / "model"), tmp_path / "b3", BuildOptions(policy="predict",
                                                                                           fraction=0.25))
+
+
+def test_demand_admission_rejects_an_expert_wanted_less_than_every_resident(bundles):
+    from lightmoe_cli.runtime.background import ReadyExpert
+
+    rt = build_runtime(bundles["swap"])
+    rt.close()
+    m = rt.layers[0]
+    m.admission = "demand"
+    missing = next(e for e in range(m.num_experts) if e not in m.resident)
+    m._demand[:] = 5.0
+    m._demand[missing] = 1.0  # wanted less than every resident
+    flat = rt.store.read(m.layer_index, missing)
+
+    class OneRead:
+        def take(self, layer_index):
+            return [ReadyExpert(layer_index, missing, flat, 0.0)]
+
+    m.loader = OneRead()
+    assert m.install_ready() is None and m.stats.rejected == 1 and missing not in m.resident
+    m._demand[missing] = 9.0  # now wanted more than the weakest resident: installed
+    assert m.install_ready() is not None and missing in m.resident and m.stats.evictions == 1

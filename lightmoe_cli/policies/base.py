@@ -111,6 +111,8 @@ class RuntimeSpec:
     missing: Missing = Missing.REROUTE
     eviction: str | None = None  # ON_DEMAND, BACKGROUND: "lru" | "lfu"
     max_pending: int | None = None  # BACKGROUND: expert reads queued at most
+    admission: str | None = None  # BACKGROUND: "demand" (install only what beats the weakest resident) | "always"
+    decay: float | None = None  # BACKGROUND: per-forward decay of the demand counts
     prefetch_width: int | None = None  # BACKGROUND with the bundle's predictor: experts prefetched per forward
     manager: ManagerParams | None = None  # REMAP: task-aware swaps at check points; None = static
     uses_similarity: bool = False  # REMAP: re-derive the redirect table from the bundle's similarity on swaps

@@ -24,6 +24,7 @@ class LayerStats:
     misses: int = 0  # picks whose expert had to be loaded first (on-demand)
     stalls: int = 0  # forward steps that waited for a load (on-demand); background loading never stalls
     evictions: int = 0  # experts a load replaced
+    rejected: int = 0  # background reads finished but not installed (their expert was not wanted enough)
     loads: int = 0  # experts copied into a slot (on-demand misses, manager swaps)
     bytes_loaded: int = 0
     load_seconds: float = 0.0

@@ -355,8 +355,10 @@ class OnDemand(LayerStrategy):
 class Background(Remap):
     """Non-blocking swapping: a missing pick is re-routed among the residents at once (no stall) and its expert
     is queued on the background loader; a finished read is installed into a slot at the layer's next forward,
-    evicting the least recently (or frequently) used resident. Counts: `drops` = picks served by re-routing while
-    their expert was not resident, `loads` = experts installed, `refused` = reads the full queue turned away."""
+    evicting the least recently (or frequently) used resident. With `admission="demand"` an expert is read and
+    installed only while its recent demand (picks per forward, decayed by `decay` each forward) beats the weakest
+    resident's, which cuts the reads of experts one forward wanted once. Counts: `drops` = picks re-routed while
+    their expert was not resident, `loads` = experts installed, `rejected` = reads finished but not admitted."""
 
     serving = Serving.BACKGROUND
 
@@ -365,9 +367,11 @@ class Background(Remap):
         super().__init__(layer_index, pool, plan, spec, renormalise=renormalise)
         self.loader = loader
         self.eviction = spec.eviction or "lru"
+        self.admission = spec.admission or "always"
+        self.decay = spec.decay if spec.decay is not None else 0.9
         self._clock = 0
         self._last_use = np.zeros(self.num_experts, dtype=np.int64)
-        self._uses = np.zeros(self.num_experts, dtype=np.int64)
+        self._demand = np.zeros(self.num_experts)  # decayed picks per forward
         self.log: list[list[int]] | None = None  # when a list: the resident set each forward ran with (tests)
 
     def route(self, index: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -375,31 +379,41 @@ class Background(Remap):
         if self.log is not None:
             self.log.append(self.resident)
         flat = index.reshape(-1).long()
-        picked = torch.unique(flat[flat < self.num_experts]).cpu()
+        counts = torch.bincount(flat[flat < self.num_experts], minlength=self.num_experts).cpu().numpy()
         self._clock += 1
-        resident = (self.slot_of.cpu()[picked] >= 0).numpy()
-        ids = picked.numpy()
-        self._last_use[ids[resident]] = self._clock
-        self._uses[ids] += 1
-        for e in ids[~resident].tolist():
+        self._demand = self._demand * self.decay + counts
+        resident = self.slot_of.cpu().numpy() >= 0
+        picked = counts > 0
+        self._last_use[picked & resident] = self._clock
+        bar = self._demand[resident].min() if self.admission == "demand" and resident.any() else -np.inf
+        for e in np.flatnonzero(picked & ~resident & (self._demand > bar)).tolist():
             self.loader.request(self.layer_index, e)
         return super().route(index, weights)
 
+    def _victim(self, candidates: list[int]) -> int:
+        if self.eviction == "lfu":
+            return min(candidates, key=lambda e: (self._demand[e], self._last_use[e]))
+        return min(candidates, key=lambda e: (self._last_use[e], self._demand[e]))
+
     def install_ready(self) -> SwapRecord | None:
-        """Install every expert the loader finished for this layer (main thread, between kernels)."""
+        """Install the experts the loader finished for this layer (main thread, between kernels)."""
         ready = [r for r in self.loader.take(self.layer_index) if int(self.slot_of[r.expert]) < 0]
-        ready = ready[-self.slots:]  # more reads than slots: the latest ones win, the rest are wasted I/O
+        ready.sort(key=lambda r: -self._demand[r.expert])  # most wanted first; more reads than slots: the rest wait
         if not ready:
             return None
         self._fold()  # count the forwards so far under the tables they ran with
         t0, evicted, loaded = time.perf_counter(), [], []
         for r in ready:
             candidates = [e for e in self.resident if e not in loaded]
-            key = self._uses if self.eviction == "lfu" else self._last_use
-            victim = min(candidates, key=lambda e: (key[e], self._last_use[e]))
+            victim = self._victim(candidates) if candidates else None
+            if victim is None or (self.admission == "demand" and self._demand[r.expert] <= self._demand[victim]):
+                self.stats.rejected += 1  # not wanted more than what it would evict: the read is wasted
+                continue
             self.pool.install(r.expert, self.pool.evict(victim), r.flat, r.seconds)
             evicted.append(victim)
             loaded.append(r.expert)
+        if not loaded:
+            return None
         self._retarget()
         record = SwapRecord(self.layer_index, self._clock, evicted, loaded,
                             len(loaded) * self.writer.bytes_per_expert, time.perf_counter() - t0)

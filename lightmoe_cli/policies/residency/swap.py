@@ -2,8 +2,10 @@
 
 Same slots and initial residents as prune and lru. A pick of a missing expert is re-routed among the residents at
 once (as the pruned router would) and the expert is read on a background thread; when the read is done it
-replaces the least recently (or frequently) used resident at the layer's next forward. Its accuracy sits between
-prune (never loads) and lru (always waits); its cost is I/O overlapped with compute, not stall time.
+replaces the least recently (or frequently) used resident at the layer's next forward (`--admission demand`: only
+while its recent demand beats the weakest resident's).
+Its cost is I/O overlapped with compute, not stall time; its accuracy is measured against prune (never loads) and
+lru (always waits) in the README.
 """
 
 from __future__ import annotations
@@ -31,6 +33,11 @@ class SwapParams(PolicyParams):
                           "(least frequently used)", choices=("lru", "lfu"))
     max_pending: int = param(8, "expert reads queued at most (more misses are served by re-routing only)",
                              minimum=1)
+    admission: str = param("always", "always: read every missed expert and install it when read; demand: only "
+                           "while its recent demand beats the weakest resident's (about 3x less I/O on the demo "
+                           "model, same quality)", choices=("always", "demand"))
+    decay: float = param(0.9, "per-forward decay of the demand counts admission compares", above=0.0,
+                         maximum=1.0)
 
 
 @register_policy
@@ -44,7 +51,7 @@ class Swap(Policy):
 
     def runtime_spec(self, inputs: PlanInputs, params: SwapParams) -> RuntimeSpec:
         return RuntimeSpec(Serving.BACKGROUND, Missing.REROUTE, eviction=params.eviction,
-                           max_pending=params.max_pending)
+                           max_pending=params.max_pending, admission=params.admission, decay=params.decay)
 
     def plan(self, inputs: PlanInputs, params: SwapParams) -> BundlePlan:
         _, resident = frequency_residents(inputs, max(inputs.top_k.values()))
