@@ -123,3 +123,15 @@ def exclusive_output(out: Path, work_suffix: str | None = None) -> Iterator[Path
     finally:
         fcntl.flock(lock_file, fcntl.LOCK_UN)
         lock_file.close()
+
+
+def throttle(started: float, nbytes: int, bandwidth: float | None) -> None:
+    """Sleep until `nbytes` read since `started` (time.perf_counter) took as long as they would at `bandwidth`
+    bytes/s: a slow link reproduced for real. No-op without a bandwidth."""
+    import time
+
+    if bandwidth:
+        left = nbytes / bandwidth - (time.perf_counter() - started)
+        if left > 0:
+            time.sleep(left)
+

@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 import torch
 
 from lightmoe_cli.errors import LightMoEError
+from lightmoe_cli.files import throttle
 from lightmoe_cli.manifest import ArtifactManifest, ManifestError, Record
 from lightmoe_cli.policies.activation_budget import ActivationPlan
 from lightmoe_cli.policies.base import LayerPlan, RuntimeSpec
@@ -173,10 +174,7 @@ class ExpertStore:
         flat = self._files[layer_index].read(f"e{expert}")
         size = flat.numel() * flat.element_size()
         self.bytes_read += size
-        if self.io_bandwidth:
-            left = size / self.io_bandwidth - (time.perf_counter() - t0)
-            if left > 0:
-                time.sleep(left)
+        throttle(t0, size, self.io_bandwidth)
         return flat
 
 

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
+from lightmoe_cli.files import throttle
+
 
 @dataclass
 class ReadyExpert:
@@ -98,10 +100,7 @@ class BackgroundLoader:
                 flat = self._read(layer_index, expert)
                 if self._delay is not None:
                     time.sleep(self._delay())
-                if self.io_bandwidth:
-                    left = flat.numel() * flat.element_size() / self.io_bandwidth - (time.perf_counter() - t0)
-                    if left > 0:
-                        time.sleep(left)
+                throttle(t0, flat.numel() * flat.element_size(), self.io_bandwidth)
             except BaseException as e:  # reported to the main thread at its next take()
                 self.error = e
                 return
