@@ -354,14 +354,20 @@ def simulate_cmd(
         sp = load_profile(profile_dir or default_profile(tp.model.name_or_path))
         if sp.model.fingerprint != tp.model.fingerprint:
             fail(f"--profile {sp.path} was made for another model than the traces in {tp.path}")
-        trace = {t: {li: v.numpy() for li, v in tp.trace_ids(t).items()} for t in tp.task_names}
+        # with a predictor the traces are read once, router inputs included; without, only the picks
+        full = None
+        if predictor is not None:
+            from lightmoe_cli.predict.data import load_profile_traces
+
+            full = load_profile_traces(tp)
+        trace = {t: full[t]["ids"] for t in tp.task_names} if full is not None else \
+            {t: {li: v.numpy() for li, v in tp.trace_ids(t).items()} for t in tp.task_names}
         mass = {t: {li: s.gate_mass.numpy() for li, s in sp.task_stats(t).layers.items()} for t in sp.task_names}
     except LightMoEError as e:
         fail(e)
     ident = tp.model
     predicted = None
     if predictor is not None:
-        from lightmoe_cli.predict.data import load_profile_traces
         from lightmoe_cli.predict.model import load_predictor
         from lightmoe_cli.predict.train import predicted_experts
 
@@ -373,7 +379,7 @@ def simulate_cmd(
             width = prefetch_width or ident.top_k[0]
             if width < 1:
                 fail("--prefetch-width must be positive")
-            predicted = {t: predicted_experts(pm, tr, width) for t, tr in load_profile_traces(tp).items()}
+            predicted = {t: predicted_experts(pm, tr, width) for t, tr in full.items()}
         except LightMoEError as e:
             fail(e)
     rows = replay(trace, mass, ident.num_experts[0], float(np.mean(ident.bytes_per_expert)), fractions, wanted,

@@ -137,10 +137,9 @@ def expert_similarity(model, tokenizer, name: str) -> dict:
     from lightmoe_cli.evaluation.run import ensure_profile
 
     prof = ensure_profile(model, tokenizer, name)
-    kinds = prof.manifest.similarity_kinds
     return {"profile": repo_relative(prof.path), "per_layer": [
-        {"layer": li} | {k: similarity_summary(prof.similarity(li, k).numpy()) for k in kinds}
-        for li in prof.layer_indices]}
+        {"layer": li} | {k: similarity_summary(m.numpy()) for k, m in sorted(kinds.items())}
+        for li, kinds in prof.similarities().items()]}
 
 
 def measure(recipe: TrainRecipe, tokens_per_domain: int, recipe_path: str = "recipes/training/demo-moe.yaml") -> dict:

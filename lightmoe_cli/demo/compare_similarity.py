@@ -18,9 +18,8 @@ def similarity_matrices(model_name: str, progress=None) -> dict[int, dict]:
     from lightmoe_cli.loading import load_model_and_tokenizer
 
     model, tok = load_model_and_tokenizer(model_name)
-    prof = ensure_profile(model, tok, model_name, progress)
-    return {li: {k: prof.similarity(li, k).numpy() for k in prof.manifest.similarity_kinds}
-            for li in prof.layer_indices}
+    sims = ensure_profile(model, tok, model_name, progress).similarities()
+    return {li: {k: m.numpy() for k, m in kinds.items()} for li, kinds in sims.items()}
 
 
 def compare_similarity(models: dict[str, dict[int, dict]], png: Path, threshold: float = 0.5) -> list[dict]:

@@ -204,6 +204,11 @@ class ActivationRule:
 ACTIVATION_RULES: dict[str, type[ActivationRule]] = {}
 
 
+def _per_layer_k(table: dict) -> dict[int, dict[int, float]]:
+    """A measured layer -> k -> value table with int keys (JSON round trips turn them into strings)."""
+    return {int(li): {int(k): float(v) for k, v in row.items()} for li, row in table.items()}
+
+
 def register_rule(cls: type[ActivationRule]) -> type[ActivationRule]:
     ACTIVATION_RULES[cls.name] = cls
     return cls
@@ -226,8 +231,7 @@ class LExI(ActivationRule):
     measurement = "lexi"
 
     def allocate(self, top_k, budget, measured, seed):
-        delta = {int(li): {int(k): float(v) for k, v in row.items()} for li, row in measured["delta"].items()}
-        return evolutionary_search(delta, budget, seed=seed)
+        return evolutionary_search(_per_layer_k(measured["delta"]), budget, seed=seed)
 
 
 @register_rule
@@ -238,8 +242,7 @@ class AllocL(ActivationRule):
     measurement = "alloc"
 
     def allocate(self, top_k, budget, measured, seed):
-        cost = {int(li): {int(k): float(v) for k, v in row.items()} for li, row in measured["sensitivity"].items()}
-        return grouped_knapsack(cost, budget)
+        return grouped_knapsack(_per_layer_k(measured["sensitivity"]), budget)
 
 
 @register_rule

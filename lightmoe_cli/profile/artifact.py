@@ -101,6 +101,16 @@ class Profile:
                 raise ProfileError(f"profile has no {kind} similarity for layer {layer_index}; has: {kinds}")
             return f.get_tensor(key)
 
+    def similarities(self) -> dict[int, dict[str, torch.Tensor]]:
+        """Every (E, E) similarity matrix: layer -> kind -> matrix, in one read of the file."""
+        from safetensors.torch import load_file
+
+        out: dict[int, dict[str, torch.Tensor]] = {}
+        for key, value in load_file(str(self.path / "similarity.safetensors")).items():
+            _, li, kind = key.split(".")
+            out.setdefault(int(li), {})[kind] = value
+        return dict(sorted(out.items()))
+
     def saliency(self, layer_index: int) -> torch.Tensor:
         """REAP saliency (E,) of one layer: mean router weight x expert output norm on sampled tokens."""
         from safetensors import safe_open
