@@ -17,6 +17,7 @@ class Prefetcher:
         self.predictor, self.width, self.loader, self.strategies = predictor, width, loader, strategies
         self.context: dict[int, torch.Tensor] = {}  # source layer -> (<= max_len, H) recent router inputs
         self.requested = 0  # prefetch reads queued
+        self.handles: list = []  # the hooks on the source layers (set by the runtime that installs them)
 
     @torch.no_grad()
     def on_input(self, pair: int, hidden: torch.Tensor) -> None:
