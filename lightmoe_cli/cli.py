@@ -195,6 +195,9 @@ def run_cmd(
     device: str = typer.Option("cpu", help="cpu or cuda."),
     threads: int = typer.Option(None, help="torch CPU threads."),
     no_manager: bool = typer.Option(False, "--no-manager", help="Serve a managed bundle statically (no swaps)."),
+    manager_loads: str = typer.Option("blocking", help="How a managed bundle's swaps are read: blocking (at the "
+                                      "request boundary) or background (on a loader thread; the old experts serve "
+                                      "until the new ones land)."),
 ) -> None:
     """Execute a bundle: only resident experts in memory, misses redirected, coarse swaps on task change."""
     offline()
@@ -228,7 +231,8 @@ def run_cmd(
         torch.set_num_threads(threads)
     try:
         bundle = load_bundle(bundle_dir or DEFAULT_BUNDLE)
-        rt = build_runtime(bundle, device=device, manager=not no_manager, io_bandwidth=bw)
+        rt = build_runtime(bundle, device=device, manager=not no_manager, io_bandwidth=bw,
+                           manager_loads=manager_loads)
         check_lengths(rt, prompts, max_new_tokens)
         with token_progress(console, unit="requests") as progress:
             stats = run_requests(rt, prompts, max_new_tokens, io_bandwidth=bw, progress=progress)

@@ -22,7 +22,7 @@ def bundles(tiny_moe, tmp_path_factory):
     prof = run_profile(model, tok, str(root / "model"), load_recipe(root / "calib.yaml"), work / "p",
                        ProfileSettings(batch_size=4, seq_len=64, sample_tokens=128))
     return {p: build_bundle(prof, model, tok, str(root / "model"), work / p, BuildOptions(policy=p, fraction=0.25))
-            for p in ("swap", "prune", "lru")}
+            for p in ("swap", "prune", "lru", "lightmoe")}
 
 
 def _forward(rt, text):
@@ -176,3 +176,39 @@ def test_demand_admission_rejects_an_expert_wanted_less_than_every_resident(bund
     assert m.install_ready() is None and m.stats.rejected == 1 and missing not in m.resident
     m._demand[missing] = 9.0  # now wanted more than the weakest resident: installed
     assert m.install_ready() is not None and missing in m.resident and m.stats.evictions == 1
+
+
+def test_manager_swaps_read_in_the_background_land_later_with_the_same_residents(bundles):
+    """--manager-loads background: a task change queues the reads and returns at once; the old experts serve
+    until the reads land, then the resident sets (and logits) are those of the blocking swap."""
+    bundle = bundles["lightmoe"]
+    blocking, bg = build_runtime(bundle), build_runtime(bundle, manager_loads="background")
+    task = sorted(blocking.bundle.manifest.task_resident)[-1]
+    start = [m.resident for m in bg.layers]
+    assert blocking.use_task(task) > 0
+    target = [m.resident for m in blocking.layers]
+    assert target != start
+    assert bg.use_task(task) == 0  # nothing moved yet: the reads are queued
+    assert [m.resident for m in bg.layers] == start
+    bg.loader.wait_idle()
+    out_bg, out_blocking = _forward(bg, TEXTS[1]), _forward(blocking, TEXTS[1])  # the forward installs them
+    assert [m.resident for m in bg.layers] == target
+    assert torch.allclose(out_bg, out_blocking, atol=1e-5)
+    assert sum(m.stats.loads for m in bg.layers) == sum(m.stats.loads for m in blocking.layers)
+    assert sum(len(m.swaps) for m in bg.layers) > 0
+    with pytest.raises(Exception, match="blocking or background"):
+        build_runtime(bundle, manager_loads="later")
+    bg.close()
+    # a full queue refuses a move: it is counted as rejected and the layer keeps a full, consistent resident set
+    small = build_runtime(bundle, manager_loads="background")
+    small.loader.close()
+    small.loader = BackgroundLoader(small.store.read, max_pending=1, delay=lambda: 0.01)
+    for m in small.layers:
+        m.move_loader = small.loader
+    small.use_task(task)
+    small.loader.wait_idle()
+    _forward(small, TEXTS[1])
+    assert sum(m.stats.rejected for m in small.layers) > 0
+    assert sum(m.stats.loads for m in small.layers) < sum(m.stats.loads for m in blocking.layers)
+    assert all(len(m.resident) == m.slots for m in small.layers)
+    small.close()

@@ -165,9 +165,15 @@ def ensure_profile(model, tok, name: str, progress=None):
                        progress=progress)
 
 
+# unmanaged policies the task-shift streams also serve: prune (the floor of the gap) and the dynamic caches a
+# user would otherwise pick (blocking lru, non-blocking swap and predict), which follow a shift by themselves
+STREAM_BASELINES = ("prune", "lru", "swap", "predict")
+
+
 def run_streams(configs, req: EvalRequest, full_bundle: Path | None) -> list:
     """Task-shift streams at every block length, at the middle budget: full and prune (the ends of the gap),
-    the oracle (task given), and every managed bundle with each swap rule and with its manager off."""
+    the oracle (task given), the dynamic caches, and every managed bundle with each swap rule, with its swaps read
+    in the background, and with its manager off."""
     import torch
 
     from lightmoe_cli.bundle.artifact import load_bundle
@@ -187,16 +193,21 @@ def run_streams(configs, req: EvalRequest, full_bundle: Path | None) -> list:
             for rule in ("incremental", "jump"):
                 if rule != own:
                     runs.append((f"{c.policy} ({rule})", b, {"swap_rule": rule}, False))
+            runs.append((f"{c.policy} ({own}, background loads)", b, {"manager_loads": "background"}, False))
             runs.append((f"{c.policy} (manager off)", b, {"manager": False}, False))
         elif spec.task_given:
             runs.append((c.policy, b, {}, True))
-        elif c.policy == "prune":
-            runs.append(("prune", b, {}, False))
+        elif c.policy in STREAM_BASELINES:
+            runs.append((c.policy, b, {}, False))
     results = []
     for block in req.block_requests:
         stream = build_stream(ITEMS_DIR / "ppl", block, req.stream_requests)
         for name, bundle, kwargs, task_given in runs:
-            results.append(run_stream(build_runtime(bundle, **kwargs), name, stream, block, task_given))
+            rt = build_runtime(bundle, **kwargs)
+            try:
+                results.append(run_stream(rt, name, stream, block, task_given))
+            finally:
+                rt.close()
     return results
 
 

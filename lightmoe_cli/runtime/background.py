@@ -9,6 +9,10 @@ kernels, so no kernel ever sees a half-written slot.
 Only this thread touches the store's files for these layers (positioned reads, no shared file position), and
 only the main thread touches the model's tensors: the thread hands over plain host tensors under a lock.
 `io_bandwidth` throttles each read for real (a sleep per byte), so a slow link can be reproduced on any machine.
+
+On CUDA the thread also does the host-to-device copy: the read lands in pinned host memory, is copied on the
+loader's own CUDA stream (non-blocking, overlapping the model's kernels) and an event is recorded; the main
+thread makes its stream wait on that event before writing the slot, so the copy is never read half done.
 """
 
 from __future__ import annotations
@@ -28,16 +32,27 @@ from lightmoe_cli.files import throttle
 class ReadyExpert:
     layer_index: int
     expert: int
-    flat: torch.Tensor  # the expert's flat weights as stored, host memory
+    flat: torch.Tensor  # the expert's flat weights as stored (host memory, or the device's on CUDA)
     seconds: float  # read (and throttle) time on the loader thread
+    copied: object | None = None  # CUDA: the event recorded after the copy on the loader's stream
+
+    def wait(self) -> torch.Tensor:
+        """The weights, safe to read on the current stream."""
+        if self.copied is not None:
+            torch.cuda.current_stream(self.flat.device).wait_event(self.copied)
+        return self.flat
 
 
 class BackgroundLoader:
     def __init__(self, read: Callable[[int, int], torch.Tensor], max_pending: int = 8,
-                 io_bandwidth: float | None = None, delay: Callable[[], float] | None = None):
+                 io_bandwidth: float | None = None, delay: Callable[[], float] | None = None,
+                 device: torch.device | str = "cpu"):
         """read(layer, expert) -> flat tensor; max_pending: queued reads per loader (beyond it a request is
-        refused and counted); io_bandwidth: bytes/s to throttle to; delay: extra seconds per read (tests)."""
+        refused and counted); io_bandwidth: bytes/s to throttle to; delay: extra seconds per read (tests);
+        device: where the model runs (cuda: pinned buffers and a copy stream)."""
         self._read, self.io_bandwidth, self._delay = read, io_bandwidth, delay
+        self.device = torch.device(device)
+        self._stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         self._queue: queue.Queue = queue.Queue(maxsize=max_pending)
         self._lock = threading.Lock()
         self._pending: set[tuple[int, int]] = set()  # queued or being read
@@ -101,9 +116,21 @@ class BackgroundLoader:
                 if self._delay is not None:
                     time.sleep(self._delay())
                 throttle(t0, flat.numel() * flat.element_size(), self.io_bandwidth)
+                flat, copied = self._to_device(flat)
             except BaseException as e:  # reported to the main thread at its next take()
                 self.error = e
                 return
             with self._lock:
                 self._ready.setdefault(layer_index, []).append(
-                    ReadyExpert(layer_index, expert, flat, time.perf_counter() - t0))
+                    ReadyExpert(layer_index, expert, flat, time.perf_counter() - t0, copied))
+
+    def _to_device(self, flat: torch.Tensor):
+        """CUDA: pinned host buffer -> device copy on the loader's stream, with the event that marks its end."""
+        if self._stream is None:
+            return flat, None
+        pinned = flat.pin_memory()
+        with torch.cuda.stream(self._stream):
+            dev = pinned.to(self.device, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record(self._stream)
+        return dev, event

@@ -227,6 +227,8 @@ def _check_fingerprint(bundle: Bundle, config, skeleton: nn.Module, adapter, non
 
 
 def _strategy(bundle: Bundle, spec, m, pool: SlotPool, manager: bool, loader=None) -> LayerStrategy:
+    """The layer's serving strategy; `loader` is the background loader (of a BACKGROUND policy, or of a managed
+    one whose swaps are read in the background)."""
     lp = next(p for p in bundle.layers if p.layer_index == m.layer_index)
     cls = STRATEGIES[spec.serving]
     if cls is Background:
@@ -238,7 +240,8 @@ def _strategy(bundle: Bundle, spec, m, pool: SlotPool, manager: bool, loader=Non
     per_layer = manager and spec.manager is not None and spec.manager.mode == "incremental"
     return Remap(m.layer_index, pool, lp, spec, similarity=sim.numpy() if sim is not None else None,
                  manager=LayerManager(lp.num_experts, set(lp.resident), spec.manager) if per_layer else None,
-                 renormalise=bool(getattr(m.router, "norm_topk_prob", True)))
+                 renormalise=bool(getattr(m.router, "norm_topk_prob", True)),
+                 move_loader=loader if manager and spec.manager is not None else None)
 
 
 def _prefetcher(bundle: Bundle, spec, adapter, layers, strategies, loader):
@@ -260,14 +263,16 @@ def _prefetcher(bundle: Bundle, spec, adapter, layers, strategies, loader):
 
 def build_runtime(bundle: Bundle, device: str = "cpu", check_every: int | None = None,
                   manager: bool = True, swap_rule: str | None = None, activation=None,
-                  io_bandwidth: float | None = None) -> Runtime:
+                  io_bandwidth: float | None = None, manager_loads: str = "blocking") -> Runtime:
     """The bundle's model with only resident experts in memory, served as the bundle's policy says.
 
     manager=False serves a managed policy statically (its initial resident set, no swaps); swap_rule
     ("incremental" | "jump") overrides the managed policy's rule (to compare both on one bundle); activation
     (an ActivationPlan) overrides the bundle's activation budget (benchmarks compare rules on one bundle);
     io_bandwidth (bytes/s) throttles every run-time expert read for real: a blocking cache stalls for it, a
-    background loader overlaps it with compute."""
+    background loader overlaps it with compute; manager_loads="background" reads a managed policy's swaps on a
+    background loader too, so a task change never stalls a request boundary (the old experts serve until the new
+    ones land)."""
     from transformers import AutoConfig, AutoTokenizer
 
     from lightmoe_cli.models import get_adapter
@@ -303,12 +308,17 @@ def build_runtime(bundle: Bundle, device: str = "cpu", check_every: int | None =
         model.tie_weights()
     model.eval()
 
+    if manager_loads not in ("blocking", "background"):
+        raise LightMoEError(f"--manager-loads {manager_loads!r}: use blocking or background")
     store = ExpertStore(bundle)
     loader = None
-    if spec.serving == Serving.BACKGROUND:
+    if spec.serving == Serving.BACKGROUND or (manager_loads == "background" and manager and spec.manager):
         from lightmoe_cli.runtime.background import BackgroundLoader
 
-        loader = BackgroundLoader(store.read, spec.max_pending or 8)  # the store throttles its reads
+        # a task jump may queue a whole resident set at once: the manager's queue holds every expert
+        pending = spec.max_pending or (8 if spec.serving == Serving.BACKGROUND else
+                                       sum(lp.num_experts for lp in bundle.layers))
+        loader = BackgroundLoader(store.read, pending, device=device)  # the store throttles its reads
     strategies = []
     plans = {lp.layer_index: lp for lp in bundle.layers}
     for m in layers:
@@ -329,7 +339,7 @@ def build_runtime(bundle: Bundle, device: str = "cpu", check_every: int | None =
             if s.activation.per_token:
                 m.experts._is_expert_parallel = True  # dropped picks carry the sentinel id: no GEMM rows
         rt.handles += s.install(adapter, m)
-    if loader is not None and (bundle.path / "predictor" / "predictor.json").exists():
+    if spec.serving == Serving.BACKGROUND and (bundle.path / "predictor" / "predictor.json").exists():
         rt.prefetcher = _prefetcher(bundle, spec, adapter, layers, strategies, loader)
         rt.handles += rt.prefetcher.handles
     if manager and spec.manager is not None and spec.manager.mode == "jump":

@@ -117,8 +117,12 @@ class Remap(LayerStrategy):
 
     def __init__(self, layer_index: int, pool: SlotPool, plan: LayerPlan, spec: RuntimeSpec,
                  similarity: np.ndarray | None = None, manager: LayerManager | None = None,
-                 renormalise: bool = True):
+                 renormalise: bool = True, move_loader=None):
         super().__init__(layer_index, pool, plan, spec)
+        # when set: the manager's swaps are read on this background loader and land at a later forward (no
+        # stall at the request boundary); until then the evicted expert keeps serving
+        self.move_loader = move_loader
+        self._moves: dict[int, tuple[int, int]] = {}  # expert being read -> (resident it replaces, token)
         device = pool.slot_of.device
         self.redirect = torch.tensor(plan.redirect, dtype=torch.long, device=device)  # (E,) target or DROP
         self.similarity = similarity
@@ -155,6 +159,8 @@ class Remap(LayerStrategy):
     # ---- the hot path: a few tensor ops per layer and forward ------------------------------------------------
     def route(self, index: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(T, K) expert ids + router weights -> slot ids + weights (dropped picks: weight 0, renormalised)."""
+        if self._moves:
+            self.install_moves()
         if self.activation is not None:
             index, weights, dropped = self._select(index, weights)
             if dropped is not None:
@@ -262,8 +268,12 @@ class Remap(LayerStrategy):
         return mass.numpy(), tokens
 
     def move(self, evict: list[int], load: list[int], token: int = 0) -> SwapRecord | None:
-        """Replace residents `evict` by experts `load` (pairwise, same slots) and retarget the tables."""
+        """Replace residents `evict` by experts `load` (pairwise, same slots) and retarget the tables. With a
+        move loader the reads are only queued (see `install_moves`) and None is returned."""
         if not load:
+            return None
+        if self.move_loader is not None:
+            self._queue_moves(evict, load, token)
             return None
         t0, loaded_bytes = time.perf_counter(), 0
         for old, new in zip(evict, load, strict=True):
@@ -271,6 +281,46 @@ class Remap(LayerStrategy):
             loaded_bytes += self.writer.bytes_per_expert
         self._retarget()
         record = SwapRecord(self.layer_index, token, list(evict), list(load), loaded_bytes,
+                            time.perf_counter() - t0)
+        self.swaps.append(record)
+        return record
+
+    def _queue_moves(self, evict: list[int], load: list[int], token: int) -> None:
+        for old, new in zip(evict, load, strict=True):
+            if self.move_loader.request(self.layer_index, new):
+                self._moves[new] = (old, token)
+            else:  # the loader's queue is full: this move is dropped, the manager's view follows the residents
+                self.stats.rejected += 1
+                self._resync_manager()
+
+    def _resync_manager(self) -> None:
+        if self.manager is not None:
+            self.manager.resident = set(self.resident) | set(self._moves)
+            self.manager.resident -= {old for old, _ in self._moves.values()}
+
+    def install_moves(self) -> SwapRecord | None:
+        """Install the manager's swaps whose reads have finished (main thread, between kernels). A move whose
+        victim is no longer resident, or whose expert already is, is counted as rejected."""
+        ready = self.move_loader.take(self.layer_index)
+        if not ready:
+            return None
+        self._fold()  # count the forwards so far under the tables they ran with
+        t0, evicted, loaded, token, stale = time.perf_counter(), [], [], 0, False
+        for r in ready:
+            old, token = self._moves.pop(r.expert, (None, 0))
+            if old is None or int(self.slot_of[old]) < 0 or int(self.slot_of[r.expert]) >= 0:
+                self.stats.rejected += 1
+                stale = True
+                continue
+            self.pool.install(r.expert, self.pool.evict(old), r.wait(), r.seconds)
+            evicted.append(old)
+            loaded.append(r.expert)
+        if stale:
+            self._resync_manager()
+        if not loaded:
+            return None
+        self._retarget()
+        record = SwapRecord(self.layer_index, token, evicted, loaded, len(loaded) * self.writer.bytes_per_expert,
                             time.perf_counter() - t0)
         self.swaps.append(record)
         return record
@@ -409,7 +459,7 @@ class Background(Remap):
             if victim is None or (self.admission == "demand" and self._demand[r.expert] <= self._demand[victim]):
                 self.stats.rejected += 1  # not wanted more than what it would evict: the read is wasted
                 continue
-            self.pool.install(r.expert, self.pool.evict(victim), r.flat, r.seconds)
+            self.pool.install(r.expert, self.pool.evict(victim), r.wait(), r.seconds)
             evicted.append(victim)
             loaded.append(r.expert)
         if not loaded:
