@@ -69,6 +69,16 @@ class BudgetRecord(Record):
 
 
 @dataclass
+class ReplacementRecord(Record):
+    """Expert replacing: each replaced expert's base, the low-rank terms' size and the recovery run."""
+
+    rank: int
+    lowrank_bytes: int  # every layer's factors, as stored
+    base: dict[int, dict[int, int]]  # layer -> replaced expert -> the kept expert it is built on
+    recovery: dict[str, Any] = field(default_factory=dict)  # RecoveryRecord as JSON
+
+
+@dataclass
 class ProfileRef(Record):
     """The profile a bundle was planned from (its manifest's sha256 lets `eval` reuse a fresh bundle)."""
 
@@ -95,6 +105,7 @@ class BundleManifest(ArtifactManifest):
     expert_layout: dict[int, ExpertLayout] = field(default_factory=dict)
     profile: ProfileRef | None = None
     activation: ActivationPlan | None = None  # an activation budget: experts per token per layer
+    replacement: ReplacementRecord | None = None  # expert replacing: bases, low-rank terms, recovery
 
     def check(self, folder: Path) -> None:
         """Consistency a typed read cannot see: every layer's table names experts that exist and are resident."""

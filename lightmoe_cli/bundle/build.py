@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,13 +17,14 @@ from lightmoe_cli.bundle.artifact import (
     BundleManifest,
     ExpertLayout,
     ProfileRef,
+    ReplacementRecord,
     load_bundle,
 )
 from lightmoe_cli.errors import LightMoEError
 from lightmoe_cli.files import exclusive_output, save_tensors, sha256_file
 from lightmoe_cli.identity import library_versions, model_identity
 from lightmoe_cli.manifest import FINGERPRINT_KEY, write_artifact
-from lightmoe_cli.policies.base import BundlePlan, PlanInputs, Policy, PolicyParams
+from lightmoe_cli.policies.base import BundlePlan, PlanInputs, Policy, PolicyParams, Serving
 from lightmoe_cli.policies.budget import slots_for_budget
 from lightmoe_cli.policies.registry import get_policy
 from lightmoe_cli.profile.artifact import Profile
@@ -71,14 +73,20 @@ def _ranking_mass(prof: Profile, ranking: str) -> dict[int, np.ndarray]:
     return {li: total[li].gate_mass.numpy() for li in layers}
 
 
-def plan_from_profile(prof: Profile, opts: BuildOptions, bytes_per_expert: list[int]
-                      ) -> tuple[BundlePlan, BudgetRecord]:
-    """Run the chosen policy on the profile's statistics; returns the plan and the budget record."""
+def plan_from_profile(prof: Profile, opts: BuildOptions, bytes_per_expert: list[int],
+                      expert_shape: tuple[int, int] | None = None) -> tuple[BundlePlan, BudgetRecord]:
+    """Run the chosen policy on the profile's statistics; returns the plan and the budget record.
+    `expert_shape` (hidden, intermediate): for a policy that sets its own memory (expert replacing)."""
     policy, params = opts.resolve()
     layers = prof.layer_indices
     top_k = dict(zip(layers, prof.model.top_k, strict=True))
     num_experts = prof.model.num_experts
-    if policy.uses_budget:
+    fixed = policy.fixed_slots(params, expert_shape, max(top_k.values()), max(num_experts), len(layers)) \
+        if expert_shape is not None else None
+    if fixed is not None:
+        budget = slots_for_budget(bytes_per_expert, num_experts, fraction=1.0)
+        budget = dataclasses.replace(budget, total_slots=fixed)
+    elif policy.uses_budget:
         budget = slots_for_budget(bytes_per_expert, num_experts, fraction=opts.fraction,
                                   memory_bytes=opts.memory_bytes,
                                   min_per_layer=policy.min_slots_per_layer(params, max(top_k.values())))
@@ -185,10 +193,19 @@ def build_bundle(prof: Profile, model, tokenizer, model_name: str, out: Path, op
     layers = adapter.moe_layers(model)
     identity = model_identity(model, adapter, model_name)
     prof.check_model(identity)
-    plan, budget = plan_from_profile(prof, opts, [adapter.bytes_per_expert(m) for m in layers])
+    from lightmoe_cli.replace.construct import expert_shape
+
+    plan, budget = plan_from_profile(prof, opts, [adapter.bytes_per_expert(m) for m in layers], expert_shape(layers))
     activation = _activation_plan(opts, model, tokenizer, prof, adapter, layers)
+    replacement = None
+    if plan.runtime.serving == Serving.REPLACE:
+        replacement = _replacement(model, tokenizer, layers, plan, params, prof, identity.fingerprint, Path(out),
+                                   progress)
+        extra = replacement[1].lowrank_bytes
+        budget = dataclasses.replace(budget, resident_expert_bytes=budget.resident_expert_bytes + extra,
+                                     resident_fraction=(budget.resident_expert_bytes + extra) / budget.all_expert_bytes)
     if activation is not None and (activation.beta or activation.pooled_base) and \
-            plan.runtime.serving.value == "on_demand":
+            plan.runtime.serving.value in ("on_demand", "replace"):
         raise LightMoEError(f"--activation {opts.activation} drops picks per token, which on-demand loading "
                             f"(--policy {opts.policy}) does not support: use prune, lightmoe or full")
 
@@ -196,9 +213,35 @@ def build_bundle(prof: Profile, model, tokenizer, model_name: str, out: Path, op
     with exclusive_output(Path(out)) as tmp:
         if predictor is not None:
             _copy_predictor(predictor, tmp / "predictor", identity.fingerprint)
+        if replacement is not None:
+            tmp.mkdir(parents=True, exist_ok=True)
+            save_tensors(replacement[0], tmp / "lowrank.safetensors", {FINGERPRINT_KEY: identity.fingerprint})
         _write_bundle(tmp, Path(out), prof, model, tokenizer, adapter, layers, identity, policy, params, opts,
-                      plan, budget, progress, activation)
+                      plan, budget, progress, activation, replacement[1] if replacement else None)
     return load_bundle(out, verify=False)
+
+
+def _replacement(model, tokenizer, layers, plan: BundlePlan, params, prof: Profile, fingerprint: str, out: Path,
+                 progress) -> tuple[dict[str, torch.Tensor], ReplacementRecord]:
+    """Expert replacing: SVD-initialised low-rank terms, recovered by annealed training on calibration text
+    (resumable: the checkpoint sits beside the output until the run ends)."""
+    from lightmoe_cli.recipes import load_recipe, recipe_from_resolved
+    from lightmoe_cli.replace.construct import build_replacement
+    from lightmoe_cli.replace.recover import RecoverySettings, record_json
+
+    if params.recover_tasks:
+        recipe = load_recipe(Path(params.recover_tasks))
+    else:
+        try:
+            recipe = recipe_from_resolved(prof.manifest.recipe)
+        except (LightMoEError, KeyError, TypeError, ValueError) as e:
+            raise LightMoEError(f"the profile's calibration recipe cannot be read back ({e}): give "
+                                "--recover-tasks RECIPE") from e
+    settings = RecoverySettings(steps=params.recover_steps, lr=params.lr, anneal=params.anneal)
+    tensors, bases, record = build_replacement(model, tokenizer, layers, plan.layers, params.rank, settings, recipe,
+                                               fingerprint, out.with_name(out.name + ".recover"), progress)
+    size = sum(t.numel() * t.element_size() for t in tensors.values())
+    return tensors, ReplacementRecord(params.rank, size, bases, record_json(record))
 
 
 def _checked_predictor(folder: str | None, layers, policy: str) -> Path | None:
@@ -231,7 +274,8 @@ def _copy_predictor(src: Path, dst: Path, fingerprint: str) -> None:
 
 
 def _write_bundle(tmp: Path, out: Path, prof: Profile, model, tokenizer, adapter, layers, identity, policy,
-                  params, opts: BuildOptions, plan: BundlePlan, budget: BudgetRecord, progress, activation) -> None:
+                  params, opts: BuildOptions, plan: BundlePlan, budget: BudgetRecord, progress, activation,
+                  replacement: ReplacementRecord | None = None) -> None:
     meta = {FINGERPRINT_KEY: identity.fingerprint}
     (tmp / "model").mkdir(parents=True)
     (tmp / "experts").mkdir()
@@ -250,7 +294,7 @@ def _write_bundle(tmp: Path, out: Path, prof: Profile, model, tokenizer, adapter
         runtime=plan.runtime, budget=budget, layers=plan.layers, task_resident=plan.task_resident,
         task_signatures={t: {li: (s.gate_mass / max(float(s.gate_mass.sum()), 1e-12)).tolist()
                              for li, s in prof.task_stats(t).layers.items()} for t in prof.task_names},
-        expert_layout=layout, activation=activation,
+        expert_layout=layout, activation=activation, replacement=replacement,
         profile=ProfileRef(str(prof.path), sha256_file(prof.path / "manifest.json"), dict(prof.manifest.tasks),
                            prof.manifest.recipe))
     write_artifact(tmp, out, manifest)

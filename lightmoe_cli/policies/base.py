@@ -94,6 +94,7 @@ class Serving(enum.Enum):
     REMAP = "remap"  # router whole; a missing pick is redirected, re-routed among residents or dropped
     ON_DEMAND = "on_demand"  # router whole; a missing expert is loaded before the token continues
     BACKGROUND = "background"  # router whole; a missing pick is re-routed now, its expert loaded in the background
+    REPLACE = "replace"  # router whole; a replaced expert runs as its base slot + its own low-rank term
 
 
 class Missing(enum.Enum):
@@ -186,6 +187,12 @@ class Policy(ABC):
     @abstractmethod
     def plan(self, inputs: PlanInputs, params: PolicyParams) -> BundlePlan:
         """Pure: statistics and a slot budget -> the bundle plan."""
+
+    def fixed_slots(self, params: PolicyParams, expert_shape: tuple[int, int], top_k: int, num_experts: int,
+                    num_layers: int) -> int | None:
+        """Expert slots over all layers when the policy sets its own memory (expert replacing: from its
+        compression and rank, for experts of (hidden, intermediate) size); None: the --budget decides."""
+        return None
 
     def similarity_kind(self, params: PolicyParams) -> str | None:
         """Which similarity matrix plan() needs (None: none)."""

@@ -23,7 +23,7 @@ from lightmoe_cli.policies.base import Serving
 from lightmoe_cli.policies.manager import LayerManager
 from lightmoe_cli.runtime.activation import LayerActivation
 from lightmoe_cli.runtime.slots import SlotPool, SlotWriter
-from lightmoe_cli.runtime.strategies import STRATEGIES, Background, LayerStrategy, Remap
+from lightmoe_cli.runtime.strategies import STRATEGIES, Background, LayerStrategy, Remap, Replaced
 
 if TYPE_CHECKING:
     from lightmoe_cli.policies.jump import TaskJump
@@ -101,7 +101,7 @@ class Runtime:
             m.finish()
 
     def resident_expert_bytes(self) -> int:
-        return sum(m.slots * m.writer.bytes_per_expert for m in self.layers)
+        return sum(m.slots * m.writer.bytes_per_expert + getattr(m, "lowrank_bytes", 0) for m in self.layers)
 
     @property
     def device(self) -> torch.device:
@@ -234,6 +234,8 @@ def _strategy(bundle: Bundle, spec, m, pool: SlotPool, manager: bool, loader=Non
     if cls is Background:
         return Background(m.layer_index, pool, lp, spec, loader,
                           renormalise=bool(getattr(m.router, "norm_topk_prob", True)))
+    if cls is Replaced:
+        return Replaced(m.layer_index, pool, lp, spec, _factors(bundle, m))
     if cls is not Remap:
         return cls(m.layer_index, pool, lp, spec)
     sim = bundle.similarity(m.layer_index) if spec.uses_similarity else None
@@ -242,6 +244,24 @@ def _strategy(bundle: Bundle, spec, m, pool: SlotPool, manager: bool, loader=Non
                  manager=LayerManager(lp.num_experts, set(lp.resident), spec.manager) if per_layer else None,
                  renormalise=bool(getattr(m.router, "norm_topk_prob", True)),
                  move_loader=loader if manager and spec.manager is not None else None)
+
+
+def _factors(bundle: Bundle, m):
+    """The replaced experts' low-rank factors of layer m from the bundle (None: naive replacing, rank 0)."""
+    rec = bundle.manifest.replacement
+    base = rec.base.get(m.layer_index, {}) if rec else {}
+    if rec is None or rec.rank == 0 or not base:
+        return None
+    from safetensors.torch import load_file
+
+    from lightmoe_cli.replace.lowrank import Factors
+
+    ex = m.experts
+    f = Factors(sorted(base), int(ex.gate_up_proj.shape[2]), int(ex.gate_up_proj.shape[1]) // 2, rec.rank,
+                dtype=ex.gate_up_proj.dtype, device=ex.gate_up_proj.device)
+    f.load(load_file(str(bundle.path / "lowrank.safetensors")), f"layer.{m.layer_index}")
+    f.requires_grad_(False)
+    return f
 
 
 def _prefetcher(bundle: Bundle, spec, adapter, layers, strategies, loader):

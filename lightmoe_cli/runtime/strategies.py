@@ -471,4 +471,65 @@ class Background(Remap):
         return record
 
 
-STRATEGIES: dict[Serving, type[LayerStrategy]] = {s.serving: s for s in (PrunedRouter, Remap, OnDemand, Background)}
+_REPLACED_CLASSES: dict[type, type] = {}
+
+
+def replaced_class(cls: type[nn.Module]) -> type[nn.Module]:
+    """A subclass of an experts class whose forward serves replaced experts as base slot + low-rank term."""
+    if cls not in _REPLACED_CLASSES:
+        def forward(self, hidden_states, top_k_index, top_k_weights):
+            return self._lightmoe_replaced.run(self, hidden_states, top_k_index, top_k_weights)
+
+        _REPLACED_CLASSES[cls] = type(f"Replaced{cls.__name__}", (cls,), {"forward": forward,
+                                                                          "_lightmoe_base": cls})
+    return _REPLACED_CLASSES[cls]
+
+
+class Replaced(LayerStrategy):
+    """Expert replacing: kept experts run in their slots through the module's own kernel; a replaced expert keeps
+    its router id and runs as its base expert's slot + its own low-rank term (`replace.lowrank`), never as full
+    weights. Counts: `hits` = picks of kept experts, `redirects` = picks served by a replacement."""
+
+    serving = Serving.REPLACE
+
+    def __init__(self, layer_index: int, pool: SlotPool, plan: LayerPlan, spec: RuntimeSpec, factors=None):
+        super().__init__(layer_index, pool, plan, spec)
+        kept = set(plan.resident)
+        self.base = {e: t for e, t in enumerate(plan.redirect) if e not in kept}
+        self.factors = factors  # replace.lowrank.Factors, or None (naive replacing: the base alone)
+        self.lowrank_bytes = 0 if factors is None else \
+            sum(p.numel() * p.element_size() for p in factors.parameters())
+        device = pool.slot_of.device
+        replaced = torch.zeros(self.num_experts, dtype=torch.bool, device=device)
+        replaced[list(self.base)] = True
+        self._replaced = torch.cat([replaced, replaced.new_zeros(pool.extra)])  # extra ids run in their own rows
+        self._slot = pool.with_extra(torch.where(replaced, 0, pool.slot_of))
+        self._row_of = {e: int(pool.slot_of[b]) for e, b in self.base.items()}
+
+    def install(self, adapter, layer) -> list:
+        from lightmoe_cli.replace.lowrank import check_supported
+
+        check_supported(layer.experts, f"layer {self.layer_index}")
+        layer.experts.__class__ = replaced_class(type(layer.experts))
+        layer.experts._lightmoe_replaced = self
+        return []
+
+    def run(self, experts: nn.Module, hidden_states: torch.Tensor, top_k_index: torch.Tensor,
+            top_k_weights: torch.Tensor) -> torch.Tensor:
+        from lightmoe_cli.replace.lowrank import replaced_output
+
+        index, weights = self.activate(top_k_index, top_k_weights)
+        idx = index.long()
+        rep = self._replaced[idx]
+        out = experts._lightmoe_base.forward(experts, hidden_states, self._slot[idx], weights.masked_fill(rep, 0))
+        n_rep = int(rep.sum())
+        self.stats.picks += idx.numel()
+        self.stats.hits += idx.numel() - n_rep
+        self.stats.redirects += n_rep
+        if n_rep:
+            out = out + replaced_output(experts, hidden_states, idx, weights, self._row_of, self.factors)
+        return out
+
+
+STRATEGIES: dict[Serving, type[LayerStrategy]] = {s.serving: s for s in (PrunedRouter, Remap, OnDemand, Background,
+                                                                          Replaced)}

@@ -1,0 +1,236 @@
+"""Annealed recovery: train only the replaced experts' low-rank factors on calibration text.
+
+The replaced experts' output is blended from the original expert to its replacement, alpha rising linearly from 0
+to 1 over the first `anneal` share of the steps (then 1): the network is never shown the full replacement error
+at once, and the last steps train exactly what the runtime will serve. AdamW on the factors only; every other
+weight is frozen. Data order is a pure function of the step, and the factors and optimizer state are
+checkpointed (safetensors + JSON, never pickle), so an interrupted run resumes to the same result.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lightmoe_cli.errors import LightMoEError
+from lightmoe_cli.files import atomic_write
+from lightmoe_cli.replace.lowrank import Factors, replaced_output
+
+
+@dataclass(frozen=True)
+class RecoverySettings:
+    steps: int = 200
+    lr: float = 1e-3
+    anneal: float = 0.5  # share of the steps over which alpha rises 0 -> 1 (0: no annealing, alpha = 1 at once)
+    batch_size: int = 8
+    seq_len: int = 128
+    seed: int = 0
+    checkpoint_every: int = 25
+
+    def alpha(self, step: int) -> float:
+        ramp = self.anneal * self.steps
+        return 1.0 if ramp <= 0 else min(1.0, step / ramp)
+
+
+@dataclass
+class RecoveryRecord:
+    """What the manifest records of a recovery run."""
+
+    steps: int
+    lr: float
+    anneal: float
+    schedule: str
+    batch_size: int
+    seq_len: int
+    tokens: int  # calibration tokens available (windows x seq_len)
+    loss_start: float | None = None  # LM loss of the first step (alpha at its start value)
+    loss_end: float | None = None  # mean LM loss of the last 10% of the steps (alpha = 1 there)
+    seconds: float = 0.0
+    peak_rss_mib: float = 0.0
+    resumed_at: int | None = None
+    probe_before: float | None = None  # LM loss with every replacement in place (alpha 1), before training
+    probe_after: float | None = None  # the same batches after training
+    losses: list[float] = field(default_factory=list)  # every step's loss
+
+
+_CLASSES: dict[type, type] = {}
+
+
+@dataclass
+class LayerReplacement:
+    """Training-time state of one layer: replaced router id -> base row, its factors, the blend."""
+
+    base: dict[int, int]
+    factors: Factors
+    alpha: float = 1.0
+
+
+def replacing_class(cls: type[nn.Module]) -> type[nn.Module]:
+    """A subclass of an experts class (full model: every expert present) whose replaced experts run as base +
+    low-rank term, blended with their original output by alpha (cached per class)."""
+    if cls not in _CLASSES:
+        def forward(self, hidden_states, top_k_index, top_k_weights):
+            st: LayerReplacement = self._lightmoe_replace
+            ids = torch.tensor(sorted(st.base), device=top_k_index.device)
+            replaced = torch.isin(top_k_index, ids)
+            out = self._lightmoe_base.forward(self, hidden_states, top_k_index, top_k_weights.masked_fill(replaced, 0))
+            return out + replaced_output(self, hidden_states, top_k_index, top_k_weights, st.base, st.factors,
+                                         st.alpha, {e: e for e in st.base})
+
+        _CLASSES[cls] = type(f"Replacing{cls.__name__}", (cls,), {"forward": forward, "_lightmoe_base": cls})
+    return _CLASSES[cls]
+
+
+def install(layers, states: dict[int, LayerReplacement]) -> Callable[[], None]:
+    """Swap the experts modules of `layers` to their replacing class; returns the undo."""
+    undo = []
+    for m in layers:
+        if m.layer_index in states:
+            ex = m.experts
+            undo.append((ex, type(ex)))
+            ex.__class__ = replacing_class(type(ex))
+            ex._lightmoe_replace = states[m.layer_index]
+
+    def restore() -> None:
+        for ex, cls in undo:
+            ex.__class__ = cls
+            del ex._lightmoe_replace
+    return restore
+
+
+def _params(states: dict[int, LayerReplacement]) -> list[nn.Parameter]:
+    return [p for li in sorted(states) for p in states[li].factors.parameters()]
+
+
+def _save(ckpt: Path, states, opt, step: int, losses: list[float], key: str) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {}
+    for li, st in states.items():
+        tensors.update(st.factors.tensors(f"layer.{li}"))
+    for idx, s in opt.state_dict()["state"].items():
+        for name, v in s.items():
+            tensors[f"opt.{idx}.{name}"] = v.detach().clone().contiguous() if torch.is_tensor(v) else torch.tensor(v)
+    ckpt.mkdir(parents=True, exist_ok=True)
+    atomic_write(ckpt / "recovery.safetensors", lambda tmp: save_file(tensors, str(tmp), metadata={"step": str(step)}))
+    atomic_write(ckpt / "recovery.json", json.dumps({"step": step, "key": key, "losses": losses,
+                                                      "param_groups": opt.state_dict()["param_groups"]}))
+
+
+def _load(ckpt: Path, states, opt, key: str) -> tuple[int, list[float]] | None:
+    """Restore a checkpoint of the same run (same `key`); None when there is none or it is of another run."""
+    from safetensors import safe_open
+
+    side, path = ckpt / "recovery.json", ckpt / "recovery.safetensors"
+    if not side.exists() or not path.exists():
+        return None
+    try:
+        info = json.loads(side.read_text())
+        if info.get("key") != key:
+            return None  # another plan or other settings: start over
+        with safe_open(str(path), "pt") as f:
+            if (f.metadata() or {}).get("step") != str(info["step"]):
+                raise ValueError("the tensors and the JSON are from different steps")
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (OSError, ValueError, KeyError) as e:
+        raise LightMoEError(f"recovery checkpoint {ckpt} is damaged ({e}): delete the folder to start over") from e
+    for li, st in states.items():
+        st.factors.load(tensors, f"layer.{li}")
+    opt_state: dict = {"state": {}, "param_groups": info["param_groups"]}
+    for k, v in tensors.items():
+        if k.startswith("opt."):
+            _, idx, name = k.split(".", 2)
+            opt_state["state"].setdefault(int(idx), {})[name] = v
+    opt.load_state_dict(opt_state)
+    return int(info["step"]), list(info["losses"])
+
+
+@torch.no_grad()
+def _probe(model: nn.Module, states, batch: torch.Tensor) -> float:
+    """LM loss on `batch` with every replaced expert fully replaced (alpha 1): what the runtime will serve."""
+    for st in states.values():
+        st.alpha = 1.0
+    model.eval()
+    return float(model(input_ids=batch, labels=batch).loss)
+
+
+def recover(model: nn.Module, layers, states: dict[int, LayerReplacement], windows: torch.Tensor,
+            settings: RecoverySettings, ckpt: Path | None = None, key: str = "", progress=None,
+            stop_after: int | None = None) -> RecoveryRecord:
+    """Train the factors in `states` on `windows` (N, seq_len) token ids. `ckpt`: folder for resumable
+    checkpoints (kept until the caller removes it); `stop_after`: stop after that many steps of this call (tests
+    of resuming). The model's own weights are left untouched."""
+    if windows.numel() == 0 or windows.shape[0] == 0:
+        raise LightMoEError("the recovery text yields no tokens: give --recover-tasks a recipe with text")
+    record = RecoveryRecord(settings.steps, settings.lr, settings.anneal,
+                            f"alpha = min(1, step / ({settings.anneal} x {settings.steps})), linear",
+                            settings.batch_size, settings.seq_len, int(windows.numel()))
+    if settings.steps == 0:
+        return record
+    frozen = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in frozen:
+        p.requires_grad_(False)
+    params = _params(states)
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=settings.lr, weight_decay=0.0)
+    start, losses = 0, []
+    if ckpt is not None:
+        restored = _load(ckpt, states, opt, key)
+        if restored is not None:
+            start, losses = restored
+            record.resumed_at = start
+    restore = install(layers, states)
+    was_training = model.training
+    probe = windows[torch.arange(min(len(windows), 2 * settings.batch_size))]
+    if start == 0:
+        record.probe_before = _probe(model, states, probe)
+    model.train()
+    t0 = time.perf_counter()
+    task = progress.add_task("recovery", total=settings.steps, completed=start) if progress else None
+    n, b = windows.shape[0], settings.batch_size
+    try:
+        for step in range(start, settings.steps):
+            if stop_after is not None and step - start >= stop_after:
+                break
+            for st in states.values():
+                st.alpha = settings.alpha(step)
+            rows = torch.tensor([(step * b + j) % n for j in range(b)])
+            batch = windows[rows]
+            loss = model(input_ids=batch, labels=batch).loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+            if ckpt is not None and ((step + 1) % settings.checkpoint_every == 0 or step + 1 == settings.steps):
+                _save(ckpt, states, opt, step + 1, losses, key)
+            if progress:
+                progress.update(task, advance=1, description=f"recovery (loss {losses[-1]:.3f})")
+        record.probe_after = _probe(model, states, probe)
+    finally:
+        restore()
+        model.train(was_training)
+        for p, req in frozen:
+            p.requires_grad_(req)
+        for p in params:
+            p.requires_grad_(False)
+    record.losses = losses
+    record.loss_start = losses[0] if losses else None
+    tail = losses[-max(1, len(losses) // 10):]
+    record.loss_end = sum(tail) / len(tail) if tail else None
+    record.seconds = time.perf_counter() - t0
+    record.peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return record
+
+
+def record_json(r: RecoveryRecord) -> dict:
+    d = asdict(r)
+    d["losses"] = [round(x, 5) for x in r.losses]
+    return d

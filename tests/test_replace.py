@@ -1,0 +1,150 @@
+"""Expert replacing (`replace`): selection under a compression, SVD-initialised low-rank terms, annealed recovery
+that resumes, and a runtime that serves a replaced expert as base slot + low-rank term."""
+
+import copy
+
+import pytest
+import torch
+
+from lightmoe_cli.bundle.build import BuildOptions, build_bundle
+from lightmoe_cli.errors import LightMoEError
+from lightmoe_cli.models import get_adapter
+from lightmoe_cli.profile.run import ProfileSettings, run_profile
+from lightmoe_cli.recipes import load_recipe
+from lightmoe_cli.replace.construct import calibration_windows, init_states
+from lightmoe_cli.replace.lowrank import svd_factors
+from lightmoe_cli.replace.recover import RecoverySettings, install, recover
+from lightmoe_cli.replace.select import base_experts, kept_slots, lowrank_bytes, max_compression
+from lightmoe_cli.runtime.loader import build_runtime
+
+TEXT = "12 + 7 = 19\n45 - 3 = 42\nreverse lamp -> pmal\nupper dog -> DOG"
+
+
+@pytest.fixture(scope="module")
+def prof(tiny_moe, tmp_path_factory):
+    root, model, tok = tiny_moe
+    return run_profile(model, tok, str(root / "model"), load_recipe(root / "calib.yaml"),
+                       tmp_path_factory.mktemp("rep") / "p", ProfileSettings(batch_size=4, seq_len=64))
+
+
+def _logits(model, tok, text=TEXT):
+    with torch.no_grad():
+        return model(input_ids=tok(text, return_tensors="pt").input_ids).logits
+
+
+def test_kept_experts_follow_the_compression_and_a_too_large_one_is_refused_with_its_range():
+    share = lowrank_bytes(32, 16, 2, 1) / (3 * 32 * 16)
+    assert kept_slots(0.3, share, 2, 8, 2) == 10  # (0.7 - s) / (1 - s) of 16 experts
+    assert kept_slots(0.3, 0.0, 2, 8, 2) == 11  # no term to pay for: 70% of the experts stay whole
+    top = max_compression(share, 2, 8)
+    kept_slots(top - 1e-9, share, 2, 8, 2)
+    with pytest.raises(LightMoEError, match=r"fewer than top-k=2 of 8 experts.*use a value in \(0, 0\.64\]"):
+        kept_slots(0.7, share, 2, 8, 2)
+    sim = torch.tensor([[1.0, 0.2, 0.9], [0.2, 1.0, 0.1], [0.9, 0.1, 1.0]]).numpy()
+    assert base_experts(sim, [1, 2]) == {0: 2}
+
+
+def test_svd_factors_are_the_best_rank_r_approximation():
+    torch.manual_seed(0)
+    delta = torch.randn(12, 6)
+    a, b = svd_factors(delta, 6)
+    assert torch.allclose(a @ b, delta, atol=1e-5)  # full rank: exact
+    a, b = svd_factors(delta, 2)
+    s = torch.linalg.svdvals(delta)
+    assert torch.linalg.matrix_norm(delta - a @ b) ** 2 == pytest.approx(float((s[2:] ** 2).sum()), rel=1e-4)
+
+
+def test_a_full_rank_replacement_is_the_original_expert(tiny_moe):
+    """base + full-rank SVD of (own - base) = own weights: the replaced model's logits equal the original's."""
+    _, model, tok = tiny_moe
+    layers = get_adapter(model).moe_layers(model)
+    want = _logits(model, tok)
+    states = init_states(layers, {m.layer_index: {1: 0, 5: 2, 7: 0} for m in layers}, rank=32)
+    restore = install(layers, states)
+    try:
+        assert torch.allclose(_logits(model, tok), want, atol=1e-4)
+        states[layers[0].layer_index].factors.gate_up_a.data.zero_()  # no term: the base alone differs
+        assert not torch.allclose(_logits(model, tok), want, atol=1e-3)
+    finally:
+        restore()
+    assert torch.equal(_logits(model, tok), want)  # restored
+
+
+def test_annealing_schedule():
+    s = RecoverySettings(steps=100, anneal=0.5)
+    assert [s.alpha(0), s.alpha(25), s.alpha(50), s.alpha(99)] == [0.0, 0.5, 1.0, 1.0]
+    assert RecoverySettings(steps=100, anneal=0.0).alpha(0) == 1.0
+
+
+def test_recovery_lowers_the_replaced_loss_and_an_interrupted_run_resumes_to_the_same_factors(tiny_moe, tmp_path):
+    root, model, tok = tiny_moe
+    layers = get_adapter(model).moe_layers(model)
+    bases = {m.layer_index: {1: 0, 3: 2, 6: 4} for m in layers}
+    windows = calibration_windows(tok, load_recipe(root / "calib.yaml"), 32)
+    assert windows.shape[1] == 32 and windows.shape[0] >= 8
+    settings = RecoverySettings(steps=12, lr=5e-3, anneal=0.5, batch_size=4, seq_len=32, checkpoint_every=5)
+    before = copy.deepcopy(model.state_dict())
+
+    whole = init_states(layers, bases, rank=2)
+    rec = recover(model, layers, whole, windows, settings)
+    assert rec.probe_after < rec.probe_before  # training recovers what the replacement lost
+    assert len(rec.losses) == 12 and rec.seconds > 0 and rec.peak_rss_mib > 0
+
+    parts = init_states(layers, bases, rank=2)
+    first = recover(model, layers, parts, windows, settings, ckpt=tmp_path / "ck", key="k", stop_after=7)
+    assert len(first.losses) == 7
+    parts = init_states(layers, bases, rank=2)  # a new process: fresh factors, then the checkpoint
+    second = recover(model, layers, parts, windows, settings, ckpt=tmp_path / "ck", key="k")
+    assert second.resumed_at == 5 and len(second.losses) == 12
+    for li in whole:
+        for (n, p), (_, q) in zip(whole[li].factors.named_parameters(), parts[li].factors.named_parameters(),
+                                  strict=True):
+            assert torch.allclose(p, q, atol=1e-6), n
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # only the factors trained
+    other = init_states(layers, bases, rank=2)
+    assert recover(model, layers, other, windows, settings, ckpt=tmp_path / "ck", key="other",
+                   stop_after=1).resumed_at is None  # another run's checkpoint is not resumed
+    with pytest.raises(LightMoEError, match="no tokens"):
+        recover(model, layers, other, windows[:0], settings)
+
+
+def test_replace_bundle_runtime_serves_base_plus_lowrank_and_reports_its_memory(prof, tiny_moe, tmp_path):
+    root, model, tok = tiny_moe
+    b = build_bundle(prof, model, tok, str(root / "model"), tmp_path / "r",
+                     BuildOptions(policy="replace", params={"compression": 0.3, "rank": 2, "recover_steps": 0}))
+    rec = b.manifest.replacement
+    assert rec.rank == 2 and sum(len(v) for v in rec.base.values()) == 16 - 10
+    assert (b.path / "lowrank.safetensors").exists() and not (tmp_path / "r.recover").exists()
+    rt = build_runtime(b)
+    assert rt.resident_expert_bytes() == b.manifest.budget.resident_expert_bytes
+    assert b.manifest.budget.resident_fraction == pytest.approx(0.7, abs=0.03)
+    got = _logits(rt.model, rt.tokenizer)
+    # the same replacement at training time on the full model: same bases, SVD init, alpha 1
+    layers = get_adapter(model).moe_layers(model)
+    restore = install(layers, init_states(layers, rec.base, rank=2))
+    try:
+        want = _logits(model, tok)
+    finally:
+        restore()
+    assert torch.allclose(got, want, atol=1e-4)
+    rt.finish()
+    assert sum(m.stats.redirects for m in rt.layers) > 0 and sum(m.stats.hits for m in rt.layers) > 0
+    naive = build_bundle(prof, model, tok, str(root / "model"), tmp_path / "n",
+                         BuildOptions(policy="replace", params={"compression": 0.3, "rank": 0}))
+    assert naive.manifest.replacement.lowrank_bytes == 0
+    assert not torch.allclose(_logits(build_runtime(naive).model, tok), got, atol=1e-3)
+
+
+def test_replace_refuses_a_recovery_recipe_without_text_and_too_much_compression(prof, tiny_moe, tmp_path):
+    root, model, tok = tiny_moe
+    (tmp_path / "empty.jsonl").write_text('{"text": "1"}\n')
+    (tmp_path / "r.yaml").write_text("max_tokens: 10\ntasks:\n"
+                                     "  - {name: t, source: {type: jsonl, path: empty.jsonl}}\n")
+    with pytest.raises(LightMoEError, match="yields no window"):
+        build_bundle(prof, model, tok, str(root / "model"), tmp_path / "a",
+                     BuildOptions(policy="replace", params={"rank": 2, "recover_steps": 3,
+                                                            "recover_tasks": str(tmp_path / "r.yaml")}))
+    with pytest.raises(LightMoEError, match="use a value in"):
+        build_bundle(prof, model, tok, str(root / "model"), tmp_path / "b",
+                     BuildOptions(policy="replace", params={"compression": 0.9, "rank": 2}))
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
