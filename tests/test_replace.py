@@ -148,3 +148,49 @@ def test_replace_refuses_a_recovery_recipe_without_text_and_too_much_compression
         build_bundle(prof, model, tok, str(root / "model"), tmp_path / "b",
                      BuildOptions(policy="replace", params={"compression": 0.9, "rank": 2}))
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_merge_clusters_similar_experts_into_their_most_used_member():
+    from lightmoe_cli.policies.residency.merge import cluster_experts
+
+    sim = torch.eye(5).numpy()
+    sim[0, 1] = sim[1, 0] = sim[2, 3] = sim[3, 2] = 0.9
+    sim[2, 4] = sim[4, 2] = sim[3, 4] = sim[4, 3] = 0.8
+    mass = torch.tensor([1.0, 3.0, 2.0, 0.5, 0.1]).numpy()
+    assert cluster_experts(sim, mass, 2) == [1, 1, 2, 2, 2]
+    assert cluster_experts(sim, mass, 5) == [0, 1, 2, 3, 4]
+
+
+def test_merge_and_prune_lora_bundles_store_changed_weights_and_serve(prof, tiny_moe, tmp_path):
+    root, model, tok = tiny_moe
+    adapter = get_adapter(model)
+    layers = adapter.moe_layers(model)
+    merged = build_bundle(prof, model, tok, str(root / "model"), tmp_path / "m",
+                          BuildOptions(policy="merge", fraction=0.5))
+    lp = merged.layers[0]
+    rep = next(r for r in lp.resident if lp.redirect.count(r) > 1)
+    members = [e for e, t in enumerate(lp.redirect) if t == rep]
+    mass = prof.total_stats()[lp.layer_index].gate_mass.double()
+    w = mass[members] / mass[members].sum()
+    want = sum(float(wi) * adapter.read_expert(layers[0], e)["down_proj"].double() for wi, e in zip(w, members))
+    from lightmoe_cli.runtime.loader import ExpertStore
+
+    stored = merged.layout(lp.layer_index).split(ExpertStore(merged).read(lp.layer_index, rep))["down_proj"]
+    assert torch.allclose(stored.double(), want, atol=1e-5)
+    rt = build_runtime(merged)
+    _logits(rt.model, rt.tokenizer)
+    rt.finish()
+    assert sum(m.stats.redirects for m in rt.layers) > 0 and sum(m.stats.drops for m in rt.layers) == 0
+
+    lora = build_bundle(prof, model, tok, str(root / "model"), tmp_path / "l",
+                        BuildOptions(policy="prune-lora", fraction=0.5,
+                                     params={"rank": 2, "recover_steps": 8, "lr": 5e-3}))
+    rec = lora.manifest.replacement.recovery
+    kept = sum(lp.slots for lp in lora.layers)
+    assert rec["trainable_params"] == kept * 2 * (2 * 16 + 32 + 32 + 16)
+    assert rec["probe_after"] < rec["probe_before"]
+    prune = build_bundle(prof, model, tok, str(root / "model"), tmp_path / "p", BuildOptions(policy="prune",
+                                                                                            fraction=0.5))
+    assert [lp.resident for lp in lora.layers] == [lp.resident for lp in prune.layers]
+    assert not torch.allclose(_logits(build_runtime(lora).model, tok), _logits(build_runtime(prune).model, tok),
+                              atol=1e-4)

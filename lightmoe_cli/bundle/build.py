@@ -24,7 +24,7 @@ from lightmoe_cli.errors import LightMoEError
 from lightmoe_cli.files import exclusive_output, save_tensors, sha256_file
 from lightmoe_cli.identity import library_versions, model_identity
 from lightmoe_cli.manifest import FINGERPRINT_KEY, write_artifact
-from lightmoe_cli.policies.base import BundlePlan, PlanInputs, Policy, PolicyParams, Serving
+from lightmoe_cli.policies.base import BundlePlan, PlanInputs, Policy, PolicyParams
 from lightmoe_cli.policies.budget import slots_for_budget
 from lightmoe_cli.policies.registry import get_policy
 from lightmoe_cli.profile.artifact import Profile
@@ -163,9 +163,10 @@ def _non_expert_weights(model, adapter, layers) -> dict[str, torch.Tensor]:
     return out
 
 
-def _write_expert_store(adapter, layers, folder: Path, meta: dict[str, str], progress=None
-                        ) -> dict[int, ExpertLayout]:
-    """One safetensors file per layer, one flat tensor per expert; returns each layer's layout."""
+def _write_expert_store(adapter, layers, folder: Path, meta: dict[str, str], progress=None,
+                        overrides: dict[int, dict[int, dict]] | None = None) -> dict[int, ExpertLayout]:
+    """One safetensors file per layer, one flat tensor per expert; returns each layer's layout. `overrides`
+    (layer -> expert -> tensors): weights a policy changed (merged or fine-tuned experts) stored instead."""
     layout = {}
     task = progress.add_task("expert store", total=sum(m.num_experts for m in layers)) if progress else None
     for m in layers:
@@ -175,7 +176,7 @@ def _write_expert_store(adapter, layers, folder: Path, meta: dict[str, str], pro
                                              str(first[names[0]].dtype).replace("torch.", ""))
         store = {}
         for e in range(m.num_experts):
-            t = adapter.read_expert(m, e)
+            t = (overrides or {}).get(m.layer_index, {}).get(e) or adapter.read_expert(m, e)
             store[f"e{e}"] = torch.cat([t[n].reshape(-1) for n in names])
             if progress:
                 progress.advance(task)
@@ -197,13 +198,28 @@ def build_bundle(prof: Profile, model, tokenizer, model_name: str, out: Path, op
 
     plan, budget = plan_from_profile(prof, opts, [adapter.bytes_per_expert(m) for m in layers], expert_shape(layers))
     activation = _activation_plan(opts, model, tokenizer, prof, adapter, layers)
-    replacement = None
-    if plan.runtime.serving == Serving.REPLACE:
+    replacement, overrides = None, None
+    if policy.weight_transform == "replace":
         replacement = _replacement(model, tokenizer, layers, plan, params, prof, identity.fingerprint, Path(out),
                                    progress)
         extra = replacement[1].lowrank_bytes
-        budget = dataclasses.replace(budget, resident_expert_bytes=budget.resident_expert_bytes + extra,
-                                     resident_fraction=(budget.resident_expert_bytes + extra) / budget.all_expert_bytes)
+        resident, total = budget.resident_expert_bytes + extra, budget.all_expert_bytes
+        budget = dataclasses.replace(budget, requested_fraction=round(1 - params.compression, 6),
+                                     requested_bytes=int((1 - params.compression) * total),
+                                     resident_expert_bytes=resident, resident_fraction=resident / total)
+    elif policy.weight_transform == "merge":
+        from lightmoe_cli.replace.construct import merged_experts
+
+        overrides = merged_experts(adapter, layers, plan.layers, _ranking_mass(prof, opts.ranking))
+    elif policy.weight_transform == "lora":
+        from lightmoe_cli.replace.construct import lora_experts
+        from lightmoe_cli.replace.recover import RecoverySettings, record_json
+
+        overrides, rec = lora_experts(model, tokenizer, adapter, plan.layers, params.rank,
+                                      RecoverySettings(steps=params.recover_steps, lr=params.lr),
+                                      _recovery_recipe(params, prof), identity.fingerprint,
+                                      Path(out).with_name(Path(out).name + ".recover"), progress)
+        replacement = ({}, ReplacementRecord(params.rank, 0, {}, record_json(rec)))
     if activation is not None and (activation.beta or activation.pooled_base) and \
             plan.runtime.serving.value in ("on_demand", "replace"):
         raise LightMoEError(f"--activation {opts.activation} drops picks per token, which on-demand loading "
@@ -213,30 +229,35 @@ def build_bundle(prof: Profile, model, tokenizer, model_name: str, out: Path, op
     with exclusive_output(Path(out)) as tmp:
         if predictor is not None:
             _copy_predictor(predictor, tmp / "predictor", identity.fingerprint)
-        if replacement is not None:
+        if replacement is not None and replacement[0]:
             tmp.mkdir(parents=True, exist_ok=True)
             save_tensors(replacement[0], tmp / "lowrank.safetensors", {FINGERPRINT_KEY: identity.fingerprint})
         _write_bundle(tmp, Path(out), prof, model, tokenizer, adapter, layers, identity, policy, params, opts,
-                      plan, budget, progress, activation, replacement[1] if replacement else None)
+                      plan, budget, progress, activation, replacement[1] if replacement else None, overrides)
     return load_bundle(out, verify=False)
+
+
+def _recovery_recipe(params, prof: Profile):
+    """--recover-tasks, or the recipe the profile was made with."""
+    from lightmoe_cli.recipes import load_recipe, recipe_from_resolved
+
+    if params.recover_tasks:
+        return load_recipe(Path(params.recover_tasks))
+    try:
+        return recipe_from_resolved(prof.manifest.recipe)
+    except (LightMoEError, KeyError, TypeError, ValueError) as e:
+        raise LightMoEError(f"the profile's calibration recipe cannot be read back ({e}): give "
+                            "--recover-tasks RECIPE") from e
 
 
 def _replacement(model, tokenizer, layers, plan: BundlePlan, params, prof: Profile, fingerprint: str, out: Path,
                  progress) -> tuple[dict[str, torch.Tensor], ReplacementRecord]:
     """Expert replacing: SVD-initialised low-rank terms, recovered by annealed training on calibration text
     (resumable: the checkpoint sits beside the output until the run ends)."""
-    from lightmoe_cli.recipes import load_recipe, recipe_from_resolved
     from lightmoe_cli.replace.construct import build_replacement
     from lightmoe_cli.replace.recover import RecoverySettings, record_json
 
-    if params.recover_tasks:
-        recipe = load_recipe(Path(params.recover_tasks))
-    else:
-        try:
-            recipe = recipe_from_resolved(prof.manifest.recipe)
-        except (LightMoEError, KeyError, TypeError, ValueError) as e:
-            raise LightMoEError(f"the profile's calibration recipe cannot be read back ({e}): give "
-                                "--recover-tasks RECIPE") from e
+    recipe = _recovery_recipe(params, prof)
     settings = RecoverySettings(steps=params.recover_steps, lr=params.lr, anneal=params.anneal)
     tensors, bases, record = build_replacement(model, tokenizer, layers, plan.layers, params.rank, settings, recipe,
                                                fingerprint, out.with_name(out.name + ".recover"), progress)
@@ -275,14 +296,14 @@ def _copy_predictor(src: Path, dst: Path, fingerprint: str) -> None:
 
 def _write_bundle(tmp: Path, out: Path, prof: Profile, model, tokenizer, adapter, layers, identity, policy,
                   params, opts: BuildOptions, plan: BundlePlan, budget: BudgetRecord, progress, activation,
-                  replacement: ReplacementRecord | None = None) -> None:
+                  replacement: ReplacementRecord | None = None, overrides: dict | None = None) -> None:
     meta = {FINGERPRINT_KEY: identity.fingerprint}
     (tmp / "model").mkdir(parents=True)
     (tmp / "experts").mkdir()
     model.config.save_pretrained(tmp / "model")
     tokenizer.save_pretrained(tmp / "model")
     save_tensors(_non_expert_weights(model, adapter, layers), tmp / "model" / "non_expert.safetensors", meta)
-    layout = _write_expert_store(adapter, layers, tmp / "experts", meta, progress)
+    layout = _write_expert_store(adapter, layers, tmp / "experts", meta, progress, overrides)
     kind = policy.similarity_kind(params)
     if kind:
         save_tensors({f"layer.{m.layer_index}": prof.similarity(m.layer_index, kind).float() for m in layers},

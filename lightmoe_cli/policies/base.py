@@ -179,6 +179,9 @@ class Policy(ABC):
     needs_similarity: ClassVar[bool] = False  # plan() reads inputs.similarity (and the bundle stores it)
     uses_budget: ClassVar[bool] = True  # False: every expert resident whatever the budget (full)
     replicates: ClassVar[int] = 1  # > 1: a report builds this many bundles (seed = 0, 1, ...) and averages them
+    # the bundle's expert weights are not the model's: "replace" (low-rank terms, recovered), "merge" (cluster
+    # averages), "lora" (kept experts fine-tuned with low-rank terms, merged in); done at build time
+    weight_transform: ClassVar[str | None] = None
 
     def min_slots_per_layer(self, params: PolicyParams, top_k: int) -> int:
         """The fewest slots a layer may get. Default top-k: one token's k picks must all be servable."""

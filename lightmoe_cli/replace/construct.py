@@ -8,6 +8,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from lightmoe_cli.errors import LightMoEError
@@ -115,3 +116,64 @@ def build_replacement(model, tokenizer, layers, plan_layers, rank: int, settings
         if rank > 0:
             tensors.update({k: v.to(dtype) for k, v in st.factors.tensors(f"layer.{li}").items()})
     return tensors, bases, record
+
+
+def merged_experts(adapter, layers, plan_layers, mass: dict[int, np.ndarray]) -> dict[int, dict[int, dict]]:
+    """Merging: each cluster representative's weights become its members' mass-weighted average (members: the
+    experts whose table entry is the representative). Returns layer -> expert -> tensors to store instead."""
+    out: dict[int, dict[int, dict]] = {}
+    by_layer = {m.layer_index: m for m in layers}
+    for lp in plan_layers:
+        m = by_layer[lp.layer_index]
+        out[lp.layer_index] = {}
+        for rep in lp.resident:
+            members = [e for e, t in enumerate(lp.redirect) if t == rep]
+            if members == [rep]:
+                continue
+            w = torch.tensor([float(mass[lp.layer_index][e]) for e in members], dtype=torch.float64)
+            w = w / w.sum() if float(w.sum()) > 0 else torch.full_like(w, 1 / len(members))
+            tensors = [adapter.read_expert(m, e) for e in members]
+            out[lp.layer_index][rep] = {n: sum(float(wi) * t[n].double() for wi, t in zip(w, tensors, strict=True))
+                                        .to(tensors[0][n].dtype) for n in tensors[0]}
+    return out
+
+
+def lora_experts(model, tokenizer, adapter, plan_layers, rank: int, settings: RecoverySettings, recipe,
+                 fingerprint: str, ckpt: Path, progress=None) -> tuple[dict[int, dict[int, dict]], RecoveryRecord]:
+    """Prune + LoRA: the router-sliced copy of the model trains a rank-r term per projection on every kept
+    expert (A = 0, B random: the standard LoRA start, so step 0 is prune), merged into their weights at the end.
+    Returns layer -> kept expert -> fine-tuned tensors, and the training record."""
+    kept = {lp.layer_index: sorted(lp.resident) for lp in plan_layers}
+    pruned = adapter.keep_experts(model, kept)
+    layers = adapter.moe_layers(pruned)
+    gen = torch.Generator().manual_seed(settings.seed)
+    states = {}
+    for m in layers:
+        check_supported(m.experts, f"layer {m.layer_index}")
+        ex, n = m.experts, len(kept[m.layer_index])
+        hidden, inter = int(ex.gate_up_proj.shape[2]), int(ex.gate_up_proj.shape[1]) // 2
+        f = Factors(list(range(n)), hidden, inter, rank)
+        with torch.no_grad():
+            f.gate_up_b.normal_(0.0, hidden ** -0.5, generator=gen)
+            f.down_b.normal_(0.0, inter ** -0.5, generator=gen)
+        states[m.layer_index] = LayerReplacement({j: j for j in range(n)}, f)
+    windows = calibration_windows(tokenizer, recipe, settings.seq_len)
+    if windows.shape[0] == 0:
+        raise LightMoEError(f"the fine-tuning recipe yields no window of {settings.seq_len} tokens: give "
+                            "--recover-tasks a recipe with text")
+    settings = RecoverySettings(**{**settings.__dict__, "anneal": 0.0})
+    record = recover(pruned, layers, states, windows, settings, ckpt,
+                     run_key({li: {j: j for j in range(len(k))} for li, k in kept.items()}, rank, settings,
+                             fingerprint + ":lora", windows), progress)
+    shutil.rmtree(ckpt, ignore_errors=True)
+    out: dict[int, dict[int, dict]] = {}
+    with torch.no_grad():
+        for m in layers:
+            ex, f = m.experts, states[m.layer_index].factors
+            out[m.layer_index] = {}
+            for j, e in enumerate(kept[m.layer_index]):
+                gu = ex.gate_up_proj[j].float() + f.gate_up_a[j] @ f.gate_up_b[j]
+                d = ex.down_proj[j].float() + f.down_a[j] @ f.down_b[j]
+                out[m.layer_index][e] = {"gate_up_proj": gu.to(ex.gate_up_proj.dtype),
+                                         "down_proj": d.to(ex.down_proj.dtype)}
+    return out, record

@@ -50,6 +50,7 @@ class RecoveryRecord:
     batch_size: int
     seq_len: int
     tokens: int  # calibration tokens available (windows x seq_len)
+    trainable_params: int = 0
     loss_start: float | None = None  # LM loss of the first step (alpha at its start value)
     loss_end: float | None = None  # mean LM loss of the last 10% of the steps (alpha = 1 there)
     seconds: float = 0.0
@@ -178,6 +179,7 @@ def recover(model: nn.Module, layers, states: dict[int, LayerReplacement], windo
     for p, _ in frozen:
         p.requires_grad_(False)
     params = _params(states)
+    record.trainable_params = sum(p.numel() for p in params)
     for p in params:
         p.requires_grad_(True)
     opt = torch.optim.AdamW(params, lr=settings.lr, weight_decay=0.0)

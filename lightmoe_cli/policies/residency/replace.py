@@ -53,6 +53,7 @@ class Replace(Policy):
     summary = "expert replacing: low-value experts -> most similar kept expert + low-rank term, recovered by training"
     Params = ReplaceParams
     needs_similarity = True
+    weight_transform = "replace"
 
     def fixed_slots(self, params: ReplaceParams, expert_shape: tuple[int, int], top_k: int, num_experts: int,
                     num_layers: int) -> int:
