@@ -114,3 +114,28 @@ eval-swap: corpus
     done
     {{venv}}/bin/lightmoe build-bundle --policy full --out $out/full >/dev/null
     {{venv}}/bin/lightmoe eval --bundle $out/full "${args[@]}" --tasks demo,demo_ppl --limit 48 --out artifacts/eval/demo-moe-swap
+
+# expert replacing vs its baselines at 30% and 50% compression, and its ablations (issue: replace)
+eval-replace: corpus
+    #!/usr/bin/env bash
+    set -euo pipefail
+    out=runs/bundles-replace; args=()
+    build() { name=$1; shift; {{venv}}/bin/lightmoe build-bundle "$@" --out $out/$name >/dev/null; args+=(--bundle $out/$name); }
+    build full --policy full
+    for c in 0.3 0.5; do
+        b=$(python3 -c "print(round(1 - $c, 2))")
+        build replace-$c --policy replace --compression $c --rank 8
+        build naive-$c --policy replace --compression $c --rank 0
+        build merge-$c --policy merge --budget $b
+        build prune-$c --policy prune --budget $b
+        build prune-reap-$c --policy prune --budget $b --ranking reap
+    done
+    # prune + LoRA with the trainable parameters of replace at rank 8 (42 and 69 replaced experts; 89 and 64 kept)
+    build prune-lora-0.3 --policy prune-lora --budget 0.7 --rank 4
+    build prune-lora-0.5 --policy prune-lora --budget 0.5 --rank 9
+    # ablations at 30%: no annealing, SVD init without training, rank 4 and 16
+    build replace-0.3-no-anneal --policy replace --compression 0.3 --rank 8 --anneal 0
+    build replace-0.3-svd-only --policy replace --compression 0.3 --rank 8 --recover-steps 0
+    build replace-0.3-rank4 --policy replace --compression 0.3 --rank 4
+    build replace-0.3-rank16 --policy replace --compression 0.3 --rank 16
+    {{venv}}/bin/lightmoe eval "${args[@]}" --tasks demo,demo_ppl --limit 48 --no-task-shift --out artifacts/eval/demo-moe-replace

@@ -132,6 +132,10 @@ def test_replace_bundle_runtime_serves_base_plus_lowrank_and_reports_its_memory(
     naive = build_bundle(prof, model, tok, str(root / "model"), tmp_path / "n",
                          BuildOptions(policy="replace", params={"compression": 0.3, "rank": 0}))
     assert naive.manifest.replacement.lowrank_bytes == 0
+    from lightmoe_cli.evaluation.run import _configs_from_bundles
+
+    configs = _configs_from_bundles([tmp_path / "r", tmp_path / "n"])  # one policy, one budget: an ablation row
+    assert [c.label for c in configs] == ["replace", "replace (n)"] and configs[0].budget == 0.7
     assert not torch.allclose(_logits(build_runtime(naive).model, tok), got, atol=1e-3)
 
 

@@ -22,9 +22,12 @@ class EvalConfig:
     replicate: int = 0  # seed of a replicated policy (random); rows of one policy x budget are averaged
     activation: str | None = None  # an activation budget rule and its share of activations
     active: float = 1.0
+    tag: str | None = None  # the row's name when it is not the policy's (an ablation's bundle folder)
 
     @property
     def label(self) -> str:
+        if self.tag:
+            return self.tag
         return self.policy if self.activation is None else f"{self.policy}+{self.activation}@{self.active:.0%}"
 
 
@@ -101,7 +104,7 @@ def run_comparison(configs: list[EvalConfig], tasks: list[str], include_path: li
         r["wall_seconds"] = time.perf_counter() - t0
         r["budget_fraction"] = c.budget
         r["replicate"] = c.replicate
-        if c.activation:
+        if c.activation or c.tag:
             r["policy"], r["activation"], r["active"] = c.label, c.activation, c.active
         rows.append(r)
         if progress:

@@ -6,6 +6,8 @@ checked by `EvalRequest.validate` before any model is loaded.
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import os
 import platform
@@ -215,12 +217,17 @@ def _configs_from_bundles(bundles: list[Path]) -> list:
     from lightmoe_cli.bundle.artifact import load_bundle
     from lightmoe_cli.evaluation.compare import EvalConfig
 
-    configs = []
+    configs, seen = [], set()
     for b in bundles:
         bb = load_bundle(b)
         act = bb.manifest.activation
-        configs.append(EvalConfig(bb.policy, bb.manifest.budget.requested_fraction or 1.0, Path(b), 0,
-                                  act.rule if act else None, act.active if act else 1.0))
+        c = EvalConfig(bb.policy, bb.manifest.budget.requested_fraction or 1.0, Path(b), 0,
+                       act.rule if act else None, act.active if act else 1.0)
+        key = (c.label, c.budget)
+        if key in seen:  # a second bundle of one policy at one budget (an ablation): named by its folder
+            c = dataclasses.replace(c, tag=f"{c.label} ({Path(b).name})")
+        seen.add((c.label, c.budget))
+        configs.append(c)
     return configs
 
 
