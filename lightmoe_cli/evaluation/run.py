@@ -7,7 +7,6 @@ checked by `EvalRequest.validate` before any model is loaded.
 from __future__ import annotations
 
 import dataclasses
-
 import json
 import os
 import platform
