@@ -176,7 +176,8 @@ def test_merge_and_prune_lora_bundles_store_changed_weights_and_serve(prof, tiny
     members = [e for e, t in enumerate(lp.redirect) if t == rep]
     mass = prof.total_stats()[lp.layer_index].gate_mass.double()
     w = mass[members] / mass[members].sum()
-    want = sum(float(wi) * adapter.read_expert(layers[0], e)["down_proj"].double() for wi, e in zip(w, members))
+    want = sum(float(wi) * adapter.read_expert(layers[0], e)["down_proj"].double()
+               for wi, e in zip(w, members, strict=True))
     from lightmoe_cli.runtime.loader import ExpertStore
 
     stored = merged.layout(lp.layer_index).split(ExpertStore(merged).read(lp.layer_index, rep))["down_proj"]
