@@ -135,3 +135,25 @@ def throttle(started: float, nbytes: int, bandwidth: float | None) -> None:
         if left > 0:
             time.sleep(left)
 
+
+
+def optimizer_tensors(opt) -> dict:
+    """An optimizer's per-parameter state as flat tensors ("opt.{index}.{name}") for a safetensors checkpoint
+    (never pickle: a loaded checkpoint cannot run code); its param_groups go in the JSON beside it."""
+    import torch
+
+    out = {}
+    for idx, st in opt.state_dict()["state"].items():
+        for name, v in st.items():
+            out[f"opt.{idx}.{name}"] = v.detach().clone().contiguous() if torch.is_tensor(v) else torch.tensor(v)
+    return out
+
+
+def restore_optimizer(opt, tensors: dict, param_groups: list) -> None:
+    """The inverse of `optimizer_tensors` (keys not starting with "opt." are ignored)."""
+    state: dict = {"state": {}, "param_groups": param_groups}
+    for k, v in tensors.items():
+        if k.startswith("opt."):
+            _, idx, name = k.split(".", 2)
+            state["state"].setdefault(int(idx), {})[name] = v
+    opt.load_state_dict(state)

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 import yaml
 
 from lightmoe_cli.demo.corpus import read_split
-from lightmoe_cli.files import atomic_write, swap_in_dir
+from lightmoe_cli.files import atomic_write, optimizer_tensors, restore_optimizer, swap_in_dir
 
 
 @dataclass
@@ -224,11 +224,8 @@ def save_checkpoint(path: Path, model, opt, rng, state: TrainState, recipe: Trai
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {f"model.{k}": v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    tensors.update(optimizer_tensors(opt))
     opt_state = opt.state_dict()
-    for idx, st in opt_state["state"].items():
-        for name, v in st.items():
-            tensors[f"opt.{idx}.{name}"] = v.detach().clone().contiguous() if torch.is_tensor(v) \
-                else torch.tensor(v)
     meta = {"step": str(state.step)}
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
     atomic_write(path.with_suffix(".json"), json.dumps({
@@ -262,12 +259,7 @@ def load_checkpoint(path: Path, model, opt, rng) -> TrainState:
         raise LightMoEError(f"checkpoint {path} is damaged ({e}): start over with `lightmoe demo train --fresh`") \
             from e
     model.load_state_dict({k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")})
-    opt_state: dict = {"state": {}, "param_groups": info["param_groups"]}
-    for k, v in tensors.items():
-        if k.startswith("opt."):
-            _, idx, name = k.split(".", 2)
-            opt_state["state"].setdefault(int(idx), {})[name] = v
-    opt.load_state_dict(opt_state)
+    restore_optimizer(opt, tensors, info["param_groups"])
     rng.bit_generator.state = info["rng"]
     return TrainState(**info["state"])
 

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from lightmoe_cli.errors import LightMoEError
-from lightmoe_cli.files import atomic_write
+from lightmoe_cli.files import atomic_write, optimizer_tensors, restore_optimizer
 from lightmoe_cli.replace.lowrank import Factors, replaced_output
 
 
@@ -116,9 +116,7 @@ def _save(ckpt: Path, states, opt, step: int, losses: list[float], key: str) -> 
     tensors = {}
     for li, st in states.items():
         tensors.update(st.factors.tensors(f"layer.{li}"))
-    for idx, s in opt.state_dict()["state"].items():
-        for name, v in s.items():
-            tensors[f"opt.{idx}.{name}"] = v.detach().clone().contiguous() if torch.is_tensor(v) else torch.tensor(v)
+    tensors.update(optimizer_tensors(opt))
     ckpt.mkdir(parents=True, exist_ok=True)
     atomic_write(ckpt / "recovery.safetensors", lambda tmp: save_file(tensors, str(tmp), metadata={"step": str(step)}))
     atomic_write(ckpt / "recovery.json", json.dumps({"step": step, "key": key, "losses": losses,
@@ -144,12 +142,7 @@ def _load(ckpt: Path, states, opt, key: str) -> tuple[int, list[float]] | None:
         raise LightMoEError(f"recovery checkpoint {ckpt} is damaged ({e}): delete the folder to start over") from e
     for li, st in states.items():
         st.factors.load(tensors, f"layer.{li}")
-    opt_state: dict = {"state": {}, "param_groups": info["param_groups"]}
-    for k, v in tensors.items():
-        if k.startswith("opt."):
-            _, idx, name = k.split(".", 2)
-            opt_state["state"].setdefault(int(idx), {})[name] = v
-    opt.load_state_dict(opt_state)
+    restore_optimizer(opt, tensors, info["param_groups"])
     return int(info["step"]), list(info["losses"])
 
 

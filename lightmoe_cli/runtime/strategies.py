@@ -335,22 +335,23 @@ class Remap(LayerStrategy):
         self._rebuild_route()
 
 
-_ON_DEMAND_CLASSES: dict[type, type] = {}
+_SERVING_CLASSES: dict[tuple[type, str], type] = {}
 
 
-def on_demand_class(cls: type[nn.Module]) -> type[nn.Module]:
-    """A subclass of an experts class whose forward loads missing experts first (cached per class).
+def serving_class(cls: type[nn.Module], kind: str) -> type[nn.Module]:
+    """A subclass of an experts class whose forward is its strategy's `run` (cached per class and kind); the
+    instance names its strategy in `_lightmoe_strategy`.
 
     Swapping an instance's class to a generated subclass is how torch's own `nn.utils.parametrize` changes a
     module's behaviour: the module keeps its parameters, name and hooks (so routing hooks still see expert
-    ids), and the kernel that finally runs is the original class's forward on slot ids."""
-    if cls not in _ON_DEMAND_CLASSES:
+    ids), and the kernel that finally runs is the original class's forward (`_lightmoe_base`) on slot ids."""
+    if (cls, kind) not in _SERVING_CLASSES:
         def forward(self, hidden_states, top_k_index, top_k_weights):
-            return self._lightmoe_on_demand.run(self, hidden_states, top_k_index, top_k_weights)
+            return self._lightmoe_strategy.run(self, hidden_states, top_k_index, top_k_weights)
 
-        _ON_DEMAND_CLASSES[cls] = type(f"OnDemand{cls.__name__}", (cls,), {"forward": forward,
-                                                                            "_lightmoe_base": cls})
-    return _ON_DEMAND_CLASSES[cls]
+        _SERVING_CLASSES[cls, kind] = type(f"{kind}{cls.__name__}", (cls,), {"forward": forward,
+                                                                             "_lightmoe_base": cls})
+    return _SERVING_CLASSES[cls, kind]
 
 
 class OnDemand(LayerStrategy):
@@ -361,8 +362,8 @@ class OnDemand(LayerStrategy):
         self.cache = ExpertCache.warm(pool.slots, spec.eviction or "lru", plan.resident)
 
     def install(self, adapter, layer) -> list:
-        layer.experts.__class__ = on_demand_class(type(layer.experts))
-        layer.experts._lightmoe_on_demand = self
+        layer.experts.__class__ = serving_class(type(layer.experts), "OnDemand")
+        layer.experts._lightmoe_strategy = self
         return []
 
     def ensure_loaded(self, experts: list[int]) -> None:
@@ -471,20 +472,6 @@ class Background(Remap):
         return record
 
 
-_REPLACED_CLASSES: dict[type, type] = {}
-
-
-def replaced_class(cls: type[nn.Module]) -> type[nn.Module]:
-    """A subclass of an experts class whose forward serves replaced experts as base slot + low-rank term."""
-    if cls not in _REPLACED_CLASSES:
-        def forward(self, hidden_states, top_k_index, top_k_weights):
-            return self._lightmoe_replaced.run(self, hidden_states, top_k_index, top_k_weights)
-
-        _REPLACED_CLASSES[cls] = type(f"Replaced{cls.__name__}", (cls,), {"forward": forward,
-                                                                          "_lightmoe_base": cls})
-    return _REPLACED_CLASSES[cls]
-
-
 class Replaced(LayerStrategy):
     """Expert replacing: kept experts run in their slots through the module's own kernel; a replaced expert keeps
     its router id and runs as its base expert's slot + its own low-rank term (`replace.lowrank`), never as full
@@ -510,8 +497,8 @@ class Replaced(LayerStrategy):
         from lightmoe_cli.replace.lowrank import check_supported
 
         check_supported(layer.experts, f"layer {self.layer_index}")
-        layer.experts.__class__ = replaced_class(type(layer.experts))
-        layer.experts._lightmoe_replaced = self
+        layer.experts.__class__ = serving_class(type(layer.experts), "Replaced")
+        layer.experts._lightmoe_strategy = self
         return []
 
     def run(self, experts: nn.Module, hidden_states: torch.Tensor, top_k_index: torch.Tensor,
