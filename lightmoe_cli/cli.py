@@ -309,6 +309,40 @@ def eval_cmd(
     render_eval(console, report)
 
 
+@app.command("export")
+def export_cmd(
+    bundle_dir: Path = typer.Option(..., "--bundle", "-b", help="Bundle folder to export."),
+    fmt: str = typer.Option("hf", "--format", help="hf (transformers checkpoint), gguf (llama.cpp), llamacpp-ot "
+                            "(-ot placement rules for a full GGUF), vllm-profile (kept expert ids as JSON)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder (hf) or file (gguf, llamacpp-ot, vllm-profile)."),
+    task: str = typer.Option(None, help="Export a task-aware bundle frozen to this task's resident set."),
+    static: bool = typer.Option(False, "--static", help="Export a managed bundle frozen to its initial set."),
+    gpu_memory: str = typer.Option(None, help="llamacpp-ot: GPU memory for expert tensors, e.g. 8GiB."),
+    weight_bits: float = typer.Option(None, help="llamacpp-ot: bits per expert weight in your GGUF (e.g. 4.5 for "
+                                      "Q4_K_M); default the bundle's dtype."),
+    gguf_name: str = typer.Option("model.gguf", help="llamacpp-ot: the GGUF file named in the command line."),
+) -> None:
+    """Export a bundle for serving engines: a transformers checkpoint, a GGUF, or placement rules."""
+    offline()
+    from lightmoe_cli.export.run import ExportRequest, run_export
+    from lightmoe_cli.policies.budget import parse_size
+
+    try:
+        if not out.parent.is_dir():
+            raise LightMoEError(f"--out folder {out.parent} does not exist: create it or write elsewhere")
+        req = ExportRequest(bundle_dir, fmt, out, task, static, parse_size(gpu_memory) if gpu_memory else None,
+                            weight_bits, gguf_name)
+        result = run_export(req)
+    except LightMoEError as e:
+        fail(e)
+    from rich.console import Console
+
+    console = Console()
+    console.print(f"{fmt} export written to {result.out}")
+    for line in result.lines:
+        console.print(line)
+
+
 @app.command("simulate")
 def simulate_cmd(
     traces: Path = typer.Option(..., "--traces", help="Profile folder with routing traces to replay (made with "

@@ -90,6 +90,9 @@ def update_config_counts(config: Any, old: int, new: int, top_k: int, cap: int) 
         if replacement is not None:
             setattr(config, key, replacement)
     _fix_groups(config, new, top_k)
+    for value in list(vars(config).values()):  # nested routing configs (DBRX's ffn_config)
+        if value is not config and type(value).__name__.endswith("Config") and hasattr(value, "to_dict"):
+            update_config_counts(value, old, new, top_k, cap)
 
 
 def localize_configs(modules: Iterable[nn.Module], old: int, new: int, top_k: int, cap: int) -> None:

@@ -6,7 +6,18 @@ highest-mass experts, and the router is sliced to them and renormalised: missing
 
 from __future__ import annotations
 
-from lightmoe_cli.policies.base import BundlePlan, PlanInputs, Policy, PolicyParams, RuntimeSpec, Serving, layer_plans
+from dataclasses import dataclass
+
+from lightmoe_cli.policies.base import (
+    BundlePlan,
+    PlanInputs,
+    Policy,
+    PolicyParams,
+    RuntimeSpec,
+    Serving,
+    layer_plans,
+    param,
+)
 from lightmoe_cli.policies.registry import register_policy
 from lightmoe_cli.policies.resident import allocate_slots, select_residents
 
@@ -17,12 +28,29 @@ def frequency_residents(inputs: PlanInputs, min_per_layer: int) -> tuple[dict[in
     return slots, select_residents(inputs.mass, slots)
 
 
+def uniform_residents(inputs: PlanInputs, min_per_layer: int) -> dict[int, list[int]]:
+    """The same number of experts in every layer (the budget split evenly), each layer's highest-mass ones."""
+    per_layer = max(min_per_layer, inputs.total_slots // len(inputs.mass))
+    return select_residents(inputs.mass, {li: min(per_layer, len(m)) for li, m in inputs.mass.items()})
+
+
+@dataclass(frozen=True)
+class PruneParams(PolicyParams):
+    uniform: bool = param(False, "keep the same number of experts in every layer (a pruned model whose config "
+                                 "has one expert count: what `lightmoe export --format hf` needs)")
+
+
 @register_policy
 class Prune(Policy):
     name = "prune"
     summary = "static pruning: router sliced to the resident experts and renormalised; no swaps"
+    Params = PruneParams
 
-    def plan(self, inputs: PlanInputs, params: PolicyParams) -> BundlePlan:
+    def plan(self, inputs: PlanInputs, params: PruneParams) -> BundlePlan:
         # a pruned router still picks top-k, so every layer keeps at least top-k experts
-        _, resident = frequency_residents(inputs, max(inputs.top_k.values()))
+        top_k = max(inputs.top_k.values())
+        if getattr(params, "uniform", False):
+            resident = uniform_residents(inputs, top_k)
+        else:
+            _, resident = frequency_residents(inputs, top_k)
         return BundlePlan(layer_plans(inputs, resident), RuntimeSpec(Serving.PRUNED_ROUTER))

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lightmoe_cli.policies.base import PolicyParams, param
+from lightmoe_cli.policies.base import param
 from lightmoe_cli.policies.registry import register_policy
-from lightmoe_cli.policies.residency.prune import Prune
+from lightmoe_cli.policies.residency.prune import Prune, PruneParams
 
 
 @dataclass(frozen=True)
-class LoraParams(PolicyParams):
+class LoraParams(PruneParams):
     rank: int = param(4, "rank of each kept expert's LoRA term per projection", minimum=1, maximum=256)
     recover_steps: int = param(200, "fine-tuning steps", minimum=1, maximum=100_000)
     recover_tasks: str = param("", "calibration recipe whose text trains it (default: the profile's)")

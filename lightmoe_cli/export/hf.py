@@ -1,0 +1,95 @@
+"""`--format hf`: a standard transformers checkpoint of a static bundle: experts and router rows sliced, the
+family's expert-count config fields updated (the adapter knows them), safetensors shards + index, tokenizer,
+generation config, and `lightmoe_selection.json` (original expert ids kept per layer, the source bundle's sha256).
+
+Layers that keep different counts are refused, not padded: a transformers config has one expert count, and a
+padded expert can only be made never-routed through a router bias (-inf), which most families' routers (Qwen,
+Mixtral, OLMoE) do not have; `build-bundle --policy prune --uniform` makes an exportable bundle.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from lightmoe_cli.bundle.artifact import Bundle
+from lightmoe_cli.errors import LightMoEError
+from lightmoe_cli.export.selection import Selection
+from lightmoe_cli.files import exclusive_output, sha256_file, swap_in_dir
+from lightmoe_cli.policies.base import RuntimeSpec, Serving
+
+SELECTION_FILE = "lightmoe_selection.json"
+
+
+def pruned_bundle(bundle: Bundle, selection: Selection) -> Bundle:
+    """The bundle as a router-sliced (pruned) model keeping `selection`: same stores, another plan (in memory)."""
+    layers = []
+    for lp in bundle.layers:
+        kept = selection.kept[lp.layer_index]
+        table = [e if e in set(kept) else -1 for e in range(lp.num_experts)]
+        layers.append(dataclasses.replace(lp, slots=len(kept), resident=list(kept), redirect=table))
+    manifest = dataclasses.replace(bundle.manifest, layers=layers, runtime=RuntimeSpec(Serving.PRUNED_ROUTER),
+                                   activation=None)
+    return Bundle(bundle.path, manifest)
+
+
+def export_hf(bundle: Bundle, selection: Selection, out: Path, max_shard_size: str = "2GB") -> Path:
+    """Write the checkpoint to `out` (atomically); returns it."""
+    if bundle.manifest.activation is not None:
+        raise LightMoEError("the bundle has an activation budget (fewer experts per token per layer), which a "
+                            "transformers config cannot say per layer: export a bundle built without --activation")
+    if not selection.uniform:
+        counts = sorted({len(v) for v in selection.kept.values()})
+        raise LightMoEError(f"layers keep different expert counts ({counts[0]}..{counts[-1]}) and a transformers "
+                            "config has one: build with `lightmoe build-bundle --policy prune --uniform`")
+    from lightmoe_cli.models.adapter import strip_lightmoe_hooks
+    from lightmoe_cli.runtime.loader import build_runtime
+
+    full = bundle.policy == "full"
+    rt = build_runtime(bundle if full else pruned_bundle(bundle, selection))
+    try:
+        model = rt.model
+        strip_lightmoe_hooks(model)
+        with exclusive_output(Path(out)) as tmp:
+            tmp.mkdir(parents=True, exist_ok=True)
+            model.save_pretrained(tmp, max_shard_size=max_shard_size)
+            rt.tokenizer.save_pretrained(tmp)
+            _check_loadable(tmp)
+            (tmp / SELECTION_FILE).write_text(json.dumps({
+                "kept_experts": {str(li): v for li, v in sorted(selection.kept.items())},
+                "num_experts": {str(lp.layer_index): lp.num_experts for lp in bundle.layers},
+                "selection": selection.source, "policy": bundle.policy,
+                "bundle": str(bundle.path), "bundle_manifest_sha256": sha256_file(bundle.path / "manifest.json"),
+                "model": bundle.manifest.model.name_or_path,
+                "fingerprint": bundle.manifest.model.fingerprint}, indent=1))
+            swap_in_dir(tmp, Path(out))
+    finally:
+        rt.close()
+    return Path(out)
+
+
+def _check_loadable(folder: Path) -> None:
+    """The saved config must rebuild a model whose tensors have the saved shapes: a family whose expert count
+    also sizes other modules (JetMoE's attention experts) cannot be pruned through its config, and is refused."""
+    import torch
+    import transformers
+    from safetensors import safe_open
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(folder)
+    cls = getattr(transformers, (config.architectures or [""])[0], None)
+    if cls is None:
+        return
+    with torch.device("meta"):
+        skeleton = cls._from_config(config)
+    want = {n: tuple(t.shape) for n, t in skeleton.state_dict().items()}
+    for f in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(f), "pt") as st:
+            for name in st.keys():
+                shape = tuple(st.get_slice(name).get_shape())
+                if name in want and want[name] != shape:
+                    raise LightMoEError(f"{config.architectures[0]}: the pruned config rebuilds {name} as "
+                                        f"{want[name]}, not the exported {shape} (the expert count also sizes other "
+                                        "modules): this family cannot be exported pruned; export --format "
+                                        "vllm-profile instead")
