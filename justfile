@@ -139,3 +139,18 @@ eval-replace: corpus
     build replace-0.3-rank4 --policy replace --compression 0.3 --rank 4
     build replace-0.3-rank16 --policy replace --compression 0.3 --rank 16
     {{venv}}/bin/lightmoe eval "${args[@]}" --tasks demo,demo_ppl --limit 48 --no-task-shift --out artifacts/eval/demo-moe-replace
+
+# llama.cpp for `lightmoe export --format gguf`: its converter and gguf-py (from the llama-cpp-python sources, into
+# .cache/llama.cpp) and llama-cpp-python itself, compiled for this CPU (several minutes), for the gguf round-trip test.
+llama-cpp: setup
+    #!/usr/bin/env bash
+    set -euo pipefail
+    version=0.3.36
+    if [ ! -f .cache/llama.cpp/convert_hf_to_gguf.py ]; then
+        mkdir -p .cache/dl
+        {{py}} -m pip download -q --no-deps --no-binary :all: -d .cache/dl "llama-cpp-python==$version"
+        src=llama_cpp_python-$version/vendor/llama.cpp
+        tar xzf .cache/dl/llama_cpp_python-$version.tar.gz -C .cache $src/convert_hf_to_gguf.py $src/conversion $src/gguf-py
+        rm -rf .cache/llama.cpp && mv .cache/$src .cache/llama.cpp && rm -rf .cache/llama_cpp_python-$version
+    fi
+    {{py}} -m pip install -q -e ".[gguf]"

@@ -30,6 +30,10 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=0.5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--jump", default="4:0.02,16:0.02,16:0.05", help="max_swap:margin settings of the jump rule")
+    ap.add_argument("--io-bandwidth", type=float, default=None,
+                    help="bytes/s every run-time expert read is throttled to; adds each rule with its swaps read in "
+                         "the background (--manager-loads background) beside the blocking ones")
+    ap.add_argument("--out", default="manager.json", help="file name under benchmarks/results/")
     args = ap.parse_args()
 
     import torch
@@ -65,6 +69,10 @@ def main() -> None:
         swap, margin = setting.split(":")
         configs.append((f"jump swap={swap} margin={margin}", bundles["lightmoe"],
                         {"swap_rule": "jump", "jump_overrides": (int(swap), float(margin))}, False))
+    if args.io_bandwidth:
+        configs = [(label, b, {**kw, "io_bandwidth": args.io_bandwidth}, given) for label, b, kw, given in configs]
+        configs += [(f"{label} (background loads)", b, {**kw, "manager_loads": "background"}, given)
+                    for label, b, kw, given in configs if "incremental" in label or "jump" in label]
     results = []
     t0 = time.perf_counter()
     for block in [int(b) for b in args.blocks.split(",")]:
@@ -76,14 +84,15 @@ def main() -> None:
             if overrides:
                 rt.max_swap, rt.jump.margin = overrides
             results.append(run_stream(rt, label, stream, block, given))
+            rt.close()
     rows = summarise_streams(results)
     console = Console(width=110)
     console.print(stream_table(rows))
     RESULTS.mkdir(exist_ok=True)
-    atomic_write_json(RESULTS / "manager.json", {"budget": args.budget, "requests": args.requests,
-                                                 "threads": args.threads, "seconds": time.perf_counter() - t0,
-                                                 "rows": rows})
-    console.print(f"written to {RESULTS / 'manager.json'}")
+    atomic_write_json(RESULTS / args.out, {"budget": args.budget, "requests": args.requests,
+                                           "threads": args.threads, "io_bandwidth": args.io_bandwidth,
+                                           "seconds": time.perf_counter() - t0, "rows": rows})
+    console.print(f"written to {RESULTS / args.out}")
 
 
 if __name__ == "__main__":

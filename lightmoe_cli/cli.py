@@ -321,6 +321,9 @@ def export_cmd(
     weight_bits: float = typer.Option(None, help="llamacpp-ot: bits per expert weight in your GGUF (e.g. 4.5 for "
                                       "Q4_K_M); default the bundle's dtype."),
     gguf_name: str = typer.Option("model.gguf", help="llamacpp-ot: the GGUF file named in the command line."),
+    outtype: str = typer.Option("f32", help="gguf: tensor type (f32, f16, bf16, q8_0)."),
+    converter: Path = typer.Option(None, help="gguf: a llama.cpp source folder with convert_hf_to_gguf.py "
+                                   "(default .cache/llama.cpp, from `just llama-cpp`)."),
 ) -> None:
     """Export a bundle for serving engines: a transformers checkpoint, a GGUF, or placement rules."""
     offline()
@@ -331,7 +334,7 @@ def export_cmd(
         if not out.parent.is_dir():
             raise LightMoEError(f"--out folder {out.parent} does not exist: create it or write elsewhere")
         req = ExportRequest(bundle_dir, fmt, out, task, static, parse_size(gpu_memory) if gpu_memory else None,
-                            weight_bits, gguf_name)
+                            weight_bits, gguf_name, outtype, converter)
         result = run_export(req)
     except LightMoEError as e:
         fail(e)

@@ -21,6 +21,8 @@ class ExportRequest:
     gpu_memory: int | None = None  # llamacpp-ot: bytes of GPU memory for expert tensors
     weight_bits: float | None = None  # llamacpp-ot: bits per expert weight in the GGUF (default: the bundle's)
     gguf_name: str = "model.gguf"  # llamacpp-ot: the GGUF path written into the command line
+    outtype: str = "f32"  # gguf: tensor type (f32, f16, bf16, q8_0)
+    converter: Path | None = None  # gguf: a llama.cpp source folder (default .cache/llama.cpp)
 
 
 @dataclass
@@ -70,7 +72,7 @@ def run_export(req: ExportRequest) -> ExportResult:
         return ExportResult(req.out, _size_lines(bundle, req.out))
     from lightmoe_cli.export.gguf import export_gguf
 
-    export_gguf(bundle, sel, req.out)
+    export_gguf(bundle, sel, req.out, req.outtype, req.converter)
     return ExportResult(req.out, _size_lines(bundle, req.out))
 
 
