@@ -59,16 +59,26 @@ def profile(
     save_router_inputs: bool = typer.Option(False, help="Traces also keep every token's router input (fp16), the "
                                             "training data of `lightmoe predict` (implies --save-traces)."),
     resume: bool = typer.Option(False, help="Continue an interrupted run from its last finished task."),
-    threads: int = typer.Option(None, help="torch CPU threads (default: all cores)."),
+    threads: int = typer.Option(None, help="torch CPU threads (default: all cores; per worker with --workers)."),
+    workers: int = typer.Option(1, help="Profile the calibration shards in this many local processes (each loads "
+                                "the model), or Ray tasks with --ray-address."),
+    ray_address: str = typer.Option(None, help="A Ray cluster (host:port, ray://host:port) or 'local': shards "
+                                    "become Ray tasks (pip install 'lightmoe[ray]')."),
+    shards: int = typer.Option(4, help="Pieces per task; the same shards give identical statistics with any "
+                               "number of workers."),
+    device_map: str = typer.Option(None, help="'auto': accelerate spreads a model too large for one device over "
+                                   "GPUs, CPU and disk (with --max-memory)."),
+    max_memory: str = typer.Option(None, help="With --device-map: per-device limits, e.g. '0=70GiB,cpu=200GiB'."),
+    offload_folder: Path = typer.Option(None, help="With --device-map: where weights placed on disk go."),
 ) -> None:
     """Trace routing on calibration tasks: expert frequency, co-activation and similarity per task and layer."""
     offline()
     import torch
     from rich.console import Console
 
-    from lightmoe_cli.loading import load_model_and_tokenizer, resolve_model
+    from lightmoe_cli.loading import load_model_and_tokenizer, parse_placement, resolve_model
     from lightmoe_cli.paths import default_profile
-    from lightmoe_cli.profile.run import ProfileSettings, run_profile
+    from lightmoe_cli.profile.run import ModelSpec, ProfileSettings, ScaleOut, run_profile
     from lightmoe_cli.recipes import check_sources, load_recipe
     from lightmoe_cli.report import profile_tables, token_progress
 
@@ -82,13 +92,24 @@ def profile(
         fail("--device cuda asked for, but torch sees no CUDA device: use --device cpu")
     if threads:
         torch.set_num_threads(threads)
+    if workers < 1 or shards < 1:
+        fail("--workers and --shards must be positive")
     out_used = out
     try:
         recipe = load_recipe(tasks, max_tokens)
         check_sources(recipe)
         name = resolve_model(model)
         out_used = out or default_profile(name)
-        lm, tok = load_model_and_tokenizer(name, device=device, dtype=dtype)
+        placement = parse_placement(device_map, max_memory, offload_folder)
+        import os
+
+        spec = ModelSpec(str(name), dtype, device, threads=threads or max(1, (os.cpu_count() or 1) // workers),
+                         **placement)
+        if ray_address:
+            from lightmoe_cli.profile.scaleout import check_ray_address
+
+            check_ray_address(ray_address)
+        lm, tok = load_model_and_tokenizer(name, device=device, dtype=dtype, **placement)
         if save_router_inputs:
             from lightmoe_cli.models import get_adapter
 
@@ -98,9 +119,12 @@ def profile(
                           f"{lm.config.hidden_size} fp16 values per token)")
         settings = ProfileSettings(seq_len=seq_len, batch_size=batch_size, sample_tokens=sample_tokens,
                                    save_traces=save_traces or save_router_inputs,
-                                   save_router_inputs=save_router_inputs, similarity_layer=similarity_layer)
+                                   save_router_inputs=save_router_inputs, similarity_layer=similarity_layer,
+                                   shards=shards)
+        scale = ScaleOut(spec, workers, ray_address) if workers > 1 or ray_address else None
         with token_progress(console) as progress:
-            prof = run_profile(lm, tok, name, recipe, out_used, settings, resume=resume, progress=progress)
+            prof = run_profile(lm, tok, name, recipe, out_used, settings, resume=resume, progress=progress,
+                               scale=scale)
     except KeyboardInterrupt:
         partial = f"{out_used}.partial" if out_used else "the .partial folder beside the output"
         fail(f"interrupted: finished tasks are kept in {partial} and any earlier profile is untouched; continue "

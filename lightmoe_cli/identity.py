@@ -36,14 +36,17 @@ def model_identity(model, adapter, name_or_path: str):
     import torch
 
     from lightmoe_cli.manifest import ModelIdentity
+    from lightmoe_cli.models.offload import onload
 
     layers = adapter.moe_layers(model)
+    with onload(m.router for m in layers):  # offloaded routers (device_map="auto") hold real values in here
+        routers = fingerprint(model.config, [p for m in layers for p in m.router.parameters()])
     return ModelIdentity(
         name_or_path=name_or_path,
         architecture=type(model).__name__,
         model_type=getattr(model.config, "model_type", ""),
         config_hash=config_hash(model.config),
-        fingerprint=fingerprint(model.config, [p for m in layers for p in m.router.parameters()]),
+        fingerprint=routers,
         moe_layers=[m.layer_index for m in layers],
         num_layers=int(getattr(model.config, "num_hidden_layers", len(layers))),
         num_experts=[m.num_experts for m in layers],

@@ -29,8 +29,13 @@ def resolve_model(model: str | Path | None) -> str:
     return text  # a hub id: works offline when cached
 
 
-def load_model_and_tokenizer(model: str | Path | None, device: str = "cpu", dtype: str = "float32"):
-    """AutoModelForCausalLM + AutoTokenizer, offline. fp32 by default: bf16 is ~20x slower on CPUs without AMX."""
+def load_model_and_tokenizer(model: str | Path | None, device: str = "cpu", dtype: str = "float32",
+                             device_map: str | None = None, max_memory: dict[str, str] | None = None,
+                             offload_folder: str | None = None):
+    """AutoModelForCausalLM + AutoTokenizer, offline. fp32 by default: bf16 is ~20x slower on CPUs without AMX.
+    `device_map="auto"` (with `max_memory`, device -> size, and `offload_folder` for "disk") lets accelerate spread
+    a model too large for one device over GPUs, CPU and disk; its hooks load offloaded weights per module, so our
+    routing hooks still see every expert call."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -45,10 +50,34 @@ def load_model_and_tokenizer(model: str | Path | None, device: str = "cpu", dtyp
         raise LightMoEError(f"unknown dtype {dtype}; use float32, bfloat16, float16 or auto")
     try:
         tokenizer = AutoTokenizer.from_pretrained(name)
-        loaded = AutoModelForCausalLM.from_pretrained(name, dtype=torch_dtype)
+        placement = {} if device_map is None else {"device_map": device_map, "max_memory": max_memory,
+                                                   "offload_folder": offload_folder}
+        loaded = AutoModelForCausalLM.from_pretrained(name, dtype=torch_dtype, **placement)
     except OSError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise LightMoEError(f"cannot load model {name!r} offline ({first}); pass a local folder with --model") from e
     except ValueError as e:
         raise LightMoEError(f"cannot load {name!r} as a causal LM: {str(e).splitlines()[0]}") from e
-    return loaded.to(device).eval(), tokenizer
+    return (loaded if device_map is not None else loaded.to(device)).eval(), tokenizer
+
+
+def parse_placement(device_map: str | None, max_memory: str | None, offload_folder) -> dict:
+    """--device-map / --max-memory / --offload-folder -> from_pretrained keywords ({} without --device-map).
+    '--max-memory 0=70GiB,cpu=200GiB' -> {0: '70GiB', 'cpu': '200GiB'}."""
+    if device_map is None:
+        if max_memory or offload_folder:
+            raise LightMoEError("--max-memory and --offload-folder need --device-map auto")
+        return {}
+    if device_map not in ("auto", "balanced", "sequential"):
+        raise LightMoEError(f"--device-map {device_map!r}: use auto, balanced or sequential")
+    limits = {}
+    for part in (max_memory or "").split(","):
+        if not part.strip():
+            continue
+        dev, sep, size = part.partition("=")
+        if not sep or not size.strip():
+            raise LightMoEError(f"--max-memory entry {part!r} must look like cpu=200GiB or 0=70GiB")
+        dev = dev.strip()
+        limits[int(dev) if dev.isdigit() else dev] = size.strip()
+    return {"device_map": device_map, "max_memory": limits or None,
+            "offload_folder": str(offload_folder) if offload_folder else None}

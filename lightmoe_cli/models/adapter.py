@@ -251,7 +251,10 @@ class MoEAdapter:
     def _as_expert_input(self, layer: MoELayer, hidden: torch.Tensor) -> torch.Tensor:
         """`hidden` [N, H] on the device and in the dtype of `layer`'s expert weights."""
         weight = next(iter(self.expert_tensors(layer).values()))
-        return hidden.reshape(-1, hidden.shape[-1]).to(weight.device, weight.dtype)
+        device = weight.device
+        if device.type == "meta":  # offloaded by accelerate: its hook brings the weights to this device
+            device = getattr(getattr(layer.experts, "_hf_hook", None), "execution_device", None) or "cpu"
+        return hidden.reshape(-1, hidden.shape[-1]).to(device, weight.dtype)
 
     # ---- dropping experts --------------------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,22 +21,13 @@ from lightmoe_cli.errors import LightMoEError
 from lightmoe_cli.files import exclusive_output, save_tensors
 from lightmoe_cli.identity import library_versions, model_identity
 from lightmoe_cli.manifest import FINGERPRINT_KEY, write_artifact
+from lightmoe_cli.models.offload import onload
 from lightmoe_cli.profile.accumulator import TaskStats
 from lightmoe_cli.profile.artifact import SCHEMA_VERSION, Profile, ProfileManifest, TaskSummary, load_profile
-from lightmoe_cli.recipes import CalibrationRecipe, iter_task_texts
-
-
-@dataclass
-class ProfileSettings:
-    seq_len: int = 256
-    batch_size: int = 8
-    sample_tokens: int = 512  # routed hidden states kept per layer for output-space similarity
-    save_traces: bool = False
-    save_router_inputs: bool = False  # traces also keep each token's router input (for expert predictors)
-    trace_chunk_tokens: int = 65536
-    similarity_layer: int | None = None  # layer of the similarity plot (default: the middle MoE layer)
-    seed: int = 0
-    extra: dict = field(default_factory=dict)
+from lightmoe_cli.profile.scaleout import ModelSpec
+from lightmoe_cli.profile.settings import ProfileSettings
+from lightmoe_cli.profile.shards import merge_shards
+from lightmoe_cli.recipes import CalibrationRecipe
 
 
 def summarise(tasks: list[TaskStats]) -> tuple[list[TaskSummary], np.ndarray]:
@@ -73,27 +64,80 @@ def _outlook(all_stats: list[TaskStats], layers, sims: dict[str, torch.Tensor]) 
 def _progress_key(identity, recipe: CalibrationRecipe, settings: ProfileSettings) -> str:
     return json.dumps({"model": identity.fingerprint, "recipe": recipe.fingerprint(),
                        "seq_len": settings.seq_len, "sample_tokens": settings.sample_tokens,
-                       "traces": settings.save_traces, "router_inputs": settings.save_router_inputs},
+                       "traces": settings.save_traces, "router_inputs": settings.save_router_inputs,
+                       "shards": settings.shards},
                       sort_keys=True)
 
 
+@dataclass(frozen=True)
+class ScaleOut:
+    """Run the calibration shards elsewhere: `workers` local processes, or Ray tasks at `ray_address` ("local":
+    a local Ray); each worker loads the model from `spec`."""
+
+    spec: ModelSpec
+    workers: int = 1
+    ray_address: str | None = None
+
+    @property
+    def remote(self) -> bool:
+        return self.workers > 1 or self.ray_address is not None
+
+
 def run_profile(model, tokenizer, model_name: str, recipe: CalibrationRecipe, out: Path,
-                settings: ProfileSettings, resume: bool = False, progress=None) -> Profile:
+                settings: ProfileSettings, resume: bool = False, progress=None, scale: ScaleOut | None = None
+                ) -> Profile:
     """Profile `model` on every task of `recipe` into `out`; `progress` is an optional rich Progress.
     One writer per output (a second one is refused in one line); finished tasks survive an interruption in
-    `<out>.partial` for `--resume`."""
+    `<out>.partial` for `--resume`. `scale`: run the shards in worker processes or on Ray."""
     out = Path(out)
+    if settings.shards < 1:
+        raise LightMoEError("--shards must be positive")
+    if scale is not None and scale.remote and settings.save_traces:
+        raise LightMoEError("--save-traces writes one trace file per task from one process: drop --workers / "
+                            "--ray-address for a traced profile")
     with exclusive_output(out, ".partial") as work:
-        return _profile_into(work, out, model, tokenizer, model_name, recipe, settings, resume, progress)
+        return _profile_into(work, out, model, tokenizer, model_name, recipe, settings, resume, progress, scale)
+
+
+def _shard_results(model, tokenizer, layers, recipe: CalibrationRecipe, tasks, settings: ProfileSettings,
+                   quota: int, work: Path, progress, scale: ScaleOut | None, on_task) -> None:
+    """Every shard of `tasks`, here or on the workers; `on_task(task_name, results)` as soon as a task's shards
+    are all in (so a finished task is saved before a later one can fail)."""
+    from lightmoe_cli.profile.scaleout import ShardJob, run_local, run_ray
+    from lightmoe_cli.profile.shards import Shard, profile_shard
+    from lightmoe_cli.profile.tracer import TraceWriter
+
+    bars = {t.name: progress.add_task(t.name, total=t.max_tokens) for t in tasks} if progress else {}
+    out: dict[str, list] = {t.name: [] for t in tasks}
+    if scale is None or not scale.remote:
+        for task in tasks:
+            traces = TraceWriter(work / "traces" / task.name, settings.trace_chunk_tokens,
+                                 settings.save_router_inputs) if settings.save_traces else None
+            for j in range(settings.shards):
+                out[task.name].append(profile_shard(
+                    model, tokenizer, layers, recipe, task, Shard(task.name, j, settings.shards), settings, quota,
+                    traces=traces, on_batch=(lambda n, b=bars.get(task.name): progress.advance(b, n))
+                    if progress else None, worker="main"))
+            on_task(task.name, out[task.name])
+        return
+    fields = {k: v for k, v in asdict(settings).items() if k != "extra"}
+    jobs = [ShardJob(recipe.resolved(), t.name, j, settings.shards, fields, quota)
+            for t in tasks for j in range(settings.shards)]
+    results = run_ray(scale.spec, jobs, scale.workers, scale.ray_address) if scale.ray_address \
+        else run_local(scale.spec, jobs, scale.workers)
+    for r in results:
+        out[r.shard.task].append(r)
+        if progress:
+            progress.advance(bars[r.shard.task], r.tokens)
+        if len(out[r.shard.task]) == settings.shards:
+            on_task(r.shard.task, out[r.shard.task])
 
 
 def _profile_into(work: Path, out: Path, model, tokenizer, model_name: str, recipe: CalibrationRecipe,
-                  settings: ProfileSettings, resume: bool, progress) -> Profile:
+                  settings: ProfileSettings, resume: bool, progress, scale: ScaleOut | None = None) -> Profile:
     from lightmoe_cli.models import get_adapter
-    from lightmoe_cli.profile.batches import batches, token_windows
     from lightmoe_cli.profile.expert_similarity import layer_similarities
     from lightmoe_cli.profile.plots import frequency_heatmap, similarity_heatmaps
-    from lightmoe_cli.profile.tracer import HiddenSampler, TraceWriter, trace_task
 
     adapter = get_adapter(model)
     layers = adapter.moe_layers(model)
@@ -110,39 +154,33 @@ def _profile_into(work: Path, out: Path, model, tokenizer, model_name: str, reci
     (work / "stats").mkdir(parents=True, exist_ok=True)
     (work / "samples").mkdir(exist_ok=True)
     (work / "progress.key").write_text(key)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     quota = max(1, settings.sample_tokens // len(recipe.tasks))
 
-    all_stats: list[TaskStats] = []
+    all_stats: dict[str, TaskStats] = {}
     timings: dict[str, float] = {}
+    todo = []
     for task in recipe.tasks:
         stats_path = work / "stats" / f"{task.name}.safetensors"
         sample_path = work / "samples" / f"{task.name}.safetensors"
         if resume and stats_path.exists() and sample_path.exists():
             from safetensors.torch import load_file
 
-            all_stats.append(TaskStats.from_tensors(task.name, load_file(str(stats_path))))
+            all_stats[task.name] = TaskStats.from_tensors(task.name, load_file(str(stats_path)))
             if progress:
                 progress.console.print(f"resumed: task {task.name} already profiled")
-            continue
-        sampler = HiddenSampler(layers, quota, seed=settings.seed)
-        traces = TraceWriter(work / "traces" / task.name, settings.trace_chunk_tokens,
-                             settings.save_router_inputs) if settings.save_traces else None
-        bar = progress.add_task(f"{task.name}", total=task.max_tokens) if progress else None
-        t0 = time.perf_counter()
-        texts = iter_task_texts(recipe, task)
-        windows = token_windows(tokenizer, texts, settings.seq_len, task.max_tokens)
-        stats = trace_task(model, layers, task.name, batches(windows, settings.batch_size, pad_id),
-                           sampler=sampler, sample_share=min(1.0, 2.0 * quota / task.max_tokens), traces=traces,
-                           on_batch=(lambda n, b=bar: progress.advance(b, n)) if progress else None)
-        timings[task.name] = time.perf_counter() - t0
+        else:
+            todo.append(task)
+    def save_task(name: str, results: list) -> None:
+        stats, samples = merge_shards(name, results, quota)
+        timings[name] = sum(r.seconds for r in results)
         if stats.tokens == 0:
-            raise LightMoEError(f"task {task.name} produced no tokens: its source is empty")
-        if progress:
-            progress.update(bar, total=stats.tokens, completed=stats.tokens)
-        save_tensors(sampler.tensors(), sample_path, meta)
-        save_tensors(stats.to_tensors(), stats_path, meta)
-        all_stats.append(stats)
+            raise LightMoEError(f"task {name} produced no tokens: its source is empty")
+        save_tensors(samples, work / "samples" / f"{name}.safetensors", meta)
+        save_tensors(stats.to_tensors(), work / "stats" / f"{name}.safetensors", meta)
+        all_stats[name] = stats
+
+    _shard_results(model, tokenizer, layers, recipe, todo, settings, quota, work, progress, scale, save_task)
+    all_stats = [all_stats[t.name] for t in recipe.tasks]
 
     # similarity over all tasks' statistics and hidden samples
     from safetensors.torch import load_file
@@ -158,7 +196,8 @@ def _profile_into(work: Path, out: Path, model, tokenizer, model_name: str, reci
         hidden = torch.cat([s[f"layer.{li}.hidden"] for s in parts]) if parts else None
         routing = (torch.cat([s[f"layer.{li}.index"] for s in parts]), torch.cat([s[f"layer.{li}.weights"]
                    for s in parts])) if parts and all(f"layer.{li}.index" in s for s in parts) else None
-        sim, sal = layer_similarities(adapter, m, coact, hidden, routing)
+        with onload([m.experts]):  # weights offloaded to disk (device_map="auto") are read in here
+            sim, sal = layer_similarities(adapter, m, coact, hidden, routing)
         sims.update({f"layer.{li}.{kind}": mat.float() for kind, mat in sim.items()})
         if sal is not None:
             saliency[f"layer.{li}.reap"] = sal.float()

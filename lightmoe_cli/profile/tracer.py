@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from lightmoe_cli.models import MoEAdapter, MoELayer, get_adapter, record_routing
+from lightmoe_cli.models.offload import input_device
 from lightmoe_cli.profile.accumulator import TaskStats
 from lightmoe_cli.profile.batches import TokenBatch
 
@@ -141,7 +142,7 @@ def trace_task(model, layers: list[MoELayer], name: str, batches: Iterable[Token
                     rows = hidden.reshape(-1, hidden.shape[-1]).cpu()
                     traces.add_hidden(li, rows[current["mask"]] if current["mask"] is not None else rows)
             handles.append(adapter.add_expert_input_hook(m, offer))
-    device = next(model.parameters()).device
+    device = input_device(model)
     try:
         with record_routing(model, on_route):
             for n, batch in enumerate(batches):

@@ -1,0 +1,90 @@
+"""Calibration shards: a task's token stream cut into a fixed number of contiguous pieces, each profiled on its
+own (in this process, in local processes or as Ray tasks) and merged in shard order.
+
+Why a fixed count, whatever the number of workers: the statistics are sums, and float sums depend on their order.
+Every run of the same shards merges the same partial sums in the same order, so a profile made by 2 workers is
+byte-identical in its statistics to one made by 1 (counts and co-activation are integers; gate mass float64 sums).
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from lightmoe_cli.profile.accumulator import TaskStats
+
+
+@dataclass(frozen=True)
+class Shard:
+    task: str
+    index: int
+    count: int
+
+    def token_range(self, max_tokens: int) -> tuple[int, int]:
+        return self.index * max_tokens // self.count, (self.index + 1) * max_tokens // self.count
+
+    @property
+    def seed_offset(self) -> int:
+        return zlib.crc32(f"{self.task}:{self.index}".encode())
+
+
+@dataclass
+class ShardResult:
+    shard: Shard
+    stats: dict[str, torch.Tensor]  # TaskStats.to_tensors()
+    samples: dict[str, torch.Tensor]  # HiddenSampler.tensors()
+    tokens: int
+    seconds: float
+    worker: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+def shard_windows(windows: Iterable[list[int]], shard: Shard, max_tokens: int) -> Iterator[list[int]]:
+    """The windows whose first token lies in the shard's token range (the stream is read from its start)."""
+    lo, hi = shard.token_range(max_tokens)
+    seen = 0
+    for w in windows:
+        start = seen
+        seen += len(w)
+        if start >= hi:
+            return
+        if start >= lo:
+            yield w
+
+
+def profile_shard(model, tokenizer, layers, recipe, task, shard: Shard, settings, quota: int, traces=None,
+                  on_batch=None, worker: str = "") -> ShardResult:
+    """Trace one shard: its statistics and its share of the hidden-state sample (seeded by task and shard)."""
+    from lightmoe_cli.profile.batches import batches, token_windows
+    from lightmoe_cli.profile.tracer import HiddenSampler, trace_task
+    from lightmoe_cli.recipes import iter_task_texts
+
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    per_shard = -(-quota // shard.count)
+    sampler = HiddenSampler(layers, per_shard, seed=settings.seed + shard.seed_offset)
+    t0 = time.perf_counter()
+    windows = token_windows(tokenizer, iter_task_texts(recipe, task), settings.seq_len, task.max_tokens)
+    stats = trace_task(model, layers, task.name,
+                       batches(shard_windows(windows, shard, task.max_tokens), settings.batch_size, pad_id),
+                       sampler=sampler, sample_share=min(1.0, 2.0 * quota / task.max_tokens), traces=traces,
+                       on_batch=on_batch)
+    return ShardResult(shard, stats.to_tensors(), sampler.tensors(), stats.tokens, time.perf_counter() - t0, worker)
+
+
+def merge_shards(name: str, results: list[ShardResult], quota: int) -> tuple[TaskStats, dict[str, torch.Tensor]]:
+    """One task's statistics and hidden-state sample from its shards, added in shard order."""
+    results = sorted(results, key=lambda r: r.shard.index)
+    total = TaskStats.from_tensors(name, {k: v.clone() for k, v in results[0].stats.items()})
+    for r in results[1:]:
+        part = TaskStats.from_tensors(name, r.stats)
+        for li, s in total.layers.items():
+            s.merge(part.layers[li])
+    samples: dict[str, torch.Tensor] = {}
+    for key in sorted({k for r in results for k in r.samples}):
+        parts = [r.samples[key] for r in results if key in r.samples and r.samples[key].numel()]
+        samples[key] = torch.cat(parts)[:quota] if parts else torch.zeros(0)
+    return total, samples
