@@ -295,6 +295,10 @@ def eval_cmd(
     active: str = typer.Option("0.5,0.75", help="With --activations: shares of activations to score."),
     activation_on: str = typer.Option("full,lightmoe", help="With --activations: the resident-set policies the "
                                       "rules are combined with (any of full, prune, lightmoe, lru, ...)."),
+    workers: int = typer.Option(1, help="Score this many bundles at once (local processes, --threads each), or "
+                                "as Ray tasks with --ray-address."),
+    ray_address: str = typer.Option(None, help="A Ray cluster (host:port) or 'local': each bundle is scored as a "
+                                    "Ray task (bundle folders must be on a filesystem every node sees)."),
 ) -> None:
     """Score bundles and the baselines with lm-evaluation-harness: accuracy x memory x speed."""
     offline()
@@ -308,7 +312,8 @@ def eval_cmd(
                           stream_requests=stream_requests,
                           activations=[a.strip() for a in activations.split(",") if a.strip()],
                           active=[float(a) for a in active.split(",")],
-                          activation_policies=[p.strip() for p in activation_on.split(",") if p.strip()])
+                          activation_policies=[p.strip() for p in activation_on.split(",") if p.strip()],
+                          workers=workers, ray_address=ray_address)
         req.validate()
     except ValueError as e:
         fail(f"bad --budgets {budgets!r} or --block-requests {block_requests!r}: {e}")

@@ -85,3 +85,11 @@ def test_eval_on_the_demo_model_writes_tables_results_and_plots(tmp_path):
     assert "differences to prune" in res.output and "task-shift streams" in res.output
     res = CliRunner().invoke(app, ["eval", "--tasks", "demo_klingon", "--out", str(out)])
     assert res.exit_code == 1 and "available: demo, demo_ppl" in res.output
+    # the same bundles scored two at a time (local processes): the same numbers, in the same rows
+    par = tmp_path / "par"
+    res = CliRunner().invoke(app, ["eval", "--compare", "full,prune,lightmoe,oracle", "--budgets", "0.5",
+                                   "--limit", "4", "--tasks", "demo_arithmetic,demo_bible_es,demo_bible_es_ppl",
+                                   "--no-task-shift", "--workers", "2", "--out", str(par)])
+    assert res.exit_code == 0, res.output
+    again = {r["policy"]: r for r in json.loads((par / "results.json").read_text())["rows"]}
+    assert {p: r["nll_per_token"] for p, r in again.items()} == {p: r["nll_per_token"] for p, r in rows.items()}

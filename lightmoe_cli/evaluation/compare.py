@@ -95,18 +95,65 @@ def write_results(out: Path, payload: dict) -> None:
 
 
 def run_comparison(configs: list[EvalConfig], tasks: list[str], include_path: list[Path], limit: int | None,
-                   threads: int, progress=None) -> list[dict]:
-    rows = []
+                   threads: int, progress=None, workers: int = 1, ray_address: str | None = None) -> list[dict]:
+    """Score every config, each in its own process: one at a time, `workers` at once (threads each), or as Ray
+    tasks. Rows come back in the configs' order whatever finished first."""
     bar = progress.add_task("evaluating", total=len(configs)) if progress else None
-    for c in configs:
+
+    def score(c: EvalConfig) -> dict:
         t0 = time.perf_counter()
         r = run_worker(c.bundle, tasks, include_path, limit, threads)
         r["wall_seconds"] = time.perf_counter() - t0
+        return r
+
+    if ray_address:
+        results = _ray_scores(configs, tasks, include_path, limit, threads, ray_address, workers, progress, bar)
+    else:
+        from concurrent.futures import ThreadPoolExecutor  # each thread waits on its own worker process
+
+        with ThreadPoolExecutor(max(1, workers)) as pool:
+            futures = [pool.submit(score, c) for c in configs]
+            results = []
+            for f in futures:
+                results.append(f.result())
+                if progress:
+                    progress.advance(bar)
+    rows = []
+    for c, r in zip(configs, results, strict=True):
         r["budget_fraction"] = c.budget
         r["replicate"] = c.replicate
         if c.activation or c.tag:
             r["policy"], r["activation"], r["active"] = c.label, c.activation, c.active
         rows.append(r)
-        if progress:
-            progress.advance(bar)
     return rows
+
+
+def _ray_scores(configs, tasks, include_path, limit, threads, address, workers, progress, bar) -> list[dict]:
+    try:
+        import ray
+    except ImportError:
+        raise LightMoEError("--ray-address needs Ray: pip install 'lightmoe[ray]'") from None
+    started = not ray.is_initialized()
+    if started:
+        if address == "local":
+            ray.init(num_cpus=workers * threads, include_dashboard=False, log_to_driver=False)
+        else:
+            ray.init(address=address, log_to_driver=False)
+    try:
+        def score(bundle):
+            t0 = time.perf_counter()
+            r = run_worker(bundle, tasks, include_path, limit, threads)
+            r["wall_seconds"] = time.perf_counter() - t0
+            return r
+
+        remote = ray.remote(num_cpus=threads)(score)
+        refs = [remote.remote(c.bundle) for c in configs]
+        results = []
+        for ref in refs:
+            results.append(ray.get(ref))
+            if progress:
+                progress.advance(bar)
+        return results
+    finally:
+        if started:
+            ray.shutdown()

@@ -37,6 +37,8 @@ class EvalRequest:
     activations: list[str] = field(default_factory=list)  # activation rules to score (issue: topk, lexi, ...)
     active: list[float] = field(default_factory=lambda: [0.5, 0.75])
     activation_policies: list[str] = field(default_factory=lambda: ["full", "lightmoe"])
+    workers: int = 1  # bundles scored at once (local processes), or Ray tasks with ray_address
+    ray_address: str | None = None
 
     def validate(self) -> None:
         """Every option checked before a model is loaded (one-line errors naming the fix)."""
@@ -52,6 +54,12 @@ class EvalRequest:
             raise LightMoEError("--tasks is empty: give demo or comma-separated task names")
         if self.limit is not None and self.limit < 1:
             raise LightMoEError(f"--limit must be a positive number of items per task, not {self.limit}")
+        if self.workers < 1:
+            raise LightMoEError("--workers must be positive")
+        if self.ray_address:
+            from lightmoe_cli.profile.scaleout import check_ray_address
+
+            check_ray_address(self.ray_address)
         if self.threads < 1 or self.stream_requests < 1 or not self.block_requests \
                 or any(b < 1 for b in self.block_requests):
             raise LightMoEError("--threads, --stream-requests and every --block-requests must be positive")
@@ -264,7 +272,8 @@ def run_eval(req: EvalRequest, progress=None) -> EvalReport:
         combos = activation_combos(req)
         configs = ensure_bundles(prof, lm, tok, name, req.policies, req.budgets, out / "bundles", progress, combos)
         del lm
-    rows = merge_replicates(run_comparison(configs, task_names, include, req.limit, req.threads, progress))
+    rows = merge_replicates(run_comparison(configs, task_names, include, req.limit, req.threads, progress,
+                                           workers=req.workers, ray_address=req.ray_address))
     add_comparisons(rows)
     payload = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
                "model": name, "tasks": task_names, "limit": req.limit, "rows": rows,
