@@ -49,14 +49,26 @@ def test_demo_model_gguf_generates_the_greedy_tokens_of_transformers(tmp_path):
     gguf = export_gguf(bundle, sel, tmp_path / "demo.gguf", outtype="f32")
     hf = export_hf(bundle, sel, tmp_path / "hf")
     ref, rtok = AutoModelForCausalLM.from_pretrained(hf, dtype=torch.float32).eval(), AutoTokenizer.from_pretrained(hf)
-    for prompt in ["12 + 7 = ", "reverse lamp -> ", "The river"]:
-        ids = rtok(prompt).input_ids
-        with torch.no_grad():
-            want = ref.generate(torch.tensor([ids]), max_new_tokens=8, do_sample=False)[0, len(ids):].tolist()
-        llm = Llama(model_path=str(gguf), n_ctx=128, n_threads=2, verbose=False)
-        got = []
-        for t in llm.generate(ids, top_k=1, temp=0.0, repeat_penalty=1.0):
-            got.append(int(t))
-            if len(got) == len(want):
-                break
-        assert got == want, prompt
+    llm = Llama(model_path=str(gguf), n_ctx=128, n_threads=2, verbose=False)
+    try:
+        for prompt in ["12 + 7 = ", "reverse lamp -> ", "The river", "upper dog -> "]:
+            ids = rtok(prompt).input_ids
+            with torch.no_grad():
+                want = ref.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False)[0, len(ids):].tolist()
+            got = []
+            for t in llm.generate(ids, top_k=1, temp=0.0, repeat_penalty=1.0):
+                got.append(int(t))
+                if len(got) == len(want):
+                    break
+            llm.reset()
+            assert got == want, prompt
+    finally:
+        llm.close()
+    import sys
+
+    sys.path.insert(0, str(find_converter() / "gguf-py"))
+    from gguf import GGUFReader
+
+    tensors = {t.name: t for t in GGUFReader(str(gguf)).tensors}
+    kept = bundle.layers[0].slots
+    assert kept == 16 and kept in tensors["blk.0.ffn_gate_exps.weight"].shape.tolist()  # only the kept experts

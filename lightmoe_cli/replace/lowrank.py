@@ -90,10 +90,11 @@ def replaced_output(experts: nn.Module, hidden: torch.Tensor, index: torch.Tenso
     of weight x replacement(x). With alpha < 1 and `original` (router id -> its own row), the output is blended
     from the original expert to the replacement: (1 - alpha) original + alpha replacement (annealing)."""
     out = torch.zeros_like(hidden)
-    for e, row in row_of.items():
+    # only the replaced experts this forward picked (a decode step picks a handful of the layer's many)
+    present = torch.unique(index).tolist()
+    for e in (e for e in present if e in row_of):
+        row = row_of[e]
         tok, pos = torch.where(index == e)
-        if tok.numel() == 0:
-            continue
         x = hidden[tok]
         j = factors.row.get(e) if factors is not None else None
         y = expert_forward(x, experts.gate_up_proj[row], experts.down_proj[row], experts.act_fn,
