@@ -28,7 +28,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--max-tokens", type=int, default=8192, help="tokens per calibration task")
-    ap.add_argument("--threads", type=int, default=2, help="torch threads of the single process")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads of the single process and of each worker "
+                    "(BLAS sums in another order with another thread count: identical statistics need equal counts)")
     args = ap.parse_args()
 
     import torch
@@ -49,7 +50,7 @@ def main() -> None:
     work = ROOT / "runs" / "bench-scaleout"
     shutil.rmtree(work, ignore_errors=True)
     settings = ProfileSettings(seq_len=256, batch_size=8)
-    spec = ModelSpec(str(name), threads=max(1, args.threads // args.workers))
+    spec = ModelSpec(str(name), threads=args.threads)
     runs = [("1 process", None), (f"{args.workers} local processes", ScaleOut(spec, args.workers))]
     if importlib.util.find_spec("ray") is not None:
         runs.append((f"Ray (local, {args.workers} workers)", ScaleOut(spec, args.workers, "local")))
@@ -64,17 +65,24 @@ def main() -> None:
             first = (stats, sims, seconds)
         same = all(torch.equal(stats[t][k], first[0][t][k]) for t in stats for k in stats[t]) and \
             all(torch.equal(sims[k], first[1][k]) for k in sims)
+        counts_same = all(torch.equal(stats[t][k], first[0][t][k]) for t in stats for k in stats[t]
+                          if k.endswith(("counts", "coactivation", "tokens")))
+        mass_diff = max(float((stats[t][k] - first[0][t][k]).abs().max()) for t in stats for k in stats[t]
+                        if k.endswith("mass"))
         rows.append({"run": label, "seconds": seconds, "vs_one_process": seconds / first[2],
-                     "tokens": sum(prof.manifest.tasks.values()), "identical_statistics": same})
+                     "tokens": sum(prof.manifest.tasks.values()), "identical_statistics": same,
+                     "identical_counts": counts_same, "max_gate_mass_diff": mass_diff})
     table = Table(title=f"profile of {Path(name).name}: {len(recipe.tasks)} tasks x {args.max_tokens} tokens")
-    for col in ("run", "wall s", "vs 1 process", "tokens", "statistics identical"):
+    for col in ("run", "wall s", "vs 1 process", "tokens", "statistics identical", "max |gate mass diff|"):
         table.add_column(col)
     for r in rows:
         table.add_row(r["run"], f"{r['seconds']:.1f}", f"{r['vs_one_process']:.2f}x", f"{r['tokens']:,}",
-                      "yes" if r["identical_statistics"] else "NO")
+                      "yes" if r["identical_statistics"] else ("counts yes, sums NO" if r["identical_counts"]
+                                                                else "NO"), f"{r['max_gate_mass_diff']:.1e}")
     Console().print(table)
     RESULTS.mkdir(exist_ok=True)
     atomic_write_json(RESULTS / "scaleout.json", {"workers": args.workers, "max_tokens": args.max_tokens,
+                                                  "threads_per_process": args.threads,
                                                   "cpu_count": os.cpu_count(), "rows": rows})
 
 
