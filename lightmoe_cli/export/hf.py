@@ -43,8 +43,12 @@ def export_hf(bundle: Bundle, selection: Selection, out: Path, max_shard_size: s
         counts = sorted({len(v) for v in selection.kept.values()})
         raise LightMoEError(f"layers keep different expert counts ({counts[0]}..{counts[-1]}) and a transformers "
                             "config has one: build with `lightmoe build-bundle --policy prune --uniform`")
+    from transformers.utils import logging as hf_logging
+
     from lightmoe_cli.models.adapter import strip_lightmoe_hooks
     from lightmoe_cli.runtime.loader import build_runtime
+
+    hf_logging.disable_progress_bar()  # our own output says what was written
 
     full = bundle.policy == "full"
     rt = build_runtime(bundle if full else pruned_bundle(bundle, selection))

@@ -157,13 +157,13 @@ def _selftest(info: ArchInfo, workspace: PipelineWorkspace | None = None) -> Sel
         _check_trace_matches_router(model, adapter, layers, input_ids)
         _check_keep_half(model, adapter, layers, input_ids)
         _check_redirect(model, layers, input_ids)
-        if workspace is not None:
-            check_pipeline(model, info.model_type, workspace, input_ids)
+        pipeline = check_pipeline(model, info.model_type, workspace, input_ids) if workspace is not None else ""
         _check_read_write(adapter, layers[-1])  # last: it changes the model
         result.passed = True
+        export = pipeline.split(" ran, ", 1)[1] if " ran, " in pipeline else ""
         result.detail = (f"{result.num_experts} experts, top-{result.top_k}, MoE layers "
                          + ",".join(str(layer.layer_index) for layer in layers)
-                         + ("; pipeline ran" if workspace is not None else ""))
+                         + ("; pipeline ran" if workspace is not None else "") + (f"; {export}" if export else ""))
     except CheckFailed as e:
         result.detail = str(e)
     except StageFailed as e:

@@ -187,6 +187,9 @@ def _check_export(model: nn.Module, name: str, profile: Any, ws: PipelineWorkspa
     from lightmoe_cli.export.selection import select
     from lightmoe_cli.runtime.loader import build_runtime
 
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     with _stage("export hf"):
         bundle = build_bundle(profile, model, ws.tokenizer, name, folder / "prune-uniform",
                               BuildOptions(policy="prune", fraction=BUDGET, params={"uniform": True}))
