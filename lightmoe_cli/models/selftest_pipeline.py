@@ -180,14 +180,13 @@ def _check_export(model: nn.Module, name: str, profile: Any, ws: PipelineWorkspa
     """A uniform prune bundle exported as a transformers checkpoint loads with plain `from_pretrained` and gives
     the runtime's logits; a family the exporter refuses by name (its expert count sizes other modules) says so."""
     import transformers
+    from transformers.utils import logging as hf_logging
 
     from lightmoe_cli.bundle.build import BuildOptions, build_bundle
     from lightmoe_cli.errors import LightMoEError
     from lightmoe_cli.export.hf import export_hf
     from lightmoe_cli.export.selection import select
     from lightmoe_cli.runtime.loader import build_runtime
-
-    from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     with _stage("export hf"):
