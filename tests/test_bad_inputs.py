@@ -240,6 +240,11 @@ def _build_cases():
         ("unknown-ranking", ["--ranking", "vibes"], "unknown ranking 'vibes'"),
         ("unknown-dtype", ["--dtype", "float8"], "unknown --dtype"),
         ("profile-missing", ["--profile", "/nonexistent/profile"], "not a lightmoe profile"),
+        ("compression-too-large", ["--policy", "replace", "--compression", "0.9", "--rank", "2"],
+         "leaves fewer than top-k"),
+        ("compression-zero", ["--policy", "replace", "--compression", "0"], "--compression must be greater than 0.0"),
+        ("rank-negative", ["--policy", "replace", "--rank", "-1"], "--rank must be at least 0"),
+        ("recover-tasks-missing", ["--policy", "replace", "--recover-tasks", "/nonexistent/r.yaml"], "not found"),
     ]
 
 
@@ -265,6 +270,12 @@ def _profile_cases(root: Path, tmp: Path):
         ("batch-size-0", [*model, "--batch-size", "0"], "--batch-size must be positive"),
         ("recipe-missing", [*model, "--tasks", str(tmp / "none.yaml")], "not found"),
         ("model-missing", ["--model", str(tmp / "nope")], "does not exist"),
+        ("workers-0", [*model, "--workers", "0"], "--workers and --shards must be positive"),
+        ("device-map-unknown", [*model, "--device-map", "weird"], "use auto, balanced or sequential"),
+        ("max-memory-without-device-map", [*model, "--max-memory", "cpu=1GiB"], "need --device-map auto"),
+        ("max-memory-unreadable", [*model, "--device-map", "auto", "--max-memory", "lots"],
+         "must look like cpu=200GiB"),
+        ("ray-unreachable", [*model, "--ray-address", "127.0.0.1:1"], "cannot reach a Ray cluster"),
     ]
 
 
@@ -295,6 +306,36 @@ def test_resume_with_changed_settings_says_it_starts_over(made, tmp_path):
 ])
 def test_bad_eval_options(args, message, tmp_path):
     one_line_error(RUNNER.invoke(app, ["eval", *args, "--out", str(tmp_path / "e")]), message)
+
+
+@pytest.mark.parametrize("case", ["missing-bundle", "dynamic-policy", "managed-without-task", "unknown-task",
+                                  "unknown-format", "no-out-folder", "ot-without-memory"])
+def test_bad_export_inputs(made, pristine, tmp_path, case):
+    b = str(made["bundle"])  # a lightmoe bundle: a manager, task sets
+    args, message = {
+        "missing-bundle": (["--bundle", str(tmp_path / "nope"), "--out", str(tmp_path / "o")], "not a lightmoe bundle"),
+        "dynamic-policy": None,
+        "managed-without-task": (["--bundle", b, "--out", str(tmp_path / "o")], "export --task T"),
+        "unknown-task": (["--bundle", b, "--task", "klingon", "--out", str(tmp_path / "o")],
+                         "no resident set for task 'klingon'"),
+        "unknown-format": (["--bundle", b, "--format", "onnx", "--out", str(tmp_path / "o")], "unknown --format"),
+        "no-out-folder": (["--bundle", b, "--out", str(tmp_path / "nodir" / "o")], "does not exist"),
+        "ot-without-memory": (["--bundle", b, "--format", "llamacpp-ot", "--static", "--out",
+                               str(tmp_path / "o.json")], "needs --gpu-memory"),
+    }[case] or (["--bundle", b, "--out", str(tmp_path / "o")], "")
+    if case == "dynamic-policy":
+        from lightmoe_cli.bundle.build import BuildOptions, build_bundle
+        from lightmoe_cli.profile.artifact import load_profile
+
+        root = made["root"]
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        model, tok = AutoModelForCausalLM.from_pretrained(root / "model"), AutoTokenizer.from_pretrained(root / "model")
+        lru = build_bundle(load_profile(made["profile"]), model, tok, str(root / "model"), tmp_path / "lru",
+                           BuildOptions(policy="lru", fraction=0.5))
+        args, message = ["--bundle", str(lru.path), "--out", str(tmp_path / "o")], "loads experts at run time"
+    one_line_error(RUNNER.invoke(app, ["export", *args]), message)
+    assert not (tmp_path / "o").exists() and not (tmp_path / "o.json").exists()
 
 
 def test_an_empty_demo_task_file_is_named(tmp_path, monkeypatch):
