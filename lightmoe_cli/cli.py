@@ -186,10 +186,12 @@ def build_bundle_cmd(
         memory_bytes = parse_size(memory) if memory else None
         fraction = None if memory_bytes is not None else (budget if budget is not None else 0.5)
         opts = BuildOptions(policy, fraction, memory_bytes, ranking, policy_params or {}, activation, active)
-        opts.resolve()  # every option checked before a model is loaded
+        _, params = opts.resolve()  # every option checked before a model is loaded
         prof = load_profile(profile_dir or default_profile(resolve_model(model)))
         name = model or prof.model.name_or_path
         tag = f"{int(round(fraction * 100))}" if fraction is not None else memory.replace(" ", "")
+        if hasattr(params, "compression"):  # expert replacing sets its own memory
+            tag = f"c{int(round(params.compression * 100))}-r{params.rank}"
         if activation:
             tag += f"-{activation}{int(round(active * 100))}"
         lm, tok = load_model_and_tokenizer(name, dtype=dtype)
@@ -197,7 +199,8 @@ def build_bundle_cmd(
             bundle = build_bundle(prof, lm, tok, name, out or default_bundle(name, policy, tag), opts,
                                   progress=progress)
     except KeyboardInterrupt:
-        fail("interrupted: nothing was written and any earlier bundle at that path is untouched", code=130)
+        fail("interrupted: no bundle was written and any earlier bundle at that path is untouched (a replace or "
+             "prune-lora recovery keeps its checkpoint in <out>.recover: the same command resumes it)", code=130)
     except LightMoEError as e:
         fail(e)
     console.print(bundle_table(bundle))

@@ -432,7 +432,7 @@ def test_sigkill_mid_profile_keeps_the_earlier_profile_and_resume_works(made, pr
     _resume_finds_the_first_task(args)
 
 
-def test_sigint_mid_build_says_nothing_was_written(made, pristine, tmp_path):
+def test_sigint_mid_build_says_no_bundle_was_written(made, pristine, tmp_path):
     out = tmp_path / "b"
     shutil.copytree(made["bundle"], out)
     before = folder_digest(out)
@@ -444,7 +444,7 @@ def test_sigint_mid_build_says_nothing_was_written(made, pristine, tmp_path):
     text = proc.communicate(timeout=60)[0]
     assert "Traceback" not in text, text
     if proc.returncode == 130:
-        assert "nothing was written" in text and folder_digest(out) == before
+        assert "no bundle was written" in text and folder_digest(out) == before
     else:  # the build finished before the signal arrived
         assert proc.returncode == 0, text
 
