@@ -63,6 +63,7 @@ test: corpus
 test-all: corpus
     {{py}} -m pytest -q -m "not gpu"
 
+# ruff over the package, the tests and the benchmarks.
 lint: setup
     {{venv}}/bin/ruff check lightmoe_cli tests benchmarks
 
@@ -90,16 +91,14 @@ bench-redirect: corpus
     {{py}} benchmarks/bench_redirect.py --model demo-upcycled --budgets 0.25,0.5
     {{venv}}/bin/lightmoe demo similarity --model demo --model demo-upcycled
 
-# Expert prediction and cache replay on the demo model: traces with router inputs (calibration and held-out),
-# the predictor and its baselines, then every cache policy at 5-50% capacity.
+# Expert prediction (MoE-Beyond) and cache replay on the demo model: traces, predictor + baselines, simulate.
 predict-demo: corpus
     {{venv}}/bin/lightmoe profile --save-router-inputs --max-tokens 4096 --out runs/profiles/demo-moe-train-traces
     {{venv}}/bin/lightmoe profile --tasks recipes/calibration/demo-heldout.yaml --save-router-inputs --out runs/profiles/demo-moe-heldout
     {{venv}}/bin/lightmoe predict train --profile runs/profiles/demo-moe-train-traces --heldout runs/profiles/demo-moe-heldout --out artifacts/eval/demo-moe-predictor
     {{venv}}/bin/lightmoe simulate --traces runs/profiles/demo-moe-heldout --predictor artifacts/eval/demo-moe-predictor --cache 0.05,0.1,0.25,0.5
 
-# Non-blocking swapping vs the other caches on the demo model (after predict-demo: the predict bundles need its
-# predictor): bundles at 25% and 50% memory, then one eval of all of them (paired against prune).
+# Non-blocking swapping vs the other caches at 25% and 50% memory, one eval of all (run predict-demo first).
 eval-swap: corpus
     #!/usr/bin/env bash
     set -euo pipefail
@@ -115,7 +114,7 @@ eval-swap: corpus
     {{venv}}/bin/lightmoe build-bundle --policy full --out $out/full >/dev/null
     {{venv}}/bin/lightmoe eval --bundle $out/full "${args[@]}" --tasks demo,demo_ppl --limit 48 --out artifacts/eval/demo-moe-swap
 
-# expert replacing vs its baselines at 30% and 50% compression, and its ablations (issue: replace)
+# Expert replacing vs prune, REAP, merging, naive replacing and prune+LoRA at 30%/50%, and its ablations.
 eval-replace: corpus
     #!/usr/bin/env bash
     set -euo pipefail
@@ -140,8 +139,7 @@ eval-replace: corpus
     build replace-0.3-rank16 --policy replace --compression 0.3 --rank 16
     {{venv}}/bin/lightmoe eval "${args[@]}" --tasks demo,demo_ppl --limit 48 --no-task-shift --out artifacts/eval/demo-moe-replace
 
-# llama.cpp for `lightmoe export --format gguf`: its converter and gguf-py (from the llama-cpp-python sources, into
-# .cache/llama.cpp) and llama-cpp-python itself, compiled for this CPU (several minutes), for the gguf round-trip test.
+# llama.cpp's GGUF converter (into .cache/llama.cpp) and llama-cpp-python (compiled: minutes) for --format gguf.
 llama-cpp: setup
     #!/usr/bin/env bash
     set -euo pipefail
