@@ -199,3 +199,33 @@ def test_merge_and_prune_lora_bundles_store_changed_weights_and_serve(prof, tiny
     assert [lp.resident for lp in lora.layers] == [lp.resident for lp in prune.layers]
     assert not torch.allclose(_logits(build_runtime(lora).model, tok), _logits(build_runtime(prune).model, tok),
                               atol=1e-4)
+
+
+def test_an_interrupted_replace_build_resumes_its_recovery_to_the_same_factors(prof, tiny_moe, tmp_path, monkeypatch):
+    """Ctrl-C during recovery leaves `<out>.recover` (checkpointed every 25 steps); the same build then resumes from
+    it and ends with the factors of an uninterrupted build."""
+    from safetensors.torch import load_file
+
+    from lightmoe_cli.replace import recover as rec
+
+    root, model, tok = tiny_moe
+    opts = BuildOptions(policy="replace", params={"compression": 0.3, "rank": 2, "recover_steps": 40,
+                                                  "lr": 5e-3})
+    whole = build_bundle(prof, model, tok, str(root / "model"), tmp_path / "whole", opts)
+    alpha = rec.RecoverySettings.alpha
+
+    def interrupt_at_30(self, step):
+        if step == 30:
+            raise KeyboardInterrupt
+        return alpha(self, step)
+
+    monkeypatch.setattr(rec.RecoverySettings, "alpha", interrupt_at_30)
+    with pytest.raises(KeyboardInterrupt):
+        build_bundle(prof, model, tok, str(root / "model"), tmp_path / "b", opts)
+    assert (tmp_path / "b.recover" / "recovery.safetensors").exists() and not (tmp_path / "b").exists()
+    monkeypatch.setattr(rec.RecoverySettings, "alpha", alpha)
+    resumed = build_bundle(prof, model, tok, str(root / "model"), tmp_path / "b", opts)
+    assert resumed.manifest.replacement.recovery["resumed_at"] == 25
+    assert not (tmp_path / "b.recover").exists()
+    a, b = load_file(str(whole.path / "lowrank.safetensors")), load_file(str(resumed.path / "lowrank.safetensors"))
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
