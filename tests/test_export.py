@@ -99,3 +99,31 @@ def test_vllm_profile_lists_kept_experts_per_layer_and_task(bundles, tmp_path):
     assert data["kept_experts"] == {str(lp.layer_index): lp.resident for lp in lm.layers}
     assert set(data["task_kept_experts"]) == set(lm.manifest.task_resident)
     assert load_bundle(lm.path).manifest.budget  # the bundle itself is untouched
+
+
+def test_a_uniform_activation_budget_exports_as_the_configs_experts_per_token(bundles, tiny_moe, tmp_path):
+    """prune --uniform + --activation topk: every layer keeps k=1 of its top-2; the exported config says top-1 and
+    plain transformers gives the runtime's logits. A per-layer k is refused."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lightmoe_cli.profile.artifact import load_profile
+
+    root, model, tok = tiny_moe
+    prof = load_profile(bundles["uniform"].manifest.profile.path)
+    b = build_bundle(prof, model, tok, str(root / "model"), tmp_path / "b",
+                     BuildOptions(policy="prune", fraction=0.5, params={"uniform": True}, activation="topk",
+                                  active=0.5))
+    assert set(b.manifest.activation.k.values()) == {1}
+    out = run_export(ExportRequest(b.path, "hf", tmp_path / "hf")).out
+    exported, etok = AutoModelForCausalLM.from_pretrained(out), AutoTokenizer.from_pretrained(out)
+    assert exported.config.num_experts_per_tok == 1
+    rt = build_runtime(b)
+    assert torch.allclose(_logits(exported, etok), _logits(rt.model, rt.tokenizer), atol=1e-5)
+    import dataclasses
+
+    ragged = dataclasses.replace(b.manifest.activation, k={li: 1 + (i % 2) for i, li in
+                                                           enumerate(b.manifest.activation.k)})
+    from lightmoe_cli.export.hf import activation_top_k
+
+    with pytest.raises(LightMoEError, match="different k"):
+        activation_top_k(type(b)(b.path, dataclasses.replace(b.manifest, activation=ragged)))

@@ -2,7 +2,9 @@
 family's expert-count config fields updated (the adapter knows them), safetensors shards + index, tokenizer,
 generation config, and `lightmoe_selection.json` (original expert ids kept per layer, the source bundle's sha256).
 
-Layers that keep different counts are refused, not padded: a transformers config has one expert count, and a
+A uniform activation budget (`--activation topk`: one k for every layer) becomes the config's experts-per-token;
+per-layer or per-token budgets cannot be said by a config and are refused. Layers that keep different counts are
+refused, not padded: a transformers config has one expert count, and a
 padded expert can only be made never-routed through a router bias (-inf), which most families' routers (Qwen,
 Mixtral, OLMoE) do not have; `build-bundle --policy prune --uniform` makes an exportable bundle.
 """
@@ -34,11 +36,38 @@ def pruned_bundle(bundle: Bundle, selection: Selection) -> Bundle:
     return Bundle(bundle.path, manifest)
 
 
+def activation_top_k(bundle: Bundle) -> int | None:
+    """The experts per token of a bundle's activation budget when a config can say it (one k for every layer, no
+    per-token rule); None without a budget; refused otherwise."""
+    act = bundle.manifest.activation
+    if act is None:
+        return None
+    ks = sorted(set(act.k.values()))
+    if act.beta or act.pooled_base or len(ks) > 1:
+        what = "drops picks per token" if act.beta or act.pooled_base else f"gives layers different k ({ks})"
+        raise LightMoEError(f"the bundle's activation budget ({act.rule}) {what}, which a transformers config "
+                            "(one experts-per-token value) cannot say: export a bundle with --activation topk, or "
+                            "without --activation")
+    return ks[0]
+
+
+def set_top_k(config, k: int) -> None:
+    """Every experts-per-token field of the config (and of nested routing configs) set to k."""
+    from lightmoe_cli.models.layers import TOP_K_KEYS
+
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for cfg in {id(config): config, id(text): text}.values():
+        for key in TOP_K_KEYS:
+            if isinstance(getattr(cfg, key, None), int):
+                setattr(cfg, key, k)
+        for value in list(vars(cfg).values()):
+            if value is not cfg and type(value).__name__.endswith("Config") and hasattr(value, "to_dict"):
+                set_top_k(value, k)
+
+
 def export_hf(bundle: Bundle, selection: Selection, out: Path, max_shard_size: str = "2GB") -> Path:
     """Write the checkpoint to `out` (atomically); returns it."""
-    if bundle.manifest.activation is not None:
-        raise LightMoEError("the bundle has an activation budget (fewer experts per token per layer), which a "
-                            "transformers config cannot say per layer: export a bundle built without --activation")
+    top_k = activation_top_k(bundle)
     if not selection.uniform:
         counts = sorted({len(v) for v in selection.kept.values()})
         raise LightMoEError(f"layers keep different expert counts ({counts[0]}..{counts[-1]}) and a transformers "
@@ -57,13 +86,15 @@ def export_hf(bundle: Bundle, selection: Selection, out: Path, max_shard_size: s
         strip_lightmoe_hooks(model)
         with exclusive_output(Path(out)) as tmp:
             tmp.mkdir(parents=True, exist_ok=True)
+            if top_k is not None:
+                set_top_k(model.config, top_k)
             model.save_pretrained(tmp, max_shard_size=max_shard_size)
             rt.tokenizer.save_pretrained(tmp)
             _check_loadable(tmp)
             (tmp / SELECTION_FILE).write_text(json.dumps({
                 "kept_experts": {str(li): v for li, v in sorted(selection.kept.items())},
                 "num_experts": {str(lp.layer_index): lp.num_experts for lp in bundle.layers},
-                "selection": selection.source, "policy": bundle.policy,
+                "selection": selection.source, "policy": bundle.policy, "experts_per_token": top_k,
                 "bundle": str(bundle.path), "bundle_manifest_sha256": sha256_file(bundle.path / "manifest.json"),
                 "model": bundle.manifest.model.name_or_path,
                 "fingerprint": bundle.manifest.model.fingerprint}, indent=1))
