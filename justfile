@@ -152,3 +152,15 @@ llama-cpp: setup
         rm -rf .cache/llama.cpp && mv .cache/$src .cache/llama.cpp && rm -rf .cache/llama_cpp_python-$version
     fi
     {{py}} -m pip install -q -e ".[gguf]"
+
+# Expert replacing's --select similarity (near-duplicates replaced first) vs mass, on both demo models at 50%.
+eval-replace-select: corpus
+    #!/usr/bin/env bash
+    set -euo pipefail
+    for m in demo demo-upcycled; do
+        out=runs/bundles-replace-select/$m
+        {{venv}}/bin/lightmoe build-bundle --model $m --policy prune --budget 0.5 --out $out/prune-0.5 >/dev/null
+        {{venv}}/bin/lightmoe build-bundle --model $m --policy replace --compression 0.5 --rank 8 --out $out/replace-0.5 >/dev/null
+        {{venv}}/bin/lightmoe build-bundle --model $m --policy replace --compression 0.5 --rank 8 --select similarity --out $out/replace-sim-0.5 >/dev/null
+        {{venv}}/bin/lightmoe eval --bundle $out/prune-0.5 --bundle $out/replace-0.5 --bundle $out/replace-sim-0.5 --tasks demo,demo_ppl --limit 48 --no-task-shift --out runs/eval-replace-select-$m
+    done

@@ -229,3 +229,15 @@ def test_an_interrupted_replace_build_resumes_its_recovery_to_the_same_factors(p
     assert not (tmp_path / "b.recover").exists()
     a, b = load_file(str(whole.path / "lowrank.safetensors")), load_file(str(resumed.path / "lowrank.safetensors"))
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_similarity_selection_replaces_near_duplicates_before_rarely_used_unique_experts():
+    from lightmoe_cli.replace.select import keep_value
+
+    mass = torch.tensor([4.0, 4.0, 1.0, 3.0]).numpy()
+    sim = torch.eye(4).numpy()
+    sim[0, 1] = sim[1, 0] = 0.95  # 0 and 1 are near-duplicates: one can stand in for the other
+    v = keep_value(mass, sim)
+    assert v[2] > v[0] and v[3] > v[1]  # the unique experts are worth more than the duplicates, mass notwithstanding
+    alone = keep_value(mass, torch.eye(4).numpy())  # no neighbour alike: the value is the mass share
+    assert alone / alone.sum() == pytest.approx(mass / mass.sum())

@@ -53,3 +53,14 @@ def base_experts(similarity: np.ndarray, kept: list[int]) -> dict[int, int]:
         row = similarity[e, kept_arr]
         out[e] = int(kept_arr[int(np.argmax(row))])
     return out
+
+
+def keep_value(mass: np.ndarray, similarity: np.ndarray) -> np.ndarray:
+    """(E,) how much keeping each expert whole is worth when the others can be rebuilt from it: its share of the
+    gate mass times how unlike it is to its nearest neighbour (1 - cosine, clipped to [0, 1]). An expert a kept
+    one can stand in for (a near-duplicate) is cheap to replace; ties fall back on mass alone."""
+    share = mass / max(float(mass.sum()), 1e-12)
+    sim = np.array(similarity, dtype=np.float64)
+    np.fill_diagonal(sim, -np.inf)
+    nearest = np.clip(sim.max(axis=1), 0.0, 1.0)
+    return share * (1.0 - nearest) + 1e-9 * share

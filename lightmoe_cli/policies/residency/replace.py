@@ -1,7 +1,8 @@
 """`replace`: expert replacing (LightMoE, arXiv 2603.12645) -- memory drops like pruning, every expert stays
 reachable.
 
-The experts a global ranking values least (gate mass by default; `--ranking reap` for REAP saliency) are replaced
+The experts a global ranking values least (gate mass by default; `--ranking reap` for REAP saliency; `--select
+similarity` weighs each by how unlike it is to its nearest expert, so near-duplicates go first) are replaced
 by the kept expert most similar to them (their shared base) plus an expert-specific low-rank term, initialised from
 a truncated SVD of the difference and recovered by a short annealed training run at build time
 (`lightmoe_cli.replace`). `--compression` is the share of expert parameters removed, low-rank terms counted, so
@@ -11,6 +12,7 @@ base only, no term, no training): a redirect to the most similar kept expert.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,7 +30,7 @@ from lightmoe_cli.policies.base import (
 from lightmoe_cli.policies.registry import register_policy
 from lightmoe_cli.policies.residency.prune import frequency_residents
 from lightmoe_cli.policies.resident import covered_share
-from lightmoe_cli.replace.select import base_experts, kept_slots, lowrank_bytes
+from lightmoe_cli.replace.select import base_experts, keep_value, kept_slots, lowrank_bytes
 
 
 @dataclass(frozen=True)
@@ -43,8 +45,11 @@ class ReplaceParams(PolicyParams):
     anneal: float = param(0.5, "share of the recovery steps over which the replaced experts' output is blended "
                                "from original to replacement (0: no annealing)", minimum=0.0, maximum=1.0)
     lr: float = param(1e-3, "AdamW learning rate of the recovery", above=0.0, maximum=1.0)
-    similarity: str = param("weight", "which similarity picks a replaced expert's base",
+    similarity: str = param("weight", "which similarity picks a replaced expert's base (and ranks redundancy)",
                             choices=("weight", "output", "coactivation"))
+    select: str = param("mass", "which experts are replaced: mass (the --ranking's lowest) or similarity (lowest "
+                                "mass x unlikeness to the nearest expert: near-duplicates first)",
+                        choices=("mass", "similarity"))
 
 
 @register_policy
@@ -62,7 +67,11 @@ class Replace(Policy):
         return kept_slots(params.compression, share, top_k, num_experts, num_layers)
 
     def plan(self, inputs: PlanInputs, params: ReplaceParams) -> BundlePlan:
-        _, kept = frequency_residents(inputs, max(inputs.top_k.values()))
+        ranked = inputs
+        if params.select == "similarity":
+            ranked = dataclasses.replace(inputs, mass={li: keep_value(m, inputs.similarity[li])
+                                                       for li, m in inputs.mass.items()})
+        _, kept = frequency_residents(ranked, max(inputs.top_k.values()))
         layers = []
         for li in sorted(inputs.mass):
             e = len(inputs.mass[li])
