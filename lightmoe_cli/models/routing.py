@@ -127,3 +127,23 @@ def _checked_table(layers: dict[int, MoELayer], index: int, table: torch.Tensor)
     if table.shape != (n,) or bool((table < 0).any()) or bool((table >= n).any()):
         raise LightMoEError(f"layer {index}: redirect table must be a LongTensor [{n}] of experts 0..{n - 1}")
     return table
+
+
+_SERVING_CLASSES: dict[tuple[type, str], type] = {}
+
+
+def serving_class(cls: type[nn.Module], kind: str) -> type[nn.Module]:
+    """A subclass of an experts class whose forward is its strategy's `run(experts, hidden, index, weights)`
+    (cached per class and kind); the instance names its strategy in `_lightmoe_strategy`. Serves the runtime's
+    on-demand and replaced experts and the replacement's recovery training alike.
+
+    Swapping an instance's class to a generated subclass is how torch's own `nn.utils.parametrize` changes a
+    module's behaviour: the module keeps its parameters, name and hooks (so routing hooks still see expert
+    ids), and the kernel that finally runs is the original class's forward (`_lightmoe_base`) on slot ids."""
+    if (cls, kind) not in _SERVING_CLASSES:
+        def forward(self, hidden_states, top_k_index, top_k_weights):
+            return self._lightmoe_strategy.run(self, hidden_states, top_k_index, top_k_weights)
+
+        _SERVING_CLASSES[cls, kind] = type(f"{kind}{cls.__name__}", (cls,), {"forward": forward,
+                                                                             "_lightmoe_base": cls})
+    return _SERVING_CLASSES[cls, kind]

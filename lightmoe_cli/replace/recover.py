@@ -21,6 +21,7 @@ from torch import nn
 
 from lightmoe_cli.errors import LightMoEError
 from lightmoe_cli.files import atomic_write, optimizer_tensors, restore_optimizer
+from lightmoe_cli.models.routing import serving_class
 from lightmoe_cli.replace.lowrank import Factors, replaced_output
 
 
@@ -61,48 +62,44 @@ class RecoveryRecord:
     losses: list[float] = field(default_factory=list)  # every step's loss
 
 
-_CLASSES: dict[type, type] = {}
-
-
 @dataclass
 class LayerReplacement:
-    """Training-time state of one layer: replaced router id -> base row, its factors, the blend."""
+    """Training-time state of one layer (full model: every expert present): replaced router id -> base row, its
+    factors, and alpha, the blend of each replaced expert's original output into its replacement's."""
 
     base: dict[int, int]
     factors: Factors
     alpha: float = 1.0
 
+    def __post_init__(self) -> None:
+        self._ids = torch.tensor(sorted(self.base))  # the replaced router ids, for the per-forward mask
+        self._own = {e: e for e in self.base}  # each replaced expert's own row: its original output
 
-def replacing_class(cls: type[nn.Module]) -> type[nn.Module]:
-    """A subclass of an experts class (full model: every expert present) whose replaced experts run as base +
-    low-rank term, blended with their original output by alpha (cached per class)."""
-    if cls not in _CLASSES:
-        def forward(self, hidden_states, top_k_index, top_k_weights):
-            st: LayerReplacement = self._lightmoe_replace
-            ids = torch.tensor(sorted(st.base), device=top_k_index.device)
-            replaced = torch.isin(top_k_index, ids)
-            out = self._lightmoe_base.forward(self, hidden_states, top_k_index, top_k_weights.masked_fill(replaced, 0))
-            return out + replaced_output(self, hidden_states, top_k_index, top_k_weights, st.base, st.factors,
-                                         st.alpha, {e: e for e in st.base})
-
-        _CLASSES[cls] = type(f"Replacing{cls.__name__}", (cls,), {"forward": forward, "_lightmoe_base": cls})
-    return _CLASSES[cls]
+    def run(self, experts: nn.Module, hidden_states: torch.Tensor, top_k_index: torch.Tensor,
+            top_k_weights: torch.Tensor) -> torch.Tensor:
+        """The experts' forward: kept picks through the module's own kernel, replaced ones as base + low-rank."""
+        replaced = torch.isin(top_k_index, self._ids.to(top_k_index.device))
+        out = experts._lightmoe_base.forward(experts, hidden_states, top_k_index,
+                                             top_k_weights.masked_fill(replaced, 0))
+        return out + replaced_output(experts, hidden_states, top_k_index, top_k_weights, self.base, self.factors,
+                                     self.alpha, self._own)
 
 
 def install(layers, states: dict[int, LayerReplacement]) -> Callable[[], None]:
-    """Swap the experts modules of `layers` to their replacing class; returns the undo."""
+    """Serve the experts modules of `layers` through their replacement (models.routing.serving_class); returns
+    the undo."""
     undo = []
     for m in layers:
         if m.layer_index in states:
             ex = m.experts
             undo.append((ex, type(ex)))
-            ex.__class__ = replacing_class(type(ex))
-            ex._lightmoe_replace = states[m.layer_index]
+            ex.__class__ = serving_class(type(ex), "Replacing")
+            ex._lightmoe_strategy = states[m.layer_index]
 
     def restore() -> None:
         for ex, cls in undo:
             ex.__class__ = cls
-            del ex._lightmoe_replace
+            del ex._lightmoe_strategy
     return restore
 
 

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from lightmoe_cli.models.routing import serving_class
 from lightmoe_cli.policies.base import LayerPlan, Missing, RuntimeSpec, Serving
 from lightmoe_cli.policies.cache import ExpertCache
 from lightmoe_cli.policies.manager import LayerManager
@@ -333,25 +334,6 @@ class Remap(LayerStrategy):
             table = redirect_table(self.similarity, self.resident, self.min_similarity)
         self.redirect = torch.as_tensor(table, dtype=torch.long, device=self.slot_of.device)
         self._rebuild_route()
-
-
-_SERVING_CLASSES: dict[tuple[type, str], type] = {}
-
-
-def serving_class(cls: type[nn.Module], kind: str) -> type[nn.Module]:
-    """A subclass of an experts class whose forward is its strategy's `run` (cached per class and kind); the
-    instance names its strategy in `_lightmoe_strategy`.
-
-    Swapping an instance's class to a generated subclass is how torch's own `nn.utils.parametrize` changes a
-    module's behaviour: the module keeps its parameters, name and hooks (so routing hooks still see expert
-    ids), and the kernel that finally runs is the original class's forward (`_lightmoe_base`) on slot ids."""
-    if (cls, kind) not in _SERVING_CLASSES:
-        def forward(self, hidden_states, top_k_index, top_k_weights):
-            return self._lightmoe_strategy.run(self, hidden_states, top_k_index, top_k_weights)
-
-        _SERVING_CLASSES[cls, kind] = type(f"{kind}{cls.__name__}", (cls,), {"forward": forward,
-                                                                             "_lightmoe_base": cls})
-    return _SERVING_CLASSES[cls, kind]
 
 
 class OnDemand(LayerStrategy):
