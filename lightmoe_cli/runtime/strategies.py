@@ -276,12 +276,18 @@ class Remap(LayerStrategy):
         if self.move_loader is not None:
             self._queue_moves(evict, load, token)
             return None
-        t0, loaded_bytes = time.perf_counter(), 0
+        t0 = time.perf_counter()
         for old, new in zip(evict, load, strict=True):
             self.pool.load(new, self.pool.evict(old))
-            loaded_bytes += self.writer.bytes_per_expert
+        return self._swapped(token, list(evict), list(load), t0)
+
+    def _swapped(self, token: int, evicted: list[int], loaded: list[int], t0: float) -> SwapRecord | None:
+        """After experts `loaded` replaced `evicted` (since `t0`): retarget the tables and record the swap (None
+        when nothing moved)."""
+        if not loaded:
+            return None
         self._retarget()
-        record = SwapRecord(self.layer_index, token, list(evict), list(load), loaded_bytes,
+        record = SwapRecord(self.layer_index, token, evicted, loaded, len(loaded) * self.writer.bytes_per_expert,
                             time.perf_counter() - t0)
         self.swaps.append(record)
         return record
@@ -318,13 +324,7 @@ class Remap(LayerStrategy):
             loaded.append(r.expert)
         if stale:
             self._resync_manager()
-        if not loaded:
-            return None
-        self._retarget()
-        record = SwapRecord(self.layer_index, token, evicted, loaded, len(loaded) * self.writer.bytes_per_expert,
-                            time.perf_counter() - t0)
-        self.swaps.append(record)
-        return record
+        return self._swapped(token, evicted, loaded, t0)
 
     def _retarget(self) -> None:
         """After a swap: the redirect table follows the new resident set."""
@@ -445,13 +445,7 @@ class Background(Remap):
             self.pool.install(r.expert, self.pool.evict(victim), r.wait(), r.seconds)
             evicted.append(victim)
             loaded.append(r.expert)
-        if not loaded:
-            return None
-        self._retarget()
-        record = SwapRecord(self.layer_index, self._clock, evicted, loaded,
-                            len(loaded) * self.writer.bytes_per_expert, time.perf_counter() - t0)
-        self.swaps.append(record)
-        return record
+        return self._swapped(self._clock, evicted, loaded, t0)
 
 
 class Replaced(LayerStrategy):
