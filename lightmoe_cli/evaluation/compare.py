@@ -94,30 +94,38 @@ def write_results(out: Path, payload: dict) -> None:
     atomic_write_json(out / "results.json", payload)
 
 
+def _score(bundle: Path, tasks: list[str], include_path: list[Path], limit: int | None, threads: int) -> dict:
+    """One bundle's worker result with its wall time (module level: Ray ships it to its workers)."""
+    t0 = time.perf_counter()
+    r = run_worker(bundle, tasks, include_path, limit, threads)
+    r["wall_seconds"] = time.perf_counter() - t0
+    return r
+
+
 def run_comparison(configs: list[EvalConfig], tasks: list[str], include_path: list[Path], limit: int | None,
                    threads: int, progress=None, workers: int = 1, ray_address: str | None = None) -> list[dict]:
     """Score every config, each in its own process: one at a time, `workers` at once (threads each), or as Ray
     tasks. Rows come back in the configs' order whatever finished first."""
+    from concurrent.futures import ThreadPoolExecutor  # each thread waits on its own worker process
+    from contextlib import ExitStack
+
     bar = progress.add_task("evaluating", total=len(configs)) if progress else None
+    args = (tasks, include_path, limit, threads)
+    with ExitStack() as stack:
+        if ray_address:
+            from lightmoe_cli.profile.scaleout import ray_session
 
-    def score(c: EvalConfig) -> dict:
-        t0 = time.perf_counter()
-        r = run_worker(c.bundle, tasks, include_path, limit, threads)
-        r["wall_seconds"] = time.perf_counter() - t0
-        return r
-
-    if ray_address:
-        results = _ray_scores(configs, tasks, include_path, limit, threads, ray_address, workers, progress, bar)
-    else:
-        from concurrent.futures import ThreadPoolExecutor  # each thread waits on its own worker process
-
-        with ThreadPoolExecutor(max(1, workers)) as pool:
-            futures = [pool.submit(score, c) for c in configs]
-            results = []
-            for f in futures:
-                results.append(f.result())
-                if progress:
-                    progress.advance(bar)
+            ray = stack.enter_context(ray_session(ray_address, workers * threads))
+            remote = ray.remote(num_cpus=threads)(_score)
+            pending, result_of = [remote.remote(c.bundle, *args) for c in configs], ray.get
+        else:
+            pool = stack.enter_context(ThreadPoolExecutor(max(1, workers)))
+            pending, result_of = [pool.submit(_score, c.bundle, *args) for c in configs], lambda f: f.result()
+        results = []
+        for p in pending:
+            results.append(result_of(p))
+            if progress:
+                progress.advance(bar)
     rows = []
     for c, r in zip(configs, results, strict=True):
         r["budget_fraction"] = c.budget
@@ -126,34 +134,3 @@ def run_comparison(configs: list[EvalConfig], tasks: list[str], include_path: li
             r["policy"], r["activation"], r["active"] = c.label, c.activation, c.active
         rows.append(r)
     return rows
-
-
-def _ray_scores(configs, tasks, include_path, limit, threads, address, workers, progress, bar) -> list[dict]:
-    try:
-        import ray
-    except ImportError:
-        raise LightMoEError("--ray-address needs Ray: pip install 'lightmoe[ray]'") from None
-    started = not ray.is_initialized()
-    if started:
-        if address == "local":
-            ray.init(num_cpus=workers * threads, include_dashboard=False, log_to_driver=False)
-        else:
-            ray.init(address=address, log_to_driver=False)
-    try:
-        def score(bundle):
-            t0 = time.perf_counter()
-            r = run_worker(bundle, tasks, include_path, limit, threads)
-            r["wall_seconds"] = time.perf_counter() - t0
-            return r
-
-        remote = ray.remote(num_cpus=threads)(score)
-        refs = [remote.remote(c.bundle) for c in configs]
-        results = []
-        for ref in refs:
-            results.append(ray.get(ref))
-            if progress:
-                progress.advance(bar)
-        return results
-    finally:
-        if started:
-            ray.shutdown()

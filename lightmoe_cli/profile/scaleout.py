@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 from lightmoe_cli.errors import LightMoEError
@@ -103,8 +104,10 @@ def check_ray_address(address: str, timeout: float = 3.0) -> None:
                             "--ray-address to use local processes") from None
 
 
-def run_ray(spec: ModelSpec, jobs: list[ShardJob], workers: int, address: str) -> Iterator:
-    """Jobs as Ray tasks (`address` "local": a local Ray with `workers` CPUs); results in completion order."""
+@contextmanager
+def ray_session(address: str, num_cpus: int) -> Iterator:
+    """The `ray` module, connected to the cluster at `address` ("local": a local Ray with `num_cpus` CPUs) for the
+    block, and disconnected after it if this call connected. Profile shards and eval bundles both run here."""
     try:
         import ray
     except ImportError:
@@ -114,15 +117,21 @@ def run_ray(spec: ModelSpec, jobs: list[ShardJob], workers: int, address: str) -
     started = not ray.is_initialized()
     if started:
         if address == "local":
-            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
         else:
             ray.init(address=address, log_to_driver=False)
     try:
+        yield ray
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def run_ray(spec: ModelSpec, jobs: list[ShardJob], workers: int, address: str) -> Iterator:
+    """Jobs as Ray tasks (`address` "local": a local Ray with `workers` CPUs); results in completion order."""
+    with ray_session(address, workers) as ray:
         remote = ray.remote(num_cpus=1)(run_job)
         pending = [remote.remote(spec, j) for j in jobs]
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
             yield ray.get(done[0])
-    finally:
-        if started:
-            ray.shutdown()
