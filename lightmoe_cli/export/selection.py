@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 from lightmoe_cli.errors import LightMoEError
 
-STATIC = ("prune", "prune-lora", "random")
 DYNAMIC = ("lru", "swap", "predict")
 
 

@@ -252,14 +252,16 @@ def _factors(bundle: Bundle, m):
     base = rec.base.get(m.layer_index, {}) if rec else {}
     if rec is None or rec.rank == 0 or not base:
         return None
-    from safetensors.torch import load_file
+    from safetensors import safe_open
 
     from lightmoe_cli.replace.lowrank import Factors
 
     ex = m.experts
     f = Factors(sorted(base), int(ex.gate_up_proj.shape[2]), int(ex.gate_up_proj.shape[1]) // 2, rec.rank,
                 dtype=ex.gate_up_proj.dtype, device=ex.gate_up_proj.device)
-    f.load(load_file(str(bundle.path / "lowrank.safetensors")), f"layer.{m.layer_index}")
+    prefix = f"layer.{m.layer_index}"
+    with safe_open(str(bundle.path / "lowrank.safetensors"), "pt") as fh:  # this layer's tensors only
+        f.load({k: fh.get_tensor(k) for k in fh.keys() if k.startswith(prefix + ".")}, prefix)
     f.requires_grad_(False)
     return f
 
