@@ -139,7 +139,8 @@ def test_replace_bundle_runtime_serves_base_plus_lowrank_and_reports_its_memory(
     assert not torch.allclose(_logits(build_runtime(naive).model, tok), got, atol=1e-3)
 
 
-def test_replace_refuses_a_recovery_recipe_without_text_and_too_much_compression(prof, tiny_moe, tmp_path):
+def test_replace_refuses_a_recovery_recipe_without_text_and_too_much_compression(prof, tiny_moe, tmp_path,
+                                                                                monkeypatch):
     root, model, tok = tiny_moe
     (tmp_path / "empty.jsonl").write_text('{"text": "1"}\n')
     (tmp_path / "r.yaml").write_text("max_tokens: 10\ntasks:\n"
@@ -151,7 +152,16 @@ def test_replace_refuses_a_recovery_recipe_without_text_and_too_much_compression
     with pytest.raises(LightMoEError, match="use a value in"):
         build_bundle(prof, model, tok, str(root / "model"), tmp_path / "b",
                      BuildOptions(policy="replace", params={"compression": 0.9, "rank": 2}))
+    def no_training(*args, **kwargs):
+        raise AssertionError("the recovery trained before the refusal")
+
+    monkeypatch.setattr("lightmoe_cli.replace.construct.build_replacement", no_training)
+    with pytest.raises(LightMoEError, match="drops picks per token.*replace serving"):  # refused before training
+        build_bundle(prof, model, tok, str(root / "model"), tmp_path / "c",
+                     BuildOptions(policy="replace", params={"rank": 2, "recover_steps": 3}, activation="naee",
+                                  active=0.5))
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    assert not (tmp_path / "c").exists() and not (tmp_path / "c.recover").exists()
 
 
 def test_merge_clusters_similar_experts_into_their_most_used_member():

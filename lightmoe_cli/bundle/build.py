@@ -24,7 +24,7 @@ from lightmoe_cli.errors import LightMoEError
 from lightmoe_cli.files import exclusive_output, save_tensors, sha256_file
 from lightmoe_cli.identity import library_versions, model_identity
 from lightmoe_cli.manifest import FINGERPRINT_KEY, write_artifact
-from lightmoe_cli.policies.base import BundlePlan, PlanInputs, Policy, PolicyParams
+from lightmoe_cli.policies.base import BundlePlan, PlanInputs, Policy, PolicyParams, Serving
 from lightmoe_cli.policies.budget import slots_for_budget
 from lightmoe_cli.policies.registry import get_policy
 from lightmoe_cli.profile.artifact import Profile
@@ -198,12 +198,15 @@ def build_bundle(prof: Profile, model, tokenizer, model_name: str, out: Path, op
 
     plan, budget = plan_from_profile(prof, opts, [adapter.bytes_per_expert(m) for m in layers], expert_shape(layers))
     activation = _activation_plan(opts, model, tokenizer, prof, adapter, layers)
-    replacement, overrides = None, None
+    if activation is not None and (activation.beta or activation.pooled_base) and \
+            plan.runtime.serving in (Serving.ON_DEMAND, Serving.REPLACE):  # refused before any recovery trains
+        raise LightMoEError(f"--activation {opts.activation} drops picks per token, which --policy {opts.policy} "
+                            f"({plan.runtime.serving.value} serving) does not support: use prune, lightmoe or full")
+    lowrank, record, overrides = None, None, None  # replace: its factors; replace, lora: the training record
     if policy.weight_transform == "replace":
-        replacement = _replacement(model, tokenizer, layers, plan, params, prof, identity.fingerprint, Path(out),
-                                   progress)
-        extra = replacement[1].lowrank_bytes
-        resident, total = budget.resident_expert_bytes + extra, budget.all_expert_bytes
+        lowrank, record = _replacement(model, tokenizer, layers, plan, params, prof, identity.fingerprint,
+                                       Path(out), progress)
+        resident, total = budget.resident_expert_bytes + record.lowrank_bytes, budget.all_expert_bytes
         budget = dataclasses.replace(budget, requested_fraction=round(1 - params.compression, 6),
                                      requested_bytes=int((1 - params.compression) * total),
                                      resident_expert_bytes=resident, resident_fraction=resident / total)
@@ -219,21 +222,17 @@ def build_bundle(prof: Profile, model, tokenizer, model_name: str, out: Path, op
                                       RecoverySettings(steps=params.recover_steps, lr=params.lr),
                                       _recovery_recipe(params, prof), identity.fingerprint,
                                       Path(out).with_name(Path(out).name + ".recover"), progress)
-        replacement = ({}, ReplacementRecord(params.rank, 0, {}, record_json(rec)))
-    if activation is not None and (activation.beta or activation.pooled_base) and \
-            plan.runtime.serving.value in ("on_demand", "replace"):
-        raise LightMoEError(f"--activation {opts.activation} drops picks per token, which on-demand loading "
-                            f"(--policy {opts.policy}) does not support: use prune, lightmoe or full")
+        record = ReplacementRecord(params.rank, 0, {}, record_json(rec))
 
     predictor = _checked_predictor(getattr(params, "predictor", None), layers, policy.name)
     with exclusive_output(Path(out)) as tmp:
         if predictor is not None:
             _copy_predictor(predictor, tmp / "predictor", identity.fingerprint)
-        if replacement is not None and replacement[0]:
+        if lowrank:
             tmp.mkdir(parents=True, exist_ok=True)
-            save_tensors(replacement[0], tmp / "lowrank.safetensors", {FINGERPRINT_KEY: identity.fingerprint})
+            save_tensors(lowrank, tmp / "lowrank.safetensors", {FINGERPRINT_KEY: identity.fingerprint})
         _write_bundle(tmp, Path(out), prof, model, tokenizer, adapter, layers, identity, policy, params, opts,
-                      plan, budget, progress, activation, replacement[1] if replacement else None, overrides)
+                      plan, budget, progress, activation, record, overrides)
     return load_bundle(out, verify=False)
 
 
