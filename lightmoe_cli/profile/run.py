@@ -104,25 +104,29 @@ def _shard_results(model, tokenizer, layers, recipe: CalibrationRecipe, tasks, s
     """Every shard of `tasks`, here or on the workers; `on_task(task_name, results)` as soon as a task's shards
     are all in (so a finished task is saved before a later one can fail)."""
     from lightmoe_cli.profile.scaleout import ShardJob, run_local, run_ray
-    from lightmoe_cli.profile.shards import Shard, profile_shard
+    from lightmoe_cli.profile.shards import Shard, profile_shard, split_windows, task_windows
     from lightmoe_cli.profile.tracer import TraceWriter
 
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    n = settings.shards
     bars = {t.name: progress.add_task(t.name, total=t.max_tokens) for t in tasks} if progress else {}
     out: dict[str, list] = {t.name: [] for t in tasks}
     if scale is None or not scale.remote:
         for task in tasks:
             traces = TraceWriter(work / "traces" / task.name, settings.trace_chunk_tokens,
                                  settings.save_router_inputs) if settings.save_traces else None
-            for j in range(settings.shards):
+            shards = split_windows(task_windows(tokenizer, recipe, task, settings.seq_len), n, task.max_tokens)
+            for j, windows in enumerate(shards):
                 out[task.name].append(profile_shard(
-                    model, tokenizer, layers, recipe, task, Shard(task.name, j, settings.shards), settings, quota,
-                    traces=traces, on_batch=(lambda n, b=bars.get(task.name): progress.advance(b, n))
+                    model, layers, windows, Shard(task.name, j, n), settings, quota, task.max_tokens, pad_id,
+                    traces=traces, on_batch=(lambda k, b=bars.get(task.name): progress.advance(b, k))
                     if progress else None, worker="main"))
             on_task(task.name, out[task.name])
         return
     fields = {k: v for k, v in asdict(settings).items() if k != "extra"}
-    jobs = [ShardJob(recipe.resolved(), t.name, j, settings.shards, fields, quota)
-            for t in tasks for j in range(settings.shards)]
+    jobs = [ShardJob(t.name, j, n, windows, fields, quota, t.max_tokens, pad_id) for t in tasks
+            for j, windows in enumerate(split_windows(task_windows(tokenizer, recipe, t, settings.seq_len), n,
+                                                      t.max_tokens))]
     results = run_ray(scale.spec, jobs, scale.workers, scale.ray_address) if scale.ray_address \
         else run_local(scale.spec, jobs, scale.workers)
     for r in results:

@@ -30,12 +30,16 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class ShardJob:
-    recipe: dict  # CalibrationRecipe.resolved()
+    """One shard's work, self-contained: its token windows (tokenised once by the caller), not the recipe."""
+
     task: str
     index: int
     count: int
+    windows: list[list[int]]
     settings: dict  # ProfileSettings as a dict
     quota: int
+    max_tokens: int
+    pad_id: int
 
 
 _LOADED: dict = {}
@@ -64,13 +68,11 @@ def run_job(spec: ModelSpec, job: ShardJob, worker: str = ""):
     """A worker's entry point: load (or reuse) the model and profile one shard."""
     from lightmoe_cli.profile.settings import ProfileSettings
     from lightmoe_cli.profile.shards import Shard, profile_shard
-    from lightmoe_cli.recipes import recipe_from_resolved
 
-    model, tok, layers = _load(spec)
-    recipe = recipe_from_resolved(job.recipe)
-    task = next(t for t in recipe.tasks if t.name == job.task)
-    return profile_shard(model, tok, layers, recipe, task, Shard(job.task, job.index, job.count),
-                         ProfileSettings(**job.settings), job.quota, worker=worker or f"pid {os.getpid()}")
+    model, _, layers = _load(spec)
+    return profile_shard(model, layers, job.windows, Shard(job.task, job.index, job.count),
+                         ProfileSettings(**job.settings), job.quota, job.max_tokens, job.pad_id,
+                         worker=worker or f"pid {os.getpid()}")
 
 
 def _local_job(args):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import torch
@@ -23,9 +23,6 @@ class Shard:
     task: str
     index: int
     count: int
-
-    def token_range(self, max_tokens: int) -> tuple[int, int]:
-        return self.index * max_tokens // self.count, (self.index + 1) * max_tokens // self.count
 
     @property
     def seed_offset(self) -> int:
@@ -43,34 +40,37 @@ class ShardResult:
     extra: dict = field(default_factory=dict)
 
 
-def shard_windows(windows: Iterable[list[int]], shard: Shard, max_tokens: int) -> Iterator[list[int]]:
-    """The windows whose first token lies in the shard's token range (the stream is read from its start)."""
-    lo, hi = shard.token_range(max_tokens)
-    seen = 0
-    for w in windows:
-        start = seen
-        seen += len(w)
-        if start >= hi:
-            return
-        if start >= lo:
-            yield w
-
-
-def profile_shard(model, tokenizer, layers, recipe, task, shard: Shard, settings, quota: int, traces=None,
-                  on_batch=None, worker: str = "") -> ShardResult:
-    """Trace one shard: its statistics and its share of the hidden-state sample (seeded by task and shard)."""
-    from lightmoe_cli.profile.batches import batches, token_windows
-    from lightmoe_cli.profile.tracer import HiddenSampler, trace_task
+def task_windows(tokenizer, recipe, task, seq_len: int) -> list[list[int]]:
+    """The task's token windows, tokenised once (the caller cuts them into shards with `split_windows`)."""
+    from lightmoe_cli.profile.batches import token_windows
     from lightmoe_cli.recipes import iter_task_texts
 
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    return list(token_windows(tokenizer, iter_task_texts(recipe, task), seq_len, task.max_tokens))
+
+
+def split_windows(windows: Iterable[list[int]], count: int, max_tokens: int) -> list[list[list[int]]]:
+    """`count` contiguous shards of the windows: shard j covers tokens [j, j + 1) x max_tokens / count of the
+    stream, and each window goes to the shard whose range holds its first token."""
+    out: list[list[list[int]]] = [[] for _ in range(count)]
+    seen = 0
+    for w in windows:
+        out[next(j for j in range(count) if seen < (j + 1) * max_tokens // count)].append(w)
+        seen += len(w)
+    return out
+
+
+def profile_shard(model, layers, windows: list[list[int]], shard: Shard, settings, quota: int, max_tokens: int,
+                  pad_id: int, traces=None, on_batch=None, worker: str = "") -> ShardResult:
+    """Trace one shard's windows: its statistics and its share of the hidden-state sample (seeded by task and
+    shard)."""
+    from lightmoe_cli.profile.batches import batches
+    from lightmoe_cli.profile.tracer import HiddenSampler, trace_task
+
     per_shard = -(-quota // shard.count)
     sampler = HiddenSampler(layers, per_shard, seed=settings.seed + shard.seed_offset)
     t0 = time.perf_counter()
-    windows = token_windows(tokenizer, iter_task_texts(recipe, task), settings.seq_len, task.max_tokens)
-    stats = trace_task(model, layers, task.name,
-                       batches(shard_windows(windows, shard, task.max_tokens), settings.batch_size, pad_id),
-                       sampler=sampler, sample_share=min(1.0, 2.0 * quota / task.max_tokens), traces=traces,
+    stats = trace_task(model, layers, shard.task, batches(windows, settings.batch_size, pad_id),
+                       sampler=sampler, sample_share=min(1.0, 2.0 * quota / max_tokens), traces=traces,
                        on_batch=on_batch)
     return ShardResult(shard, stats.to_tensors(), sampler.tensors(), stats.tokens, time.perf_counter() - t0, worker)
 
