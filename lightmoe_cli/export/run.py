@@ -63,7 +63,7 @@ def run_export(req: ExportRequest) -> ExportResult:
         atomic_write(req.out, json.dumps(payload, indent=1))
         return ExportResult(req.out, [f"{sum(map(len, kept.values()))} kept experts over {len(kept)} layers"])
     if req.format == "llamacpp-ot":
-        return _llamacpp_ot(bundle, req)
+        return _llamacpp_ot(bundle, req, sha)
     sel = _selection(bundle, req)
     if req.format == "hf":
         from lightmoe_cli.export.hf import export_hf
@@ -84,9 +84,9 @@ def _size_lines(bundle, out: Path) -> list[str]:
             f"({size / original:.0%})"]
 
 
-def _llamacpp_ot(bundle, req: ExportRequest) -> ExportResult:
+def _llamacpp_ot(bundle, req: ExportRequest, sha: str) -> ExportResult:
     from lightmoe_cli.export.placement import LayerCost, gpu_layers, llamacpp_command, override_rule
-    from lightmoe_cli.files import atomic_write, sha256_file
+    from lightmoe_cli.files import atomic_write
 
     if req.gpu_memory is None:
         raise LightMoEError("--format llamacpp-ot needs --gpu-memory (e.g. 8GiB): the GPU memory for expert tensors")
@@ -105,7 +105,7 @@ def _llamacpp_ot(bundle, req: ExportRequest) -> ExportResult:
     used = sum(c.expert_bytes for c in costs if c.layer_index in on_gpu)
     atomic_write(req.out, json.dumps({"command": cmd, "override_tensor": rule, "gpu_layers": on_gpu,
                                       "cpu_layers": cpu, "gpu_expert_bytes": used,
-                                      "bundle_manifest_sha256": sha256_file(bundle.path / "manifest.json")}, indent=1))
+                                      "bundle_manifest_sha256": sha}, indent=1))
     return ExportResult(req.out, [f"experts of {len(on_gpu)} of {len(costs)} layers on the GPU "
                                   f"({used / 2**20:.1f} MiB)", cmd])
 
