@@ -12,11 +12,10 @@ from lightmoe_cli.policies.base import (
     PolicyParams,
     RuntimeSpec,
     Serving,
-    layer_plans,
     param,
 )
 from lightmoe_cli.policies.registry import register_policy
-from lightmoe_cli.policies.residency.prune import frequency_residents
+from lightmoe_cli.policies.residency.prune import frequency_plan
 
 
 @dataclass(frozen=True)
@@ -32,6 +31,4 @@ class LRU(Policy):
     Params = LRUParams
 
     def plan(self, inputs: PlanInputs, params: LRUParams) -> BundlePlan:
-        # one token's k picks must fit at once, so every layer has at least top-k slots
-        _, resident = frequency_residents(inputs, max(inputs.top_k.values()))
-        return BundlePlan(layer_plans(inputs, resident), RuntimeSpec(Serving.ON_DEMAND, eviction=params.eviction))
+        return frequency_plan(inputs, RuntimeSpec(Serving.ON_DEMAND, eviction=params.eviction))

@@ -28,6 +28,13 @@ def frequency_residents(inputs: PlanInputs, min_per_layer: int) -> tuple[dict[in
     return slots, select_residents(inputs.mass, slots)
 
 
+def frequency_plan(inputs: PlanInputs, runtime: RuntimeSpec) -> BundlePlan:
+    """prune's resident sets (at least top-k experts per layer: one token's picks must fit) served as `runtime`:
+    the plan of prune and of the caches that start from the same set (lru, swap, predict)."""
+    _, resident = frequency_residents(inputs, max(inputs.top_k.values()))
+    return BundlePlan(layer_plans(inputs, resident), runtime)
+
+
 def uniform_residents(inputs: PlanInputs, min_per_layer: int) -> dict[int, list[int]]:
     """The same number of experts in every layer (the budget split evenly), each layer's highest-mass ones."""
     per_layer = max(min_per_layer, inputs.total_slots // len(inputs.mass))
@@ -47,10 +54,7 @@ class Prune(Policy):
     Params = PruneParams
 
     def plan(self, inputs: PlanInputs, params: PruneParams) -> BundlePlan:
-        # a pruned router still picks top-k, so every layer keeps at least top-k experts
-        top_k = max(inputs.top_k.values())
-        if getattr(params, "uniform", False):
-            resident = uniform_residents(inputs, top_k)
-        else:
-            _, resident = frequency_residents(inputs, top_k)
-        return BundlePlan(layer_plans(inputs, resident), RuntimeSpec(Serving.PRUNED_ROUTER))
+        runtime = RuntimeSpec(Serving.PRUNED_ROUTER)
+        if params.uniform:  # a pruned router still picks top-k: every layer keeps top-k or more
+            return BundlePlan(layer_plans(inputs, uniform_residents(inputs, max(inputs.top_k.values()))), runtime)
+        return frequency_plan(inputs, runtime)

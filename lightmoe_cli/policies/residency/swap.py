@@ -20,11 +20,10 @@ from lightmoe_cli.policies.base import (
     PolicyParams,
     RuntimeSpec,
     Serving,
-    layer_plans,
     param,
 )
 from lightmoe_cli.policies.registry import register_policy
-from lightmoe_cli.policies.residency.prune import frequency_residents
+from lightmoe_cli.policies.residency.prune import frequency_plan
 
 
 @dataclass(frozen=True)
@@ -46,13 +45,9 @@ class Swap(Policy):
     summary = "expert cache without stalls: misses re-routed now, their experts loaded in the background"
     Params = SwapParams
 
-    def min_slots_per_layer(self, params: SwapParams, top_k: int) -> int:
-        return top_k  # re-routing picks top-k among residents
-
     def runtime_spec(self, inputs: PlanInputs, params: SwapParams) -> RuntimeSpec:
         return RuntimeSpec(Serving.BACKGROUND, Missing.REROUTE, eviction=params.eviction,
                            max_pending=params.max_pending, admission=params.admission, decay=params.decay)
 
     def plan(self, inputs: PlanInputs, params: SwapParams) -> BundlePlan:
-        _, resident = frequency_residents(inputs, max(inputs.top_k.values()))
-        return BundlePlan(layer_plans(inputs, resident), self.runtime_spec(inputs, params))
+        return frequency_plan(inputs, self.runtime_spec(inputs, params))
