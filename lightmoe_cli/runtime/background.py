@@ -93,8 +93,8 @@ class BackgroundLoader:
         deadline = time.perf_counter() + timeout
         while time.perf_counter() < deadline:
             with self._lock:
-                busy = any(k not in {(r.layer_index, r.expert) for rs in self._ready.values() for r in rs}
-                           for k in self._pending)
+                ready = {(r.layer_index, r.expert) for rs in self._ready.values() for r in rs}
+                busy = any(k not in ready for k in self._pending)
             if not busy:
                 return
             time.sleep(0.001)
