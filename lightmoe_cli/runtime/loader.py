@@ -43,7 +43,7 @@ class Runtime:
     _demand: dict = field(default_factory=dict)  # jump: layer -> (E,) demand since the last boundary
     _tokens: int = 0
     _clock: int = 0
-    loader: object | None = None  # the background expert loader (Serving.BACKGROUND)
+    loader: object | None = None  # the background expert loader (Serving.BACKGROUND, or --manager-loads background)
     prefetcher: object | None = None  # predictor-driven prefetch (the `predict` policy)
 
     def close(self) -> None:
@@ -101,7 +101,7 @@ class Runtime:
             m.finish()
 
     def resident_expert_bytes(self) -> int:
-        return sum(m.slots * m.writer.bytes_per_expert + getattr(m, "lowrank_bytes", 0) for m in self.layers)
+        return sum(m.slots * m.writer.bytes_per_expert + m.lowrank_bytes for m in self.layers)
 
     @property
     def device(self) -> torch.device:
@@ -231,9 +231,9 @@ def _strategy(bundle: Bundle, spec, m, pool: SlotPool, manager: bool, loader=Non
     one whose swaps are read in the background)."""
     lp = next(p for p in bundle.layers if p.layer_index == m.layer_index)
     cls = STRATEGIES[spec.serving]
+    renormalise = bool(getattr(m.router, "norm_topk_prob", True))  # the router renormalises its top-k weights
     if cls is Background:
-        return Background(m.layer_index, pool, lp, spec, loader,
-                          renormalise=bool(getattr(m.router, "norm_topk_prob", True)))
+        return Background(m.layer_index, pool, lp, spec, loader, renormalise=renormalise)
     if cls is Replaced:
         return Replaced(m.layer_index, pool, lp, spec, _factors(bundle, m))
     if cls is not Remap:
@@ -242,8 +242,7 @@ def _strategy(bundle: Bundle, spec, m, pool: SlotPool, manager: bool, loader=Non
     per_layer = manager and spec.manager is not None and spec.manager.mode == "incremental"
     return Remap(m.layer_index, pool, lp, spec, similarity=sim.numpy() if sim is not None else None,
                  manager=LayerManager(lp.num_experts, set(lp.resident), spec.manager) if per_layer else None,
-                 renormalise=bool(getattr(m.router, "norm_topk_prob", True)),
-                 move_loader=loader if manager and spec.manager is not None else None)
+                 renormalise=renormalise, move_loader=loader if manager and spec.manager is not None else None)
 
 
 def _factors(bundle: Bundle, m):

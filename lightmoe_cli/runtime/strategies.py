@@ -37,6 +37,7 @@ class LayerStrategy:
     """Common part: the layer's slot pool, its stats and swap records; subclasses install their hooks."""
 
     serving: ClassVar[Serving]
+    lowrank_bytes: int = 0  # memory held besides the slots (a replaced expert's low-rank terms)
 
     def __init__(self, layer_index: int, pool: SlotPool, plan: LayerPlan, spec: RuntimeSpec):
         self.layer_index, self.pool, self.plan, self.spec = layer_index, pool, plan, spec
