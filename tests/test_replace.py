@@ -156,7 +156,7 @@ def test_replace_refuses_a_recovery_recipe_without_text_and_too_much_compression
         raise AssertionError("the recovery trained before the refusal")
 
     monkeypatch.setattr("lightmoe_cli.replace.construct.build_replacement", no_training)
-    with pytest.raises(LightMoEError, match="drops picks per token.*replace serving"):  # refused before training
+    with pytest.raises(LightMoEError, match="drops picks per token, which expert replacing"):  # refused before training
         build_bundle(prof, model, tok, str(root / "model"), tmp_path / "c",
                      BuildOptions(policy="replace", params={"rank": 2, "recover_steps": 3}, activation="naee",
                                   active=0.5))

@@ -200,8 +200,9 @@ def build_bundle(prof: Profile, model, tokenizer, model_name: str, out: Path, op
     activation = _activation_plan(opts, model, tokenizer, prof, adapter, layers)
     if activation is not None and (activation.beta or activation.pooled_base) and \
             plan.runtime.serving in (Serving.ON_DEMAND, Serving.REPLACE):  # refused before any recovery trains
-        raise LightMoEError(f"--activation {opts.activation} drops picks per token, which --policy {opts.policy} "
-                            f"({plan.runtime.serving.value} serving) does not support: use prune, lightmoe or full")
+        kind = "on-demand loading" if plan.runtime.serving == Serving.ON_DEMAND else "expert replacing"
+        raise LightMoEError(f"--activation {opts.activation} drops picks per token, which {kind} "
+                            f"(--policy {opts.policy}) does not support: use prune, lightmoe or full")
     lowrank, record, overrides = None, None, None  # replace: its factors; replace, lora: the training record
     if policy.weight_transform == "replace":
         lowrank, record = _replacement(model, tokenizer, layers, plan, params, prof, identity.fingerprint,
