@@ -51,20 +51,6 @@ def activation_top_k(bundle: Bundle) -> int | None:
     return ks[0]
 
 
-def set_top_k(config, k: int) -> None:
-    """Every experts-per-token field of the config (and of nested routing configs) set to k."""
-    from lightmoe_cli.models.layers import TOP_K_KEYS
-
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    for cfg in {id(config): config, id(text): text}.values():
-        for key in TOP_K_KEYS:
-            if isinstance(getattr(cfg, key, None), int):
-                setattr(cfg, key, k)
-        for value in list(vars(cfg).values()):
-            if value is not cfg and type(value).__name__.endswith("Config") and hasattr(value, "to_dict"):
-                set_top_k(value, k)
-
-
 def export_hf(bundle: Bundle, selection: Selection, out: Path, max_shard_size: str = "2GB") -> Path:
     """Write the checkpoint to `out` (atomically); returns it."""
     top_k = activation_top_k(bundle)
@@ -75,6 +61,7 @@ def export_hf(bundle: Bundle, selection: Selection, out: Path, max_shard_size: s
     from transformers.utils import logging as hf_logging
 
     from lightmoe_cli.models.adapter import strip_lightmoe_hooks
+    from lightmoe_cli.models.pruning import update_config_counts
     from lightmoe_cli.runtime.loader import build_runtime
 
     hf_logging.disable_progress_bar()  # our own output says what was written
@@ -86,8 +73,10 @@ def export_hf(bundle: Bundle, selection: Selection, out: Path, max_shard_size: s
         strip_lightmoe_hooks(model)
         with exclusive_output(Path(out)) as tmp:
             tmp.mkdir(parents=True, exist_ok=True)
-            if top_k is not None:
-                set_top_k(model.config, top_k)
+            if top_k is not None:  # the same rewrite of top-k fields (nested configs too) as pruning's
+                kept = len(next(iter(selection.kept.values())))
+                text = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+                update_config_counts(text, kept, kept, bundle.layers[0].top_k, top_k)
             model.save_pretrained(tmp, max_shard_size=max_shard_size)
             rt.tokenizer.save_pretrained(tmp)
             _check_loadable(tmp)
