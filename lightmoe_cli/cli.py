@@ -121,10 +121,9 @@ def profile(
                                    save_traces=save_traces or save_router_inputs,
                                    save_router_inputs=save_router_inputs, similarity_layer=similarity_layer,
                                    shards=shards)
-        scale = ScaleOut(spec, workers, ray_address) if workers > 1 or ray_address else None
         with token_progress(console) as progress:
             prof = run_profile(lm, tok, name, recipe, out_used, settings, resume=resume, progress=progress,
-                               scale=scale)
+                               scale=ScaleOut(spec, workers, ray_address))  # in this process unless it is remote
     except KeyboardInterrupt:
         partial = f"{out_used}.partial" if out_used else "the .partial folder beside the output"
         fail(f"interrupted: finished tasks are kept in {partial} and any earlier profile is untouched; continue "
