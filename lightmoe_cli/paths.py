@@ -21,7 +21,7 @@ BUNDLES_DIR = REPO_ROOT / "artifacts" / "bundles"
 EVAL_DIR = REPO_ROOT / "artifacts" / "eval"
 CORPUS_DIR = REPO_ROOT / "data" / "corpus"
 ITEMS_DIR = REPO_ROOT / "data" / "tasks" / "items"
-DEFAULT_BUNDLE = BUNDLES_DIR / "demo-moe-lightmoe-50"
+DEFAULT_BUNDLE = BUNDLES_DIR / "demo-moe-task-aware-50"
 
 
 def repo_relative(path: str | Path) -> str:

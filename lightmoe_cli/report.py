@@ -174,3 +174,26 @@ def predictor_table(payload: dict) -> Table:
         t.add_row(name, f"{r['recall_at_k']:.1%}", f"{r['precision_at_k']:.1%}", f"{r['f1']:.1%}",
                   f"{r['binary_accuracy']:.1%}")
     return t
+
+
+def similarity_comparison_table(rows: list[dict], threshold: float) -> Table:
+    """`lightmoe demo similarity`: per model and layer, how alike the experts are."""
+    table = Table(title="expert similarity (pairs off the diagonal); nearest = each expert's most similar other")
+    for col in ("model", "layer", "kind", "mean pair", "max pair", "mean nearest", f"nearest >= {threshold:.1f}"):
+        table.add_column(col, justify="left" if col in ("model", "kind") else "right")
+    for r in rows:
+        table.add_row(r["model"], str(r["layer"]), r["kind"], f"{r['mean_pair']:.3f}", f"{r['max_pair']:.3f}",
+                      f"{r['mean_nearest']:.3f}", f"{r['share_nearest_at_threshold']:.0%}")
+    return table
+
+
+def showcase_table(rows, tokens: int, domains: int, budget: float) -> Table:
+    """`lightmoe demo compare`: full vs prune vs task-aware at one budget on a held-out stream."""
+    table = Table(title=f"the demo model at {budget:.0%} expert memory: {tokens:,} held-out tokens of {domains} "
+                        "domains, served in domain blocks")
+    for col in ("policy", "expert memory", "NLL / token", "vs full", "swaps", "decode tok/s"):
+        table.add_column(col, justify="left" if col == "policy" else "right")
+    for r in rows:
+        table.add_row(r.policy, f"{r.expert_mib:.1f} MiB", f"{r.nll:.3f}", f"{r.delta_nll:+.3f}", str(r.swaps),
+                      f"{r.decode_tokens_per_s:.0f}")
+    return table

@@ -76,7 +76,7 @@ def test_runtime_alloc_t_pools_over_every_remaining_candidate():
     k = 2 and one token confident, another token may keep all three of its picks."""
     import torch
 
-    from lightmoe_cli.runtime.activation import LayerActivation
+    from lightmoe_cli.policies.activation import LayerActivation
 
     w = torch.tensor([[0.90, 0.06, 0.04], [0.40, 0.35, 0.25], [0.50, 0.30, 0.20]])
     idx = torch.tensor([[0, 1, 2], [3, 4, 5], [6, 7, 0]])

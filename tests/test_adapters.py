@@ -19,8 +19,8 @@ from lightmoe_cli.models import (
     redirect_experts,
 )
 from lightmoe_cli.models.architectures import find_architecture
-from lightmoe_cli.models.selftest import models_command, quiet, run_selftest
 from lightmoe_cli.models.tiny_configs import tiny_config
+from lightmoe_cli.selftest.run import models_command, quiet, run_selftest
 
 FAMILIES = ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2", "deepseek_v3", "gpt_oss", "phimoe",
             "granitemoe", "qwen3_next"]

@@ -464,7 +464,7 @@ def test_sigkill_mid_build_leaves_a_complete_bundle_and_the_next_build_cleans_up
     proc.kill()
     proc.wait(timeout=30)
     policy = load_bundle(out).policy  # complete and verified either way
-    assert (folder_digest(out) == before) == (policy == "lightmoe")
+    assert (folder_digest(out) == before) == (policy == "task-aware")
     stale = tmp_path / "b.tmp-4242-dead00"  # what a writer killed earlier leaves behind
     (stale / "experts").mkdir(parents=True, exist_ok=True)
     (stale / "experts" / "layer_0.safetensors").write_bytes(b"half")
@@ -479,10 +479,10 @@ def test_two_builds_started_together_never_crash_or_mix(made, pristine, tmp_path
 
     out = tmp_path / "b"
     procs = [_cli("build-bundle", "--profile", str(made["profile"]), "--out", str(out), "--policy", p)
-             for p in ("prune", "lightmoe")]
+             for p in ("prune", "task-aware")]
     results = [(p.wait(timeout=300), p.stdout.read()) for p in procs]
     for code, text in results:
         assert "Traceback" not in text, text
         assert code == 0 or "another lightmoe process is writing" in text, text
     assert any(code == 0 for code, _ in results)
-    assert load_bundle(out).policy in ("prune", "lightmoe")  # one complete bundle, verified
+    assert load_bundle(out).policy in ("prune", "task-aware")  # one complete bundle, verified

@@ -256,9 +256,9 @@ _FAMILIES: dict[str, tuple] = {}
 def _family(model_type, tmp_path_factory):
     """(model, profile, workspace root, tokenizer) of a tiny `model_type` model, profiled once per test session."""
     from lightmoe_cli.models.architectures import find_architecture
-    from lightmoe_cli.models.selftest import quiet
-    from lightmoe_cli.models.selftest_pipeline import char_tokenizer, write_recipe
     from lightmoe_cli.models.tiny_configs import tiny_config
+    from lightmoe_cli.selftest.pipeline import char_tokenizer, write_recipe
+    from lightmoe_cli.selftest.run import quiet
 
     if model_type not in _FAMILIES:
         root = tmp_path_factory.mktemp(model_type)

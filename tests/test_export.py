@@ -40,7 +40,7 @@ def test_hf_export_loads_with_plain_transformers_and_gives_the_runtime_logits(bu
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     b = bundles["uniform"]
-    result = run_export(ExportRequest(b.path, "hf", tmp_path / "hf"))
+    result = run_export(ExportRequest(b.path, format="hf", out=tmp_path / "hf"))
     out = result.out
     model, tok = AutoModelForCausalLM.from_pretrained(out), AutoTokenizer.from_pretrained(out)
     rt = build_runtime(b)
@@ -55,22 +55,22 @@ def test_hf_export_loads_with_plain_transformers_and_gives_the_runtime_logits(bu
 def test_a_managed_bundle_exports_one_task_set_and_dynamic_or_ragged_bundles_are_refused(bundles, tmp_path):
     lm = bundles["lightmoe"]
     with pytest.raises(LightMoEError, match="export --task T"):
-        run_export(ExportRequest(lm.path, "hf", tmp_path / "a"))
+        run_export(ExportRequest(lm.path, format="hf", out=tmp_path / "a"))
     task = sorted(lm.manifest.task_resident)[0]
-    out = run_export(ExportRequest(lm.path, "hf", tmp_path / "t", task=task)).out
+    out = run_export(ExportRequest(lm.path, format="hf", out=tmp_path / "t", task=task)).out
     sel = json.loads((out / "lightmoe_selection.json").read_text())
     assert sel["selection"] == f"task:{task}"
     assert sel["kept_experts"] == {str(k): sorted(v) for k, v in lm.manifest.task_resident[task].items()}
     with pytest.raises(LightMoEError, match="no resident set for task 'nope'"):
-        run_export(ExportRequest(lm.path, "hf", tmp_path / "n", task="nope"))
+        run_export(ExportRequest(lm.path, format="hf", out=tmp_path / "n", task="nope"))
     with pytest.raises(LightMoEError, match="loads experts at run time.*--uniform"):
-        run_export(ExportRequest(bundles["lru"].path, "hf", tmp_path / "l"))
+        run_export(ExportRequest(bundles["lru"].path, format="hf", out=tmp_path / "l"))
     ragged = bundles["prune"]
     assert len({lp.slots for lp in ragged.layers}) > 1
     with pytest.raises(LightMoEError, match="different expert counts.*--uniform"):
-        run_export(ExportRequest(ragged.path, "hf", tmp_path / "r"))
+        run_export(ExportRequest(ragged.path, format="hf", out=tmp_path / "r"))
     with pytest.raises(LightMoEError, match="unknown --format"):
-        run_export(ExportRequest(lm.path, "onnx", tmp_path / "o"))
+        run_export(ExportRequest(lm.path, format="onnx", out=tmp_path / "o"))
     assert not (tmp_path / "a").exists() and not (tmp_path / "l").exists()
 
 
@@ -81,20 +81,20 @@ def test_llamacpp_rules_put_the_least_covered_layers_on_the_gpu_within_memory(bu
     assert override_rule([]) is None
     b = bundles["uniform"]
     layer_bytes = b.manifest.model.bytes_per_expert[0] * b.layers[0].num_experts
-    res = run_export(ExportRequest(b.path, "llamacpp-ot", tmp_path / "ot.json", gpu_memory=layer_bytes))
+    res = run_export(ExportRequest(b.path, format="llamacpp-ot", out=tmp_path / "ot.json", gpu_memory=layer_bytes))
     rules = json.loads((tmp_path / "ot.json").read_text())
     assert len(rules["gpu_layers"]) == 1 and rules["command"].startswith("llama-server -m model.gguf -ngl 99 -ot ")
     assert rules["command"] in res.lines
-    half = run_export(ExportRequest(b.path, "llamacpp-ot", tmp_path / "q.json", gpu_memory=layer_bytes,
+    half = run_export(ExportRequest(b.path, format="llamacpp-ot", out=tmp_path / "q.json", gpu_memory=layer_bytes,
                                     weight_bits=8))  # an 8-bit GGUF: half the bytes, twice the layers
     assert "2 of" in half.lines[0]
     with pytest.raises(LightMoEError, match="needs --gpu-memory"):
-        run_export(ExportRequest(b.path, "llamacpp-ot", tmp_path / "x.json"))
+        run_export(ExportRequest(b.path, format="llamacpp-ot", out=tmp_path / "x.json"))
 
 
 def test_vllm_profile_lists_kept_experts_per_layer_and_task(bundles, tmp_path):
     lm = bundles["lightmoe"]
-    run_export(ExportRequest(lm.path, "vllm-profile", tmp_path / "v.json"))
+    run_export(ExportRequest(lm.path, format="vllm-profile", out=tmp_path / "v.json"))
     data = json.loads((tmp_path / "v.json").read_text())
     assert data["kept_experts"] == {str(lp.layer_index): lp.resident for lp in lm.layers}
     assert set(data["task_kept_experts"]) == set(lm.manifest.task_resident)
@@ -114,7 +114,7 @@ def test_a_uniform_activation_budget_exports_as_the_configs_experts_per_token(bu
                      BuildOptions(policy="prune", fraction=0.5, params={"uniform": True}, activation="topk",
                                   active=0.5))
     assert set(b.manifest.activation.k.values()) == {1}
-    out = run_export(ExportRequest(b.path, "hf", tmp_path / "hf")).out
+    out = run_export(ExportRequest(b.path, format="hf", out=tmp_path / "hf")).out
     exported, etok = AutoModelForCausalLM.from_pretrained(out), AutoTokenizer.from_pretrained(out)
     assert exported.config.num_experts_per_tok == 1
     rt = build_runtime(b)

@@ -35,10 +35,10 @@ def test_demo_model_gguf_generates_the_greedy_tokens_of_transformers(tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from lightmoe_cli.bundle.build import BuildOptions, build_bundle
-    from lightmoe_cli.evaluation.run import ensure_profile
     from lightmoe_cli.export.hf import export_hf
     from lightmoe_cli.export.selection import select
     from lightmoe_cli.loading import load_model_and_tokenizer, resolve_model
+    from lightmoe_cli.profile.run import ensure_profile
 
     name = resolve_model(None)
     model, tok = load_model_and_tokenizer(name)

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from lightmoe_cli.models.architectures import scan_sources
-from lightmoe_cli.models.selftest import run_selftest
-from lightmoe_cli.models.selftest_pipeline import StageFailed, char_tokenizer, check_pipeline, pipeline_workspace
 from lightmoe_cli.models.tiny_configs import VOCAB
+from lightmoe_cli.selftest.pipeline import StageFailed, char_tokenizer, check_pipeline, pipeline_workspace
+from lightmoe_cli.selftest.run import run_selftest
 
 FAST = ("Qwen3MoeForCausalLM", "Llama4ForCausalLM")
 
@@ -60,9 +60,9 @@ def test_char_tokenizer_fits_the_tiny_vocabulary():
 def test_pipeline_failures_name_every_failing_stage(monkeypatch):
     """A stage that breaks is named with its error, and the other policies still run."""
     from lightmoe_cli.models.architectures import find_architecture
-    from lightmoe_cli.models.selftest import quiet
     from lightmoe_cli.models.tiny_configs import tiny_config
     from lightmoe_cli.runtime import loader
+    from lightmoe_cli.selftest.run import quiet
 
     real = loader.build_runtime
 

@@ -1,4 +1,5 @@
-"""The package's modules form a DAG: no import cycle, lazy (function-level) imports included.
+"""The package's floors hold: a declared order of packages, no import from a lower floor to a higher one, and no
+import cycle between modules, lazy (function-level) imports included.
 
 Why lazy imports count: a cycle hidden inside a function (the evaluation importing a helper from the CLI)
 still ties a lower layer to a higher one; the pipeline's direction of flow is only real if no module reaches
@@ -80,6 +81,63 @@ def test_no_import_cycle_inside_the_package():
 def test_the_cycle_finder_finds_a_cycle():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+# bottom to top: a package imports only from floors below its own (never from its own floor's other packages)
+LAYERS: list[tuple[str, ...]] = [
+    ("errors",),
+    ("registry", "paths", "options"),  # generic tables, default locations, option records: no torch, no typer
+    ("files",),
+    ("manifest", "recipes", "loading"),
+    ("policies",),  # pure: statistics -> plans
+    ("analysis",),  # pure: statistics, outlooks, metrics
+    ("models",),  # adapters over transformers' MoE layers
+    ("identity",),
+    ("profile",),  # data in -> trace -> statistics
+    ("predict", "demo"),
+    ("replace",),
+    ("bundle",),  # policy -> bundle
+    ("runtime",),  # bundle -> served model
+    ("export", "evaluation"),
+    ("selftest",),  # drives the whole pipeline on tiny models
+    ("report",),
+    ("cli",),
+    ("lightmoe_cli",),
+]
+
+
+def _package(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else parts[0]
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    floor = {pkg: i for i, names in enumerate(LAYERS) for pkg in names}
+    bad = []
+    for name, deps in sorted(graph.items()):
+        for d in sorted(deps):
+            a, b = _package(name), _package(d)
+            if a != b and floor[b] >= floor[a]:
+                bad.append(f"{name} -> {d} ({b} is not below {a})")
+    return bad
+
+
+def test_every_package_has_a_declared_floor():
+    declared = {pkg for names in LAYERS for pkg in names}
+    found = {_package(m) for m in import_graph()}
+    assert found <= declared, f"declare a floor for {sorted(found - declared)} in LAYERS"
+    assert (PACKAGE / "profile" / "__init__.py").exists()
+
+
+def test_no_package_imports_from_its_floor_or_above():
+    bad = upward_imports(import_graph())
+    assert not bad, "\n".join(bad)
+
+
+def test_the_floor_check_finds_an_upward_import():
+    assert upward_imports({"lightmoe_cli.models.x": {"lightmoe_cli.export.y"}, "lightmoe_cli.export.y": set()})
+    assert upward_imports({"lightmoe_cli.export.y": {"lightmoe_cli.evaluation.z"}, "lightmoe_cli.evaluation.z": set()})
+    assert not upward_imports({"lightmoe_cli.export.y": {"lightmoe_cli.models.x"}, "lightmoe_cli.models.x": set()})
 
 
 def test_pure_layers_do_not_import_upwards():

@@ -9,11 +9,11 @@ import pytest
 from typer.testing import CliRunner
 
 from lightmoe_cli.cli import app
+from lightmoe_cli.cli.policy_options import policy_options
 from lightmoe_cli.errors import LightMoEError
 from lightmoe_cli.manifest import record_from_json, to_json
 from lightmoe_cli.policies.base import PlanInputs, RuntimeSpec, Serving
 from lightmoe_cli.policies.registry import get_policy, policies
-from lightmoe_cli.policy_options import policy_options
 
 
 def _inputs(total_slots=10, layers=(0, 2, 3), e=8, k=2, seed=0) -> PlanInputs:
@@ -25,8 +25,9 @@ def _inputs(total_slots=10, layers=(0, 2, 3), e=8, k=2, seed=0) -> PlanInputs:
 
 
 def test_the_registry_lists_every_builtin_policy():
-    assert {"lightmoe", "prune", "lru", "full"} <= set(policies())
-    with pytest.raises(LightMoEError, match="unknown policy 'magic'; policies: lightmoe, prune, lru, full"):
+    assert {"task-aware", "prune", "lru", "full"} <= set(policies()) and "lightmoe" not in policies()
+    assert get_policy("lightmoe").name == "task-aware"  # the name before the rename is an accepted alias
+    with pytest.raises(LightMoEError, match="unknown policy 'magic'; policies: task-aware, prune, lru, full"):
         get_policy("magic")
 
 

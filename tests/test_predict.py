@@ -64,7 +64,7 @@ def test_predict_train_command_on_profiled_traces(tiny_moe, tmp_path):
     model = load_predictor(profiles["train"] / "predictor")
     assert model.cfg.pairs == [(0, 2)] and model.cfg.num_experts == 8
     load_profile(profiles["train"])  # the predictor folder does not break the profile
-    res = CliRunner().invoke(app, ["simulate", "--traces", str(profiles["heldout"]),
+    res = CliRunner().invoke(app, ["simulate", "--heldout", str(profiles["heldout"]),
                                    "--profile", str(profiles["train"]), "--predictor",
                                    str(profiles["train"] / "predictor"), "--cache", "0.5",
                                    "--out", str(tmp_path / "sim")])

@@ -120,7 +120,7 @@ def test_profile_cli_writes_artifact_and_resume(tiny, tmp_path):
 
     # replay the traces through expert caches (in-sample here: the tiny model has one profile)
     sim = tmp_path / "sim"
-    res = CliRunner().invoke(app, ["simulate", "--traces", str(out), "--profile", str(out), "--cache", "0.25,0.5",
+    res = CliRunner().invoke(app, ["simulate", "--heldout", str(out), "--profile", str(out), "--cache", "0.25,0.5",
                                    "--out", str(sim)])
     assert res.exit_code == 0, res.output
     import json
@@ -136,7 +136,7 @@ def test_profile_cli_writes_artifact_and_resume(tiny, tmp_path):
     counts = {li: sum(prof.task_stats(t).layers[li].counts for t in prof.task_names) for li in (0, 2)}
     served = sum(int(counts[li][total[li].topk(4).indices].sum()) for li in (0, 2))
     assert static["hit_rate"] == pytest.approx(served / sum(int(c.sum()) for c in counts.values()))
-    res = CliRunner().invoke(app, ["simulate", "--traces", str(out), "--cache", "0"])
+    res = CliRunner().invoke(app, ["simulate", "--heldout", str(out), "--cache", "0"])
     assert res.exit_code == 1 and "--cache values are fractions" in res.output
 
     # corrupt a file: reported by name

@@ -9,12 +9,12 @@ import torch
 from lightmoe_cli.bundle.build import BuildOptions, build_bundle
 from lightmoe_cli.errors import LightMoEError
 from lightmoe_cli.models import get_adapter
+from lightmoe_cli.policies.replace_select import base_experts, kept_slots, lowrank_bytes, max_compression
 from lightmoe_cli.profile.run import ProfileSettings, run_profile
 from lightmoe_cli.recipes import load_recipe
 from lightmoe_cli.replace.construct import calibration_windows, init_states
 from lightmoe_cli.replace.lowrank import svd_factors
 from lightmoe_cli.replace.recover import RecoverySettings, install, recover
-from lightmoe_cli.replace.select import base_experts, kept_slots, lowrank_bytes, max_compression
 from lightmoe_cli.runtime.loader import build_runtime
 
 TEXT = "12 + 7 = 19\n45 - 3 = 42\nreverse lamp -> pmal\nupper dog -> DOG"
@@ -242,7 +242,7 @@ def test_an_interrupted_replace_build_resumes_its_recovery_to_the_same_factors(p
 
 
 def test_similarity_selection_replaces_near_duplicates_before_rarely_used_unique_experts():
-    from lightmoe_cli.replace.select import keep_value
+    from lightmoe_cli.policies.replace_select import keep_value
 
     mass = torch.tensor([4.0, 4.0, 1.0, 3.0]).numpy()
     sim = torch.eye(4).numpy()

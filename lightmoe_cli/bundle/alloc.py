@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from lightmoe_cli.runtime.activation import LayerActivation
+from lightmoe_cli.policies.activation import LayerActivation
 
 
 def calibration_windows(prof, tokenizer, tokens_per_task: int = 512, seq_len: int = 256) -> list[list[int]]:

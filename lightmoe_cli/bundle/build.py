@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -20,47 +18,14 @@ from lightmoe_cli.bundle.artifact import (
     ReplacementRecord,
     load_bundle,
 )
+from lightmoe_cli.bundle.options import BuildOptions, ResolvedBuild, resolved
 from lightmoe_cli.errors import LightMoEError
 from lightmoe_cli.files import exclusive_output, save_tensors, sha256_file
 from lightmoe_cli.identity import library_versions, model_identity
 from lightmoe_cli.manifest import FINGERPRINT_KEY, write_artifact
-from lightmoe_cli.policies.base import BundlePlan, PlanInputs, Policy, PolicyParams, Serving
+from lightmoe_cli.policies.base import BundlePlan, PlanInputs, Serving
 from lightmoe_cli.policies.budget import slots_for_budget
-from lightmoe_cli.policies.registry import get_policy
 from lightmoe_cli.profile.artifact import Profile
-
-RANKINGS = ("gate_mass", "frequency", "reap")
-
-
-@dataclass
-class BuildOptions:
-    """What build-bundle was asked for: the policy and its parameters (field name -> value; the policy's
-    defaults for the rest), the budget (a fraction or bytes), and how experts are ranked."""
-
-    policy: str = "lightmoe"
-    fraction: float | None = 0.5
-    memory_bytes: int | None = None
-    ranking: str = "gate_mass"  # which experts a layer keeps: gate_mass, frequency (counts) or reap (saliency)
-    params: dict[str, Any] = field(default_factory=dict)
-    activation: str | None = None  # an activation budget rule (topk | lexi): fewer experts per token
-    active: float = 1.0  # share of the model's activations kept (with `activation`)
-
-    def resolve(self) -> tuple[Policy, PolicyParams]:
-        """The registered policy and its validated parameters: every option checked before a model loads."""
-        policy = get_policy(self.policy)
-        if self.ranking not in RANKINGS:
-            raise LightMoEError(f"unknown ranking {self.ranking!r}; use {', '.join(RANKINGS)}")
-        if self.fraction is not None and not (0 < self.fraction <= 1):  # also refuses nan
-            raise LightMoEError(f"--budget {self.fraction} must be a fraction in (0, 1] of the expert weights")
-        if self.activation is not None:
-            from lightmoe_cli.policies.activation_budget import ACTIVATION_RULES
-
-            if self.activation not in ACTIVATION_RULES:
-                raise LightMoEError(f"unknown --activation {self.activation!r}; rules: {', '.join(ACTIVATION_RULES)}")
-            if not (0 < self.active <= 1):
-                raise LightMoEError(f"--active {self.active} must be a fraction in (0, 1] of the model's "
-                                    "activations")
-        return policy, policy.Params.from_options(self.params, policy.name)
 
 
 def _ranking_mass(prof: Profile, ranking: str) -> dict[int, np.ndarray]:
@@ -73,11 +38,12 @@ def _ranking_mass(prof: Profile, ranking: str) -> dict[int, np.ndarray]:
     return {li: total[li].gate_mass.numpy() for li in layers}
 
 
-def plan_from_profile(prof: Profile, opts: BuildOptions, bytes_per_expert: list[int],
+def plan_from_profile(prof: Profile, opts: BuildOptions | ResolvedBuild, bytes_per_expert: list[int],
                       expert_shape: tuple[int, int] | None = None) -> tuple[BundlePlan, BudgetRecord]:
     """Run the chosen policy on the profile's statistics; returns the plan and the budget record.
     `expert_shape` (hidden, intermediate): for a policy that sets its own memory (expert replacing)."""
-    policy, params = opts.resolve()
+    opts = resolved(opts)
+    policy, params = opts.policy, opts.params
     layers = prof.layer_indices
     top_k = dict(zip(layers, prof.model.top_k, strict=True))
     num_experts = prof.model.num_experts
@@ -104,7 +70,7 @@ def plan_from_profile(prof: Profile, opts: BuildOptions, bytes_per_expert: list[
     return plan, record
 
 
-def _activation_plan(opts: BuildOptions, model, tokenizer, prof: Profile, adapter, layers):
+def _activation_plan(opts: ResolvedBuild, model, tokenizer, prof: Profile, adapter, layers):
     """The activation budget's per-layer k (None without --activation); LExI measures the model first."""
     if opts.activation is None:
         return None
@@ -184,85 +150,44 @@ def _write_expert_store(adapter, layers, folder: Path, meta: dict[str, str], pro
     return layout
 
 
-def build_bundle(prof: Profile, model, tokenizer, model_name: str, out: Path, opts: BuildOptions,
+def build_bundle(prof: Profile, model, tokenizer, model_name: str, out: Path, opts: BuildOptions | ResolvedBuild,
                  progress=None) -> Bundle:
     """Write the bundle for `opts.policy` into `out` (via `<out>.tmp`, swapped in at the end)."""
+    from lightmoe_cli.bundle.transforms import WEIGHT_TRANSFORMS, TransformInputs
     from lightmoe_cli.models import get_adapter
+    from lightmoe_cli.replace.construct import expert_shape
 
-    policy, params = opts.resolve()
+    opts = resolved(opts)
+    policy, params = opts.policy, opts.params
     adapter = get_adapter(model)
     layers = adapter.moe_layers(model)
     identity = model_identity(model, adapter, model_name)
     prof.check_model(identity)
-    from lightmoe_cli.replace.construct import expert_shape
-
     plan, budget = plan_from_profile(prof, opts, [adapter.bytes_per_expert(m) for m in layers], expert_shape(layers))
     activation = _activation_plan(opts, model, tokenizer, prof, adapter, layers)
     if activation is not None and (activation.beta or activation.pooled_base) and \
             plan.runtime.serving in (Serving.ON_DEMAND, Serving.REPLACE):  # refused before any recovery trains
         kind = "on-demand loading" if plan.runtime.serving == Serving.ON_DEMAND else "expert replacing"
         raise LightMoEError(f"--activation {opts.activation} drops picks per token, which {kind} "
-                            f"(--policy {opts.policy}) does not support: use prune, lightmoe or full")
-    lowrank, record, overrides = None, None, None  # replace: its factors; replace, lora: the training record
-    if policy.weight_transform == "replace":
-        lowrank, record = _replacement(model, tokenizer, layers, plan, params, prof, identity.fingerprint,
-                                       Path(out), progress)
-        resident, total = budget.resident_expert_bytes + record.lowrank_bytes, budget.all_expert_bytes
-        budget = dataclasses.replace(budget, requested_fraction=round(1 - params.compression, 6),
-                                     requested_bytes=int((1 - params.compression) * total),
-                                     resident_expert_bytes=resident, resident_fraction=resident / total)
-    elif policy.weight_transform == "merge":
-        from lightmoe_cli.replace.construct import merged_experts
-
-        overrides = merged_experts(adapter, layers, plan.layers, _ranking_mass(prof, opts.ranking))
-    elif policy.weight_transform == "lora":
-        from lightmoe_cli.replace.construct import lora_experts
-        from lightmoe_cli.replace.recover import RecoverySettings, record_json
-
-        overrides, rec = lora_experts(model, tokenizer, adapter, plan.layers, params.rank,
-                                      RecoverySettings(steps=params.recover_steps, lr=params.lr),
-                                      _recovery_recipe(params, prof), identity.fingerprint,
-                                      Path(out).with_name(Path(out).name + ".recover"), progress)
-        record = ReplacementRecord(params.rank, 0, {}, record_json(rec))
-
-    predictor = _checked_predictor(getattr(params, "predictor", None), layers, policy.name)
+                            f"(--policy {policy.name}) does not support: use prune, task-aware or full")
+    weights = None  # a policy whose expert weights are not the model's: what its transform made
+    if policy.weight_transform is not None:
+        transform = WEIGHT_TRANSFORMS.get(policy.weight_transform)
+        weights = transform(TransformInputs(model, tokenizer, adapter, layers, plan, params, prof,
+                                            identity.fingerprint, Path(out), _ranking_mass(prof, opts.ranking),
+                                            budget, progress))
+        budget = weights.budget or budget
+    predictor = _checked_predictor(policy.predictor(params), layers, policy.name)
     with exclusive_output(Path(out)) as tmp:
         if predictor is not None:
             _copy_predictor(predictor, tmp / "predictor", identity.fingerprint)
-        if lowrank:
+        if weights is not None and weights.lowrank:
             tmp.mkdir(parents=True, exist_ok=True)
-            save_tensors(lowrank, tmp / "lowrank.safetensors", {FINGERPRINT_KEY: identity.fingerprint})
-        _write_bundle(tmp, Path(out), prof, model, tokenizer, adapter, layers, identity, policy, params, opts,
-                      plan, budget, progress, activation, record, overrides)
+            save_tensors(weights.lowrank, tmp / "lowrank.safetensors", {FINGERPRINT_KEY: identity.fingerprint})
+        _write_bundle(tmp, Path(out), prof, model, tokenizer, adapter, layers, identity, opts, plan, budget,
+                      progress, activation, weights.record if weights else None,
+                      weights.overrides if weights else None)
     return load_bundle(out, verify=False)
-
-
-def _recovery_recipe(params, prof: Profile):
-    """--recover-tasks, or the recipe the profile was made with."""
-    from lightmoe_cli.recipes import load_recipe, recipe_from_resolved
-
-    if params.recover_tasks:
-        return load_recipe(Path(params.recover_tasks))
-    try:
-        return recipe_from_resolved(prof.manifest.recipe)
-    except (LightMoEError, KeyError, TypeError, ValueError) as e:
-        raise LightMoEError(f"the profile's calibration recipe cannot be read back ({e}): give "
-                            "--recover-tasks RECIPE") from e
-
-
-def _replacement(model, tokenizer, layers, plan: BundlePlan, params, prof: Profile, fingerprint: str, out: Path,
-                 progress) -> tuple[dict[str, torch.Tensor], ReplacementRecord]:
-    """Expert replacing: SVD-initialised low-rank terms, recovered by annealed training on calibration text
-    (resumable: the checkpoint sits beside the output until the run ends)."""
-    from lightmoe_cli.replace.construct import build_replacement
-    from lightmoe_cli.replace.recover import RecoverySettings, record_json
-
-    recipe = _recovery_recipe(params, prof)
-    settings = RecoverySettings(steps=params.recover_steps, lr=params.lr, anneal=params.anneal)
-    tensors, bases, record = build_replacement(model, tokenizer, layers, plan.layers, params.rank, settings, recipe,
-                                               fingerprint, out.with_name(out.name + ".recover"), progress)
-    size = sum(t.numel() * t.element_size() for t in tensors.values())
-    return tensors, ReplacementRecord(params.rank, size, bases, record_json(record))
 
 
 def _checked_predictor(folder: str | None, layers, policy: str) -> Path | None:
@@ -294,9 +219,10 @@ def _copy_predictor(src: Path, dst: Path, fingerprint: str) -> None:
     shutil.copyfile(src / "predictor.json", dst / "predictor.json")
 
 
-def _write_bundle(tmp: Path, out: Path, prof: Profile, model, tokenizer, adapter, layers, identity, policy,
-                  params, opts: BuildOptions, plan: BundlePlan, budget: BudgetRecord, progress, activation,
+def _write_bundle(tmp: Path, out: Path, prof: Profile, model, tokenizer, adapter, layers, identity,
+                  opts: ResolvedBuild, plan: BundlePlan, budget: BudgetRecord, progress, activation,
                   replacement: ReplacementRecord | None = None, overrides: dict | None = None) -> None:
+    policy, params = opts.policy, opts.params
     meta = {FINGERPRINT_KEY: identity.fingerprint}
     (tmp / "model").mkdir(parents=True)
     (tmp / "experts").mkdir()
@@ -320,3 +246,17 @@ def _write_bundle(tmp: Path, out: Path, prof: Profile, model, tokenizer, adapter
                            prof.manifest.recipe))
     write_artifact(tmp, out, manifest)
 
+
+def build_bundle_request(opts: BuildOptions, progress=None) -> Bundle:
+    """`lightmoe build-bundle` as one call: options checked, then the profile and model loaded and the bundle
+    written to --out or to its default folder (model, policy and budget in the name)."""
+    from lightmoe_cli.loading import load_model_and_tokenizer, resolve_model
+    from lightmoe_cli.paths import default_bundle, default_profile
+    from lightmoe_cli.profile.artifact import load_profile
+
+    r = opts.resolve()  # every option checked before a model is loaded
+    prof = load_profile(opts.profile or default_profile(resolve_model(opts.model)))
+    name = opts.model or prof.model.name_or_path
+    lm, tok = load_model_and_tokenizer(name, dtype=r.dtype)
+    out = opts.out or default_bundle(name, r.policy.name, r.bundle_name_tag())
+    return build_bundle(prof, lm, tok, name, out, r, progress=progress)

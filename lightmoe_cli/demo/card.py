@@ -134,7 +134,7 @@ def expert_similarity(model, tokenizer, name: str) -> dict:
     a missing expert can pay off, from the model's default profile (made with the demo calibration recipe when
     missing)."""
     from lightmoe_cli.analysis.similarity import similarity_summary
-    from lightmoe_cli.evaluation.run import ensure_profile
+    from lightmoe_cli.profile.run import ensure_profile
 
     prof = ensure_profile(model, tokenizer, name)
     return {"profile": repo_relative(prof.path), "per_layer": [

@@ -14,8 +14,8 @@ from lightmoe_cli.analysis.similarity import similarity_summary
 
 def similarity_matrices(model_name: str, progress=None) -> dict[int, dict]:
     """layer -> kind -> (E, E) numpy similarity, from the model's default profile (made when missing)."""
-    from lightmoe_cli.evaluation.run import ensure_profile
     from lightmoe_cli.loading import load_model_and_tokenizer
+    from lightmoe_cli.profile.run import ensure_profile
 
     model, tok = load_model_and_tokenizer(model_name)
     sims = ensure_profile(model, tok, model_name, progress).similarities()

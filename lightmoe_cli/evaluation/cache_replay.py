@@ -2,16 +2,8 @@
 
 The traces (a profile made with --save-traces, best on held-out text) are served as one stream, task after task
 (a task-shift stream with long blocks). Every policy starts from the same state -- the frequency-aware resident
-set of the statistics profile -- and has the same per-layer capacity, so hit rates compare directly:
-  lru, lfu      demand loading, evicting the least recently / least frequently used expert;
-  belady        the offline optimum (evicts the expert needed furthest ahead): the ceiling of every policy that
-                loads each miss (a policy that serves a miss elsewhere, as static does, is not bounded by it);
-  static        the frequency-aware set, never changed (what prune and lightmoe's initial set serve; a miss is
-                re-routed or redirected, costing accuracy instead of I/O);
-  task          the task's own frequency set, swapped in at each task boundary (lightmoe's manager when it
-                recognises the task; the swap's loads are counted);
-  predict       LRU plus prefetch: while layer l runs, the predictor's top-W experts of layer l+1 are loaded
-                (MoE-Beyond); needs predictions.
+set of the statistics profile -- and has the same per-layer capacity, so hit rates compare directly. The
+policies are the entries of `SIM_POLICIES`, each a cache rule of `simulate_layer` and what it stands for.
 """
 
 from __future__ import annotations
@@ -22,8 +14,33 @@ import numpy as np
 
 from lightmoe_cli.analysis.cache_sim import simulate_layer
 from lightmoe_cli.policies.resident import select_residents
+from lightmoe_cli.registry import Registry
 
-SIM_POLICIES = ("lru", "lfu", "belady", "static", "task", "predict")
+
+@dataclass(frozen=True)
+class SimPolicy:
+    """A simulated serving policy: the cache rule it runs (`simulate_layer`'s) and what it stands for."""
+
+    summary: str
+    cache: str | None  # simulate_layer's rule; None: the task's own set, swapped in at each task boundary
+    prefetch: bool = False  # also loads the predictor's guesses for the next layer (needs predictions)
+
+
+SIM_POLICIES: Registry[SimPolicy] = Registry("simulation policy")
+for _name, _policy in {
+    "lru": SimPolicy("demand loading, evicting the least recently used expert", "lru"),
+    "lfu": SimPolicy("demand loading, evicting the least frequently used expert", "lfu"),
+    "belady": SimPolicy("the offline optimum (evicts the expert needed furthest ahead): the ceiling of every "
+                        "policy that loads each miss (one that serves a miss elsewhere, as static does, is not "
+                        "bounded by it)", "belady"),
+    "static": SimPolicy("the frequency-aware set, never changed (what prune and task-aware's initial set serve; a "
+                        "miss is re-routed or redirected, costing accuracy instead of I/O)", "static"),
+    "task": SimPolicy("the task's own frequency set, swapped in at each task boundary (task-aware's manager when "
+                      "it recognises the task; the swap's loads are counted)", None),
+    "predict": SimPolicy("LRU plus prefetch: while layer l runs, the predictor's top-W experts of layer l+1 are "
+                         "loaded (MoE-Beyond); needs predictions", "lru", prefetch=True),
+}.items():
+    SIM_POLICIES.register(_name, _policy)
 
 
 @dataclass
@@ -50,8 +67,9 @@ def replay(traces: dict[str, dict[int, np.ndarray]], task_mass: dict[str, dict[i
     unknown = [p for p in policies if p not in SIM_POLICIES]
     if unknown:
         raise ValueError(f"unknown simulation policy {unknown[0]!r}; policies: {', '.join(SIM_POLICIES)}")
-    if "predict" in policies and not predicted:
-        raise ValueError("policy 'predict' needs predictions (a trained predictor)")
+    needs = [p for p in policies if SIM_POLICIES.get(p).prefetch]
+    if needs and not predicted:
+        raise ValueError(f"policy {needs[0]!r} needs predictions (a trained predictor)")
     tasks = [t for t in traces if t in task_mass] or list(traces)
     layers = sorted(next(iter(traces.values())))
     total_mass = {li: sum(np.asarray(task_mass[t][li], dtype=np.float64) for t in task_mass) for li in layers}
@@ -62,8 +80,9 @@ def replay(traces: dict[str, dict[int, np.ndarray]], task_mass: dict[str, dict[i
         cap = max(1, int(round(f * num_experts)))
         start = top_sets(total_mass, cap)
         for policy in policies:
+            sim = SIM_POLICIES.get(policy)
             hits = accesses = loads = 0
-            if policy == "task":
+            if sim.cache is None:
                 own = {t: top_sets(task_mass[t], cap) if t in task_mass else start for t in tasks}
                 for li in layers:
                     current = set(start[li])
@@ -73,12 +92,11 @@ def replay(traces: dict[str, dict[int, np.ndarray]], task_mass: dict[str, dict[i
                         r = simulate_layer(traces[t][li], num_experts, cap, "static", initial=own[t][li])
                         hits, accesses = hits + r.hits, accesses + r.accesses
             else:
-                base = "lru" if policy == "predict" else policy
                 for li in layers:
                     ahead = None
-                    if policy == "predict" and all(li in predicted.get(t, {}) for t in tasks):
+                    if sim.prefetch and all(li in predicted.get(t, {}) for t in tasks):
                         ahead = np.concatenate([predicted[t][li] for t in tasks])
-                    r = simulate_layer(stream[li], num_experts, cap, base, initial=start[li], prefetch=ahead)
+                    r = simulate_layer(stream[li], num_experts, cap, sim.cache, initial=start[li], prefetch=ahead)
                     hits, accesses, loads = hits + r.hits, accesses + r.accesses, loads + r.loads
             rows.append(SimulationRow(policy, f, cap, hits / max(1, accesses), loads / max(1, tokens),
                                       loads * bytes_per_expert / max(1, tokens)))

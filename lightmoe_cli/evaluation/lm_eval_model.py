@@ -18,7 +18,8 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 
 from lightmoe_cli.bundle.artifact import load_bundle
-from lightmoe_cli.runtime.loader import Runtime, build_runtime
+from lightmoe_cli.runtime.loader import build_runtime
+from lightmoe_cli.runtime.session import Runtime
 
 
 @register_model("lightmoe")

@@ -13,32 +13,51 @@ import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from lightmoe_cli.errors import LightMoEError
-from lightmoe_cli.paths import CORPUS_DIR, DEFAULT_CALIBRATION, ITEMS_DIR, default_eval_dir, default_profile
+from lightmoe_cli.options import ModelChoice, Output, Threads, check_bounds, default_threads, option
+from lightmoe_cli.paths import CORPUS_DIR, ITEMS_DIR, default_eval_dir
 
 
 @dataclass
-class EvalRequest:
-    """What `lightmoe eval` was asked for."""
+class EvalRequest(ModelChoice, Threads, Output):
+    """What `lightmoe eval` was asked for (the defaults of its options live here)."""
 
-    bundles: list[Path] = field(default_factory=list)
-    model: str | None = None
-    tasks: str = "demo,demo_ppl"
-    include_path: Path | None = None  # a folder of the user's own lm-eval task YAMLs
-    policies: list[str] = field(default_factory=lambda: ["full", "prune", "lru", "lightmoe", "oracle", "random"])
-    budgets: list[float] = field(default_factory=lambda: [0.5])
-    limit: int | None = None
-    out: Path | None = None
-    threads: int = 2
-    task_shift: bool = True
-    block_requests: list[int] = field(default_factory=lambda: [1, 2, 8, 30])
-    stream_requests: int = 96
-    activations: list[str] = field(default_factory=list)  # activation rules to score (issue: topk, lexi, ...)
-    active: list[float] = field(default_factory=lambda: [0.5, 0.75])
-    activation_policies: list[str] = field(default_factory=lambda: ["full", "lightmoe"])
-    workers: int = 1  # bundles scored at once (local processes), or Ray tasks with ray_address
-    ray_address: str | None = None
+    help_overrides: ClassVar[dict[str, str]] = {"out": "Results folder (default: artifacts/eval/<model>)."}
+
+    bundles: list[Path] = option(help="Bundle(s) to evaluate instead of building them from --compare.",
+                                 default_factory=list, flag="--bundle", short="-b")
+    tasks: list[str] = option(help="demo (multiple-choice items), demo_ppl (held-out text: perplexity, NLL per "
+                              "token), demo task names, lm-eval task names, or tasks of --include-path.",
+                              default_factory=lambda: ["demo", "demo_ppl"])
+    include_path: Path | None = option(None, "A folder of your own lm-eval task YAMLs.")
+    policies: list[str] = option(help="Policies to build and compare (see `lightmoe policies`).",
+                                 default_factory=lambda: ["full", "prune", "lru", "task-aware", "oracle", "random"],
+                                 flag="--compare")
+    budgets: list[float] = option(help="Budgets (fractions of expert memory).", default_factory=lambda: [0.5],
+                                  above=0, maximum=1)
+    limit: int | None = option(None, "Items per task (quick runs).", minimum=1)
+    task_shift: bool = option(True, "Also run the task-shift streams (needs a managed policy).")
+    block_requests: list[int] = option(help="Task-shift streams: requests per domain block, one stream per value.",
+                                       default_factory=lambda: [1, 2, 8, 30], minimum=1)
+    stream_requests: int = option(96, "Requests (held-out documents) per task-shift stream.", minimum=1)
+    activations: list[str] = option(help="Activation budget rules to score (topk, lexi, alloc, alloc-t, naee), each "
+                                    "combined with every --activation-on policy (at every budget) and every "
+                                    "--active share.", default_factory=list)
+    active: list[float] = option(help="With --activations: shares of activations to score.",
+                                 default_factory=lambda: [0.5, 0.75], above=0, maximum=1)
+    activation_policies: list[str] = option(help="With --activations: the resident-set policies the rules are "
+                                            "combined with.", default_factory=lambda: ["full", "task-aware"],
+                                            flag="--activation-on")
+    workers: int = option(1, "Score this many bundles at once (local processes, --threads each), or as Ray tasks "
+                          "with --ray-address.", minimum=1)
+    ray_address: str | None = option(None, "A Ray cluster (host:port) or 'local': each bundle is scored as a Ray "
+                                     "task (bundle folders must be on a filesystem every node sees).")
+
+    @property
+    def torch_threads(self) -> int:
+        return self.threads or default_threads(self.workers)
 
     def validate(self) -> None:
         """Every option checked before a model is loaded (one-line errors naming the fix)."""
@@ -50,7 +69,7 @@ class EvalRequest:
             raise LightMoEError("nothing to evaluate: give --compare POLICIES or --bundle DIR")
         if not self.budgets or any(not 0 < b <= 1 for b in self.budgets):  # also refuses nan
             raise LightMoEError("budgets are fractions in (0, 1], e.g. --budgets 0.25,0.5,0.75")
-        if not [t for t in self.tasks.split(",") if t.strip()]:
+        if not self.tasks:
             raise LightMoEError("--tasks is empty: give demo or comma-separated task names")
         if self.limit is not None and self.limit < 1:
             raise LightMoEError(f"--limit must be a positive number of items per task, not {self.limit}")
@@ -60,7 +79,7 @@ class EvalRequest:
             from lightmoe_cli.profile.scaleout import check_ray_address
 
             check_ray_address(self.ray_address)
-        if self.threads < 1 or self.stream_requests < 1 or not self.block_requests \
+        if (self.threads is not None and self.threads < 1) or self.stream_requests < 1 or not self.block_requests \
                 or any(b < 1 for b in self.block_requests):
             raise LightMoEError("--threads, --stream-requests and every --block-requests must be positive")
         for b in self.bundles:
@@ -78,6 +97,7 @@ class EvalRequest:
                 get_policy(p)
         if self.include_path is not None and not Path(self.include_path).is_dir():
             raise LightMoEError(f"--include-path {self.include_path} is not a folder of lm-eval task YAMLs")
+        check_bounds(self)
 
 
 @dataclass
@@ -153,32 +173,6 @@ def _lm_eval_tasks(names: list[str], include: list[Path]) -> list[str]:
     return names
 
 
-def ensure_profile(model, tok, name: str, progress=None):
-    """The model's default profile, made with the default calibration recipe when missing or stale."""
-    from lightmoe_cli.identity import model_identity
-    from lightmoe_cli.models import get_adapter
-    from lightmoe_cli.profile.artifact import ProfileError, load_profile
-    from lightmoe_cli.profile.run import ProfileSettings, run_profile
-    from lightmoe_cli.recipes import load_recipe
-
-    path = default_profile(name)
-    try:
-        prof = load_profile(path)
-        prof.check_model(model_identity(model, get_adapter(model), name))
-        return prof
-    except ProfileError:
-        if progress:
-            progress.console.print(f"profiling {name} with the default calibration recipe (no usable profile "
-                                   f"at {path})")
-    return run_profile(model, tok, name, load_recipe(DEFAULT_CALIBRATION), path, ProfileSettings(),
-                       progress=progress)
-
-
-# unmanaged policies the task-shift streams also serve: prune (the floor of the gap) and the dynamic caches a
-# user would otherwise pick (blocking lru, non-blocking swap and predict), which follow a shift by themselves
-STREAM_BASELINES = ("prune", "lru", "swap", "predict")
-
-
 def run_streams(configs, req: EvalRequest, full_bundle: Path | None) -> list:
     """Task-shift streams at every block length, at the middle budget: full and prune (the ends of the gap),
     the oracle (task given), the dynamic caches, and every managed bundle with each swap rule, with its swaps read
@@ -187,9 +181,10 @@ def run_streams(configs, req: EvalRequest, full_bundle: Path | None) -> list:
 
     from lightmoe_cli.bundle.artifact import load_bundle
     from lightmoe_cli.evaluation.stream import build_stream, run_stream
+    from lightmoe_cli.policies.registry import get_policy
     from lightmoe_cli.runtime.loader import build_runtime
 
-    torch.set_num_threads(req.threads)
+    torch.set_num_threads(req.torch_threads)
     runs = []  # (name, bundle, build_runtime kwargs, task_given)
     if full_bundle is not None:
         runs.append(("full", load_bundle(full_bundle, verify=False), {}, False))
@@ -206,7 +201,7 @@ def run_streams(configs, req: EvalRequest, full_bundle: Path | None) -> list:
             runs.append((f"{c.policy} (manager off)", b, {"manager": False}, False))
         elif spec.task_given:
             runs.append((c.policy, b, {}, True))
-        elif c.policy in STREAM_BASELINES:
+        elif get_policy(c.policy).stream_baseline:  # prune and the dynamic caches a user would otherwise pick
             runs.append((c.policy, b, {}, False))
     results = []
     for block in req.block_requests:
@@ -262,17 +257,19 @@ def run_eval(req: EvalRequest, progress=None) -> EvalReport:
     name = resolve_model(req.model) if not req.bundles else None
     out = req.out or default_eval_dir(name)
     out.mkdir(parents=True, exist_ok=True)
-    task_names, include = prepare_tasks(req.tasks, out, req.include_path)
+    task_names, include = prepare_tasks(",".join(req.tasks), out, req.include_path)
     t0 = time.perf_counter()
     if req.bundles:
         configs = _configs_from_bundles(req.bundles)
     else:
         lm, tok = load_model_and_tokenizer(name)
+        from lightmoe_cli.profile.run import ensure_profile
+
         prof = ensure_profile(lm, tok, name, progress)
         combos = activation_combos(req)
         configs = ensure_bundles(prof, lm, tok, name, req.policies, req.budgets, out / "bundles", progress, combos)
         del lm
-    rows = merge_replicates(run_comparison(configs, task_names, include, req.limit, req.threads, progress,
+    rows = merge_replicates(run_comparison(configs, task_names, include, req.limit, req.torch_threads, progress,
                                            workers=req.workers, ray_address=req.ray_address))
     add_comparisons(rows)
     payload = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",

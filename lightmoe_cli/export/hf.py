@@ -66,7 +66,7 @@ def export_hf(bundle: Bundle, selection: Selection, out: Path, max_shard_size: s
 
     hf_logging.disable_progress_bar()  # our own output says what was written
 
-    full = bundle.policy == "full"
+    full = all(len(selection.kept[lp.layer_index]) == lp.num_experts for lp in bundle.layers)  # nothing to drop
     rt = build_runtime(bundle if full else pruned_bundle(bundle, selection))
     try:
         model = rt.model

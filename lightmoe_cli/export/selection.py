@@ -1,9 +1,9 @@
 """Which experts an export keeps per layer, and whether the bundle can be expressed as weights at all (pure).
 
 A static bundle is a pruned model: prune, prune-lora, random, or a managed/oracle bundle frozen to one resident
-set (`--task T`: that task's stored set; `--static`: its initial set). Policies that move experts at run time
-(lru, swap, predict, a managed bundle without --task/--static) have no single set of weights; refused with what
-to export instead.
+set (`--task T`: that task's stored set; `--static`: its initial set). A policy that says it has no single set of
+weights (`Policy.export_refusal`: experts moved at run time, or weights of another shape) and a managed bundle
+without --task/--static are refused with what to export instead. No policy name is tested here.
 """
 
 from __future__ import annotations
@@ -11,8 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lightmoe_cli.errors import LightMoEError
-
-DYNAMIC = ("lru", "swap", "predict")
 
 
 @dataclass(frozen=True)
@@ -26,22 +24,20 @@ class Selection:
 
 
 def select(policy: str, resident: dict[int, list[int]], task_resident: dict[str, dict[int, list[int]]],
-           has_manager: bool, task: str | None = None, static: bool = False) -> Selection:
-    """The experts to export, or a one-line refusal naming what to export instead."""
-    if policy in DYNAMIC:
-        raise LightMoEError(f"a {policy} bundle loads experts at run time, so no single set of weights is it: export a "
-                            "prune bundle of the same budget (`lightmoe build-bundle --policy prune --uniform`)")
-    if policy in ("replace", "merge"):
-        raise LightMoEError(f"a {policy} bundle serves experts the model does not have as weights of its own shape "
-                            "(base + low-rank term / cluster averages): export a prune or prune-lora bundle")
+           has_manager: bool, task: str | None = None, static: bool = False, task_given: bool = False,
+           refusal: str | None = None) -> Selection:
+    """The experts to export, or a one-line refusal naming what to export instead. `refusal`: the policy's own
+    reason it has no single set of weights; `task_given`: each request names its task (an oracle bundle)."""
+    if refusal is not None:
+        raise LightMoEError(f"a {policy} bundle {refusal}")
     if task is not None:
         if task not in task_resident:
             names = ", ".join(sorted(task_resident)) or "none"
             raise LightMoEError(f"bundle has no resident set for task {task!r} (its tasks: {names})")
         return Selection({li: sorted(v) for li, v in task_resident[task].items()}, f"task:{task}")
+    if task_given and not static:
+        raise LightMoEError(f"a {policy} bundle serves each task its own set: export --task T or --static")
     if has_manager and not static:
         raise LightMoEError(f"a {policy} bundle swaps experts per task at run time: export --task T (one of "
                             f"{', '.join(sorted(task_resident)) or 'its tasks'}) or --static (its initial set)")
-    if policy == "oracle" and not static:
-        raise LightMoEError("an oracle bundle serves each task its own set: export --task T or --static")
     return Selection({li: sorted(v) for li, v in resident.items()}, "static" if static else "bundle")

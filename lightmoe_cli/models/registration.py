@@ -1,7 +1,11 @@
-"""The model_type -> adapter-class table that `@register_adapter` fills.
+"""The model_type -> adapter-class table that `@register_adapter` fills, and plugins extend.
 
 Why apart from `registry.py`: the family modules register themselves on import, and the lookup imports them
 (lazily) to make sure they have; with the table in the lookup's module the two would import each other.
+Another package adds an adapter for its model_type through the `lightmoe.adapters` entry point group:
+
+    [project.entry-points."lightmoe.adapters"]
+    my_moe = "my_package.adapter:MyAdapter"     # a subclass of lightmoe_cli.models.adapter.MoEAdapter
 """
 
 from __future__ import annotations
@@ -9,8 +13,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from lightmoe_cli.models.adapter import MoEAdapter
+from lightmoe_cli.registry import Registry
 
-_ADAPTERS: dict[str, type[MoEAdapter]] = {}
+ADAPTERS: Registry[type[MoEAdapter]] = Registry("adapter", base=MoEAdapter, entry_point_group="lightmoe.adapters")
 
 
 def register_adapter(*model_types: str) -> Callable[[type[MoEAdapter]], type[MoEAdapter]]:
@@ -18,7 +23,7 @@ def register_adapter(*model_types: str) -> Callable[[type[MoEAdapter]], type[MoE
 
     def decorate(cls: type[MoEAdapter]) -> type[MoEAdapter]:
         for name in model_types:
-            _ADAPTERS[name] = cls
+            ADAPTERS.register(name, cls)
         return cls
 
     return decorate
@@ -26,4 +31,4 @@ def register_adapter(*model_types: str) -> Callable[[type[MoEAdapter]], type[MoE
 
 def registered_adapter(model_types: list[str]) -> type[MoEAdapter] | None:
     """The adapter class registered for the first of `model_types` that has one."""
-    return next((_ADAPTERS[t] for t in model_types if t in _ADAPTERS), None)
+    return next((ADAPTERS.get(t) for t in model_types if t in ADAPTERS), None)

@@ -20,6 +20,8 @@ from typing import ClassVar
 
 import numpy as np
 
+from lightmoe_cli.registry import Registry
+
 
 def activation_budget(top_k: dict[int, int], active: float) -> int:
     """B = round(active x sum_l K_l); at least one expert per token per layer."""
@@ -201,7 +203,7 @@ class ActivationRule:
         return {}
 
 
-ACTIVATION_RULES: dict[str, type[ActivationRule]] = {}
+ACTIVATION_RULES: Registry[type[ActivationRule]] = Registry("activation rule", base=ActivationRule)
 
 
 def _per_layer_k(table: dict) -> dict[int, dict[int, float]]:
@@ -210,8 +212,8 @@ def _per_layer_k(table: dict) -> dict[int, dict[int, float]]:
 
 
 def register_rule(cls: type[ActivationRule]) -> type[ActivationRule]:
-    ACTIVATION_RULES[cls.name] = cls
-    return cls
+    """Class decorator: make `cls` available as `--activation cls.name`."""
+    return ACTIVATION_RULES.register(cls.name, cls)
 
 
 @register_rule
@@ -275,7 +277,7 @@ def plan_activation(rule: str, top_k: dict[int, int], active: float, measured: d
     if rule not in ACTIVATION_RULES:
         raise ValueError(f"unknown --activation {rule!r}; rules: {', '.join(ACTIVATION_RULES)}")
     budget = activation_budget(top_k, active)
-    r = ACTIVATION_RULES[rule]()
+    r = ACTIVATION_RULES.get(rule)()
     k = r.allocate(top_k, budget, measured or {}, seed)
     extra = r.per_token(top_k, budget, measured or {})
     kept = {key: v for key, v in (measured or {}).items() if key != "weights"}  # raw weights are not recorded

@@ -180,8 +180,24 @@ class Policy(ABC):
     uses_budget: ClassVar[bool] = True  # False: every expert resident whatever the budget (full)
     replicates: ClassVar[int] = 1  # > 1: a report builds this many bundles (seed = 0, 1, ...) and averages them
     # the bundle's expert weights are not the model's: "replace" (low-rank terms, recovered), "merge" (cluster
-    # averages), "lora" (kept experts fine-tuned with low-rank terms, merged in); done at build time
+    # averages), "lora" (kept experts fine-tuned with low-rank terms, merged in); done at build time by the
+    # bundle layer's transform of that name
     weight_transform: ClassVar[str | None] = None
+    aliases: ClassVar[tuple[str, ...]] = ()  # older names still accepted by --policy and in manifests
+    # why a bundle of this policy has no single set of weights an engine could load (None: it has one)
+    export_refusal: ClassVar[str | None] = None
+    # an unmanaged policy the task-shift streams also serve: the floor of the gap (prune) and the dynamic caches a
+    # user would otherwise pick, which follow a shift by themselves
+    stream_baseline: ClassVar[bool] = False
+
+    def bundle_tag(self, params: PolicyParams, budget_tag: str) -> str:
+        """The part of a bundle's default folder name after the policy: the budget unless the policy sets its own
+        memory."""
+        return budget_tag
+
+    def predictor(self, params: PolicyParams) -> str | None:
+        """The predictor folder a prefetching policy reads (None: it reads none; "" : required but not given)."""
+        return None
 
     def min_slots_per_layer(self, params: PolicyParams, top_k: int) -> int:
         """The fewest slots a layer may get. Default top-k: one token's k picks must all be servable."""

@@ -1,52 +1,51 @@
-"""The policy registry: every module in `lightmoe_cli/policies/residency/` registers its policy by name.
+"""The policy registry: the built-in policies of `lightmoe_cli/policies/residency/`, then those of plugins.
 
 Like lm-eval's `@register_model` or mergekit's merge-method list: the CLI (`--policy`, `lightmoe policies`,
 `build-bundle --help`), the bundle builder and the evaluation read this registry instead of repeating the list.
-Modules are discovered, so adding a policy means adding one module (and its tests).
+A built-in policy is one module plus one line in `_BUILTIN` (a lazy "module:Class" entry: naming it imports
+nothing); another package adds its own through the `lightmoe.policies` entry point group:
+
+    [project.entry-points."lightmoe.policies"]
+    my-policy = "my_package.policy:MyPolicy"     # a subclass of lightmoe_cli.policies.base.Policy
 """
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
-
-from lightmoe_cli.errors import LightMoEError
 from lightmoe_cli.policies.base import Policy
+from lightmoe_cli.registry import Registry
 
-_POLICIES: dict[str, type[Policy]] = {}
-_loaded = False
+POLICIES: Registry[type[Policy]] = Registry("policy", base=Policy, entry_point_group="lightmoe.policies")
+
+# the baselines first (the order of listings and of `--policy` help), then by name
+_BUILTIN = {
+    "task-aware": "lightmoe:LightMoE",
+    "prune": "prune:Prune",
+    "lru": "lru:LRU",
+    "full": "full:Full",
+    "merge": "merge:Merge",
+    "oracle": "oracle:Oracle",
+    "predict": "predict:Predict",
+    "prune-lora": "prune_lora:PruneLora",
+    "random": "random:RandomResidents",
+    "replace": "replace:Replace",
+    "swap": "swap:Swap",
+}
+for _name, _ref in _BUILTIN.items():
+    POLICIES.register(_name, f"lightmoe_cli.policies.residency.{_ref}")
 
 
 def register_policy(cls: type[Policy]) -> type[Policy]:
-    """Class decorator: make `cls` available as `--policy cls.name`."""
-    if cls.name in _POLICIES and _POLICIES[cls.name] is not cls:
-        raise ValueError(f"policy {cls.name!r} is registered twice ({_POLICIES[cls.name].__module__}, "
-                         f"{cls.__module__})")
-    _POLICIES[cls.name] = cls
-    return cls
-
-
-def _discover() -> None:
-    global _loaded
-    if _loaded:
-        return
-    from lightmoe_cli.policies import residency
-
-    for info in sorted(pkgutil.iter_modules(residency.__path__), key=lambda i: i.name):
-        importlib.import_module(f"{residency.__name__}.{info.name}")
-    _loaded = True
+    """Class decorator: make `cls` available as `--policy cls.name` (and as each of its `aliases`, old names
+    kept after a rename)."""
+    return POLICIES.register(cls.name, cls, aliases=tuple(getattr(cls, "aliases", ())))
 
 
 def policies() -> dict[str, type[Policy]]:
-    """Name -> policy class, in a stable order (the built-in baselines first, then by name)."""
-    _discover()
-    order = ["lightmoe", "prune", "lru", "full"]
-    return {n: _POLICIES[n] for n in sorted(_POLICIES, key=lambda n: (order.index(n) if n in order else 99, n))}
+    """Name -> policy class: the built-in baselines first, then the other built-ins by name, then plugins."""
+    return dict(POLICIES.items())
 
 
 def get_policy(name: str) -> Policy:
-    """An instance of the policy called `name`; an unknown name is a one-line error listing the known ones."""
-    known = policies()
-    if name not in known:
-        raise LightMoEError(f"unknown policy {name!r}; policies: {', '.join(known)}")
-    return known[name]()
+    """An instance of the policy called `name` (or an alias of it); an unknown name is a one-line error listing
+    the known ones."""
+    return POLICIES.get(name)()

@@ -57,3 +57,22 @@ def load_profile_traces(prof) -> dict[str, dict]:
                      "router_input": {li: v.float().numpy() for li, v in inputs.items()},
                      "ids": {li: v.long().numpy() for li, v in prof.trace_tensors(task, "ids").items()}}
     return out
+
+
+def split_traces(traces: dict[str, dict], heldout_share: float) -> tuple[dict[str, dict], dict[str, dict]]:
+    """Each task's windows cut in two, the last `heldout_share` of them held out (whole windows, so no window
+    is seen in training and scored): the default held-out set of `lightmoe predict train` without --heldout."""
+    train, test = {}, {}
+    for task, tr in traces.items():
+        windows = window_starts(tr["positions"])
+        keep = max(1, min(len(windows) - 1, round(len(windows) * (1 - heldout_share))))
+        if len(windows) < 2:
+            raise ValueError(f"task {task} has {len(windows)} window(s): too few to hold any out")
+        cut = windows[keep][0]
+
+        def part(sl: slice, tr=tr) -> dict:
+            return {"positions": tr["positions"][sl],
+                    "router_input": {li: v[sl] for li, v in tr["router_input"].items()},
+                    "ids": {li: v[sl] for li, v in tr["ids"].items()}}
+        train[task], test[task] = part(slice(0, cut)), part(slice(cut, None))
+    return train, test

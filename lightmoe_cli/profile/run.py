@@ -95,6 +95,12 @@ def run_profile(model, tokenizer, model_name: str, recipe: CalibrationRecipe, ou
     if scale is not None and scale.remote and settings.save_traces:
         raise LightMoEError("--save-traces writes one trace file per task from one process: drop --workers / "
                             "--ray-address for a traced profile")
+    from lightmoe_cli.models import get_adapter
+
+    moe_layers = [m.layer_index for m in get_adapter(model).moe_layers(model)]
+    if settings.similarity_layer is not None and settings.similarity_layer not in moe_layers:
+        raise LightMoEError(f"--similarity-layer {settings.similarity_layer} is not an MoE layer; MoE layers: "
+                            f"{moe_layers}")
     with exclusive_output(out, ".partial") as work:
         return _profile_into(work, out, model, tokenizer, model_name, recipe, settings, resume, progress, scale)
 
@@ -137,17 +143,8 @@ def _shard_results(model, tokenizer, layers, recipe: CalibrationRecipe, tasks, s
             on_task(r.shard.task, out[r.shard.task])
 
 
-def _profile_into(work: Path, out: Path, model, tokenizer, model_name: str, recipe: CalibrationRecipe,
-                  settings: ProfileSettings, resume: bool, progress, scale: ScaleOut | None = None) -> Profile:
-    from lightmoe_cli.models import get_adapter
-    from lightmoe_cli.profile.expert_similarity import layer_similarities
-    from lightmoe_cli.profile.plots import frequency_heatmap, similarity_heatmaps
-
-    adapter = get_adapter(model)
-    layers = adapter.moe_layers(model)
-    identity = model_identity(model, adapter, model_name)
-    meta = {FINGERPRINT_KEY: identity.fingerprint}
-    key = _progress_key(identity, recipe, settings)
+def _prepare_work(work: Path, key: str, resume: bool, progress) -> None:
+    """The work folder, kept only when it resumes a run of the same settings, recipe and model."""
     if work.exists() and not (resume and (work / "progress.key").exists()
                               and (work / "progress.key").read_text() == key):
         if progress:
@@ -158,38 +155,30 @@ def _profile_into(work: Path, out: Path, model, tokenizer, model_name: str, reci
     (work / "stats").mkdir(parents=True, exist_ok=True)
     (work / "samples").mkdir(exist_ok=True)
     (work / "progress.key").write_text(key)
-    quota = max(1, settings.sample_tokens // len(recipe.tasks))
 
-    all_stats: dict[str, TaskStats] = {}
-    timings: dict[str, float] = {}
-    todo = []
-    for task in recipe.tasks:
-        stats_path = work / "stats" / f"{task.name}.safetensors"
-        sample_path = work / "samples" / f"{task.name}.safetensors"
-        if resume and stats_path.exists() and sample_path.exists():
-            from safetensors.torch import load_file
 
-            all_stats[task.name] = TaskStats.from_tensors(task.name, load_file(str(stats_path)))
-            if progress:
-                progress.console.print(f"resumed: task {task.name} already profiled")
-        else:
-            todo.append(task)
-    def save_task(name: str, results: list) -> None:
-        stats, samples = merge_shards(name, results, quota)
-        timings[name] = sum(r.seconds for r in results)
-        if stats.tokens == 0:
-            raise LightMoEError(f"task {name} produced no tokens: its source is empty")
-        save_tensors(samples, work / "samples" / f"{name}.safetensors", meta)
-        save_tensors(stats.to_tensors(), work / "stats" / f"{name}.safetensors", meta)
-        all_stats[name] = stats
-
-    _shard_results(model, tokenizer, layers, recipe, todo, settings, quota, work, progress, scale, save_task)
-    all_stats = [all_stats[t.name] for t in recipe.tasks]
-
-    # similarity over all tasks' statistics and hidden samples
+def _resumed_stats(work: Path, recipe: CalibrationRecipe, resume: bool, progress) -> dict[str, TaskStats]:
+    """Tasks an interrupted run finished (statistics and samples both written)."""
     from safetensors.torch import load_file
 
-    t0 = time.perf_counter()
+    done: dict[str, TaskStats] = {}
+    for task in recipe.tasks:
+        stats_path = work / "stats" / f"{task.name}.safetensors"
+        if resume and stats_path.exists() and (work / "samples" / f"{task.name}.safetensors").exists():
+            done[task.name] = TaskStats.from_tensors(task.name, load_file(str(stats_path)))
+            if progress:
+                progress.console.print(f"resumed: task {task.name} already profiled")
+    return done
+
+
+def _similarities(work: Path, adapter, layers, recipe: CalibrationRecipe, all_stats: list[TaskStats],
+                  meta: dict) -> dict[str, torch.Tensor]:
+    """Expert similarity (and REAP saliency) over all tasks' statistics and hidden samples, written beside the
+    statistics; the samples are deleted once used."""
+    from safetensors.torch import load_file
+
+    from lightmoe_cli.profile.expert_similarity import layer_similarities
+
     samples = [load_file(str(work / "samples" / f"{t.name}.safetensors")) for t in recipe.tasks]
     sims: dict[str, torch.Tensor] = {}
     saliency: dict[str, torch.Tensor] = {}
@@ -208,10 +197,14 @@ def _profile_into(work: Path, out: Path, model, tokenizer, model_name: str, reci
     save_tensors(sims, work / "similarity.safetensors", meta)
     if saliency:
         save_tensors(saliency, work / "saliency.safetensors", meta)
-    similarity_seconds = time.perf_counter() - t0
     shutil.rmtree(work / "samples")
+    return sims
 
-    # plots
+
+def _plots(work: Path, layers, all_stats: list[TaskStats], sims: dict[str, torch.Tensor],
+           settings: ProfileSettings, model_name: str) -> None:
+    from lightmoe_cli.profile.plots import frequency_heatmap, similarity_heatmaps
+
     names = [t.name for t in all_stats]
     (work / "plots").mkdir(exist_ok=True)
     freq = {m.layer_index: np.stack([(s.layers[m.layer_index].counts.double()
@@ -220,12 +213,41 @@ def _profile_into(work: Path, out: Path, model, tokenizer, model_name: str, reci
     frequency_heatmap(freq, names, work / "plots" / "expert_frequency.png",
                       f"{Path(model_name).name}: expert selection share by task")
     li = settings.similarity_layer if settings.similarity_layer is not None else layers[len(layers) // 2].layer_index
-    if f"layer.{li}.weight" not in sims:
-        raise LightMoEError(f"--similarity-layer {li} is not an MoE layer; MoE layers: "
-                            f"{[m.layer_index for m in layers]}")
     kinds = [k for k in ("output", "weight", "coactivation") if f"layer.{li}.{k}" in sims]
     similarity_heatmaps({k: sims[f"layer.{li}.{k}"].numpy() for k in kinds}, li,
                         work / "plots" / f"similarity_layer{li}.png")
+
+
+def _profile_into(work: Path, out: Path, model, tokenizer, model_name: str, recipe: CalibrationRecipe,
+                  settings: ProfileSettings, resume: bool, progress, scale: ScaleOut | None = None) -> Profile:
+    from lightmoe_cli.models import get_adapter
+
+    adapter = get_adapter(model)
+    layers = adapter.moe_layers(model)
+    identity = model_identity(model, adapter, model_name)
+    meta = {FINGERPRINT_KEY: identity.fingerprint}
+    _prepare_work(work, _progress_key(identity, recipe, settings), resume, progress)
+    quota = max(1, settings.sample_tokens // len(recipe.tasks))
+    all_stats: dict[str, TaskStats] = _resumed_stats(work, recipe, resume, progress)
+    timings: dict[str, float] = {}
+    todo = [t for t in recipe.tasks if t.name not in all_stats]
+
+    def save_task(name: str, results: list) -> None:
+        stats, samples = merge_shards(name, results, quota)
+        timings[name] = sum(r.seconds for r in results)
+        if stats.tokens == 0:
+            raise LightMoEError(f"task {name} produced no tokens: its source is empty")
+        save_tensors(samples, work / "samples" / f"{name}.safetensors", meta)
+        save_tensors(stats.to_tensors(), work / "stats" / f"{name}.safetensors", meta)
+        all_stats[name] = stats
+
+    _shard_results(model, tokenizer, layers, recipe, todo, settings, quota, work, progress, scale, save_task)
+    all_stats = [all_stats[t.name] for t in recipe.tasks]
+
+    t0 = time.perf_counter()
+    sims = _similarities(work, adapter, layers, recipe, all_stats, meta)
+    similarity_seconds = time.perf_counter() - t0
+    _plots(work, layers, all_stats, sims, settings, model_name)
 
     summaries, js = summarise(all_stats)
     outlook = _outlook(all_stats, layers, sims)
@@ -240,3 +262,23 @@ def _profile_into(work: Path, out: Path, model, tokenizer, model_name: str, reci
         timings_s={"tasks": timings, "similarity": similarity_seconds}, outlook=outlook)
     write_artifact(work, out, manifest)
     return load_profile(out, verify=False)
+
+
+def ensure_profile(model, tok, name: str, progress=None):
+    """The model's default profile, made with the default calibration recipe when missing or stale."""
+    from lightmoe_cli.models import get_adapter
+    from lightmoe_cli.paths import DEFAULT_CALIBRATION, default_profile
+    from lightmoe_cli.profile.artifact import ProfileError
+    from lightmoe_cli.recipes import load_recipe
+
+    path = default_profile(name)
+    try:
+        prof = load_profile(path)
+        prof.check_model(model_identity(model, get_adapter(model), name))
+        return prof
+    except ProfileError:
+        if progress:
+            progress.console.print(f"profiling {name} with the default calibration recipe (no usable profile "
+                                   f"at {path})")
+    return run_profile(model, tok, name, load_recipe(DEFAULT_CALIBRATION), path, ProfileSettings(),
+                       progress=progress)

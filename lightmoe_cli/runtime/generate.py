@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from lightmoe_cli.runtime.loader import Runtime
+from lightmoe_cli.runtime.session import Runtime
 
 
 @dataclass

@@ -1,15 +1,15 @@
-"""Build a runnable model from a bundle WITHOUT ever holding all experts in memory.
+"""Assemble a runnable model from a bundle WITHOUT ever holding all experts in memory.
 
 The model is constructed on the meta device (no memory); for a pruned-router bundle the adapter's keep_experts
 slices router and experts, otherwise each experts module's fused parameters become a pool of `slots` rows.
 Then only the non-expert weights and the resident experts are materialised and filled, and each MoE layer gets
-the strategy its policy asked for (runtime/strategies.py). Every table lives on the model's device.
+the strategy its policy asked for (runtime/strategies.py). Every table lives on the model's device. What serves
+requests on it, with both managers, is the `Runtime` session (runtime/session.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,93 +19,15 @@ from torch import nn
 
 from lightmoe_cli.bundle.artifact import Bundle, ExpertStore
 from lightmoe_cli.errors import LightMoEError
+from lightmoe_cli.policies.activation import LayerActivation
 from lightmoe_cli.policies.base import Serving
 from lightmoe_cli.policies.manager import LayerManager
-from lightmoe_cli.runtime.activation import LayerActivation
+from lightmoe_cli.runtime.session import Runtime
 from lightmoe_cli.runtime.slots import SlotPool, SlotWriter
 from lightmoe_cli.runtime.strategies import STRATEGIES, Background, LayerStrategy, Remap, Replaced
 
 if TYPE_CHECKING:
-    from lightmoe_cli.policies.jump import TaskJump
-
-
-@dataclass
-class Runtime:
-    model: nn.Module
-    tokenizer: object
-    bundle: Bundle
-    layers: list[LayerStrategy]
-    store: ExpertStore
-    check_every: int = 64
-    handles: list = field(default_factory=list)
-    jump: TaskJump | None = None  # the cross-layer task-jump manager (ManagerParams.mode == "jump")
-    max_swap: int | None = None  # experts a jump may move per layer per boundary
-    _demand: dict = field(default_factory=dict)  # jump: layer -> (E,) demand since the last boundary
-    _tokens: int = 0
-    _clock: int = 0
-    loader: object | None = None  # the background expert loader (Serving.BACKGROUND, or --manager-loads background)
-    prefetcher: object | None = None  # predictor-driven prefetch (the `predict` policy)
-
-    def close(self) -> None:
-        """Stop the background loader, if any (its thread is a daemon: a forgotten close costs nothing)."""
-        if self.loader is not None:
-            self.loader.close()
-
-    def checkpoint(self, boundary: bool = True) -> int:
-        """A check point (`boundary`: between requests): managers may swap; returns how many layers swapped.
-        The task-jump manager decides at request boundaries only, on the demand since the last one."""
-        if boundary and self.prefetcher is not None:
-            self.prefetcher.reset()
-        if self.jump is None:
-            return sum(1 for m in self.layers if m.checkpoint() is not None)
-        seen = 0
-        for m in self.layers:
-            mass, tokens = m.demand()
-            self._demand[m.layer_index] = self._demand.get(m.layer_index, 0) + mass
-            seen = max(seen, tokens)
-        self._tokens += seen
-        if not boundary:
-            return 0
-        demand, seen, self._demand, self._tokens = self._demand, self._tokens, {}, 0
-        self._clock += seen
-        decision = self.jump.decide(demand, seen, {m.layer_index: set(m.resident) for m in self.layers})
-        target = self.jump.target_sets(decision) if decision else None
-        return self._move_to(target, decision.task, self.max_swap) if target else 0
-
-    def use_task(self, task: str) -> int:
-        """Serve the next requests with `task`'s own resident set (a bundle whose policy is told the task);
-        returns how many layers swapped."""
-        sets = self.bundle.manifest.task_resident
-        if not all(isinstance(m, Remap) for m in self.layers):
-            raise LightMoEError(f"a {self.bundle.policy} bundle cannot switch resident sets by task")
-        if task not in sets:
-            raise LightMoEError(f"bundle has no resident set for task {task!r}; tasks: {', '.join(sorted(sets))}")
-        for m in self.layers:
-            m.demand()  # fold the counts under the set they were served with
-        return self._move_to(sets[task], task, None)
-
-    def _move_to(self, target: dict[int, list[int]], task: str, max_swap: int | None) -> int:
-        from lightmoe_cli.policies.jump import moves_toward
-
-        signatures = self.bundle.manifest.task_signatures.get(task, {})
-        moved = 0
-        for m in self.layers:
-            priority = np.asarray(signatures.get(m.layer_index, np.zeros(m.num_experts)))
-            evict, load = moves_toward(set(m.resident), target[m.layer_index], priority, max_swap)
-            moved += m.move(evict, load, self._clock) is not None
-        return moved
-
-    def finish(self) -> None:
-        """Fold pending per-expert counts into the statistics (without a swap decision)."""
-        for m in self.layers:
-            m.finish()
-
-    def resident_expert_bytes(self) -> int:
-        return sum(m.slots * m.writer.bytes_per_expert + m.lowrank_bytes for m in self.layers)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+    pass
 
 
 def _meta_skeleton(config, architecture: str) -> nn.Module:
@@ -282,32 +204,12 @@ def _prefetcher(bundle: Bundle, spec, adapter, layers, strategies, loader):
     return pf
 
 
-def build_runtime(bundle: Bundle, device: str = "cpu", check_every: int | None = None,
-                  manager: bool = True, swap_rule: str | None = None, activation=None,
-                  io_bandwidth: float | None = None, manager_loads: str = "blocking") -> Runtime:
-    """The bundle's model with only resident experts in memory, served as the bundle's policy says.
-
-    manager=False serves a managed policy statically (its initial resident set, no swaps); swap_rule
-    ("incremental" | "jump") overrides the managed policy's rule (to compare both on one bundle); activation
-    (an ActivationPlan) overrides the bundle's activation budget (benchmarks compare rules on one bundle);
-    io_bandwidth (bytes/s) throttles every run-time expert read for real: a blocking cache stalls for it, a
-    background loader overlaps it with compute; manager_loads="background" reads a managed policy's swaps on a
-    background loader too, so a task change never stalls a request boundary (the old experts serve until the new
-    ones land)."""
-    from transformers import AutoConfig, AutoTokenizer
-
+def _assemble_model(bundle: Bundle, config, spec, device: str):
+    """The model on `device` with its non-expert weights and empty expert slots (or sliced experts); returns the
+    model, its adapter, its MoE layers and each layer's router ids past the experts."""
     from lightmoe_cli.models import get_adapter
-    from lightmoe_cli.paths import offline
 
-    if device != "cpu" and not torch.cuda.is_available():
-        raise LightMoEError(f"device {device} asked for, but torch sees no CUDA device: use --device cpu")
-    offline()
     mdir = bundle.path / "model"
-    config = AutoConfig.from_pretrained(mdir)
-    tokenizer = AutoTokenizer.from_pretrained(mdir)
-    spec = bundle.runtime_spec
-    if swap_rule is not None and spec.manager is not None:
-        spec = dataclasses.replace(spec, manager=dataclasses.replace(spec.manager, mode=swap_rule))
     model = _meta_skeleton(config, bundle.manifest.model.architecture)
     adapter = get_adapter(model)
     _check_fingerprint(bundle, config, model, adapter, mdir / "non_expert.safetensors")
@@ -328,18 +230,74 @@ def build_runtime(bundle: Bundle, device: str = "cpu", check_every: int | None =
     if getattr(config, "tie_word_embeddings", False):
         model.tie_weights()
     model.eval()
+    return model, adapter, layers, extra
 
+
+def _background_loader(bundle: Bundle, spec, store: ExpertStore, device: str, manager: bool, manager_loads: str):
+    """The loader thread for a non-blocking cache, or for a manager whose swaps are read in the background."""
+    if not (spec.serving == Serving.BACKGROUND or (manager_loads == "background" and manager and spec.manager)):
+        return None
+    from lightmoe_cli.runtime.background import BackgroundLoader
+
+    # a task jump may queue a whole resident set at once: the manager's queue holds every expert
+    pending = spec.max_pending or (8 if spec.serving == Serving.BACKGROUND else
+                                   sum(lp.num_experts for lp in bundle.layers))
+    return BackgroundLoader(store.read, pending, device=device)  # the store throttles its reads
+
+
+def _layer_activation(activation, m) -> LayerActivation:
+    return LayerActivation(activation.k[m.layer_index], renormalise=bool(getattr(m.router, "norm_topk_prob", True)),
+                           beta=(activation.beta or {}).get(m.layer_index), pooled_base=activation.pooled_base)
+
+
+def _install(rt: Runtime, adapter, layers, strategies, activation) -> None:
+    """Each layer's strategy (with its activation budget) hooked into the model."""
+    for m, s in zip(layers, strategies, strict=True):
+        if activation is not None:
+            s.activation = _layer_activation(activation, m)
+            if s.activation.per_token:
+                m.experts._is_expert_parallel = True  # dropped picks carry the sentinel id: no GEMM rows
+        rt.handles += s.install(adapter, m)
+
+
+def _task_jump(bundle: Bundle, spec):
+    from lightmoe_cli.policies.jump import TaskJump
+
+    man = bundle.manifest
+    return TaskJump({t: {li: np.asarray(v) for li, v in sig.items()} for t, sig in man.task_signatures.items()},
+                    man.task_resident, {lp.layer_index: lp.resident for lp in bundle.layers},
+                    margin=spec.manager.margin)
+
+
+def build_runtime(bundle: Bundle, device: str = "cpu", check_every: int | None = None,
+                  manager: bool = True, swap_rule: str | None = None, activation=None,
+                  io_bandwidth: float | None = None, manager_loads: str = "blocking") -> Runtime:
+    """The bundle's model with only resident experts in memory, served as the bundle's policy says.
+
+    manager=False serves a managed policy statically (its initial resident set, no swaps); swap_rule
+    ("incremental" | "jump") overrides the managed policy's rule (to compare both on one bundle); activation
+    (an ActivationPlan) overrides the bundle's activation budget (benchmarks compare rules on one bundle);
+    io_bandwidth (bytes/s) throttles every run-time expert read for real: a blocking cache stalls for it, a
+    background loader overlaps it with compute; manager_loads="background" reads a managed policy's swaps on a
+    background loader too, so a task change never stalls a request boundary (the old experts serve until the new
+    ones land)."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from lightmoe_cli.paths import offline
+
+    if device != "cpu" and not torch.cuda.is_available():
+        raise LightMoEError(f"device {device} asked for, but torch sees no CUDA device: use --device cpu")
     if manager_loads not in ("blocking", "background"):
         raise LightMoEError(f"--manager-loads {manager_loads!r}: use blocking or background")
+    offline()
+    config = AutoConfig.from_pretrained(bundle.path / "model")
+    tokenizer = AutoTokenizer.from_pretrained(bundle.path / "model")
+    spec = bundle.runtime_spec
+    if swap_rule is not None and spec.manager is not None:
+        spec = dataclasses.replace(spec, manager=dataclasses.replace(spec.manager, mode=swap_rule))
+    model, adapter, layers, extra = _assemble_model(bundle, config, spec, device)
     store = ExpertStore(bundle)
-    loader = None
-    if spec.serving == Serving.BACKGROUND or (manager_loads == "background" and manager and spec.manager):
-        from lightmoe_cli.runtime.background import BackgroundLoader
-
-        # a task jump may queue a whole resident set at once: the manager's queue holds every expert
-        pending = spec.max_pending or (8 if spec.serving == Serving.BACKGROUND else
-                                       sum(lp.num_experts for lp in bundle.layers))
-        loader = BackgroundLoader(store.read, pending, device=device)  # the store throttles its reads
+    loader = _background_loader(bundle, spec, store, device, manager, manager_loads)
     strategies = []
     plans = {lp.layer_index: lp for lp in bundle.layers}
     for m in layers:
@@ -350,27 +308,12 @@ def build_runtime(bundle: Bundle, device: str = "cpu", check_every: int | None =
         strategies.append(_strategy(bundle, spec, m, pool, manager, loader))
     rt = Runtime(model, tokenizer, bundle, strategies, store,
                  check_every or (spec.manager.check_every if spec.manager else 64), loader=loader)
-    activation = activation if activation is not None else bundle.manifest.activation
-    for m, s in zip(layers, strategies, strict=True):
-        if activation is not None:
-            s.activation = LayerActivation(activation.k[m.layer_index],
-                                           renormalise=bool(getattr(m.router, "norm_topk_prob", True)),
-                                           beta=(activation.beta or {}).get(m.layer_index),
-                                           pooled_base=activation.pooled_base)
-            if s.activation.per_token:
-                m.experts._is_expert_parallel = True  # dropped picks carry the sentinel id: no GEMM rows
-        rt.handles += s.install(adapter, m)
+    _install(rt, adapter, layers, strategies, activation if activation is not None else bundle.manifest.activation)
     if spec.serving == Serving.BACKGROUND and (bundle.path / "predictor" / "predictor.json").exists():
         rt.prefetcher = _prefetcher(bundle, spec, adapter, layers, strategies, loader)
         rt.handles += rt.prefetcher.handles
     if manager and spec.manager is not None and spec.manager.mode == "jump":
-        from lightmoe_cli.policies.jump import TaskJump
-
-        man = bundle.manifest
-        rt.jump = TaskJump({t: {li: np.asarray(v) for li, v in sig.items()} for t, sig in man.task_signatures.items()},
-                           man.task_resident, {lp.layer_index: lp.resident for lp in bundle.layers},
-                           margin=spec.manager.margin)
-        rt.max_swap = spec.manager.max_swap
+        rt.jump, rt.max_swap = _task_jump(bundle, spec), spec.manager.max_swap
     store.bytes_read = 0  # the initial fill is not run-time loading
     store.io_bandwidth = io_bandwidth  # run-time reads only: the fill happens before serving starts
     return rt

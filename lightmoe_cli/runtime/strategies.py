@@ -25,11 +25,12 @@ import torch
 from torch import nn
 
 from lightmoe_cli.models.routing import serving_class
+from lightmoe_cli.policies.activation import LayerActivation
 from lightmoe_cli.policies.base import LayerPlan, Missing, RuntimeSpec, Serving
 from lightmoe_cli.policies.cache import ExpertCache
 from lightmoe_cli.policies.manager import LayerManager
 from lightmoe_cli.policies.redirect import DROP, redirect_table
-from lightmoe_cli.runtime.activation import LayerActivation
+from lightmoe_cli.registry import Registry
 from lightmoe_cli.runtime.slots import LayerStats, SlotPool, SlotWriter, SwapRecord
 
 
@@ -495,5 +496,8 @@ class Replaced(LayerStrategy):
         return out
 
 
-STRATEGIES: dict[Serving, type[LayerStrategy]] = {s.serving: s for s in (PrunedRouter, Remap, OnDemand, Background,
-                                                                          Replaced)}
+# keyed by the `Serving` value, and indexed by the member (`STRATEGIES[spec.serving]`). No entry point group: the
+# loader builds each strategy with its own arguments, so a strategy from outside could not be constructed.
+STRATEGIES: Registry[type[LayerStrategy]] = Registry("strategy", base=LayerStrategy)
+for _cls in (PrunedRouter, Remap, OnDemand, Background, Replaced):
+    STRATEGIES.register(_cls.serving.value, _cls)

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from lightmoe_cli.policies.base import (
     BundlePlan,
@@ -62,7 +63,8 @@ class LightMoEParams(PolicyParams):
 
 @register_policy
 class LightMoE(Policy):
-    name = "lightmoe"
+    name = "task-aware"
+    aliases: ClassVar[tuple[str, ...]] = ("lightmoe",)  # the name before the rename keeps working
     summary = ("task-aware: frequency-aware resident set, similarity redirect (else re-route as prune), "
                "coarse swaps when the task shifts")
     Params = LightMoEParams

@@ -59,6 +59,8 @@ class Merge(Policy):
     Params = MergeParams
     needs_similarity = True
     weight_transform = "merge"
+    export_refusal = ("serves experts the model does not have as weights of its own shape (cluster averages): export "
+                      "a prune or prune-lora bundle")
 
     def plan(self, inputs: PlanInputs, params: MergeParams) -> BundlePlan:
         slots, _ = frequency_residents(inputs, max(inputs.top_k.values()))

@@ -27,6 +27,9 @@ class Predict(Swap):
     summary = "swap + prefetch: a learned predictor loads the next layer's experts ahead of demand (MoE-Beyond)"
     Params = PredictParams
 
+    def predictor(self, params: PredictParams) -> str:
+        return params.predictor
+
     def runtime_spec(self, inputs: PlanInputs, params: PredictParams) -> RuntimeSpec:
         return dataclasses.replace(super().runtime_spec(inputs, params),
                                    prefetch_width=params.prefetch_width or max(inputs.top_k.values()))

@@ -50,6 +50,7 @@ class PruneParams(PolicyParams):
 @register_policy
 class Prune(Policy):
     name = "prune"
+    stream_baseline = True
     summary = "static pruning: router sliced to the resident experts and renormalised; no swaps"
     Params = PruneParams
 

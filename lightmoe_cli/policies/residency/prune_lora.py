@@ -29,3 +29,4 @@ class PruneLora(Prune):
     summary = "prune + LoRA fine-tuning of the kept experts (merged into their weights); serves as prune"
     Params = LoraParams
     weight_transform = "lora"
+    stream_baseline = False  # prune is the streams' floor already

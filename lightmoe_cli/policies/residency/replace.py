@@ -28,9 +28,9 @@ from lightmoe_cli.policies.base import (
     param,
 )
 from lightmoe_cli.policies.registry import register_policy
+from lightmoe_cli.policies.replace_select import base_experts, keep_value, kept_slots, lowrank_bytes
 from lightmoe_cli.policies.residency.prune import frequency_residents
 from lightmoe_cli.policies.resident import covered_share
-from lightmoe_cli.replace.select import base_experts, keep_value, kept_slots, lowrank_bytes
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,11 @@ class Replace(Policy):
     Params = ReplaceParams
     needs_similarity = True
     weight_transform = "replace"
+    export_refusal = ("serves experts the model does not have as weights of its own shape (base + low-rank "
+                      "term): export a prune or prune-lora bundle")
+
+    def bundle_tag(self, params: ReplaceParams, budget_tag: str) -> str:
+        return f"c{int(round(params.compression * 100))}-r{params.rank}"  # it sets its own memory
 
     def fixed_slots(self, params: ReplaceParams, expert_shape: tuple[int, int], top_k: int, num_experts: int,
                     num_layers: int) -> int:

@@ -42,6 +42,9 @@ class SwapParams(PolicyParams):
 @register_policy
 class Swap(Policy):
     name = "swap"
+    export_refusal = ("loads experts at run time, so no single set of weights is it: export a prune bundle of "
+                      "the same budget (`lightmoe build-bundle --policy prune --uniform`)")
+    stream_baseline = True
     summary = "expert cache without stalls: misses re-routed now, their experts loaded in the background"
     Params = SwapParams
 

@@ -16,6 +16,8 @@ from typing import Any, get_type_hints
 
 import typer
 
+from lightmoe_cli.cli.common import fail
+from lightmoe_cli.errors import LightMoEError
 from lightmoe_cli.policies.registry import policies
 
 
@@ -49,7 +51,10 @@ def policy_options() -> list[PolicyOption]:
 def with_policy_options(func: Callable) -> Callable:
     """Add one typer option per policy parameter to `func`'s signature; `func` receives them in
     `policy_params` (name -> value, only those the user gave)."""
-    options = policy_options()
+    try:
+        options, broken = policy_options(), None
+    except LightMoEError as e:  # a broken plugin: every command but this one still works; this one says why
+        options, broken = [], e
     sig = inspect.signature(func)
     base = [p for p in sig.parameters.values() if p.name != "policy_params"]
     extra = [inspect.Parameter(o.name, inspect.Parameter.KEYWORD_ONLY, annotation=o.type | None,
@@ -59,6 +64,8 @@ def with_policy_options(func: Callable) -> Callable:
     names = {o.name for o in options}
 
     def wrapper(**kwargs: Any) -> Any:
+        if broken is not None:
+            fail(broken)
         given = {k: kwargs.pop(k) for k in list(kwargs) if k in names}
         return func(**kwargs, policy_params={k: v for k, v in given.items() if v is not None})
 

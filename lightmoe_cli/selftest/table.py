@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 if TYPE_CHECKING:
-    from lightmoe_cli.models.selftest import SelfTestResult
+    from lightmoe_cli.selftest.run import SelfTestResult
 
 
 def results_table(results: list[SelfTestResult], ran: bool) -> Table:

@@ -26,8 +26,8 @@ from lightmoe_cli.models.architectures import ArchInfo, find_architecture, list_
 from lightmoe_cli.models.layers import MoELayer
 from lightmoe_cli.models.registry import get_adapter
 from lightmoe_cli.models.routing import record_routing, redirect_experts
-from lightmoe_cli.models.selftest_pipeline import PipelineWorkspace, StageFailed, check_pipeline, pipeline_workspace
 from lightmoe_cli.models.tiny_configs import VOCAB, tiny_config
+from lightmoe_cli.selftest.pipeline import PipelineWorkspace, StageFailed, check_pipeline, pipeline_workspace
 
 BATCH, SEQ = 2, 8
 
@@ -223,7 +223,7 @@ def select_architectures(names: list[str] | None) -> list[ArchInfo]:
 
 def models_command(archs: list[str] | None, run_selftest: bool = True, pipeline: bool = True) -> None:
     """`lightmoe models`: list MoE architectures and (by default) self-test each, pipeline included, as a table."""
-    from lightmoe_cli.models.table import print_results
+    from lightmoe_cli.selftest.table import print_results
 
     infos = select_architectures(archs)
     if not run_selftest:

@@ -1,0 +1,3 @@
+from lightmoe_cli.cli import main
+
+main()

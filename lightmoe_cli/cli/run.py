@@ -1,0 +1,28 @@
+"""`lightmoe run`: execute a bundle on prompts with only its resident experts in memory."""
+
+from __future__ import annotations
+
+from lightmoe_cli.cli.app import app
+from lightmoe_cli.cli.common import command
+from lightmoe_cli.runtime.request import RunRequest
+
+
+@command(app, "run", RunRequest)
+def run_cmd(req: RunRequest) -> None:
+    """Execute a bundle: only resident experts in memory, misses redirected, coarse swaps on task change."""
+    from rich.console import Console
+
+    from lightmoe_cli.files import atomic_write_json
+    from lightmoe_cli.report import run_tables, token_progress
+    from lightmoe_cli.runtime.request import run_bundle
+
+    console = Console()
+    with token_progress(console, unit="requests") as progress:
+        bundle, stats = run_bundle(req, progress)
+    for r in stats.requests:
+        console.print(f"[bold]{r.prompt}[/]{r.text}")
+    for table in run_tables(stats, bundle.policy):
+        console.print(table)
+    if req.stats_json:
+        atomic_write_json(req.stats_json, stats.to_json())
+        console.print(f"statistics written to {req.stats_json}")
