@@ -47,13 +47,15 @@ train-demo: corpus
     {{venv}}/bin/lightmoe demo train
     {{venv}}/bin/lightmoe demo card
 
-# The main job on the embedded default model, as far as it is built: adapters, the model, its routing profile.
+# The main job on the embedded default model: adapters, the model, its routing profile, a bundle at 50% memory,
+# generations from it, and what it is for: full vs prune vs task-aware on held-out text of several domains.
 demo: corpus
     {{venv}}/bin/lightmoe models
     {{venv}}/bin/lightmoe demo show
     {{venv}}/bin/lightmoe profile
     {{venv}}/bin/lightmoe build-bundle --budget 0.5
     {{venv}}/bin/lightmoe run --prompt $'12 + 7 = 19\n45 - 3 = ' --prompt $'def read_lines(path):\n' --max-new-tokens 24
+    {{venv}}/bin/lightmoe demo compare
 
 # Fast tests (slow and gpu excluded); the corpus is built first, some tests read it.
 test: corpus
@@ -67,7 +69,8 @@ test-all: corpus
 lint: setup
     {{venv}}/bin/ruff check lightmoe_cli tests benchmarks
 
-# Benchmarks on the demo model (print a table, write JSON under benchmarks/results).
+# Benchmarks on the demo model (print a table, write JSON under benchmarks/results). Run on a quiet machine:
+# configurations interleaved, 5 repeats, each ratio beside its bound; a noisy run is refused (--allow-noisy marks it).
 bench: setup
     {{py}} benchmarks/bench_profile.py
     {{py}} benchmarks/bench_runtime.py
@@ -75,6 +78,16 @@ bench: setup
 # The runtime benchmark on a random-weight OLMoE-shaped model with 2 layers (~1.05B parameters, ~4 GB fp32).
 bench-large: setup
     {{py}} benchmarks/bench_runtime.py --random-olmoe 2 --new-tokens 16
+
+# Activation budgets on the same 1.05B model (the README's three runs): speed of each rule vs the full top-k.
+bench-activation: setup
+    {{py}} benchmarks/bench_activation.py --random-olmoe 2 --rules topk,lexi,naee --batch 0
+    {{py}} benchmarks/bench_activation.py --random-olmoe 2 --rules topk,alloc,alloc-t --batch 0 --tag=-alloc
+    {{py}} benchmarks/bench_activation.py --random-olmoe 2 --rules topk,alloc,alloc-t --batch 8 --tag=-batch
+
+# Smoke test of the harness on the demo model (about 2 minutes; tiny probe, one repeat, marked noisy, JSON in data/).
+bench-smoke: setup
+    {{py}} benchmarks/bench_runtime.py --budgets 0.5 --policies prune,lightmoe --new-tokens 4 --profile-tokens 256 --repeats 1 --probe-mib 64 --allow-noisy --results-dir data/bench/smoke
 
 # The comparison of the README: every policy at three budgets, MC items and held-out text, plus task-shift streams.
 eval-demo: corpus
@@ -96,7 +109,7 @@ predict-demo: corpus
     {{venv}}/bin/lightmoe profile --save-router-inputs --max-tokens 4096 --out runs/profiles/demo-moe-train-traces
     {{venv}}/bin/lightmoe profile --tasks recipes/calibration/demo-heldout.yaml --save-router-inputs --out runs/profiles/demo-moe-heldout
     {{venv}}/bin/lightmoe predict train --profile runs/profiles/demo-moe-train-traces --heldout runs/profiles/demo-moe-heldout --out artifacts/eval/demo-moe-predictor
-    {{venv}}/bin/lightmoe simulate --traces runs/profiles/demo-moe-heldout --predictor artifacts/eval/demo-moe-predictor --cache 0.05,0.1,0.25,0.5
+    {{venv}}/bin/lightmoe simulate --heldout runs/profiles/demo-moe-heldout --predictor artifacts/eval/demo-moe-predictor --cache 0.05,0.1,0.25,0.5
 
 # Non-blocking swapping vs the other caches at 25% and 50% memory, one eval of all (run predict-demo first).
 eval-swap: corpus

@@ -2,7 +2,13 @@
 
 Each rule's per-layer k (and per-token rule) is planned here on the loaded model (timing LExI's measurement +
 search and Alloc-L's sensitivity pass), then every configuration runs in its own process on the same full
-bundle. Prints a table and writes benchmarks/results/activation-<model>.json.
+bundle, the configurations interleaved over `--repeats` repeats (benchmarks/harness.py). Prints a table and writes
+benchmarks/results/activation-<model>.json.
+
+Bounds (lightmoe_cli.analysis.decode_bytes): a rule's decode speed-up over the full top-k is at most the ratio of
+bytes read per decoded token (fewer experts, the same lm_head and attention), its prefill speed-up at most the
+ratio of FLOPs per prompt token; for batched decode, the experts a step's B tokens touch (expected distinct count
+under uniform routing). NAEE's k is a cap: its bound uses the activations its thresholds were calibrated to keep.
 
     python benchmarks/bench_activation.py                      # demo model
     python benchmarks/bench_activation.py --random-olmoe 2     # random OLMoE-shaped, ~1.05B parameters
@@ -21,8 +27,10 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-RESULTS = Path(__file__).resolve().parent / "results"
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.harness import Config, Harness, HarnessOptions, Metric, analyse  # noqa: E402
 
 
 def _child(bundle: str, plan_json: str, threads: int, new_tokens: int, batch: int = 0) -> None:
@@ -60,34 +68,42 @@ def run_child(bundle: Path, plan: dict | None, threads: int, new_tokens: int, ba
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
+def expected_active(plan) -> dict[int, float]:
+    """Experts a token is expected to run per layer under a plan: its per-layer k (Alloc-T pools k x T slots over
+    T tokens, k per token on average), except NAEE's thresholds, calibrated to keep on average the layer's share
+    of the budget (B x K_l / sum K) while its k is only the cap."""
+    if plan.beta is not None:
+        total = sum(plan.k.values())
+        return {li: plan.budget * k / total for li, k in plan.k.items()}
+    return {li: float(k) for li, k in plan.k.items()}
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default=None)
     ap.add_argument("--random-olmoe", type=int, default=0)
     ap.add_argument("--rules", default="topk,lexi,alloc,alloc-t,naee")
     ap.add_argument("--active", type=float, default=0.5)
     ap.add_argument("--new-tokens", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=3, help="runs per configuration (median)")
     ap.add_argument("--tag", default="", help="suffix of the results file name")
     ap.add_argument("--batch", type=int, default=8, help="also decode this many requests together (0: skip)")
+    HarnessOptions.add_arguments(ap)
     args = ap.parse_args()
-
-    import statistics
+    harness = Harness("bench_activation", args.threads, HarnessOptions.from_args(args))
 
     import torch
-    from rich.console import Console
-    from rich.table import Table
 
-    from benchmarks.bench_runtime import WORK, generated_recipe, random_olmoe
+    from benchmarks.bench_runtime import PROMPTS, WORK, generated_recipe, prompt_tokens, random_olmoe, token_costs
+    from lightmoe_cli.analysis.decode_bytes import decode_bytes, shape_from_config, speedup_bound
     from lightmoe_cli.bundle.alloc import alloc_sensitivity, calibration_windows, routing_weights
     from lightmoe_cli.bundle.build import BuildOptions, build_bundle
     from lightmoe_cli.bundle.lexi import lexi_deltas
-    from lightmoe_cli.evaluation.run import ensure_profile
     from lightmoe_cli.loading import load_model_and_tokenizer, resolve_model
     from lightmoe_cli.manifest import to_json
     from lightmoe_cli.models import get_adapter
     from lightmoe_cli.policies.activation_budget import plan_activation
+    from lightmoe_cli.profile.run import ensure_profile
 
     torch.set_num_threads(args.threads)
     WORK.mkdir(parents=True, exist_ok=True)
@@ -97,6 +113,8 @@ def main() -> None:
     model, tok = load_model_and_tokenizer(name)
     adapter = get_adapter(model)
     layers = adapter.moe_layers(model)
+    shape = shape_from_config(model.config, bytes_per_param=next(model.parameters()).element_size())
+    prompt_len = prompt_tokens(tok, [p * 4 for p in PROMPTS])  # the child's prompts
     prof = ensure_profile(model, tok, name) if not args.random_olmoe else None
     if prof is None:
         from lightmoe_cli.profile.run import ProfileSettings, run_profile
@@ -120,43 +138,41 @@ def main() -> None:
         cost[rule] = time.perf_counter() - t0
     full = build_bundle(prof, model, tok, name, WORK / f"{tag}-full-activation", BuildOptions(policy="full"))
     del model
-    rows = []
-    for rule in ["full top-k", *plans]:
-        plan = to_json(plans[rule]) if rule in plans else None
-        runs = [run_child(full.path, plan, args.threads, args.new_tokens, args.batch) for _ in range(args.repeats)]
-        rows.append({"rule": rule, "k": plans[rule].k if rule in plans else top_k,
-                     "prefill_tokens_per_s": statistics.median(r["prefill_tokens_per_s"] for r in runs),
-                     "decode_tokens_per_s": statistics.median(r["decode_tokens_per_s"] for r in runs),
-                     "planning_seconds": cost.get(rule, 0.0)})
-        if args.batch:
-            rows[-1]["batched_decode_tokens_per_s"] = statistics.median(r["batched_decode_tokens_per_s"] for r in runs)
-    base = rows[0]
-    table = Table(title=f"activation budgets on {tag} at active {args.active} ({args.threads} threads, median of "
-                        f"{args.repeats})")
-    cols = ["rule", "k per layer", "prefill tok/s", "x full", "decode tok/s", "x full"]
-    cols += [f"decode x{args.batch} tok/s", "x full"] if args.batch else []
-    for col in [*cols, "planning s"]:
-        table.add_column(col, justify="right")
-    for r in rows:
-        r["prefill_vs_full"] = r["prefill_tokens_per_s"] / base["prefill_tokens_per_s"]
-        r["decode_vs_full"] = r["decode_tokens_per_s"] / base["decode_tokens_per_s"]
-        cells = [r["rule"], "/".join(str(v) for _, v in sorted(r["k"].items())),
-                 f"{r['prefill_tokens_per_s']:,.1f}", f"{r['prefill_vs_full']:.2f}",
-                 f"{r['decode_tokens_per_s']:,.2f}", f"{r['decode_vs_full']:.2f}"]
-        if args.batch:
-            r["batched_decode_vs_full"] = r["batched_decode_tokens_per_s"] / base["batched_decode_tokens_per_s"]
-            cells += [f"{r['batched_decode_tokens_per_s']:,.2f}", f"{r['batched_decode_vs_full']:.2f}"]
-        table.add_row(*cells, f"{r['planning_seconds']:.1f}")
-    Console(width=120).print(table)
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"activation-{tag}{args.tag}.json"
-    from lightmoe_cli.files import atomic_write
 
-    atomic_write(out, json.dumps({"model": name, "active": args.active, "threads": args.threads, "batch": args.batch,
-                                  "date": time.strftime("%Y-%m-%d"), "rows": rows,
-                                  "plans": {k: asdict(v) | {"measured": {}} for k, v in plans.items()}}, indent=1,
-                                 default=str))
-    print(f"wrote {out}")
+    base = "full top-k"
+    configs = [Config(base, costs=token_costs(shape, None, prompt_len, args.new_tokens, args.batch),
+                      info={"k per layer": "/".join(str(v) for _, v in sorted(top_k.items())), "k": top_k,
+                            "planning s": 0.0})]
+    for rule, plan in plans.items():
+        active = expected_active(plan)
+        ks = "/".join(str(v) for _, v in sorted(plan.k.items()))
+        if plan.beta is not None:
+            ks += f" (~{sum(active.values()):.1f} run)"
+        configs.append(Config(rule, baseline=base, costs=token_costs(shape, active, prompt_len, args.new_tokens,
+                                                                     args.batch),
+                              info={"k per layer": ks, "k": plan.k, "expected_active": active,
+                                    "planning s": cost[rule]}))
+    plan_json = {rule: to_json(plan) for rule, plan in plans.items()}
+    runs = harness.measure([c.label for c in configs],
+                           lambda label: run_child(full.path, plan_json.get(label), args.threads, args.new_tokens,
+                                                   args.batch))
+    metrics = [Metric("prefill_tokens_per_s", "prefill tok/s", fmt=",.1f"),
+               Metric("decode_tokens_per_s", "decode tok/s")]
+    if args.batch:
+        metrics.append(Metric("batched_decode_tokens_per_s", f"decode x{args.batch} tok/s"))
+    rows = analyse(configs, runs, metrics, harness.bandwidth_gbps)
+    full_bytes = decode_bytes(shape, None)
+    title = (f"activation budgets on {tag} at active {args.active} ({args.threads} threads; full top-k reads "
+             f"{full_bytes.total / 1e9:.3f} GB per decoded token, experts {full_bytes.routed_experts / 1e9:.3f}); "
+             f"x base: vs the full top-k")
+    payload = {"model": name, "active": args.active, "threads": args.threads, "batch": args.batch,
+               "new_tokens": args.new_tokens, "prompt_tokens_mean": prompt_len, "model_shape": asdict(shape),
+               "decode_bytes_per_token": {c.label: c.costs["decode_tokens_per_s"].to_json() for c in configs},
+               "decode_bound": {c.label: speedup_bound(configs[0].costs["decode_tokens_per_s"],
+                                                       c.costs["decode_tokens_per_s"]) for c in configs},
+               "plans": {k: asdict(v) | {"measured": {}} for k, v in plans.items()}}
+    harness.finish(rows, metrics, title, payload, harness.options.results_dir / f"activation-{tag}{args.tag}.json",
+                   info_columns=("k per layer", "planning s"))
 
 
 if __name__ == "__main__":

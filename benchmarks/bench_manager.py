@@ -6,6 +6,13 @@ rule and the task-jump rule at a few settings. Prints a table and writes benchma
 What to read: a rule's share of the oracle's gain over prune per block length, and that it is never worse than
 prune (its ΔNLL interval does not lie above 0).
 
+Measured with benchmarks/harness.py: the (block, config) streams run interleaved, `--repeats` times (default 1:
+the NLL is exact whatever the machine does; repeats give the stream times a median [min-max]), the machine's load
+judged. Each config computes the same k experts per token as prune over the same tokens (prefill-like scoring,
+compute-bound), so a stream's speed-up over prune is bounded by 1.0 (the FLOP ratio): swaps and on-demand or
+throttled reads only add time. A config faster than prune beyond the noise is flagged. No bandwidth fraction:
+the streams are prefill, not decode.
+
     python benchmarks/bench_manager.py --blocks 1,2,8,30 --requests 96 --budget 0.5
 """
 
@@ -13,14 +20,17 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-RESULTS = Path(__file__).resolve().parent / "results"
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.harness import Config, Harness, HarnessOptions, Metric, NoisePolicy, analyse  # noqa: E402
 
 
 def main() -> None:
@@ -34,19 +44,20 @@ def main() -> None:
                     help="bytes/s every run-time expert read is throttled to; adds each rule with its swaps read in "
                          "the background (--manager-loads background) beside the blocking ones")
     ap.add_argument("--out", default="manager.json", help="file name under benchmarks/results/")
+    HarnessOptions.add_arguments(ap, repeats=1)
     args = ap.parse_args()
+    # the headline is NLL, exact whatever the machine does: one repeat is enough for it; the times want more
+    harness = Harness("bench_manager", args.threads, HarnessOptions.from_args(args), NoisePolicy(min_repeats=1))
 
     import torch
-    from rich.console import Console
 
     from lightmoe_cli.bundle.build import BuildOptions, build_bundle
     from lightmoe_cli.evaluation.render import stream_table
-    from lightmoe_cli.evaluation.run import ensure_profile
     from lightmoe_cli.evaluation.stream import build_stream, run_stream, summarise_streams
     from lightmoe_cli.evaluation.tasks import build_demo_items
-    from lightmoe_cli.files import atomic_write_json
     from lightmoe_cli.loading import load_model_and_tokenizer, resolve_model
     from lightmoe_cli.paths import CORPUS_DIR, ITEMS_DIR
+    from lightmoe_cli.profile.run import ensure_profile
     from lightmoe_cli.runtime.loader import build_runtime
 
     torch.set_num_threads(args.threads)
@@ -73,26 +84,43 @@ def main() -> None:
         configs = [(label, b, {**kw, "io_bandwidth": args.io_bandwidth}, given) for label, b, kw, given in configs]
         configs += [(f"{label} (background loads)", b, {**kw, "manager_loads": "background"}, given)
                     for label, b, kw, given in configs if "incremental" in label or "jump" in label]
-    results = []
+    streams = {block: build_stream(ITEMS_DIR / "ppl", block, args.requests)
+               for block in [int(b) for b in args.blocks.split(",")]}
+    by_label = {label: (bundle, kw, given) for label, bundle, kw, given in configs}
+    keys = [(block, label) for block in streams for label in by_label]
+    name_of = {f"block {block}: {label}": (block, label) for block, label in keys}
+
+    def measure(key: str) -> dict:
+        block, label = name_of[key]
+        bundle, kw, given = by_label[label]
+        kw = dict(kw)
+        overrides = kw.pop("jump_overrides", None)
+        rt = build_runtime(bundle, **kw)
+        if overrides:
+            rt.max_swap, rt.jump.margin = overrides
+        result = run_stream(rt, label, streams[block], block, given)
+        rt.close()
+        return {"seconds": result.seconds, "nll_per_token": result.nll_per_token, "result": result}
+
     t0 = time.perf_counter()
-    for block in [int(b) for b in args.blocks.split(",")]:
-        stream = build_stream(ITEMS_DIR / "ppl", block, args.requests)
-        for label, bundle, kw, given in configs:
-            kw = dict(kw)
-            overrides = kw.pop("jump_overrides", None)
-            rt = build_runtime(bundle, **kw)
-            if overrides:
-                rt.max_swap, rt.jump.margin = overrides
-            results.append(run_stream(rt, label, stream, block, given))
-            rt.close()
-    rows = summarise_streams(results)
-    console = Console(width=110)
-    console.print(stream_table(rows))
-    RESULTS.mkdir(exist_ok=True)
-    atomic_write_json(RESULTS / args.out, {"budget": args.budget, "requests": args.requests,
-                                           "threads": args.threads, "io_bandwidth": args.io_bandwidth,
-                                           "seconds": time.perf_counter() - t0, "rows": rows})
-    console.print(f"written to {RESULTS / args.out}")
+    runs = harness.measure(list(name_of), measure, warmup=True)
+    rows = summarise_streams([runs[key][0]["result"] for key in name_of])  # quality: the first repeat's streams
+    for row in rows:  # timing: every repeat's; NLL again, since background loads may land at other tokens
+        key = f"block {row['block']}: {row['config']}"
+        times = [r["seconds"] for r in runs[key]]
+        nll = [r["nll_per_token"] for r in runs[key]]
+        row["seconds"] = statistics.median(times)
+        row["seconds_min"], row["seconds_max"] = min(times), max(times)
+        row["nll_per_token_range"] = [min(nll), max(nll)]
+    timing = [Config(key, baseline=f"block {block}: prune" if label != "prune" and "prune" in by_label else None,
+                     bounds={"seconds": 1.0}, info={"block": block}) for key, (block, label) in name_of.items()]
+    metrics = [Metric("seconds", "stream s", higher_is_better=False)]
+    timing_rows = analyse(timing, runs, metrics, None)
+    harness.finish(timing_rows, metrics, "stream time per config (x base: speed-up over prune in the same stream)",
+                   {"budget": args.budget, "requests": args.requests, "threads": args.threads,
+                    "io_bandwidth": args.io_bandwidth, "seconds": time.perf_counter() - t0, "rows": rows},
+                   harness.options.results_dir / args.out, info_columns=("block",), rows_key="timing")
+    harness.console.print(stream_table(rows))
 
 
 if __name__ == "__main__":

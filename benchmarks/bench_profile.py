@@ -1,7 +1,9 @@
 """Profiling overhead and memory: routing hooks vs a plain forward over the same tokens, and peak RSS at N and 4N.
 
 Prints a table and writes benchmarks/results/profile.json. Ratios come from one run on one machine; timings are
-medians of interleaved repeats with a fixed thread count.
+medians of interleaved repeats with a fixed thread count (benchmarks/harness.py: min and max beside the median,
+the machine's load judged, a noisy run refused). Profiling does the plain forward's work plus the hooks', so its
+throughput ratio is bounded by 1.0; a ratio above it beyond the noise is flagged.
 
     python benchmarks/bench_profile.py [--model artifacts/demo-moe] [--tokens 16384] [--repeats 5] [--threads 2]
 """
@@ -9,16 +11,18 @@ medians of interleaved repeats with a fixed thread count.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.harness import Config, Harness, HarnessOptions, Metric, analyse  # noqa: E402
 
 
 def _texts(n_docs: int) -> list[str]:
@@ -83,13 +87,13 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=None)
     ap.add_argument("--tokens", type=int, default=16384)
-    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--sample-tokens", type=int, default=512)
+    HarnessOptions.add_arguments(ap)
     args = ap.parse_args()
+    harness = Harness("bench_profile", args.threads, HarnessOptions.from_args(args))
 
     import torch
-    from rich.console import Console
     from rich.table import Table
 
     from lightmoe_cli.loading import load_model_and_tokenizer, resolve_model
@@ -105,11 +109,18 @@ def main() -> None:
     bs = _batches(tok, args.tokens, 256, 8)
     n_tokens = sum(b.real_tokens for b in bs)
     _time_plain(model, bs[:2])  # warm-up
-    plain, prof = [], []
-    for _ in range(args.repeats):  # interleaved, so drift hits both alike
-        plain.append(_time_plain(model, bs))
-        prof.append(_time_profiled(model, layers, bs))
-    t_plain, t_prof = statistics.median(plain), statistics.median(prof)
+    timers = {"plain forward": lambda: _time_plain(model, bs), "profiled": lambda: _time_profiled(model, layers, bs)}
+
+    def measure(label: str) -> dict:
+        seconds = timers[label]()
+        return {"seconds": seconds, "tokens_per_s": n_tokens / seconds}
+
+    runs = harness.measure(list(timers), measure)  # interleaved, so drift hits both alike
+    configs = [Config("plain forward"), Config("profiled", baseline="plain forward", bounds={"tokens_per_s": 1.0})]
+    metrics = [Metric("tokens_per_s", "tokens/s", fmt=",.0f"), Metric("seconds", "s", higher_is_better=False,
+                                                                      ratio=False)]
+    rows = analyse(configs, runs, metrics, None)
+    t_plain, t_prof = rows[0].stats["seconds"].median, rows[1].stats["seconds"].median
 
     sampler = HiddenSampler(layers, args.sample_tokens)
     stats = trace_task(model, layers, "sim", bs, sampler=sampler, sample_share=1.0)
@@ -126,27 +137,29 @@ def main() -> None:
 
     result = {
         "model": name, "tokens": n_tokens, "threads": args.threads, "repeats": args.repeats,
+        "throughput_ratio_check": rows[1].ratios["tokens_per_s"].to_json(),
         "plain_forward_s": t_plain, "profiled_s": t_prof,
         "plain_tokens_per_s": n_tokens / t_plain, "profiled_tokens_per_s": n_tokens / t_prof,
         "throughput_ratio": t_plain / t_prof,
         "similarity_s": t_sim, "similarity_sample_tokens": args.sample_tokens,
         "peak_rss_mib": {str(args.tokens): rss_n, str(4 * args.tokens): rss_4n},
         "peak_rss_ratio_4n_over_n": rss_4n / rss_n,
-        "date": time.strftime("%Y-%m-%d"), "cpu_count": os.cpu_count(),
+        "cpu_count": os.cpu_count(),
     }
     table = Table(title=f"profiling overhead on {Path(name).name} ({n_tokens:,} tokens, {args.threads} threads)")
     table.add_column("measure")
     table.add_column("value", justify="right")
     table.add_row("plain forward (median)", f"{t_plain:.2f} s  ({n_tokens / t_plain:,.0f} tok/s)")
     table.add_row("profiled, hooks + sample (median)", f"{t_prof:.2f} s  ({n_tokens / t_prof:,.0f} tok/s)")
-    table.add_row("throughput ratio profiled / plain", f"{t_plain / t_prof:.3f}x")
+    check = rows[1].ratios["tokens_per_s"]
+    table.add_row("throughput ratio profiled / plain (bound 1.0)", f"{t_plain / t_prof:.3f}x" +
+                  (" above bound: not a result" if check.above_bound else ""))
     table.add_row(f"output+weight+coactivation similarity ({args.sample_tokens} states/layer)", f"{t_sim:.2f} s")
     table.add_row(f"peak RSS at {args.tokens:,} tokens", f"{rss_n:,.0f} MiB")
     table.add_row(f"peak RSS at {4 * args.tokens:,} tokens", f"{rss_4n:,.0f} MiB ({rss_4n / rss_n:.3f}x)")
-    Console().print(table)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "profile.json").write_text(json.dumps(result, indent=2))
-    print(f"wrote {RESULTS / 'profile.json'}")
+    harness.finish(rows, metrics, f"plain vs profiled forward on {Path(name).name}", result,
+                   harness.options.results_dir / "profile.json", rows_key="timing")
+    harness.console.print(table)
 
 
 if __name__ == "__main__":
