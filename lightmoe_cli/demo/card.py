@@ -209,11 +209,50 @@ def _fmt_curve(curve: list[dict], domains: list[str]) -> str:
     return head + "\n" + "\n".join(rows)
 
 
-def render_card(m: dict) -> str:
-    """The model card in Markdown, every figure taken from the measurement dict."""
+def _intro(m: dict, recipe_path: str) -> tuple[str, str]:
+    """The card's title and opening paragraph: trained from scratch, or upcycled from a dense model."""
+    mod, t, up = m["model"], m["training"], m["recipe"].get("upcycle")
+    if up:
+        return "lightmoe demo MoE, upcycled", f"""The toolkit's second demo model, made by **sparse upcycling** by \
+lightmoe's own recipe
+(`{recipe_path}`): a dense model of the same family (every layer one FFN of the experts' width,
+{up['dense_intermediate_size']}) trained for {up['dense_steps']:,} steps, then its FFN copied into all {mod['experts']}
+experts of every layer ({up['noise_std']:.0%} relative noise, a fresh router) and trained on as an MoE to
+{t['steps']:,} steps. Same family, shape, tokenizer, corpus and token count as the first demo model
+(`artifacts/demo-moe`, trained from scratch); they differ in how they were made, as Mixtral or Qwen1.5-MoE differ
+from models trained as MoEs from the start. It exists to measure what redirecting a missing expert to a similar
+resident one is worth when experts are alike. A toy: {mod['parameters'] / 1e6:.1f}M parameters, trained on CPU."""
+    return "lightmoe demo MoE", f"""A small Mixture-of-Experts language model trained by lightmoe's own recipe
+(`{recipe_path}`) on a multi-domain corpus built offline from public sources and our own
+generators. It is the embedded default model and the test model of the toolkit: everything lightmoe measures
+about accuracy is measured on it. It is a toy: {mod['parameters'] / 1e6:.1f}M parameters, trained on CPU."""
+
+
+def _similarity_section(m: dict) -> str:
+    sim = m.get("expert_similarity")
+    if not sim:
+        return ""
+    kinds = [k for k in ("output", "weight", "coactivation") if k in sim["per_layer"][0]]
+    rows = "\n".join(f"| {r['layer']} | " + " | ".join(
+        f"{r[k]['mean_pair']:.2f} / {r[k]['mean_nearest']:.2f} / {r[k]['max_pair']:.2f} / "
+        f"{r[k]['share_nearest_at_threshold']:.0%}" for k in kinds) + " |" for r in sim["per_layer"])
+    return f"""
+## Expert similarity (calibration profile)
+Per layer and kind: mean over expert pairs / mean of each expert's nearest neighbour / highest pair / share of
+experts whose nearest neighbour reaches {sim['per_layer'][0][kinds[0]]['threshold']:.1f} (the redirect
+threshold's default). Output = mean cosine of two experts' outputs on the same routed hidden states; weight =
+cosine of the flattened weights; coactivation = normalised co-selection. From `{sim['profile']}`.
+
+| layer | {' | '.join(kinds)} |
+|---|{'---|' * len(kinds)}
+{rows}
+"""
+
+
+def _table_rows(m: dict) -> tuple[str, str, str, str]:
+    """The specialisation, coverage, loss and sample rows of the card."""
     domains = list(m["test_loss"])
     tr, ini = m["specialisation"]["trained"], m["specialisation"]["at_init"]
-    mod, t = m["model"], m["training"]
     spec_rows = "\n".join(
         f"| {a['layer']} | {a['js_between_domains_bits']:.3f} | {b['js_between_domains_bits']:.3f} | "
         f"{a['js_split_half_bits']:.4f} | {a['top_half_coverage_own']:.1%} | {b['top_half_coverage_own']:.1%} | "
@@ -226,43 +265,43 @@ def render_card(m: dict) -> str:
     loss_rows = "\n".join(f"| {d} | {m['data'][d]['train_tokens']:,} | {m['test_loss'][d]:.3f} | "
                           f"{m['test_loss_at_init'][d]:.3f} |" for d in domains)
     samples = "\n".join(f"- **{d}** `{SAMPLE_PROMPTS[d]!r}` -> `{s!r}`" for d, s in m["samples"].items())
-    recipe_path = m.get("recipe_path", "recipes/training/demo-moe.yaml")
-    up = m["recipe"].get("upcycle")
-    out_dir = m["recipe"]["out"]
-    if up:
-        title = "lightmoe demo MoE, upcycled"
-        intro = f"""The toolkit's second demo model, made by **sparse upcycling** by lightmoe's own recipe
-(`{recipe_path}`): a dense model of the same family (every layer one FFN of the experts' width,
-{up['dense_intermediate_size']}) trained for {up['dense_steps']:,} steps, then its FFN copied into all {mod['experts']}
-experts of every layer ({up['noise_std']:.0%} relative noise, a fresh router) and trained on as an MoE to
-{t['steps']:,} steps. Same family, shape, tokenizer, corpus and token count as the first demo model
-(`artifacts/demo-moe`, trained from scratch); they differ in how they were made, as Mixtral or Qwen1.5-MoE differ
-from models trained as MoEs from the start. It exists to measure what redirecting a missing expert to a similar
-resident one is worth when experts are alike. A toy: {mod['parameters'] / 1e6:.1f}M parameters, trained on CPU."""
-    else:
-        title = "lightmoe demo MoE"
-        intro = f"""A small Mixture-of-Experts language model trained by lightmoe's own recipe
-(`{recipe_path}`) on a multi-domain corpus built offline from public sources and our own
-generators. It is the embedded default model and the test model of the toolkit: everything lightmoe measures
-about accuracy is measured on it. It is a toy: {mod['parameters'] / 1e6:.1f}M parameters, trained on CPU."""
-    sim = m.get("expert_similarity")
-    sim_section = ""
-    if sim:
-        kinds = [k for k in ("output", "weight", "coactivation") if k in sim["per_layer"][0]]
-        rows = "\n".join(f"| {r['layer']} | " + " | ".join(
-            f"{r[k]['mean_pair']:.2f} / {r[k]['mean_nearest']:.2f} / {r[k]['max_pair']:.2f} / "
-            f"{r[k]['share_nearest_at_threshold']:.0%}" for k in kinds) + " |" for r in sim["per_layer"])
-        sim_section = f"""
-## Expert similarity (calibration profile)
-Per layer and kind: mean over expert pairs / mean of each expert's nearest neighbour / highest pair / share of
-experts whose nearest neighbour reaches {sim['per_layer'][0][kinds[0]]['threshold']:.1f} (the redirect
-threshold's default). Output = mean cosine of two experts' outputs on the same routed hidden states; weight =
-cosine of the flattened weights; coactivation = normalised co-selection. From `{sim['profile']}`.
+    return spec_rows, cov_rows, loss_rows, samples
 
-| layer | {' | '.join(kinds)} |
-|---|{'---|' * len(kinds)}
-{rows}
+
+def _specialisation_section(m: dict, spec_rows: str, cov_rows: str) -> str:
+    tr, ini = m["specialisation"]["trained"], m["specialisation"]["at_init"]
+    return f"""## Routing specialisation (held-out text)
+JS = Jensen-Shannon divergence (bits, 0..1) between two domains' expert-frequency distributions, averaged over
+domain pairs. "Own top half" = share of a domain's activations covered by its own most frequent half of
+experts (50% = no concentration); "others' top half" = share of OTHER domains' activations covered by that
+same half. References: the same architecture at initialisation, and split-half JS within one domain (noise).
+
+{SPEC_HEADER}
+{spec_rows}
+
+Mean over layers: JS {tr['mean']['js_between_domains_bits']:.3f} bits trained vs \
+{ini['mean']['js_between_domains_bits']:.3f} at init (noise floor {tr['mean']['js_split_half_bits']:.4f}); \
+own top half {tr['mean']['top_half_coverage_own']:.1%} trained vs {ini['mean']['top_half_coverage_own']:.1%} \
+at init; others' top half {tr['mean']['top_half_coverage_others']:.1%}.
+
+Own top-half coverage per domain and layer:
+
+| domain | {' | '.join(f"layer {p['layer']}" for p in tr['per_layer'])} |
+|---|{'---|' * len(tr['per_layer'])}
+{cov_rows}
+
 """
+
+
+def render_card(m: dict) -> str:
+    """The model card in Markdown, every figure taken from the measurement dict."""
+    domains = list(m["test_loss"])
+    mod, t = m["model"], m["training"]
+    spec_rows, cov_rows, loss_rows, samples = _table_rows(m)
+    recipe_path = m.get("recipe_path", "recipes/training/demo-moe.yaml")
+    out_dir = m["recipe"]["out"]
+    title, intro = _intro(m, recipe_path)
+    sim_section = _similarity_section(m)
     return f"""# {title}
 
 {intro}
@@ -291,27 +330,7 @@ Validation loss during training (fixed validation windows):
 
 {_fmt_curve(t['val_loss_curve'], domains)}
 
-## Routing specialisation (held-out text)
-JS = Jensen-Shannon divergence (bits, 0..1) between two domains' expert-frequency distributions, averaged over
-domain pairs. "Own top half" = share of a domain's activations covered by its own most frequent half of
-experts (50% = no concentration); "others' top half" = share of OTHER domains' activations covered by that
-same half. References: the same architecture at initialisation, and split-half JS within one domain (noise).
-
-{SPEC_HEADER}
-{spec_rows}
-
-Mean over layers: JS {tr['mean']['js_between_domains_bits']:.3f} bits trained vs \
-{ini['mean']['js_between_domains_bits']:.3f} at init (noise floor {tr['mean']['js_split_half_bits']:.4f}); \
-own top half {tr['mean']['top_half_coverage_own']:.1%} trained vs {ini['mean']['top_half_coverage_own']:.1%} \
-at init; others' top half {tr['mean']['top_half_coverage_others']:.1%}.
-
-Own top-half coverage per domain and layer:
-
-| domain | {' | '.join(f"layer {p['layer']}" for p in tr['per_layer'])} |
-|---|{'---|' * len(tr['per_layer'])}
-{cov_rows}
-
-{sim_section}
+{_specialisation_section(m, spec_rows, cov_rows)}{sim_section}
 ## Samples (greedy, 40 new tokens)
 {samples}
 

@@ -152,6 +152,28 @@ def _probe(model: nn.Module, states, batch: torch.Tensor) -> float:
     return float(model(input_ids=batch, labels=batch).loss)
 
 
+def _train_steps(model: nn.Module, states: dict[int, LayerReplacement], windows: torch.Tensor,
+                 settings: RecoverySettings, opt, steps: range, losses: list[float], ckpt: Path | None, key: str,
+                 progress=None) -> None:
+    """The recovery's optimiser steps (batches cycle over the windows; the blend alpha follows the schedule),
+    checkpointed every `checkpoint_every` steps and at the last one."""
+    task = progress.add_task("recovery", total=settings.steps, completed=steps.start) if progress else None
+    n, b = windows.shape[0], settings.batch_size
+    for step in steps:
+        for st in states.values():
+            st.alpha = settings.alpha(step)
+        batch = windows[torch.tensor([(step * b + j) % n for j in range(b)])]
+        loss = model(input_ids=batch, labels=batch).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+        if ckpt is not None and ((step + 1) % settings.checkpoint_every == 0 or step + 1 == settings.steps):
+            _save(ckpt, states, opt, step + 1, losses, key)
+        if progress:
+            progress.update(task, advance=1, description=f"recovery (loss {losses[-1]:.3f})")
+
+
 def recover(model: nn.Module, layers, states: dict[int, LayerReplacement], windows: torch.Tensor,
             settings: RecoverySettings, ckpt: Path | None = None, key: str = "", progress=None,
             stop_after: int | None = None) -> RecoveryRecord:
@@ -186,25 +208,9 @@ def recover(model: nn.Module, layers, states: dict[int, LayerReplacement], windo
         record.probe_before = _probe(model, states, probe)
     model.train()
     t0 = time.perf_counter()
-    task = progress.add_task("recovery", total=settings.steps, completed=start) if progress else None
-    n, b = windows.shape[0], settings.batch_size
     try:
-        for step in range(start, settings.steps):
-            if stop_after is not None and step - start >= stop_after:
-                break
-            for st in states.values():
-                st.alpha = settings.alpha(step)
-            rows = torch.tensor([(step * b + j) % n for j in range(b)])
-            batch = windows[rows]
-            loss = model(input_ids=batch, labels=batch).loss
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(float(loss.detach()))
-            if ckpt is not None and ((step + 1) % settings.checkpoint_every == 0 or step + 1 == settings.steps):
-                _save(ckpt, states, opt, step + 1, losses, key)
-            if progress:
-                progress.update(task, advance=1, description=f"recovery (loss {losses[-1]:.3f})")
+        end = settings.steps if stop_after is None else min(settings.steps, start + stop_after)
+        _train_steps(model, states, windows, settings, opt, range(start, end), losses, ckpt, key, progress)
         record.probe_after = _probe(model, states, probe)
     finally:
         restore()
