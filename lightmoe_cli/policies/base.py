@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -20,20 +19,17 @@ from typing import Any, ClassVar
 import numpy as np
 
 from lightmoe_cli.errors import LightMoEError
+from lightmoe_cli.options import check_bounds, option
 from lightmoe_cli.policies.manager import ManagerParams
 from lightmoe_cli.policies.redirect import redirect_table
 from lightmoe_cli.policies.resident import covered_share
 
 
-class ParamError(LightMoEError):
-    """A policy parameter out of range or given to a policy that does not take it."""
-
-
 def param(default: Any, help: str, *, minimum: float | None = None, maximum: float | None = None,
           above: float | None = None, choices: tuple[str, ...] | None = None) -> Any:
-    """A policy parameter: its default, a help line and its valid range (checked by `validate`)."""
-    return field(default=default, metadata={"help": help, "minimum": minimum, "maximum": maximum, "above": above,
-                                            "choices": choices})
+    """A policy parameter: its default, a help line and its valid range (checked by `validate`); the same kind
+    of field as every other option (`lightmoe_cli.options.option`)."""
+    return option(default, help, minimum=minimum, maximum=maximum, above=above, choices=choices)
 
 
 @dataclass(frozen=True)
@@ -51,7 +47,7 @@ class PolicyParams:
         extra = sorted(set(options) - names)
         if extra:
             flags = ", ".join("--" + n.replace("_", "-") for n in extra)
-            raise ParamError(f"{flags} is not a parameter of policy {policy}"
+            raise LightMoEError(f"{flags} is not a parameter of policy {policy}"
                              + (f" (its parameters: {', '.join('--' + n.replace('_', '-') for n in sorted(names))})"
                                 if names else " (it takes none)"))
         params = cls(**options)
@@ -59,19 +55,8 @@ class PolicyParams:
         return params
 
     def validate(self) -> None:
-        for f in self.specs():
-            v, m = getattr(self, f.name), f.metadata
-            flag = "--" + f.name.replace("_", "-")
-            if isinstance(v, float) and not math.isfinite(v):
-                raise ParamError(f"{flag} must be a finite number, not {v}")
-            if m.get("choices") and v not in m["choices"]:
-                raise ParamError(f"{flag} must be one of {', '.join(m['choices'])}, not {v!r}")
-            if m.get("minimum") is not None and v < m["minimum"]:
-                raise ParamError(f"{flag} must be at least {m['minimum']}, not {v}")
-            if m.get("maximum") is not None and v > m["maximum"]:
-                raise ParamError(f"{flag} must be at most {m['maximum']}, not {v}")
-            if m.get("above") is not None and v <= m["above"]:
-                raise ParamError(f"{flag} must be greater than {m['above']}, not {v}")
+        """The declared bounds and choices of every parameter (one error naming the flag)."""
+        check_bounds(self)
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
