@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from lightmoe_cli.errors import LightMoEError
@@ -61,6 +62,9 @@ def load_model_and_tokenizer(model: str | Path | None, device: str = "cpu", dtyp
     return (loaded if device_map is not None else loaded.to(device)).eval(), tokenizer
 
 
+_SIZE = re.compile(r"\d+(\.\d+)?\s*([KMGT]i?B|B)?", re.IGNORECASE)  # what accelerate reads as a size
+
+
 def parse_placement(device_map: str | None, max_memory: str | None, offload_folder) -> dict:
     """--device-map / --max-memory / --offload-folder -> from_pretrained keywords ({} without --device-map).
     '--max-memory 0=70GiB,cpu=200GiB' -> {0: '70GiB', 'cpu': '200GiB'}."""
@@ -71,13 +75,24 @@ def parse_placement(device_map: str | None, max_memory: str | None, offload_fold
     if device_map not in ("auto", "balanced", "sequential"):
         raise LightMoEError(f"--device-map {device_map!r}: use auto, balanced or sequential")
     limits = {}
+    gpus = None
     for part in (max_memory or "").split(","):
         if not part.strip():
             continue
         dev, sep, size = part.partition("=")
-        if not sep or not size.strip():
+        if not sep or not _SIZE.fullmatch(size.strip()):
             raise LightMoEError(f"--max-memory entry {part!r} must look like cpu=200GiB or 0=70GiB")
         dev = dev.strip()
+        if dev.isdigit():  # a GPU index: it must exist, or accelerate fails deep inside the load
+            if gpus is None:
+                import torch
+
+                gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            if int(dev) >= gpus:
+                raise LightMoEError(f"--max-memory names GPU {dev}, but torch sees {gpus} GPU(s): limit cpu= and "
+                                    "disk= only, or name a GPU that exists")
+        elif dev not in ("cpu", "disk", "mps"):
+            raise LightMoEError(f"--max-memory device {dev!r} is not a GPU index, cpu, disk or mps")
         limits[int(dev) if dev.isdigit() else dev] = size.strip()
     return {"device_map": device_map, "max_memory": limits or None,
             "offload_folder": str(offload_folder) if offload_folder else None}

@@ -237,9 +237,10 @@ class ArtifactManifest(Record):
                                 f"{self.model.fingerprint}: {self.REBUILD}")
 
 
-def write_artifact(work: Path, out: Path, manifest: ArtifactManifest) -> None:
+def write_artifact(work: Path, out: Path, manifest: ArtifactManifest, force: bool = False) -> None:
     """Finish an artifact built in folder `work`: hash its files into `manifest.files`, write manifest.json,
-    swap the folder in as `out` (readers see the old artifact or the new one, never half of one)."""
+    swap the folder in as `out` (readers see the old artifact or the new one, never half of one; an existing
+    `out` of another kind is replaced only with `force`)."""
     manifest.files = {k: FileEntry(**v) for k, v in file_entries(work).items()}
     atomic_write_json(work / "manifest.json", manifest.to_json())
-    swap_in_dir(work, out)
+    swap_in_dir(work, out, force)

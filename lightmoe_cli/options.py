@@ -3,8 +3,10 @@
 Why here, below everything: the request records of the library (`EvalRequest`, `ProfileRequest`, ...) are the one
 place a default lives. The command line (`lightmoe_cli/cli/`) expands their fields into options, the records
 check their own bounds with `check_bounds`, and shared groups (`ModelChoice`, `Threads`, `Output`) are mixin
-dataclasses a request inherits, so `--model`, `--threads` and `--out` mean the same thing in every command.
-Nothing here imports typer or torch.
+dataclasses a request inherits, so `--model`, `--threads`, `--out` and `--force` mean the same thing in every
+command. A field also says its role: `role="input"` (a path the command reads) or `role="output"` (where it
+writes); `check_bounds` then applies the write rules of `lightmoe_cli.files` to every record with an output, so
+no command checks its own. Nothing here imports typer or torch.
 """
 
 from __future__ import annotations
@@ -22,14 +24,18 @@ from lightmoe_cli.errors import LightMoEError
 def option(default: Any = MISSING, help: str = "", *, default_factory: Any = MISSING, flag: str | None = None,
            short: str | None = None, minimum: float | None = None, maximum: float | None = None,
            above: float | None = None, choices: tuple[str, ...] | None = None, cli: bool = True,
-           requires: str | None = None, split: bool = True, aliases: tuple[str, ...] = ()) -> Any:
+           requires: str | tuple[str, tuple[str, ...]] | None = None, excludes: str | None = None,
+           role: str | None = None, split: bool = True, aliases: tuple[str, ...] = ()) -> Any:
     """A field with its command-line description. `flag` overrides --field-name; `cli=False` keeps a field out
     of the command line; `requires` names a field that must be set for this one to be given (e.g. --active
-    only with --activation); `split=False`: a list of free text (prompts) is repeated, never split at commas;
-    `aliases`: older flags still accepted."""
+    only with --activation), or (field, values) when that field must have one of the values (e.g. --gpu-memory
+    only with --format llamacpp-ot); `excludes` names a field that may not be given with this one (--static and
+    --task); `role`: "input" (a path the command reads) or "output" (where it writes), for the write rules;
+    `split=False`: a list of free text (prompts) is repeated, never split at commas; `aliases`: older flags
+    still accepted."""
     meta = {"help": help, "flag": flag, "short": short, "minimum": minimum, "maximum": maximum, "above": above,
-            "choices": choices, "cli": cli, "requires": requires, "split": split,
-            "aliases": aliases}
+            "choices": choices, "cli": cli, "requires": requires, "excludes": excludes, "role": role,
+            "split": split, "aliases": aliases}
     if default_factory is not MISSING:
         return field(default_factory=default_factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -58,9 +64,18 @@ def _check_value(flag: str, v: Any, m: dataclasses.Field.metadata) -> None:
         raise LightMoEError(f"{flag} must be greater than {m['above']}, not {v}")
 
 
+def _given(record: Any, f: dataclasses.Field) -> bool:
+    return getattr(record, f.name) != default_of(f)
+
+
+def _field(record: Any, name: str) -> dataclasses.Field:
+    return next(g for g in dataclasses.fields(record) if g.name == name)
+
+
 def check_bounds(record: Any) -> None:
-    """Every declared bound, choice and `requires` rule of a record's fields (lists element by element);
-    None (not given) passes. One LightMoEError naming the flag."""
+    """Every declared rule of a record's fields: bounds and choices (lists element by element; None, not given,
+    passes), `requires` and `excludes`, then the write rules of its output (`check_io`). One LightMoEError
+    naming the flag."""
     for f in dataclasses.fields(record):
         v, m = getattr(record, f.name), f.metadata
         if v is None or not m:
@@ -69,9 +84,47 @@ def check_bounds(record: Any) -> None:
             if isinstance(item, (int, float, str)) and not isinstance(item, bool):
                 _check_value(flag_of(f), item, m)
         need = m.get("requires")
-        if need and v != default_of(f) and getattr(record, need) in (None, False, [], ""):
-            other = next(g for g in dataclasses.fields(record) if g.name == need)
-            raise LightMoEError(f"{flag_of(f)} only applies with {flag_of(other)}")
+        if need and _given(record, f):
+            name, values = (need, None) if isinstance(need, str) else need
+            other = getattr(record, name)
+            if values is None and other in (None, False, [], ""):
+                above = " above 0" if other == 0 and other is not False else ""  # a count: --rank 0 is "none"
+                raise LightMoEError(f"{flag_of(f)} only applies with {flag_of(_field(record, name))}{above}")
+            if values is not None and other not in values:
+                raise LightMoEError(f"{flag_of(f)} only applies with {flag_of(_field(record, name))} "
+                                    f"{' or '.join(values)}, not {other}")
+        if m.get("excludes") and _given(record, f) and _given(record, other := _field(record, m["excludes"])):
+            raise LightMoEError(f"{flag_of(f)} and {flag_of(other)} cannot be given together: choose one")
+    check_io(record)
+
+
+def inputs_of(record: Any) -> list[tuple[str, Any]]:
+    """(flag, path) of every field declared `role="input"` that is given (lists: each path)."""
+    out = []
+    for f in dataclasses.fields(record):
+        if f.metadata.get("role") == "input":
+            v = getattr(record, f.name)
+            out += [(flag_of(f), p) for p in (v if isinstance(v, (list, tuple)) else [v]) if p is not None]
+    return out
+
+
+def check_io(record: Any, out: Path | None = None, extra_inputs: list[tuple[str, Any]] = ()) -> None:
+    """The write rules (`lightmoe_cli.files.check_output`) for a record's output: the field declared
+    `role="output"` (or `out`, a default resolved by the caller), against every declared input and
+    `extra_inputs` (inputs resolved later: the model folder, a default profile). A record says what it writes
+    with `output_kind()` -> (kind, single file); a record without one has nothing to check."""
+    from lightmoe_cli.files import check_output
+
+    field_ = next((f for f in dataclasses.fields(record) if f.metadata.get("role") == "output"), None)
+    kind = getattr(record, "output_kind", None)
+    if field_ is None or kind is None:
+        return
+    out = out if out is not None else getattr(record, field_.name)
+    if out is None:
+        return
+    name, single_file = kind()
+    check_output(Path(out), name, [*inputs_of(record), *extra_inputs], force=getattr(record, "force", False),
+                 single_file=single_file, flag=flag_of(field_))
 
 
 def split_list(values: list[str] | str | None) -> list[str]:
@@ -92,7 +145,7 @@ def default_threads(workers: int = 1) -> int:
 @dataclass
 class ModelChoice:
     model: str | None = option(None, "Model folder, cached hub id, or demo / demo-upcycled (default: the demo "
-                               "model).", short="-m")
+                               "model).", short="-m", role="input")
 
 
 @dataclass
@@ -102,6 +155,14 @@ class Threads:
 
 
 @dataclass
-class Output:
+class Force:
+    force: bool = option(False, "Replace an existing output that is not a lightmoe output of this kind (never an "
+                         "input of the command).", flag="--force")
+
+
+@dataclass
+class Output(Force):
+    """Where a command writes: `--out` (its kind and default named by the request) and `--force`."""
+
     out: Path | None = option(None, "Where the result is written (default: named in each command's help).",
-                              short="-o")
+                              short="-o", role="output")

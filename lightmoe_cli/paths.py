@@ -18,7 +18,8 @@ DEFAULT_CALIBRATION = REPO_ROOT / "recipes" / "calibration" / "demo.yaml"
 DEFAULT_TRAIN_RECIPE = REPO_ROOT / "recipes" / "training" / "demo-moe.yaml"
 PROFILES_DIR = REPO_ROOT / "artifacts" / "profiles"
 BUNDLES_DIR = REPO_ROOT / "artifacts" / "bundles"
-EVAL_DIR = REPO_ROOT / "artifacts" / "eval"
+EVAL_DIR = REPO_ROOT / "artifacts" / "eval"  # the shipped reports, rebuilt only by their just recipes
+RUNS_DIR = REPO_ROOT / "runs"  # default outputs of user runs (git-ignored): eval, cache replay, predictors
 CORPUS_DIR = REPO_ROOT / "data" / "corpus"
 ITEMS_DIR = REPO_ROOT / "data" / "tasks" / "items"
 DEFAULT_BUNDLE = BUNDLES_DIR / "demo-moe-task-aware-50"
@@ -45,7 +46,17 @@ def default_bundle(model_name: str | Path, policy: str, tag: str) -> Path:
 
 
 def default_eval_dir(model_name: str | Path | None) -> Path:
-    return EVAL_DIR / (model_slug(model_name) if model_name else "bundles")
+    return RUNS_DIR / "eval" / (model_slug(model_name) if model_name else "bundles")
+
+
+def default_cache_dir(model_name: str | Path) -> Path:
+    """`lightmoe simulate`'s default output."""
+    return RUNS_DIR / "cache" / model_slug(model_name)
+
+
+def default_predictor(profile: str | Path) -> Path:
+    """`lightmoe predict train`'s default output: named after its training profile, never inside it."""
+    return RUNS_DIR / "predictors" / Path(profile).resolve().name
 
 
 def offline() -> None:

@@ -133,7 +133,7 @@ def test_predict_bundle_prefetches_the_next_layers_experts(tiny_moe, tmp_path):
                                        save_router_inputs=True))
     data = examples_from_traces(load_profile_traces(load_profile(prof.path)), [0, 2])
     pm = train_predictor(data, 8, 2, TrainSettings(epochs=2, d_model=16, layers=1))
-    save_predictor(pm, tmp_path / "pred", {})
+    save_predictor(pm, tmp_path / "pred", prof.model, {})
     b = build_bundle(prof, model, tok, str(root / "model"), tmp_path / "b",
                      BuildOptions(policy="predict", fraction=0.25, params={"predictor": str(tmp_path / "pred")}))
     assert (b.path / "predictor" / "predictor.safetensors").exists() and b.manifest.runtime.prefetch_width == 2
@@ -147,7 +147,7 @@ def test_predict_bundle_prefetches_the_next_layers_experts(tiny_moe, tmp_path):
     rt.close()
 
     pm.cfg.pairs = [(0, 1)]  # a predictor of another layer pair
-    save_predictor(pm, tmp_path / "other", {})
+    save_predictor(pm, tmp_path / "other", prof.model, {})
     with pytest.raises(LightMoEError, match="train one on its profile"):
         build_bundle(prof, model, tok, str(root / "model"), tmp_path / "b2",
                      BuildOptions(policy="predict", fraction=0.25, params={"predictor": str(tmp_path / "other")}))

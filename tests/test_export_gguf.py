@@ -19,6 +19,48 @@ def test_a_missing_converter_names_how_to_get_it(tmp_path, monkeypatch):
         export_gguf(None, None, tmp_path / "m.gguf", outtype="q2")
 
 
+def _have_converter() -> bool:
+    try:
+        find_converter()
+    except LightMoEError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _have_converter(), reason="needs llama.cpp's converter: just llama-cpp")
+def test_a_gguf_export_tells_llama_cpp_the_activation_budget(tmp_path):
+    """On the demo model (the tiny test model has a dense layer the converter cannot map): prune --uniform with
+    top-k 2 of 4 per token; the GGUF's `qwen3moe.expert_used_count` is 2, its expert count the kept 16, and it
+    says it is lightmoe's (so a later export may replace it, and nothing else)."""
+    import json
+
+    from lightmoe_cli.bundle.build import BuildOptions, build_bundle
+    from lightmoe_cli.export.run import ExportRequest, run_export
+    from lightmoe_cli.files import gguf_metadata, output_kind, sha256_file
+    from lightmoe_cli.loading import load_model_and_tokenizer, resolve_model
+    from lightmoe_cli.profile.run import ensure_profile
+
+    name = resolve_model(None)
+    model, tok = load_model_and_tokenizer(name)
+    b = build_bundle(ensure_profile(model, tok, name), model, tok, name, tmp_path / "b",
+                     BuildOptions(policy="prune", fraction=0.5, params={"uniform": True}, activation="topk",
+                                  active=0.5))
+    assert set(b.manifest.activation.k.values()) == {2}
+    out = run_export(ExportRequest(bundle=b.path, format="gguf", out=tmp_path / "m.gguf")).out
+    meta = gguf_metadata(out)
+    assert meta["general.architecture"] == "qwen3moe"
+    assert meta["qwen3moe.expert_used_count"] == 2 and meta["qwen3moe.expert_count"] == 16
+    assert meta["lightmoe.bundle_manifest_sha256"] == sha256_file(b.path / "manifest.json")
+    assert output_kind(out) == "lightmoe-gguf"
+    run_export(ExportRequest(bundle=b.path, format="gguf", out=out))  # its own kind: replaced
+    m = json.loads((b.path / "manifest.json").read_text())
+    m["activation"]["k"] = {li: 1 + i % 2 for i, li in enumerate(sorted(m["activation"]["k"]))}
+    (b.path / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(LightMoEError, match="different k"):
+        run_export(ExportRequest(bundle=b.path, format="gguf", out=tmp_path / "r.gguf"))
+    assert not (tmp_path / "r.gguf").exists()
+
+
 def _have_llama() -> bool:
     try:
         find_converter()

@@ -86,8 +86,8 @@ def test_the_cycle_finder_finds_a_cycle():
 # bottom to top: a package imports only from floors below its own (never from its own floor's other packages)
 LAYERS: list[tuple[str, ...]] = [
     ("errors",),
+    ("files",),  # atomic writes and the write rules: the standard library only
     ("registry", "paths", "options"),  # generic tables, default locations, option records: no torch, no typer
-    ("files",),
     ("manifest", "recipes", "loading"),
     ("policies",),  # pure: statistics -> plans
     ("analysis",),  # pure: statistics, outlooks, metrics

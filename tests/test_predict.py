@@ -55,18 +55,22 @@ def test_predict_train_command_on_profiled_traces(tiny_moe, tmp_path):
     data = examples_from_traces(load_profile_traces(prof), [0, 2])
     assert data.pairs == [(0, 2)] and all(len(x) <= 32 for x in data.inputs)
     assert data.tokens == sum(prof.manifest.tasks.values())
+    pred = tmp_path / "pred"
     res = CliRunner().invoke(app, ["predict", "train", "--profile", str(profiles["train"]), "--heldout",
-                                   str(profiles["heldout"]), "--epochs", "2", "--d-model", "16", "--threads", "1"])
+                                   str(profiles["heldout"]), "--epochs", "2", "--d-model", "16", "--threads", "1",
+                                   "--out", str(pred)])
     assert res.exit_code == 0, res.output
     assert "logistic regression" in res.output and "already scores 75.0%" in res.output  # (E - K) / E = 6 / 8
-    scores = json.loads((profiles["train"] / "predictor" / "scores.json").read_text())["scores"]
+    scores = json.loads((pred / "scores.json").read_text())["scores"]
     assert set(scores) == {"layer frequency", "previous token", "logistic regression", "predictor"}
-    model = load_predictor(profiles["train"] / "predictor")
+    model = load_predictor(pred, prof.model.fingerprint)
     assert model.cfg.pairs == [(0, 2)] and model.cfg.num_experts == 8
-    load_profile(profiles["train"])  # the predictor folder does not break the profile
+    manifest = json.loads((pred / "manifest.json").read_text())
+    assert manifest["kind"] == "lightmoe-predictor" and manifest["model"]["fingerprint"] == prof.model.fingerprint
+    assert set(manifest["files"]) == {"predictor.safetensors", "scores.json"}
     res = CliRunner().invoke(app, ["simulate", "--heldout", str(profiles["heldout"]),
                                    "--profile", str(profiles["train"]), "--predictor",
-                                   str(profiles["train"] / "predictor"), "--cache", "0.5",
+                                   str(pred), "--cache", "0.5",
                                    "--out", str(tmp_path / "sim")])
     assert res.exit_code == 0, res.output
     rows = json.loads((tmp_path / "sim" / "simulation.json").read_text())["rows"]
@@ -75,11 +79,13 @@ def test_predict_train_command_on_profiled_traces(tiny_moe, tmp_path):
     assert res.exit_code == 1 and "\n" == res.output[-1] and res.output.count("\n") == 1
 
 
-@pytest.mark.parametrize("kind", ["missing", "damaged"])
+@pytest.mark.parametrize("kind", ["missing", "damaged", "before-manifests"])
 def test_a_damaged_predictor_is_one_line(tmp_path, kind):
     from lightmoe_cli.errors import LightMoEError
 
     if kind == "damaged":
-        (tmp_path / "predictor.json").write_text("{")
+        (tmp_path / "manifest.json").write_text("{")
+    if kind == "before-manifests":
+        (tmp_path / "predictor.json").write_text("{}")
     with pytest.raises(LightMoEError, match="lightmoe predict train"):
         load_predictor(tmp_path)

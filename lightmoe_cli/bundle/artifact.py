@@ -108,9 +108,22 @@ class BundleManifest(ArtifactManifest):
     replacement: ReplacementRecord | None = None  # expert replacing: bases, low-rank terms, recovery
 
     def check(self, folder: Path) -> None:
-        """Consistency a typed read cannot see: every layer's table names experts that exist and are resident."""
+        """Consistency a typed read cannot see: a policy this lightmoe knows, every layer's table naming experts
+        that exist and are resident, an activation budget of 1..top-k experts per token on the plan's layers."""
+        from lightmoe_cli.policies.registry import POLICIES
+
         if self.runtime is None or self.budget is None or not self.layers:
             raise ManifestError(f"{folder}: manifest has no plan: {self.REBUILD}")
+        if self.policy not in POLICIES:
+            raise ManifestError(f"{folder}: manifest names policy {self.policy!r}, which this lightmoe does not know "
+                                f"(policies: {', '.join(POLICIES)}): {self.REBUILD}")
+        if self.activation is not None:
+            top_k = {lp.layer_index: lp.top_k for lp in self.layers}
+            bad = sorted(li for li, k in self.activation.k.items() if li not in top_k or not 1 <= k <= top_k[li])
+            if bad or set(self.activation.k) != set(top_k):
+                where = f"layer {bad[0]}" if bad else f"layers {sorted(self.activation.k)}"
+                raise ManifestError(f"{folder}: the activation budget's experts per token at {where} is not "
+                                    f"1..top-k of the plan's layers {sorted(top_k)}: {self.REBUILD}")
         for lp in self.layers:
             e = lp.num_experts
             ok = (len(lp.redirect) == e and len(set(lp.resident)) == len(lp.resident) == lp.slots > 0

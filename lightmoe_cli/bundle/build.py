@@ -23,7 +23,7 @@ from lightmoe_cli.errors import LightMoEError
 from lightmoe_cli.files import exclusive_output, save_tensors, sha256_file
 from lightmoe_cli.identity import library_versions, model_identity
 from lightmoe_cli.manifest import FINGERPRINT_KEY, write_artifact
-from lightmoe_cli.policies.base import BundlePlan, PlanInputs, Serving
+from lightmoe_cli.policies.base import BundlePlan, PlanInputs
 from lightmoe_cli.policies.budget import slots_for_budget
 from lightmoe_cli.profile.artifact import Profile
 
@@ -151,8 +151,9 @@ def _write_expert_store(adapter, layers, folder: Path, meta: dict[str, str], pro
 
 
 def build_bundle(prof: Profile, model, tokenizer, model_name: str, out: Path, opts: BuildOptions | ResolvedBuild,
-                 progress=None) -> Bundle:
-    """Write the bundle for `opts.policy` into `out` (via `<out>.tmp`, swapped in at the end)."""
+                 progress=None, force: bool = False) -> Bundle:
+    """Write the bundle for `opts.policy` into `out` (via `<out>.tmp`, swapped in at the end; an `out` that is not
+    a bundle is replaced only with `force`)."""
     from lightmoe_cli.bundle.transforms import WEIGHT_TRANSFORMS, TransformInputs
     from lightmoe_cli.models import get_adapter
     from lightmoe_cli.replace.construct import expert_shape
@@ -164,12 +165,8 @@ def build_bundle(prof: Profile, model, tokenizer, model_name: str, out: Path, op
     identity = model_identity(model, adapter, model_name)
     prof.check_model(identity)
     plan, budget = plan_from_profile(prof, opts, [adapter.bytes_per_expert(m) for m in layers], expert_shape(layers))
-    activation = _activation_plan(opts, model, tokenizer, prof, adapter, layers)
-    if activation is not None and (activation.beta or activation.pooled_base) and \
-            plan.runtime.serving in (Serving.ON_DEMAND, Serving.REPLACE):  # refused before any recovery trains
-        kind = "on-demand loading" if plan.runtime.serving == Serving.ON_DEMAND else "expert replacing"
-        raise LightMoEError(f"--activation {opts.activation} drops picks per token, which {kind} "
-                            f"(--policy {policy.name}) does not support: use prune, task-aware or full")
+    activation = _activation_plan(opts, model, tokenizer, prof, adapter, layers)  # resolve() refused what
+    # a policy cannot serve (a per-token rule with on-demand loading or expert replacing) before any model loaded
     weights = None  # a policy whose expert weights are not the model's: what its transform made
     if policy.weight_transform is not None:
         transform = WEIGHT_TRANSFORMS.get(policy.weight_transform)
@@ -177,28 +174,29 @@ def build_bundle(prof: Profile, model, tokenizer, model_name: str, out: Path, op
                                             identity.fingerprint, Path(out), _ranking_mass(prof, opts.ranking),
                                             budget, progress))
         budget = weights.budget or budget
-    predictor = _checked_predictor(policy.predictor(params), layers, policy.name)
+    predictor = _checked_predictor(policy.predictor(params), layers, policy.name, identity.fingerprint)
     with exclusive_output(Path(out)) as tmp:
         if predictor is not None:
-            _copy_predictor(predictor, tmp / "predictor", identity.fingerprint)
+            _copy_predictor(predictor, tmp / "predictor")
         if weights is not None and weights.lowrank:
             tmp.mkdir(parents=True, exist_ok=True)
             save_tensors(weights.lowrank, tmp / "lowrank.safetensors", {FINGERPRINT_KEY: identity.fingerprint})
         _write_bundle(tmp, Path(out), prof, model, tokenizer, adapter, layers, identity, opts, plan, budget,
                       progress, activation, weights.record if weights else None,
-                      weights.overrides if weights else None)
+                      weights.overrides if weights else None, force)
     return load_bundle(out, verify=False)
 
 
-def _checked_predictor(folder: str | None, layers, policy: str) -> Path | None:
-    """A policy that prefetches needs a predictor trained on this model's MoE layers (refused by name)."""
+def _checked_predictor(folder: str | None, layers, policy: str, fingerprint: str) -> Path | None:
+    """A policy that prefetches needs a verified predictor trained on this model's MoE layers (refused by
+    name)."""
     if folder is None:
         return None
     if not folder:
         raise LightMoEError(f"--policy {policy} needs --predictor DIR: train one with `lightmoe predict train`")
     from lightmoe_cli.predict.model import load_predictor
 
-    pm = load_predictor(Path(folder))
+    pm = load_predictor(Path(folder), fingerprint)
     indices = [m.layer_index for m in layers]
     want = list(zip(indices[:-1], indices[1:], strict=True))
     if [tuple(p) for p in pm.cfg.pairs] != want or pm.cfg.num_experts != layers[0].num_experts:
@@ -207,21 +205,24 @@ def _checked_predictor(folder: str | None, layers, policy: str) -> Path | None:
     return Path(folder)
 
 
-def _copy_predictor(src: Path, dst: Path, fingerprint: str) -> None:
-    """The predictor's tensors (re-saved with the model's fingerprint, as every bundle file) and its config."""
+def _copy_predictor(src: Path, dst: Path) -> None:
+    """The predictor artifact, whole (its manifest, weights and scores): verified again on every load, and its
+    files listed in the bundle's manifest too."""
     import shutil
 
-    from safetensors.torch import load_file
+    from lightmoe_cli.predict.model import read_predictor_manifest
 
+    manifest = read_predictor_manifest(src)
     dst.mkdir(parents=True)
-    save_tensors(load_file(str(src / "predictor.safetensors")), dst / "predictor.safetensors",
-                 {FINGERPRINT_KEY: fingerprint})
-    shutil.copyfile(src / "predictor.json", dst / "predictor.json")
+    for rel in [*manifest.files, "manifest.json"]:
+        (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src / rel, dst / rel)
 
 
 def _write_bundle(tmp: Path, out: Path, prof: Profile, model, tokenizer, adapter, layers, identity,
                   opts: ResolvedBuild, plan: BundlePlan, budget: BudgetRecord, progress, activation,
-                  replacement: ReplacementRecord | None = None, overrides: dict | None = None) -> None:
+                  replacement: ReplacementRecord | None = None, overrides: dict | None = None,
+                  force: bool = False) -> None:
     policy, params = opts.policy, opts.params
     meta = {FINGERPRINT_KEY: identity.fingerprint}
     (tmp / "model").mkdir(parents=True)
@@ -244,19 +245,28 @@ def _write_bundle(tmp: Path, out: Path, prof: Profile, model, tokenizer, adapter
         expert_layout=layout, activation=activation, replacement=replacement,
         profile=ProfileRef(str(prof.path), sha256_file(prof.path / "manifest.json"), dict(prof.manifest.tasks),
                            prof.manifest.recipe))
-    write_artifact(tmp, out, manifest)
+    write_artifact(tmp, out, manifest, force)
 
 
 def build_bundle_request(opts: BuildOptions, progress=None) -> Bundle:
     """`lightmoe build-bundle` as one call: options checked, then the profile and model loaded and the bundle
     written to --out or to its default folder (model, policy and budget in the name)."""
     from lightmoe_cli.loading import load_model_and_tokenizer, resolve_model
+    from lightmoe_cli.options import check_io
     from lightmoe_cli.paths import default_bundle, default_profile
     from lightmoe_cli.profile.artifact import load_profile
 
     r = opts.resolve()  # every option checked before a model is loaded
     prof = load_profile(opts.profile or default_profile(resolve_model(opts.model)))
     name = opts.model or prof.model.name_or_path
-    lm, tok = load_model_and_tokenizer(name, dtype=r.dtype)
     out = opts.out or default_bundle(name, r.policy.name, r.bundle_name_tag())
-    return build_bundle(prof, lm, tok, name, out, r, progress=progress)
+    check_io(opts, out, [("--profile", prof.path), ("--model", resolve_model(name)), *r.params.inputs()])
+    predictor = r.policy.predictor(r.params)
+    if predictor:  # verified (hashes, the model it was trained on) before the model loads
+        from lightmoe_cli.predict.model import read_predictor_manifest
+
+        if read_predictor_manifest(Path(predictor)).model.fingerprint != prof.model.fingerprint:
+            raise LightMoEError(f"predictor {predictor} was trained on another model than the profile's "
+                                f"({prof.model.name_or_path}): train one on its profile")
+    lm, tok = load_model_and_tokenizer(name, dtype=r.dtype)
+    return build_bundle(prof, lm, tok, name, out, r, progress=progress, force=opts.force)

@@ -27,7 +27,7 @@ class BuildOptions(ModelChoice, Output):
     help_overrides: ClassVar[dict[str, str]] = {
         "out": "Bundle folder (default: artifacts/bundles/<model>-<policy>-<budget>)."}
 
-    profile: Path | None = option(None, "Profile folder (default: the demo model's).", short="-p")
+    profile: Path | None = option(None, "Profile folder (default: the demo model's).", short="-p", role="input")
     fraction: float | None = option(None, "Resident expert memory as a fraction of all expert weights "
                                     "(default 0.5).", flag="--budget")
     memory: str | None = option(None, "Resident expert memory as a size, e.g. 300MiB (instead of --budget).")
@@ -43,10 +43,13 @@ class BuildOptions(ModelChoice, Output):
     params: dict[str, Any] = field(default_factory=dict)  # the policy's parameters given (its options)
     memory_bytes: int | None = None  # the budget as bytes, for callers that have a number, not a size text
 
+    def output_kind(self) -> tuple[str, bool]:
+        return "lightmoe-bundle", False
+
     def resolve(self) -> ResolvedBuild:
         """The registered policy, its validated parameters and the budget: every option checked once, before a
         model loads; the frozen record is what the build trusts."""
-        from lightmoe_cli.options import check_bounds
+        from lightmoe_cli.options import check_bounds, check_io
         from lightmoe_cli.policies.budget import parse_size
 
         policy = get_policy(self.policy)
@@ -69,9 +72,15 @@ class BuildOptions(ModelChoice, Output):
             if not (0 < self.active <= 1):
                 raise LightMoEError(f"--active {self.active} must be a fraction in (0, 1] of the model's "
                                     "activations")
+            if ACTIVATION_RULES.get(self.activation).per_token and policy.per_token_refusal:
+                raise LightMoEError(f"--activation {self.activation} drops picks per token, which "
+                                    f"{policy.per_token_refusal} (--policy {policy.name}) does not support: use "
+                                    "prune, task-aware or full")
+        params = policy.Params.from_options(self.params, policy.name)
         check_bounds(self)
-        return ResolvedBuild(policy, policy.Params.from_options(self.params, policy.name), fraction, memory_bytes,
-                             self.ranking, self.activation, self.active, self.dtype)
+        check_io(self, extra_inputs=params.inputs())
+        return ResolvedBuild(policy, params, fraction, memory_bytes, self.ranking, self.activation, self.active,
+                             self.dtype)
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, NoReturn, get_type_hints
 
 import typer
+from rich.markup import escape
 
 from lightmoe_cli.errors import LightMoEError
 from lightmoe_cli.options import default_of, flag_of, split_list
@@ -75,9 +76,9 @@ def request_parameters(cls: type) -> tuple[list[inspect.Parameter], dict[str, Ca
             default = None
         if tp is bool and not f.metadata.get("flag"):
             decls = [f"{flag_of(f)}/--no-{f.name.replace('_', '-')}"]
-        help_ = overrides.get(f.name, f.metadata["help"])
+        help_ = escape(overrides.get(f.name, f.metadata["help"]))  # help is plain text: '[ray]' is not markup
         if convert is not None and shown:
-            help_ += f" [default: {shown}]"
+            help_ += escape(f" [default: {shown}]")
         opt = typer.Option(default, *decls, help=help_, show_default=convert is None)
         params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=opt,
                                         annotation=tp | None if convert is not None or default is None else tp))

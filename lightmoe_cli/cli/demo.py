@@ -11,7 +11,7 @@ from lightmoe_cli.cli.common import command
 from lightmoe_cli.errors import LightMoEError
 from lightmoe_cli.evaluation.showcase import ShowcaseRequest
 from lightmoe_cli.options import split_list
-from lightmoe_cli.paths import DEFAULT_TRAIN_RECIPE, EVAL_DIR, repo_relative
+from lightmoe_cli.paths import DEFAULT_TRAIN_RECIPE, RUNS_DIR, repo_relative
 
 
 @command(demo_app, "corpus")
@@ -97,7 +97,8 @@ def demo_card(
 def demo_similarity(
     model: list[str] = typer.Option(None, "--model", "-m", help="Models to compare (comma-separated or repeated; "
                                     "profiled first when needed) [default: demo,demo-upcycled]."),
-    out: Path = typer.Option(EVAL_DIR / "expert-similarity.png", help="Histogram PNG to write."),
+    out: Path = typer.Option(RUNS_DIR / "expert-similarity.png", help="Histogram PNG to write (the shipped one, "
+                             "artifacts/eval/expert-similarity.png, is rebuilt by `just bench-redirect`)."),
     threshold: float = typer.Option(0.5, help="Similarity a nearest neighbour must reach to count as redirectable."),
 ) -> None:
     """How alike are the experts? Per-layer similarity histograms of several models, side by side."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from lightmoe_cli.cli.app import app
-from lightmoe_cli.cli.common import command
+from lightmoe_cli.cli.common import command, fail
 from lightmoe_cli.export.run import ExportRequest
 
 
@@ -14,8 +14,12 @@ def export_cmd(req: ExportRequest) -> None:
 
     from lightmoe_cli.export.run import run_export
 
-    result = run_export(req)
+    req.validate()  # a bad option is one line before the bundle is read
+    try:
+        result = run_export(req)
+    except KeyboardInterrupt:
+        fail(f"interrupted: nothing was written to {req.out}, and whatever was there before is untouched", code=130)
     console = Console()
-    console.print(f"{req.format} export written to {result.out}")
-    for line in result.lines:
-        console.print(line)
+    console.print(f"{req.format} export written to {result.out}", soft_wrap=True)
+    for line in result.lines:  # a command line stays one line, to be copied whole
+        console.print(line, soft_wrap=True, markup=False)

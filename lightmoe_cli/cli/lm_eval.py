@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from lightmoe_cli.cli.app import app
-from lightmoe_cli.cli.common import command
+from lightmoe_cli.cli.common import command, fail
 
 
 @command(app, "lm-eval", context_settings={"allow_extra_args": True, "ignore_unknown_options": True,
@@ -20,4 +20,7 @@ def lm_eval_cmd(ctx: typer.Context) -> None:
     import lightmoe_cli.evaluation.lm_eval_model  # noqa: F401 - registers the "lightmoe" model class
 
     sys.argv = ["lm-eval", *ctx.args]
-    cli_evaluate()
+    try:
+        cli_evaluate()
+    except ValueError as e:  # lm-eval's own refusals (a task it does not know, a bad argument): one line too
+        fail(f"lm-eval: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}")

@@ -33,19 +33,28 @@ class PolicyOption:
         return "--" + self.name.replace("_", "-")
 
 
+def _describe(per_owner: dict[str, tuple[str, object]]) -> str:
+    """One help line for a parameter several policies take: the help once if they agree, else each policy's; the
+    default once if they agree, else each policy's (replace's --rank is 8, prune-lora's 4)."""
+    helps = {h for h, _ in per_owner.values()}
+    text = next(iter(helps)) if len(helps) == 1 else "; ".join(f"{o}: {h}" for o, (h, _) in per_owner.items())
+    defaults = {repr(d) for _, d in per_owner.values()}
+    if defaults == {"''"}:  # an empty text: "not given", said by the help line itself
+        return text
+    if len(defaults) == 1:
+        return f"{text} (default {next(iter(per_owner.values()))[1]})"
+    return f"{text} (default " + ", ".join(f"{d} for {o}" for o, (_, d) in per_owner.items()) + ")"
+
+
 def policy_options() -> list[PolicyOption]:
     """Every distinct parameter over all registered policies, in registry order."""
-    found: dict[str, PolicyOption] = {}
+    found: dict[str, tuple[type, dict[str, tuple[str, object]]]] = {}
     for name, cls in policies().items():
         hints = get_type_hints(cls.Params)
         for f in dataclasses.fields(cls.Params):
-            if f.name in found:
-                o = found[f.name]
-                found[f.name] = dataclasses.replace(o, owners=(*o.owners, name))
-                continue
-            found[f.name] = PolicyOption(f.name, hints[f.name], f"{f.metadata.get('help', '')} "
-                                         f"(default {f.default})", (name,))
-    return list(found.values())
+            tp, owners = found.setdefault(f.name, (hints[f.name], {}))
+            owners[name] = (f.metadata.get("help", ""), f.default)
+    return [PolicyOption(n, tp, _describe(owners), tuple(owners)) for n, (tp, owners) in found.items()]
 
 
 def with_policy_options(func: Callable) -> Callable:

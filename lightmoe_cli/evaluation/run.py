@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from lightmoe_cli.errors import LightMoEError
-from lightmoe_cli.options import ModelChoice, Output, Threads, check_bounds, default_threads, option
+from lightmoe_cli.options import ModelChoice, Output, Threads, check_bounds, check_io, default_threads, option
 from lightmoe_cli.paths import CORPUS_DIR, ITEMS_DIR, default_eval_dir
 
 
@@ -24,14 +24,14 @@ from lightmoe_cli.paths import CORPUS_DIR, ITEMS_DIR, default_eval_dir
 class EvalRequest(ModelChoice, Threads, Output):
     """What `lightmoe eval` was asked for (the defaults of its options live here)."""
 
-    help_overrides: ClassVar[dict[str, str]] = {"out": "Results folder (default: artifacts/eval/<model>)."}
+    help_overrides: ClassVar[dict[str, str]] = {"out": "Results folder (default: runs/eval/<model>)."}
 
     bundles: list[Path] = option(help="Bundle(s) to evaluate instead of building them from --compare.",
-                                 default_factory=list, flag="--bundle", short="-b")
+                                 default_factory=list, flag="--bundle", short="-b", role="input")
     tasks: list[str] = option(help="demo (multiple-choice items), demo_ppl (held-out text: perplexity, NLL per "
                               "token), demo task names, lm-eval task names, or tasks of --include-path.",
                               default_factory=lambda: ["demo", "demo_ppl"])
-    include_path: Path | None = option(None, "A folder of your own lm-eval task YAMLs.")
+    include_path: Path | None = option(None, "A folder of your own lm-eval task YAMLs.", role="input")
     policies: list[str] = option(help="Policies to build and compare (see `lightmoe policies`).",
                                  default_factory=lambda: ["full", "prune", "lru", "task-aware", "oracle", "random"],
                                  flag="--compare")
@@ -40,16 +40,17 @@ class EvalRequest(ModelChoice, Threads, Output):
     limit: int | None = option(None, "Items per task (quick runs).", minimum=1)
     task_shift: bool = option(True, "Also run the task-shift streams (needs a managed policy).")
     block_requests: list[int] = option(help="Task-shift streams: requests per domain block, one stream per value.",
-                                       default_factory=lambda: [1, 2, 8, 30], minimum=1)
-    stream_requests: int = option(96, "Requests (held-out documents) per task-shift stream.", minimum=1)
+                                       default_factory=lambda: [1, 2, 8, 30], minimum=1, requires="task_shift")
+    stream_requests: int = option(96, "Requests (held-out documents) per task-shift stream.", minimum=1,
+                                  requires="task_shift")
     activations: list[str] = option(help="Activation budget rules to score (topk, lexi, alloc, alloc-t, naee), each "
                                     "combined with every --activation-on policy (at every budget) and every "
                                     "--active share.", default_factory=list)
     active: list[float] = option(help="With --activations: shares of activations to score.",
-                                 default_factory=lambda: [0.5, 0.75], above=0, maximum=1)
+                                 default_factory=lambda: [0.5, 0.75], above=0, maximum=1, requires="activations")
     activation_policies: list[str] = option(help="With --activations: the resident-set policies the rules are "
                                             "combined with.", default_factory=lambda: ["full", "task-aware"],
-                                            flag="--activation-on")
+                                            flag="--activation-on", requires="activations")
     workers: int = option(1, "Score this many bundles at once (local processes, --threads each), or as Ray tasks "
                           "with --ray-address.", minimum=1)
     ray_address: str | None = option(None, "A Ray cluster (host:port) or 'local': each bundle is scored as a Ray "
@@ -58,6 +59,9 @@ class EvalRequest(ModelChoice, Threads, Output):
     @property
     def torch_threads(self) -> int:
         return self.threads or default_threads(self.workers)
+
+    def output_kind(self) -> tuple[str, bool]:
+        return "lightmoe-eval", False
 
     def validate(self) -> None:
         """Every option checked before a model is loaded (one-line errors naming the fix)."""
@@ -98,6 +102,7 @@ class EvalRequest(ModelChoice, Threads, Output):
         if self.include_path is not None and not Path(self.include_path).is_dir():
             raise LightMoEError(f"--include-path {self.include_path} is not a folder of lm-eval task YAMLs")
         check_bounds(self)
+        check_task_names(self.tasks, self.include_path)  # before any data is built or any model loads
 
 
 @dataclass
@@ -161,16 +166,60 @@ def _check_items(items_dir: Path) -> None:
             raise LightMoEError(f"demo task file {path} is empty: delete {items_dir} and run again to rebuild it")
 
 
-def _lm_eval_tasks(names: list[str], include: list[Path]) -> list[str]:
-    """Task names lm-eval knows (its own, or the user's include path); an unknown one is a one-line error."""
+def _lm_eval_default_tasks() -> set[str]:
+    """Every task, group and tag name lm-eval ships, from a cache per lm-eval version (its own index takes seconds
+    to build; the cache lives in the git-ignored .cache/)."""
+    import importlib.metadata
+
+    from lightmoe_cli.files import atomic_write_json
+    from lightmoe_cli.paths import REPO_ROOT
+
+    cache = REPO_ROOT / ".cache" / f"lm-eval-tasks-{importlib.metadata.version('lm_eval')}.json"
+    try:
+        return set(json.loads(cache.read_text()))
+    except (OSError, ValueError):
+        pass
     from lm_eval.tasks import TaskManager
 
-    known = set(TaskManager(include_path=[str(p) for p in include], include_defaults=True).all_tasks)
+    names = sorted(TaskManager(include_defaults=True).all_tasks)
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(cache, names)
+    except OSError:
+        pass  # a read-only checkout still works, only slower
+    return set(names)
+
+
+def _lm_eval_tasks(names: list[str], include: list[Path]) -> list[str]:
+    """Task names lm-eval knows (its own, or the user's include path); an unknown one is a one-line error."""
+    known = _lm_eval_default_tasks()
+    extra = [p for p in include if p.is_dir()]
+    if extra and any(t not in known for t in names):
+        from lm_eval.tasks import TaskManager
+
+        known |= set(TaskManager(include_path=[str(p) for p in extra], include_defaults=False).all_tasks)
     unknown = [t for t in names if t not in known]
     if unknown:
         raise LightMoEError(f"unknown task(s) {', '.join(unknown)}: not demo tasks and not known to lm-eval "
                             "(add your task YAMLs with --include-path DIR)")
     return names
+
+
+def check_task_names(tasks: list[str], include_path: Path | None) -> None:
+    """Every --tasks name is a demo tag, a demo task of a known domain, or known to lm-eval (or the include
+    path): checked before any task data is built or model loaded."""
+    from lightmoe_cli.demo.generators import GENERATORS
+    from lightmoe_cli.evaluation.tasks import TAGS, TEXT_DOMAINS
+
+    domains = [*GENERATORS, *TEXT_DOMAINS]
+    demo = {f"demo_{d}{suffix}" for d in domains for suffix in ("", "_ppl")} | set(TAGS)
+    bad_demo = [t for t in tasks if t.startswith("demo") and t not in demo]
+    if bad_demo:
+        raise LightMoEError(f"unknown task {bad_demo[0]}; demo tasks: demo, demo_ppl, "
+                            f"{', '.join(sorted(demo - set(TAGS)))}")
+    others = [t for t in tasks if not t.startswith("demo")]
+    if others:
+        _lm_eval_tasks(others, [Path(include_path)] if include_path else [])
 
 
 def run_streams(configs, req: EvalRequest, full_bundle: Path | None) -> list:
@@ -245,18 +294,44 @@ def activation_combos(req: EvalRequest) -> list[tuple[str, str, float, float]]:
 def run_eval(req: EvalRequest, progress=None) -> EvalReport:
     """Build (or reuse) the bundles, evaluate each in its own process, run the task-shift stream; write
     results.json and pareto.png into the output folder and return the report."""
+    from lightmoe_cli.files import lock_output
+    from lightmoe_cli.loading import resolve_model
+    from lightmoe_cli.paths import default_profile
+
+    req.validate()
+    name = resolve_model(req.model) if not req.bundles else None
+    out = Path(req.out or default_eval_dir(name))
+    check_io(req, out, [("--model", name), ("the model's profile", default_profile(name))] if name else [])
+    with lock_output(out):
+        return _run_eval(req, name, out, progress)
+
+
+def _claim(out: Path, force: bool, files: bool = False) -> None:
+    """Mark the results folder as an evaluation's (its manifest says so), so a later run may write into it again
+    and nothing else is ever written over without --force; at the end (`files`), with the sha256 of the reports
+    it holds (the bundles and task YAMLs beside them are their own artifacts)."""
+    from lightmoe_cli.files import atomic_write_json, check_output, sha256_file
+    from lightmoe_cli.identity import library_versions
+
+    check_output(out, "lightmoe-eval", force=force)  # again, under the lock
+    out.mkdir(parents=True, exist_ok=True)
+    listed = {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size} for p in sorted(out.iterdir())
+              if files and p.is_file() and p.name != "manifest.json" and not p.name.startswith(".")}
+    atomic_write_json(out / "manifest.json", {"kind": "lightmoe-eval", "schema_version": 1,
+                                              "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                              "versions": library_versions(), "files": listed})
+
+
+def _run_eval(req: EvalRequest, name: str | None, out: Path, progress) -> EvalReport:
     from lightmoe_cli.evaluation.compare import ensure_bundles, run_comparison, write_results
     from lightmoe_cli.evaluation.comparisons import add_comparisons, merge_replicates
     from lightmoe_cli.evaluation.plots import pareto_plot, task_shift_plot
     from lightmoe_cli.evaluation.stream import summarise_streams
     from lightmoe_cli.files import atomic_write, atomic_write_json
-    from lightmoe_cli.loading import load_model_and_tokenizer, resolve_model
+    from lightmoe_cli.loading import load_model_and_tokenizer
     from lightmoe_cli.policies.registry import get_policy
 
-    req.validate()
-    name = resolve_model(req.model) if not req.bundles else None
-    out = req.out or default_eval_dir(name)
-    out.mkdir(parents=True, exist_ok=True)
+    _claim(out, req.force)
     task_names, include = prepare_tasks(",".join(req.tasks), out, req.include_path)
     t0 = time.perf_counter()
     if req.bundles:
@@ -297,6 +372,7 @@ def run_eval(req: EvalRequest, progress=None) -> EvalReport:
     atomic_write(out / "report.md", markdown_report(payload))
     atomic_write_json(out / "summary.json", {"rows": [{k: r[k] for k in ("policy", "budget_fraction", "average")}
                                                       for r in rows]})
+    _claim(out, True, files=True)
     return report
 
 

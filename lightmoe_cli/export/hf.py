@@ -17,11 +17,12 @@ from pathlib import Path
 
 from lightmoe_cli.bundle.artifact import Bundle
 from lightmoe_cli.errors import LightMoEError
-from lightmoe_cli.export.selection import Selection
+from lightmoe_cli.export.selection import Selection, uniform_experts_per_token
 from lightmoe_cli.files import exclusive_output, sha256_file, swap_in_dir
 from lightmoe_cli.policies.base import RuntimeSpec, Serving
 
-SELECTION_FILE = "lightmoe_selection.json"
+SELECTION_FILE = "lightmoe_selection.json"  # also what says the folder is lightmoe's (its "kind")
+HF_KIND = "lightmoe-hf-export"
 
 
 def pruned_bundle(bundle: Bundle, selection: Selection) -> Bundle:
@@ -39,20 +40,14 @@ def pruned_bundle(bundle: Bundle, selection: Selection) -> Bundle:
 def activation_top_k(bundle: Bundle) -> int | None:
     """The experts per token of a bundle's activation budget when a config can say it (one k for every layer, no
     per-token rule); None without a budget; refused otherwise."""
-    act = bundle.manifest.activation
-    if act is None:
-        return None
-    ks = sorted(set(act.k.values()))
-    if act.beta or act.pooled_base or len(ks) > 1:
-        what = "drops picks per token" if act.beta or act.pooled_base else f"gives layers different k ({ks})"
-        raise LightMoEError(f"the bundle's activation budget ({act.rule}) {what}, which a transformers config "
-                            "(one experts-per-token value) cannot say: export a bundle with --activation topk, or "
-                            "without --activation")
-    return ks[0]
+    return uniform_experts_per_token(bundle.manifest.activation,
+                                     "a transformers config (one experts-per-token value)")
 
 
-def export_hf(bundle: Bundle, selection: Selection, out: Path, max_shard_size: str = "2GB") -> Path:
-    """Write the checkpoint to `out` (atomically); returns it."""
+def export_hf(bundle: Bundle, selection: Selection, out: Path, max_shard_size: str = "2GB",
+              force: bool = False) -> Path:
+    """Write the checkpoint to `out` (atomically; an `out` that is not an hf export is replaced only with
+    `force`); returns it."""
     top_k = activation_top_k(bundle)
     if not selection.uniform:
         counts = sorted({len(v) for v in selection.kept.values()})
@@ -81,13 +76,13 @@ def export_hf(bundle: Bundle, selection: Selection, out: Path, max_shard_size: s
             rt.tokenizer.save_pretrained(tmp)
             _check_loadable(tmp)
             (tmp / SELECTION_FILE).write_text(json.dumps({
-                "kept_experts": {str(li): v for li, v in sorted(selection.kept.items())},
+                "kind": HF_KIND, "kept_experts": {str(li): v for li, v in sorted(selection.kept.items())},
                 "num_experts": {str(lp.layer_index): lp.num_experts for lp in bundle.layers},
                 "selection": selection.source, "policy": bundle.policy, "experts_per_token": top_k,
                 "bundle": str(bundle.path), "bundle_manifest_sha256": sha256_file(bundle.path / "manifest.json"),
                 "model": bundle.manifest.model.name_or_path,
                 "fingerprint": bundle.manifest.model.fingerprint}, indent=1))
-            swap_in_dir(tmp, Path(out))
+            swap_in_dir(tmp, Path(out), force)
     finally:
         rt.close()
     return Path(out)

@@ -41,3 +41,19 @@ def select(policy: str, resident: dict[int, list[int]], task_resident: dict[str,
         raise LightMoEError(f"a {policy} bundle swaps experts per task at run time: export --task T (one of "
                             f"{', '.join(sorted(task_resident)) or 'its tasks'}) or --static (its initial set)")
     return Selection({li: sorted(v) for li, v in resident.items()}, "static" if static else "bundle")
+
+
+def uniform_experts_per_token(activation, target: str) -> int | None:
+    """The experts per token of a bundle's activation budget (an ActivationPlan) when `target`, which holds one
+    experts-per-token value for every layer, can say it: None without a budget; a per-layer k or a per-token
+    rule is refused by name (dropping it would serve the full top-k without a word)."""
+    if activation is None:
+        return None
+    ks = sorted(set(activation.k.values()))
+    if activation.beta or activation.pooled_base or len(ks) > 1:
+        what = "drops picks per token" if activation.beta or activation.pooled_base else \
+            f"gives layers different k ({ks})"
+        raise LightMoEError(f"the bundle's activation budget ({activation.rule}) {what}, which {target} cannot "
+                            "say: export a bundle with --activation topk, or without --activation (or export "
+                            "--format vllm-profile, which lists every layer's k)")
+    return ks[0]

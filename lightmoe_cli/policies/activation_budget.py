@@ -194,11 +194,12 @@ class ActivationRule:
     name: ClassVar[str]
     summary: ClassVar[str]
     measurement: ClassVar[str | None] = None  # what the builder measures on the model first ("lexi", "alloc")
+    per_token: ClassVar[bool] = False  # drops picks per token (a threshold, a pooled budget), not just per layer
 
     def allocate(self, top_k: dict[int, int], budget: int, measured: dict, seed: int) -> dict[int, int]:
         raise NotImplementedError
 
-    def per_token(self, top_k: dict[int, int], budget: int, measured: dict) -> dict:
+    def token_fields(self, top_k: dict[int, int], budget: int, measured: dict) -> dict:
         """Extra ActivationPlan fields of a per-token rule (beta, pooled_base); none by default."""
         return {}
 
@@ -253,7 +254,9 @@ class AllocLT(AllocL):
     summary = ("Alloc-MoE (Alloc-L + Alloc-T): Alloc-L's per-layer k, and inside a forward every token keeps its "
                "top pick while the layer's other T x (k - 1) slots go to the highest scores of all tokens")
 
-    def per_token(self, top_k, budget, measured):
+    per_token = True
+
+    def token_fields(self, top_k, budget, measured):
         return {"pooled_base": 1}
 
 
@@ -267,7 +270,9 @@ class NAEE(ActivationRule):
     def allocate(self, top_k, budget, measured, seed):
         return dict(top_k)  # every pick may run; the thresholds decide per token
 
-    def per_token(self, top_k, budget, measured):
+    per_token = True
+
+    def token_fields(self, top_k, budget, measured):
         w = {int(li): np.asarray(v) for li, v in measured["weights"].items()}
         return {"beta": naee_thresholds(w, top_k, budget)}
 
@@ -279,6 +284,6 @@ def plan_activation(rule: str, top_k: dict[int, int], active: float, measured: d
     budget = activation_budget(top_k, active)
     r = ACTIVATION_RULES.get(rule)()
     k = r.allocate(top_k, budget, measured or {}, seed)
-    extra = r.per_token(top_k, budget, measured or {})
+    extra = r.token_fields(top_k, budget, measured or {})
     kept = {key: v for key, v in (measured or {}).items() if key != "weights"}  # raw weights are not recorded
     return ActivationPlan(rule, active, budget, k, params={"seed": seed}, measured=kept, **extra)

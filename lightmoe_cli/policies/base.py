@@ -19,17 +19,21 @@ from typing import Any, ClassVar
 import numpy as np
 
 from lightmoe_cli.errors import LightMoEError
-from lightmoe_cli.options import check_bounds, option
+from lightmoe_cli.options import check_bounds, inputs_of, option
 from lightmoe_cli.policies.manager import ManagerParams
 from lightmoe_cli.policies.redirect import redirect_table
 from lightmoe_cli.policies.resident import covered_share
 
 
 def param(default: Any, help: str, *, minimum: float | None = None, maximum: float | None = None,
-          above: float | None = None, choices: tuple[str, ...] | None = None) -> Any:
+          above: float | None = None, choices: tuple[str, ...] | None = None, role: str | None = None,
+          requires: str | None = None) -> Any:
     """A policy parameter: its default, a help line and its valid range (checked by `validate`); the same kind
-    of field as every other option (`lightmoe_cli.options.option`)."""
-    return option(default, help, minimum=minimum, maximum=maximum, above=above, choices=choices)
+    of field as every other option (`lightmoe_cli.options.option`). `role="input"`: a path the build reads (a
+    predictor, a recipe), which the bundle may never be written over; `requires`: a parameter that must be set
+    (not 0) for this one to be given."""
+    return option(default, help, minimum=minimum, maximum=maximum, above=above, choices=choices, role=role,
+                  requires=requires)
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,10 @@ class PolicyParams:
     def validate(self) -> None:
         """The declared bounds and choices of every parameter (one error naming the flag)."""
         check_bounds(self)
+
+    def inputs(self) -> list[tuple[str, str]]:
+        """(flag, path) of every parameter declared `role="input"` that is given."""
+        return [(flag, path) for flag, path in inputs_of(self) if path]
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -171,6 +179,9 @@ class Policy(ABC):
     aliases: ClassVar[tuple[str, ...]] = ()  # older names still accepted by --policy and in manifests
     # why a bundle of this policy has no single set of weights an engine could load (None: it has one)
     export_refusal: ClassVar[str | None] = None
+    # what its serving is called when it cannot drop picks per token (NAEE, Alloc-T), named in the refusal of such
+    # an activation budget before the build starts (None: it can)
+    per_token_refusal: ClassVar[str | None] = None
     # an unmanaged policy the task-shift streams also serve: the floor of the gap (prune) and the dynamic caches a
     # user would otherwise pick, which follow a shift by themselves
     stream_baseline: ClassVar[bool] = False

@@ -11,28 +11,41 @@ from pathlib import Path
 from typing import ClassVar
 
 from lightmoe_cli.errors import LightMoEError
-from lightmoe_cli.options import Output, Threads, check_bounds, option
+from lightmoe_cli.options import Output, Threads, check_bounds, check_io, option
 
 
 @dataclass(kw_only=True)
 class PredictTrainRequest(Output, Threads):
     """What `lightmoe predict train` was asked for (the defaults of its options live here)."""
 
-    help_overrides: ClassVar[dict[str, str]] = {"out": "Predictor folder (default: <profile>/predictor)."}
+    help_overrides: ClassVar[dict[str, str]] = {
+        "out": "Predictor folder (default: runs/predictors/<profile folder name>)."}
 
     profile: Path = option(help="Profile with traces and router inputs to learn from (lightmoe profile "
-                           "--save-router-inputs).", short="-p")
+                           "--save-router-inputs).", short="-p", role="input")
     heldout: Path | None = option(None, "Profile of held-out text with router inputs, to score on (default: the "
-                                  "last --heldout-share of each task's windows in --profile).")
+                                  "last --heldout-share of each task's windows in --profile).", role="input")
     heldout_share: float = option(0.2, "Without --heldout: share of each task's windows held out.", above=0,
-                                  maximum=0.9)
+                                  maximum=0.9, excludes="heldout")
     epochs: int = option(30, "Training epochs over the profile's windows.", minimum=1)
     d_model: int = option(128, "Predictor width (a multiple of 4).", minimum=8)
 
+    def output_kind(self) -> tuple[str, bool]:
+        return "lightmoe-predictor", False
+
+    @property
+    def folder(self) -> Path:
+        """Where the predictor goes: --out, or the default named after the training profile."""
+        from lightmoe_cli.paths import default_predictor
+
+        return self.out or default_predictor(self.profile)
+
     def validate(self) -> None:
+        """Every option checked before any trace is read, the output included (never after training)."""
         if self.d_model % 4:
             raise LightMoEError(f"--d-model must be a multiple of 4 (at least 8), not {self.d_model}")
         check_bounds(self)
+        check_io(self, self.folder)
 
 
 def load_examples(req: PredictTrainRequest):
@@ -65,7 +78,6 @@ def run_predict_train(req: PredictTrainRequest, progress=None, examples=None) ->
     `examples`: what `load_examples` returned, when the caller read them first."""
     import torch
 
-    from lightmoe_cli.files import atomic_write_json
     from lightmoe_cli.predict.model import save_predictor
     from lightmoe_cli.predict.train import (
         TrainSettings,
@@ -82,7 +94,7 @@ def run_predict_train(req: PredictTrainRequest, progress=None, examples=None) ->
     if req.threads:
         torch.set_num_threads(req.threads)
     tp, heldout_name, train, test = examples or load_examples(req)
-    folder = req.out or tp.path / "predictor"
+    folder = req.folder
     e, k = tp.model.num_experts[0], tp.model.top_k[0]
     settings = TrainSettings(epochs=req.epochs, d_model=req.d_model)
     bar = progress.add_task("predictor", total=req.epochs) if progress else None
@@ -98,6 +110,5 @@ def run_predict_train(req: PredictTrainRequest, progress=None, examples=None) ->
                "train_seconds": round(train_s, 1), "logistic_seconds": round(lr_s, 1),
                "parameters": sum(p.numel() for p in model.parameters()),
                "scores": {n: vars(r) for n, r in results.items()}}
-    save_predictor(model, folder, payload)
-    atomic_write_json(folder / "scores.json", payload)
+    save_predictor(model, folder, tp.model, payload, force=req.force)
     return payload, folder

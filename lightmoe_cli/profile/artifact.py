@@ -131,10 +131,11 @@ class Profile:
         ({layer: tensor}), else the token-level tensor under key None ('token_ids', 'positions')."""
         from safetensors import safe_open
 
+        flag = "--save-router-inputs" if field == "router_input" else "--save-traces"  # what the reader needs
         chunks = sorted((self.path / "traces" / task).glob("chunk_*.safetensors"))
         if not chunks:
             raise ProfileError(f"profile {self.path} has no routing traces for task {task!r}: profile with "
-                               "`lightmoe profile --save-traces`")
+                               f"`lightmoe profile {flag}`")
         parts: dict = {}
         for chunk in chunks:
             with safe_open(str(chunk), "pt") as f:
@@ -144,9 +145,8 @@ class Profile:
                     elif key.startswith("layer.") and key.split(".", 2)[2] == field:
                         parts.setdefault(int(key.split(".")[1]), []).append(f.get_tensor(key))
         if not parts:
-            hint = " --save-router-inputs" if field == "router_input" else ""
             raise ProfileError(f"profile {self.path} traces hold no {field!r}: profile again with "
-                               f"`lightmoe profile --save-traces{hint}`")
+                               f"`lightmoe profile {flag}`")
         return {k: torch.cat(v) for k, v in sorted(parts.items(), key=lambda kv: -1 if kv[0] is None else kv[0])}
 
     def check_model(self, identity: ModelIdentity) -> None:

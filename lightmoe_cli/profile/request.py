@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from lightmoe_cli.errors import LightMoEError
-from lightmoe_cli.options import ModelChoice, Output, Threads, check_bounds, default_threads, option
+from lightmoe_cli.options import ModelChoice, Output, Threads, check_bounds, check_io, default_threads, option
 from lightmoe_cli.paths import DEFAULT_CALIBRATION
 
 
@@ -21,7 +21,7 @@ class ProfileRequest(ModelChoice, Threads, Output):
 
     help_overrides: ClassVar[dict[str, str]] = {"out": "Profile folder (default: artifacts/profiles/<model>)."}
 
-    tasks: Path = option(DEFAULT_CALIBRATION, "Calibration recipe (YAML).", short="-t")
+    tasks: Path = option(DEFAULT_CALIBRATION, "Calibration recipe (YAML).", short="-t", role="input")
     max_tokens: int | None = option(None, "Token cap per task (overrides the recipe).", minimum=1)
     batch_size: int = option(8, "Sequences per forward pass.", minimum=1)
     seq_len: int = option(256, "Tokens per sequence (longer documents are cut into windows).", minimum=1)
@@ -36,13 +36,18 @@ class ProfileRequest(ModelChoice, Threads, Output):
     workers: int = option(1, "Profile the calibration shards in this many local processes (each loads the model), "
                           "or Ray tasks with --ray-address.", minimum=1)
     ray_address: str | None = option(None, "A Ray cluster (host:port, ray://host:port) or 'local': shards become "
-                                     "Ray tasks (pip install 'lightmoe\\[ray]').")
-    shards: int = option(4, "Pieces per task; the same shards give identical statistics with any number of "
-                         "workers.", minimum=1)
+                                     "Ray tasks (pip install 'lightmoe[ray]').")
+    shards: int = option(4, "Pieces per task (at most its tokens); the same shards give identical statistics with "
+                         "any number of workers.", minimum=1)
     device_map: str | None = option(None, "'auto': accelerate spreads a model too large for one device over GPUs, "
                                     "CPU and disk (with --max-memory).")
-    max_memory: str | None = option(None, "With --device-map: per-device limits, e.g. '0=70GiB,cpu=200GiB'.")
-    offload_folder: Path | None = option(None, "With --device-map: where weights placed on disk go.")
+    max_memory: str | None = option(None, "With --device-map: per-device limits, e.g. '0=70GiB,cpu=200GiB'.",
+                                    requires="device_map")
+    offload_folder: Path | None = option(None, "With --device-map: where weights placed on disk go.",
+                                         requires="device_map")
+
+    def output_kind(self) -> tuple[str, bool]:
+        return "lightmoe-profile", False
 
     def validate(self) -> None:
         import torch
@@ -59,11 +64,14 @@ class ProfileRequest(ModelChoice, Threads, Output):
             raise LightMoEError("--workers and --shards must be positive")
         if self.threads is not None and self.threads < 1:
             raise LightMoEError("--threads must be positive")
+        check_bounds(self)
+        from lightmoe_cli.loading import parse_placement
+
+        parse_placement(self.device_map, self.max_memory, self.offload_folder)
         if self.ray_address:
             from lightmoe_cli.profile.scaleout import check_ray_address
 
             check_ray_address(self.ray_address)
-        check_bounds(self)
 
 
 def run_profile_request(req: ProfileRequest, progress=None, notice=print):
@@ -74,15 +82,21 @@ def run_profile_request(req: ProfileRequest, progress=None, notice=print):
     from lightmoe_cli.models import get_adapter
     from lightmoe_cli.paths import default_profile
     from lightmoe_cli.profile.run import ModelSpec, ProfileSettings, ScaleOut, run_profile
-    from lightmoe_cli.recipes import check_sources, load_recipe
+    from lightmoe_cli.recipes import check_sources, load_recipe, resolve_path
 
     req.validate()
     if req.threads:
         torch.set_num_threads(req.threads)
     recipe = load_recipe(req.tasks, req.max_tokens)
     check_sources(recipe)
+    fewest = min(recipe.tasks, key=lambda t: t.max_tokens)
+    if req.shards > fewest.max_tokens:
+        raise LightMoEError(f"--shards {req.shards} is more than the {fewest.max_tokens} tokens of task "
+                            f"{fewest.name}: give at most --shards {fewest.max_tokens}")
     name = resolve_model(req.model)
     out = req.out or default_profile(name)
+    check_io(req, out, [("--model", name), *((f"task {t.name}", resolve_path(recipe, t.source.path))
+                                             for t in recipe.tasks if t.source.path)])
     placement = parse_placement(req.device_map, req.max_memory, req.offload_folder)
     spec = ModelSpec(str(name), req.dtype, req.device, threads=req.threads or default_threads(req.workers),
                      **placement)
@@ -97,4 +111,5 @@ def run_profile_request(req: ProfileRequest, progress=None, notice=print):
                                save_router_inputs=req.save_router_inputs, similarity_layer=req.similarity_layer,
                                shards=req.shards)
     return run_profile(lm, tok, name, recipe, out, settings, resume=req.resume, progress=progress,
-                       scale=ScaleOut(spec, req.workers, req.ray_address))  # in this process unless it is remote
+                       scale=ScaleOut(spec, req.workers, req.ray_address),  # in this process unless it is remote
+                       force=req.force)

@@ -84,11 +84,12 @@ class ScaleOut:
 
 
 def run_profile(model, tokenizer, model_name: str, recipe: CalibrationRecipe, out: Path,
-                settings: ProfileSettings, resume: bool = False, progress=None, scale: ScaleOut | None = None
-                ) -> Profile:
+                settings: ProfileSettings, resume: bool = False, progress=None, scale: ScaleOut | None = None,
+                force: bool = False) -> Profile:
     """Profile `model` on every task of `recipe` into `out`; `progress` is an optional rich Progress.
     One writer per output (a second one is refused in one line); finished tasks survive an interruption in
-    `<out>.partial` for `--resume`. `scale`: run the shards in worker processes or on Ray."""
+    `<out>.partial` for `--resume`. `scale`: run the shards in worker processes or on Ray. `force`: replace an
+    `out` that is not a profile."""
     out = Path(out)
     if settings.shards < 1:
         raise LightMoEError("--shards must be positive")
@@ -102,7 +103,8 @@ def run_profile(model, tokenizer, model_name: str, recipe: CalibrationRecipe, ou
         raise LightMoEError(f"--similarity-layer {settings.similarity_layer} is not an MoE layer; MoE layers: "
                             f"{moe_layers}")
     with exclusive_output(out, ".partial") as work:
-        return _profile_into(work, out, model, tokenizer, model_name, recipe, settings, resume, progress, scale)
+        return _profile_into(work, out, model, tokenizer, model_name, recipe, settings, resume, progress, scale,
+                             force)
 
 
 def _shard_results(model, tokenizer, layers, recipe: CalibrationRecipe, tasks, settings: ProfileSettings,
@@ -219,7 +221,8 @@ def _plots(work: Path, layers, all_stats: list[TaskStats], sims: dict[str, torch
 
 
 def _profile_into(work: Path, out: Path, model, tokenizer, model_name: str, recipe: CalibrationRecipe,
-                  settings: ProfileSettings, resume: bool, progress, scale: ScaleOut | None = None) -> Profile:
+                  settings: ProfileSettings, resume: bool, progress, scale: ScaleOut | None = None,
+                  force: bool = False) -> Profile:
     from lightmoe_cli.models import get_adapter
 
     adapter = get_adapter(model)
@@ -260,7 +263,7 @@ def _profile_into(work: Path, out: Path, model, tokenizer, model_name: str, reci
         js_between_tasks_bits=js.round(5).tolist(), mean_js_between_tasks_bits=mean_offdiagonal(js),
         similarity_kinds=sorted({k.split(".")[2] for k in sims}),
         timings_s={"tasks": timings, "similarity": similarity_seconds}, outlook=outlook)
-    write_artifact(work, out, manifest)
+    write_artifact(work, out, manifest, force)
     return load_profile(out, verify=False)
 
 

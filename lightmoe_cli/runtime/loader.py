@@ -192,7 +192,7 @@ def _prefetcher(bundle: Bundle, spec, adapter, layers, strategies, loader):
     from lightmoe_cli.predict.model import load_predictor
     from lightmoe_cli.runtime.prefetch import Prefetcher
 
-    pm = load_predictor(bundle.path / "predictor")
+    pm = load_predictor(bundle.path / "predictor", bundle.manifest.model.fingerprint)  # verified on every load
     by_layer = {s.layer_index: s for s in strategies}
     pf = Prefetcher(pm, spec.prefetch_width or layers[0].top_k, loader, by_layer)
     handles = []
@@ -309,7 +309,7 @@ def build_runtime(bundle: Bundle, device: str = "cpu", check_every: int | None =
     rt = Runtime(model, tokenizer, bundle, strategies, store,
                  check_every or (spec.manager.check_every if spec.manager else 64), loader=loader)
     _install(rt, adapter, layers, strategies, activation if activation is not None else bundle.manifest.activation)
-    if spec.serving == Serving.BACKGROUND and (bundle.path / "predictor" / "predictor.json").exists():
+    if spec.serving == Serving.BACKGROUND and (bundle.path / "predictor").is_dir():
         rt.prefetcher = _prefetcher(bundle, spec, adapter, layers, strategies, loader)
         rt.handles += rt.prefetcher.handles
     if manager and spec.manager is not None and spec.manager.mode == "jump":

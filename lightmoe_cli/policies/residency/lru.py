@@ -29,6 +29,7 @@ class LRU(Policy):
     name = "lru"
     export_refusal = ("loads experts at run time, so no single set of weights is it: export a prune bundle of "
                       "the same budget (`lightmoe build-bundle --policy prune --uniform`)")
+    per_token_refusal = "on-demand loading"
     stream_baseline = True
     summary = "expert cache: misses loaded on demand before the token continues (LRU/LFU eviction)"
     Params = LRUParams

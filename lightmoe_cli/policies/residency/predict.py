@@ -16,7 +16,7 @@ from lightmoe_cli.policies.residency.swap import Swap, SwapParams
 
 @dataclass(frozen=True)
 class PredictParams(SwapParams):
-    predictor: str = param("", "a trained expert predictor folder (lightmoe predict train); required")
+    predictor: str = param("", "a trained expert predictor folder (lightmoe predict train); required", role="input")
     prefetch_width: int = param(0, "experts of the next layer prefetched per forward (0: the layer's top-k)",
                                 minimum=0)
 

@@ -19,7 +19,7 @@ from lightmoe_cli.policies.residency.prune import Prune, PruneParams
 class LoraParams(PruneParams):
     rank: int = param(4, "rank of each kept expert's LoRA term per projection", minimum=1, maximum=256)
     recover_steps: int = param(200, "fine-tuning steps", minimum=1, maximum=100_000)
-    recover_tasks: str = param("", "calibration recipe whose text trains it (default: the profile's)")
+    recover_tasks: str = param("", "calibration recipe whose text trains it (default: the profile's)", role="input")
     lr: float = param(1e-3, "AdamW learning rate", above=0.0, maximum=1.0)
 
 

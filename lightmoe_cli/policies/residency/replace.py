@@ -40,11 +40,13 @@ class ReplaceParams(PolicyParams):
     rank: int = param(8, "rank of each replaced expert's low-rank term per projection (0: naive replacing, the "
                          "base expert only)", minimum=0, maximum=256)
     recover_steps: int = param(200, "steps of annealed recovery training of the low-rank terms (0: SVD init only)",
-                               minimum=0, maximum=100_000)
-    recover_tasks: str = param("", "calibration recipe whose text trains the recovery (default: the profile's)")
+                               minimum=0, maximum=100_000, requires="rank")
+    recover_tasks: str = param("", "calibration recipe whose text trains the recovery (default: the profile's)",
+                               role="input", requires="rank")
     anneal: float = param(0.5, "share of the recovery steps over which the replaced experts' output is blended "
-                               "from original to replacement (0: no annealing)", minimum=0.0, maximum=1.0)
-    lr: float = param(1e-3, "AdamW learning rate of the recovery", above=0.0, maximum=1.0)
+                               "from original to replacement (0: no annealing)", minimum=0.0, maximum=1.0,
+                          requires="rank")
+    lr: float = param(1e-3, "AdamW learning rate of the recovery", above=0.0, maximum=1.0, requires="rank")
     similarity: str = param("weight", "which similarity picks a replaced expert's base (and ranks redundancy)",
                             choices=("weight", "output", "coactivation"))
     select: str = param("mass", "which experts are replaced: mass (the --ranking's lowest) or similarity (lowest "
@@ -61,6 +63,7 @@ class Replace(Policy):
     weight_transform = "replace"
     export_refusal = ("serves experts the model does not have as weights of its own shape (base + low-rank "
                       "term): export a prune or prune-lora bundle")
+    per_token_refusal = "expert replacing"
 
     def bundle_tag(self, params: ReplaceParams, budget_tag: str) -> str:
         return f"c{int(round(params.compression * 100))}-r{params.rank}"  # it sets its own memory
