@@ -90,8 +90,9 @@ bench-smoke: setup
     {{py}} benchmarks/bench_runtime.py --budgets 0.5 --policies prune,lightmoe --new-tokens 4 --profile-tokens 256 --repeats 1 --probe-mib 64 --allow-noisy --results-dir data/bench/smoke
 
 # The comparison of the README: every policy at three budgets, MC items and held-out text, plus task-shift streams.
+# (User runs write to runs/; the shipped reports under artifacts/eval/ are rebuilt only by recipes like this one.)
 eval-demo: corpus
-    {{venv}}/bin/lightmoe eval --budgets 0.25,0.5,0.75 --limit 48
+    {{venv}}/bin/lightmoe eval --budgets 0.25,0.5,0.75 --limit 48 --out artifacts/eval/demo-moe
 
 # Train the second, upcycled demo model (about 1.5 hours on 2 cores) and write its card.
 train-upcycled: corpus
@@ -102,14 +103,14 @@ train-upcycled: corpus
 bench-redirect: corpus
     {{py}} benchmarks/bench_redirect.py --model demo --budgets 0.25,0.5
     {{py}} benchmarks/bench_redirect.py --model demo-upcycled --budgets 0.25,0.5
-    {{venv}}/bin/lightmoe demo similarity --model demo --model demo-upcycled
+    {{venv}}/bin/lightmoe demo similarity --model demo --model demo-upcycled --out artifacts/eval/expert-similarity.png
 
 # Expert prediction (MoE-Beyond) and cache replay on the demo model: traces, predictor + baselines, simulate.
 predict-demo: corpus
     {{venv}}/bin/lightmoe profile --save-router-inputs --max-tokens 4096 --out runs/profiles/demo-moe-train-traces
     {{venv}}/bin/lightmoe profile --tasks recipes/calibration/demo-heldout.yaml --save-router-inputs --out runs/profiles/demo-moe-heldout
     {{venv}}/bin/lightmoe predict train --profile runs/profiles/demo-moe-train-traces --heldout runs/profiles/demo-moe-heldout --out artifacts/eval/demo-moe-predictor
-    {{venv}}/bin/lightmoe simulate --heldout runs/profiles/demo-moe-heldout --predictor artifacts/eval/demo-moe-predictor --cache 0.05,0.1,0.25,0.5
+    {{venv}}/bin/lightmoe simulate --heldout runs/profiles/demo-moe-heldout --predictor artifacts/eval/demo-moe-predictor --cache 0.05,0.1,0.25,0.5 --out artifacts/eval/demo-moe-cache
 
 # Non-blocking swapping vs the other caches at 25% and 50% memory, one eval of all (run predict-demo first).
 eval-swap: corpus
