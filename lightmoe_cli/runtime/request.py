@@ -28,7 +28,7 @@ class RunRequest(Threads, Force):
     no_manager: bool = option(False, "Serve a managed bundle statically (no swaps).", flag="--no-manager")
     manager_loads: str = option("blocking", "How a managed bundle's swaps are read: blocking (at the request "
                                 "boundary) or background (on a loader thread; the old experts serve until the new "
-                                "ones land).")
+                                "ones land).", choices=("blocking", "background"), excludes="no_manager")
     bandwidth: int | None = field(default=None, init=False)  # io_bandwidth in bytes/s, once checked
 
     def output_kind(self) -> tuple[str, bool]:
@@ -66,6 +66,10 @@ def run_bundle(req: RunRequest, progress=None):
     if req.threads:
         torch.set_num_threads(req.threads)
     bundle = load_bundle(req.bundle or DEFAULT_BUNDLE)
+    if bundle.runtime_spec.manager is None and (req.no_manager or req.manager_loads != "blocking"):
+        flag = "--no-manager" if req.no_manager else "--manager-loads"
+        raise LightMoEError(f"{flag} applies to a bundle whose experts swap per task (task-aware); this "
+                            f"{bundle.policy} bundle has no manager")
     rt = build_runtime(bundle, device=req.device, manager=not req.no_manager, io_bandwidth=req.bandwidth,
                        manager_loads=req.manager_loads)
     check_lengths(rt, prompts, req.max_new_tokens)
