@@ -38,6 +38,7 @@ from lightmoe_cli.analysis.decode_bytes import BytesRecord, FlopsRecord, speedup
 
 RESULTS = ROOT / "benchmarks" / "results"
 ABOVE_BOUND = "above bound: not a result"
+NOISY_RATIO = "noisy: not a result"
 
 
 # --- summaries and order ---------------------------------------------------------------------------------------
@@ -180,10 +181,9 @@ def judge_start(idle_competing: float | None, load1: float, cores: int, threads:
 
 
 def judge_noise(before: LoadSample, after: LoadSample, cores: int, threads: int, repeats: int,
-                baseline_spreads: Mapping[str, float], bandwidth: tuple[float, float] | None,
-                policy: NoisePolicy, start: Verdict | None = None) -> Verdict:
-    """The verdict on a finished run. before/after: the machine around the measurements; baseline_spreads:
-    max/min of each baseline's ratio-bearing metrics; bandwidth: GB/s probed before and after (None: no probe)."""
+                bandwidth: tuple[float, float] | None, policy: NoisePolicy, start: Verdict | None = None) -> Verdict:
+    """The verdict on a finished run. before/after: the machine around the measurements; bandwidth: GB/s probed
+    before and after (None: no probe)."""
     free = max(0, cores - threads)
     reasons = list(start.reasons if start else ())
     if repeats < policy.min_repeats:
@@ -195,9 +195,8 @@ def judge_noise(before: LoadSample, after: LoadSample, cores: int, threads: int,
                            f"({threads} ours)")
     elif after.load1 - threads > free + policy.load_margin:
         reasons.append(f"1-min load {after.load1:.2f} after the measurements, {threads} of it ours, on {cores} cores")
-    for label, spread in baseline_spreads.items():
-        if spread > policy.max_spread:
-            reasons.append(f"baseline {label!r} spread {spread:.2f}x between repeats (> {policy.max_spread})")
+    # a baseline's spread judges the ratios it carries (analyse marks them noisy), not the whole run: the run is
+    # refused for what slows every configuration at once -- other work, a drifting bandwidth
     if bandwidth:
         a, b = bandwidth
         drift = abs(a - b) / max(a, b) if max(a, b) > 0 else 0.0
@@ -240,25 +239,29 @@ class Config:
 @dataclass(frozen=True)
 class RatioCheck:
     """A configuration's speed-up over its baseline beside its bound. `limit` = bound x (1 + noise), noise the
-    larger relative spread of the two (at least `floor`): above it, the ratio is not a result."""
+    larger relative spread of the two (at least `floor`): above it, the ratio is not a result. `noisy`: the
+    repeats of either side spread more than the policy allows, so the ratio is not a result either (the rest of
+    the run still is: prefill on short prompts can spread where decode does not)."""
 
     ratio: float
     bound: float | None
     limit: float | None
     above_bound: bool
+    noisy: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self) | {"result": not self.above_bound}
+        return asdict(self) | {"result": not (self.above_bound or self.noisy)}
 
 
 def check_ratio(value: Summary, base: Summary, bound: float | None, higher_is_better: bool = True,
-                floor: float = 0.02) -> RatioCheck:
+                floor: float = 0.02, max_spread: float = math.inf) -> RatioCheck:
     ratio = value.median / base.median if higher_is_better else base.median / value.median
+    noisy = max(value.spread, base.spread) > max_spread
     if bound is None or math.isinf(bound):
-        return RatioCheck(ratio, bound, None, False)
+        return RatioCheck(ratio, bound, None, False, noisy)
     noise = max(floor, value.spread - 1.0, base.spread - 1.0)
     limit = bound * (1.0 + noise)
-    return RatioCheck(ratio, bound, limit, ratio > limit)
+    return RatioCheck(ratio, bound, limit, ratio > limit, noisy)
 
 
 def bandwidth_fraction(tokens_per_s: float, cost: BytesRecord, bandwidth_gbps: float | None) -> float | None:
@@ -302,8 +305,10 @@ def bound_for(config: Config, base: Config, key: str) -> float | None:
 
 
 def analyse(configs: Sequence[Config], runs: Mapping[str, list[dict]], metrics: Sequence[Metric],
-            bandwidth_gbps: float | None) -> list[Row]:
-    """Rows for the table and the JSON from the interleaved runs. Pure."""
+            bandwidth_gbps: float | None, max_spread: float | None = None) -> list[Row]:
+    """Rows for the table and the JSON from the interleaved runs; a ratio whose repeats spread more than
+    `max_spread` (default: the noise policy's) is marked noisy, not a result. Pure."""
+    max_spread = NoisePolicy.max_spread if max_spread is None else max_spread
     by_label = {c.label: c for c in configs}
     stats = {c.label: {m.key: summarise([float(r[m.key]) for r in runs[c.label]]) for m in metrics
                        if all(m.key in r and r[m.key] is not None for r in runs[c.label]) and runs[c.label]}
@@ -325,8 +330,11 @@ def analyse(configs: Sequence[Config], runs: Mapping[str, list[dict]], metrics: 
                         flags.append(f"{m.label}: {f:.0%} of the measured bandwidth")
             if base is None or not m.ratio or m.key not in stats[base.label] or stats[base.label][m.key].median <= 0:
                 continue
-            check = check_ratio(s, stats[base.label][m.key], bound_for(c, base, m.key), m.higher_is_better)
+            check = check_ratio(s, stats[base.label][m.key], bound_for(c, base, m.key), m.higher_is_better,
+                                max_spread=max_spread)
             ratios[m.key] = check
+            if check.noisy:
+                flags.append(f"{m.label}: repeats spread more than {max_spread:.2f}x ({NOISY_RATIO})")
             if check.above_bound:
                 flags.append(f"{m.label}: {check.ratio:.2f}x over {base.label!r} above its bound {check.bound:.2f}x "
                              f"({ABOVE_BOUND})")
@@ -379,6 +387,8 @@ def _ratio_cell(check: RatioCheck | None) -> str:
         return "-"
     if check.above_bound:  # the caption spells it out: above bound, not a result
         return f"[red]({check.ratio:.2f}) above bound[/red]"
+    if check.noisy:
+        return f"[yellow]({check.ratio:.2f}) noisy[/yellow]"
     return f"{check.ratio:.2f}"
 
 
@@ -392,6 +402,9 @@ def render_table(title: str, rows: Sequence[Row], metrics: Sequence[Metric], inf
     if any(c.above_bound for r in rows for c in r.ratios.values()):
         caption = (caption + "\n" if caption else "") + f"(ratio) {ABOVE_BOUND} (beyond its bound by more than " \
                                                          "the noise of the two configurations)"
+    if any(c.noisy for r in rows for c in r.ratios.values()):
+        caption = (caption + "\n" if caption else "") + f"(ratio) noisy: {NOISY_RATIO} (the repeats of one side " \
+                                                         "spread too much)"
     table = Table(title=escape(title), caption=escape(caption) if caption else None)
     table.add_column("config", justify="left")
     for col in info_columns:
@@ -505,8 +518,8 @@ class Harness:
     def verdict(self, rows: Sequence[Row], metrics: Sequence[Metric]) -> Verdict:
         assert self.before is not None and self.after is not None, "measure() first"
         bw = (self.bandwidth[0].median, self.bandwidth[1].median) if self.bandwidth else None
-        return judge_noise(self.before, self.after, self.cores, self.threads, self.options.repeats,
-                           baseline_spreads(rows, metrics), bw, self.policy, self.start_verdict)
+        return judge_noise(self.before, self.after, self.cores, self.threads, self.options.repeats, bw, self.policy,
+                           self.start_verdict)
 
     def machine_json(self, verdict: Verdict) -> dict[str, Any]:
         bw = self.bandwidth
@@ -527,6 +540,11 @@ class Harness:
         from rich.markup import escape
 
         verdict = self.verdict(rows, metrics)
+        if verdict.noisy and not self.options.allow_noisy:  # kept for inspection, never as the result file
+            refused = out.with_name(out.stem + ".refused.json")
+            write_json(refused, payload | {"refused": True, "noisy": True, "machine": self.machine_json(verdict),
+                                           rows_key: [r.to_json() for r in rows], "date": time.strftime("%Y-%m-%d")})
+            self.console.print(f"measurements of the refused run kept in {refused} (not a result)")
         self.refuse_if_noisy(verdict)
         bw = self.bandwidth_gbps
         caption = f"median [min-max] of {self.options.repeats} interleaved repeats"
@@ -547,6 +565,7 @@ class Harness:
                 self.console.print(f"[red]{escape(r.config.label)}: {escape(flag)}[/red]")
         out.parent.mkdir(parents=True, exist_ok=True)
         write_json(out, payload | {"noisy": verdict.noisy, "machine": self.machine_json(verdict),
+                                   "baseline_spreads": baseline_spreads(rows, metrics),
                                    rows_key: [r.to_json() for r in rows], "date": time.strftime("%Y-%m-%d")})
         self.console.print(f"wrote {out}")
         return out

@@ -78,29 +78,27 @@ QUIET = NoisePolicy()
 
 def test_quiet_run_is_not_noisy():
     v = judge_noise(_load(0, 2.0, 0, 0), _load(100, 2.1, 200.0, 199.0), cores=2, threads=2, repeats=5,
-                    baseline_spreads={"base": 1.05}, bandwidth=(20.0, 19.5), policy=QUIET)
+                    bandwidth=(20.0, 19.5), policy=QUIET)
     assert not v.noisy and v.line() == "quiet"
 
 
 @pytest.mark.parametrize("change, reason", [
     ({"after": _load(100, 2.0, 260.0, 199.0)}, "other processes used 0.61"),  # 61 s of someone else's CPU
-    ({"spreads": {"base": 1.3}}, "spread 1.30x"),
     ({"bandwidth": (20.0, 14.0)}, "memory bandwidth"),
     ({"repeats": 3}, "3 repeats"),
 ])
 def test_noisy_runs_say_why(change, reason):
-    kw = {"after": _load(100, 2.1, 200.0, 199.0), "spreads": {"base": 1.05}, "bandwidth": (20.0, 19.5),
-          "repeats": 5} | change
-    v = judge_noise(_load(0, 2.0, 0, 0), kw["after"], 2, 2, kw["repeats"], kw["spreads"], kw["bandwidth"], QUIET)
+    kw = {"after": _load(100, 2.1, 200.0, 199.0), "bandwidth": (20.0, 19.5), "repeats": 5} | change
+    v = judge_noise(_load(0, 2.0, 0, 0), kw["after"], 2, 2, kw["repeats"], kw["bandwidth"], QUIET)
     assert v.noisy and any(reason in r for r in v.reasons), v.reasons
 
 
 def test_without_proc_stat_the_load_average_judges():
     before = _load(0, 0.1, None, 0)
-    assert not judge_noise(before, _load(100, 2.3, None, 0), 2, 2, 5, {}, None, QUIET).noisy
-    v = judge_noise(before, _load(100, 3.2, None, 0), 2, 2, 5, {}, None, QUIET)
+    assert not judge_noise(before, _load(100, 2.3, None, 0), 2, 2, 5, None, QUIET).noisy
+    v = judge_noise(before, _load(100, 3.2, None, 0), 2, 2, 5, None, QUIET)
     assert v.noisy and "1-min load 3.20" in v.line()
-    assert judge_noise(before, _load(100, 2.0, 0.0, 0), 2, 2, 1, {}, None, NoisePolicy(min_repeats=1)).reasons == ()
+    assert judge_noise(before, _load(100, 2.0, 0.0, 0), 2, 2, 1, None, NoisePolicy(min_repeats=1)).reasons == ()
 
 
 def test_start_verdict():
@@ -110,7 +108,7 @@ def test_start_verdict():
     assert not judge_start(None, 1.9, 8, 2, QUIET).noisy  # 6 cores free
     assert not judge_start(0.9, 0.0, 2, 2, NoisePolicy(cpu_margin=None)).noisy  # the load average only
     start = judge_start(0.9, 0.0, 2, 2, QUIET)
-    v = judge_noise(_load(0, 0, 0, 0), _load(1, 0, 0, 0), 2, 2, 5, {}, None, QUIET, start)
+    v = judge_noise(_load(0, 0, 0, 0), _load(1, 0, 0, 0), 2, 2, 5, None, QUIET, start)
     assert v.noisy and v.reasons == start.reasons
 
 
@@ -187,3 +185,11 @@ def test_table_marks_the_flag_and_json_is_written_whole(tmp_path):
     assert "[min-max]" in text  # rich markup escaped
     out = write_json(tmp_path / "r.json", {"rows": [r.to_json() for r in rows]})
     assert out.read_text().startswith("{") and not (tmp_path / "r.json.tmp").exists()
+
+
+def test_a_spread_baseline_makes_its_ratios_noisy_not_the_run():
+    base, value = Summary(10.0, 8.0, 10.5, 5), Summary(12.0, 11.9, 12.1, 5)  # the baseline spreads 1.31x
+    check = check_ratio(value, base, 1.27, max_spread=1.15)
+    assert check.noisy and not check.to_json()["result"]
+    quiet = check_ratio(value, Summary(10.0, 9.9, 10.1, 5), 1.27, max_spread=1.15)
+    assert not quiet.noisy and quiet.to_json()["result"]
