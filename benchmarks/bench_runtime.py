@@ -72,6 +72,7 @@ def _child(bundle: str, threads: int, new_tokens: int, native: bool, io_bandwidt
         for m in rt.layers:
             m.stats.__init__()
         stats = run_requests(rt, PROMPTS, new_tokens, io_bandwidth=io_bandwidth)
+        rt.close()  # stop the background loader before exit: a daemon thread inside torch at exit aborts the process
         out = stats.to_json()
         out.pop("requests")
     out["peak_rss_mib"] = peak_rss_bytes() / 2**20
