@@ -248,15 +248,16 @@ def _write_bundle(tmp: Path, out: Path, prof: Profile, model, tokenizer, adapter
     write_artifact(tmp, out, manifest, force)
 
 
-def build_bundle_request(opts: BuildOptions, progress=None) -> Bundle:
+def build_bundle_request(opts: BuildOptions, progress=None, resolved_opts: ResolvedBuild | None = None) -> Bundle:
     """`lightmoe build-bundle` as one call: options checked, then the profile and model loaded and the bundle
-    written to --out or to its default folder (model, policy and budget in the name)."""
+    written to --out or to its default folder (model, policy and budget in the name). `resolved_opts`: `opts`
+    already resolved by the caller (checked once, not twice)."""
     from lightmoe_cli.loading import load_model_and_tokenizer, resolve_model
     from lightmoe_cli.options import check_io
     from lightmoe_cli.paths import default_bundle, default_profile
     from lightmoe_cli.profile.artifact import load_profile
 
-    r = opts.resolve()  # every option checked before a model is loaded
+    r = resolved_opts or opts.resolve()  # every option checked before a model is loaded
     prof = load_profile(opts.profile or default_profile(resolve_model(opts.model)))
     name = opts.model or prof.model.name_or_path
     out = opts.out or default_bundle(name, r.policy.name, r.bundle_name_tag())

@@ -27,9 +27,9 @@ def build_bundle_cmd(policy_params: dict | None = None, **options: Any) -> None:
     try:
         opts = build_request(BuildOptions, options, _converters)
         opts.params = policy_params or {}
-        opts.resolve()  # a bad option is one line before the progress bar starts
+        resolved = opts.resolve()  # a bad option is one line before the progress bar starts
         with token_progress(console, unit="experts") as progress:
-            bundle = build_bundle_request(opts, progress)
+            bundle = build_bundle_request(opts, progress, resolved)
     except KeyboardInterrupt:
         fail("interrupted: no bundle was written and any earlier bundle at that path is untouched (a replace or "
              "prune-lora recovery keeps its checkpoint in <out>.recover: the same command resumes it)", code=130)
