@@ -98,7 +98,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("replace",),
     ("bundle",),  # policy -> bundle
     ("runtime",),  # bundle -> served model
-    ("export", "evaluation"),
+    ("export", "evaluation", "serve"),  # serve: bundle -> HTTP (the runtime behind an engine thread)
     ("selftest",),  # drives the whole pipeline on tiny models
     ("report",),
     ("cli",),

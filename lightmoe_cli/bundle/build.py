@@ -236,6 +236,8 @@ def _write_bundle(tmp: Path, out: Path, prof: Profile, model, tokenizer, adapter
         save_tensors({f"layer.{m.layer_index}": prof.similarity(m.layer_index, kind).float() for m in layers},
                      tmp / "similarity.safetensors", meta)
 
+    if plan.task_resident:
+        _write_task_classifier(prof, tmp, meta)
     manifest = BundleManifest(
         kind=BundleManifest.KIND, schema_version=SCHEMA_VERSION, created=BundleManifest.now(), model=identity,
         versions=library_versions(), policy=policy.name, params=params.to_json(), ranking=opts.ranking,
@@ -246,6 +248,21 @@ def _write_bundle(tmp: Path, out: Path, prof: Profile, model, tokenizer, adapter
         profile=ProfileRef(str(prof.path), sha256_file(prof.path / "manifest.json"), dict(prof.manifest.tasks),
                            prof.manifest.recipe))
     write_artifact(tmp, out, manifest, force)
+
+
+def _write_task_classifier(prof: Profile, tmp: Path, meta: dict[str, str]) -> None:
+    """The serving detector of a bundle with task sets, trained on the profile's calibration text. Skipped when
+    that text cannot be read any more (the server then detects tasks by routing alone)."""
+    from lightmoe_cli.bundle.task_classifier import FOLDER, chunks, train_text_classifier
+    from lightmoe_cli.recipes import RecipeError, iter_task_texts, recipe_from_resolved
+
+    try:
+        recipe = recipe_from_resolved(prof.manifest.recipe)
+        texts = {t.name: chunks(iter_task_texts(recipe, t)) for t in recipe.tasks if t.name in prof.task_names}
+    except (RecipeError, KeyError, TypeError, OSError):
+        return
+    if len([t for t in texts.values() if t]) >= 2:
+        train_text_classifier(texts).save(tmp / FOLDER, meta)
 
 
 def build_bundle_request(opts: BuildOptions, progress=None, resolved_opts: ResolvedBuild | None = None) -> Bundle:

@@ -18,6 +18,7 @@ from lightmoe_cli.cli import (  # noqa: F401 - each module registers its command
     predict,
     profile,
     run,
+    serve,
     simulate,
 )
 from lightmoe_cli.cli.app import app

@@ -45,6 +45,18 @@ class LayerStrategy:
         self.num_experts = plan.num_experts
         self.swaps: list[SwapRecord] = []
         self.activation: LayerActivation | None = None  # an activation budget (fewer experts per token)
+        # called with (strategy, top_k_index, top_k_weights) as the router chose them, before any remap: the
+        # server's quality meter and its task probe read the real routing here (never recomputed)
+        self.observers: list = []
+
+    def observe(self, index: torch.Tensor, weights: torch.Tensor) -> None:
+        for fn in self.observers:
+            fn(self, index, weights)
+
+    def served_mask(self, index: torch.Tensor) -> torch.Tensor | None:
+        """(T, K) True where the router's pick runs on its own expert; None when this strategy cannot tell
+        (a sliced router never sees the experts it lost)."""
+        return None
 
     def activate(self, index: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The routing after the bundle's activation budget (unchanged without one)."""
@@ -100,6 +112,8 @@ class PrunedRouter(LayerStrategy):
 
     def count(self, index: torch.Tensor, weights: torch.Tensor):
         """The sliced router only picks resident experts: every pick is a hit."""
+        if self.observers:
+            self.observe(index, weights)
         if self.activation is None:
             self.stats.picks += index.numel()
             self.stats.hits += index.numel()
@@ -148,6 +162,10 @@ class Remap(LayerStrategy):
             handles.append(layer.router.register_forward_hook(self.keep_logits))
         return [*handles, adapter.add_routing_hook(layer, self.route)]
 
+    def served_mask(self, index: torch.Tensor) -> torch.Tensor:
+        own = self._slot[index.long()] >= 0
+        return own
+
     def _rebuild_route(self) -> None:
         """Tables of the hot path, over every router id (E experts, then the pool's fixed extra ids)."""
         target, slot_of, pool = self.redirect, self.slot_of, self.pool
@@ -162,6 +180,8 @@ class Remap(LayerStrategy):
     # ---- the hot path: a few tensor ops per layer and forward ------------------------------------------------
     def route(self, index: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(T, K) expert ids + router weights -> slot ids + weights (dropped picks: weight 0, renormalised)."""
+        if self.observers:
+            self.observe(index, weights)
         if self._moves:
             self.install_moves()
         if self.activation is not None:

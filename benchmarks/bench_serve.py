@@ -1,0 +1,363 @@
+"""Load test of `lightmoe serve` with the official `openai` async client, on the demo model.
+
+Traffic: `--requests` held-out documents of the 8 demo domains, the domain changing at every request
+(interleaved), sent by `--clients` concurrent clients with Poisson arrivals (`--rate` requests/s; 0: as fast as
+the clients go). Each request asks for `--max-tokens` new tokens with echo + logprobs, so the server also scores
+the document: NLL per token through the server, per configuration, on the same documents.
+
+Configurations: full; at each budget prune, task-aware with FIFO + its jump manager, task-aware with task
+scheduling (routing detector), and the oracle (the request names its task). Each runs in-process behind uvicorn;
+the configurations run interleaved (harness), `--repeats` times (the NLL of the scheduled rows depends on the
+arrival order, so it is reported from every repeat: median).
+
+Phases beside the load test (each also in the JSON):
+- detect: task detection accuracy per domain on held-out documents, routing probe vs text classifier;
+- meter: Spearman correlation between a response's served mass and its NLL difference to the full model;
+- single: one request alone, time to first token and decode tokens/s of `serve` against `run` (bound 1.00).
+
+    python benchmarks/bench_serve.py --budgets 0.25,0.5 --requests 200 --clients 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.harness import Config, Harness, HarnessOptions, Metric, NoisePolicy, analyse  # noqa: E402
+
+
+def rss_mib() -> float:
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+async def load(url: str, model: str, docs, clients: int, rate: float, max_tokens: int, name_task: bool,
+               seed: int = 0) -> list[dict]:
+    """Send every document once; returns one record per request (status, latency, NLL sum, meter)."""
+    import random
+
+    import openai
+
+    client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=600)
+    rng = random.Random(seed)
+    t0 = time.perf_counter()
+    arrivals, t = [], 0.0
+    for _ in docs:
+        arrivals.append(t)
+        t += rng.expovariate(rate) if rate > 0 else 0.0
+    gate = asyncio.Semaphore(clients)
+    out: list[dict] = [None] * len(docs)  # type: ignore[list-item]
+
+    async def one(i: int, doc) -> None:
+        await asyncio.sleep(max(arrivals[i] - (time.perf_counter() - t0), 0))
+        async with gate:
+            start = time.perf_counter()
+            rec = {"domain": doc.domain, "status": 200}
+            try:
+                r = await client.completions.create(model=model, prompt=doc.text, max_tokens=max_tokens, echo=True,
+                                                    logprobs=0, temperature=0,
+                                                    extra_body={"task": doc.domain} if name_task else None)
+            except openai.APIStatusError as e:
+                rec["status"] = e.status_code
+                out[i] = rec
+                return
+            rec["latency"] = time.perf_counter() - start
+            n = r.usage.prompt_tokens
+            lps = r.choices[0].logprobs.token_logprobs[1:n]
+            rec |= {"nll": -sum(lps), "tokens": len(lps), "new_tokens": r.usage.completion_tokens,
+                    **{k: v for k, v in r.model_extra["lightmoe"].items() if k != "choices"}}
+            out[i] = rec
+
+    await asyncio.gather(*(one(i, d) for i, d in enumerate(docs)))
+    await client.close()
+    return out
+
+
+def summarise_load(recs: list[dict], seconds: float) -> dict:
+    ok = [r for r in recs if r["status"] == 200]
+    lat = sorted(r["latency"] for r in ok)
+    ttft = sorted(r["first_token_seconds"] for r in ok if r.get("first_token_seconds") is not None)
+
+    def pct(xs, q):
+        return xs[min(int(q * len(xs)), len(xs) - 1)] if xs else None
+
+    return {"seconds": seconds, "answered": len(ok), "rejected_429": sum(r["status"] == 429 for r in recs),
+            "errors_5xx": sum(r["status"] >= 500 for r in recs), "sent": len(recs),
+            "requests_per_s": len(ok) / seconds, "new_tokens_per_s": sum(r["new_tokens"] for r in ok) / seconds,
+            "latency_p50": pct(lat, 0.5), "latency_p99": pct(lat, 0.99), "ttft_p50": pct(ttft, 0.5),
+            "ttft_p99": pct(ttft, 0.99),
+            "nll_per_token": sum(r["nll"] for r in ok) / max(sum(r["tokens"] for r in ok), 1),
+            "swaps_waited": sum(r.get("swaps_waited", 0) for r in ok),
+            "mib_waited": sum(r.get("expert_bytes_waited", 0) for r in ok) / 2**20}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--budgets", default="0.25,0.5")
+    ap.add_argument("--requests", type=int, default=200)
+    ap.add_argument("--clients", type=int, default=16)
+    ap.add_argument("--rate", type=float, default=0.0, help="Poisson arrivals per second (0: clients send at will)")
+    ap.add_argument("--max-tokens", type=int, default=16)
+    ap.add_argument("--max-batch", type=int, default=8)
+    ap.add_argument("--max-wait-ms", type=float, default=500.0)
+    ap.add_argument("--doc-chars", type=int, default=1200, help="documents are cut to this many characters")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--phases", default="load,detect,meter,single")
+    ap.add_argument("--out", default="serve.json")
+    HarnessOptions.add_arguments(ap, repeats=1)
+    args = ap.parse_args()
+    harness = Harness("bench_serve", args.threads, HarnessOptions.from_args(args), NoisePolicy(min_repeats=1))
+
+    import torch
+
+    from lightmoe_cli.bundle.build import BuildOptions, build_bundle
+    from lightmoe_cli.evaluation.stream import build_stream
+    from lightmoe_cli.evaluation.tasks import build_demo_items
+    from lightmoe_cli.loading import load_model_and_tokenizer, resolve_model
+    from lightmoe_cli.paths import CORPUS_DIR, ITEMS_DIR
+    from lightmoe_cli.profile.run import ensure_profile
+    from lightmoe_cli.serve.server import ServeRequest, ThreadedServer, build_server
+
+    torch.set_num_threads(args.threads)
+    if not any((ITEMS_DIR / "ppl").glob("*.jsonl")):
+        build_demo_items(CORPUS_DIR, ITEMS_DIR)
+    name = resolve_model(None)
+    model, tok = load_model_and_tokenizer(name)
+    prof = ensure_profile(model, tok, name)
+    work = ROOT / "runs" / "bench-serve"
+    budgets = [float(b) for b in args.budgets.split(",")]
+    bundles = {"full": build_bundle(prof, model, tok, name, work / "full", BuildOptions(policy="full"), force=True)}
+    for b in budgets:
+        for policy in ("prune", "task-aware"):
+            bundles[f"{policy}-{b}"] = build_bundle(prof, model, tok, name, work / f"{policy}-{b}",
+                                                    BuildOptions(policy=policy, fraction=b), force=True)
+    del model
+    import dataclasses
+
+    stream = [dataclasses.replace(d, text=d.text[: args.doc_chars])
+              for d in build_stream(ITEMS_DIR / "ppl", 1, args.requests)]
+    configs = {"full": ("full", "fifo", False)}
+    for b in budgets:
+        configs |= {f"prune {b:.0%}": (f"prune-{b}", "fifo", False),
+                    f"task-aware FIFO+jump {b:.0%}": (f"task-aware-{b}", "fifo", False),
+                    f"task-aware task-sched {b:.0%}": (f"task-aware-{b}", "task", False),
+                    f"oracle (task named) {b:.0%}": (f"task-aware-{b}", "task", True)}
+    phases = set(args.phases.split(","))
+    result: dict = {"requests": args.requests, "clients": args.clients, "rate": args.rate,
+                    "max_tokens": args.max_tokens, "max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms,
+                    "threads": args.threads, "doc_chars": args.doc_chars}
+    records: dict[str, list[dict]] = {}
+
+    def measure(label: str) -> dict:
+        key, schedule, named = configs[label]
+        req = ServeRequest(bundle=bundles[key].path, max_batch=args.max_batch, max_queue=10_000,
+                           schedule=schedule, max_wait_ms=args.max_wait_ms)
+        srv = build_server(req, bundles[key])
+        rss0 = rss_mib()
+        with ThreadedServer(srv) as running:
+            t0 = time.perf_counter()
+            recs = asyncio.run(load(running.url, srv.context.model_name, stream, args.clients, args.rate,
+                                    args.max_tokens, named))
+            seconds = time.perf_counter() - t0
+        records.setdefault(label, recs)
+        return summarise_load(recs, seconds) | {"rss_before_mib": rss0, "rss_after_mib": rss_mib(),
+                                                "engine_swaps": srv.engine.swaps}
+
+    if "load" in phases:
+        runs = harness.measure(list(configs), measure, warmup=False)
+        result["load"] = {label: {k: statistics.median([r[k] for r in rs]) if all(
+            isinstance(r.get(k), (int, float)) for r in rs) else rs[0].get(k) for k in rs[0]}
+            for label, rs in runs.items()}
+        result["nll"] = nll_table(records, configs, budgets)
+        if "meter" in phases:
+            result["meter"] = meter_correlation(records)
+        base = {label: f"prune {label.split()[-1]}" if label != "full" and not label.startswith("prune") else None
+                for label in configs}
+        cfgs = [Config(label, baseline=base[label], bounds={"requests_per_s": None}) for label in configs]
+        metrics = [Metric("requests_per_s", "req/s"), Metric("new_tokens_per_s", "new tok/s", ratio=False),
+                   Metric("latency_p50", "p50 s", higher_is_better=False, ratio=False),
+                   Metric("latency_p99", "p99 s", higher_is_better=False, ratio=False),
+                   Metric("ttft_p50", "TTFT p50 s", higher_is_better=False, ratio=False),
+                   Metric("nll_per_token", "NLL/tok", higher_is_better=False, ratio=False, fmt=".4f"),
+                   Metric("swaps_waited", "swaps", ratio=False, fmt=",.0f"),
+                   Metric("rss_after_mib", "RSS MiB after", ratio=False, fmt=",.0f")]
+        rows = analyse(cfgs, runs, metrics, None)
+    if "detect" in phases:
+        result["detect"] = detection(bundles[f"task-aware-{budgets[-1]}"], args.doc_chars)
+    if "single" in phases:
+        result["single"] = single_request(bundles[f"task-aware-{budgets[-1]}"], args.threads)
+    if "load" in phases:
+        harness.finish(rows, metrics, "lightmoe serve under load (x prune: throughput ratio)", result,
+                       harness.options.results_dir / args.out)
+    else:
+        from benchmarks.harness import write_json
+
+        write_json(harness.options.results_dir / args.out, result)
+    print_extras(result)
+
+
+def nll_table(records: dict[str, list[dict]], configs: dict, budgets: list[float]) -> dict:
+    """Per budget: each config's NLL/token, its paired difference to prune, and the share of prune's gap to full
+    it closes (documents answered by every config)."""
+    import numpy as np
+
+    from lightmoe_cli.analysis.paired import gap_closed, paired_bootstrap
+
+    def by_domain(recs, key):
+        out: dict[str, list[float]] = {}
+        for r in recs:
+            out.setdefault(r["domain"], []).append(r.get(key, np.nan))
+        return {d: np.asarray(v) for d, v in out.items()}
+
+    table = {}
+    full = records["full"]
+    for b in budgets:
+        prune = records[f"prune {b:.0%}"]
+        for label in configs:
+            if not label.endswith(f"{b:.0%}") or label.startswith("prune"):
+                continue
+            recs = records[label]
+            ok = all(r["status"] == 200 for r in recs + prune + full)
+            if not ok:
+                table[label] = {"error": "some requests were not answered"}
+                continue
+            w = by_domain(recs, "tokens")
+            diff = paired_bootstrap(by_domain(recs, "nll"), by_domain(prune, "nll"), w)
+            tot = {k: sum(r["nll"] for r in v) / sum(r["tokens"] for r in v) for k, v in
+                   (("c", recs), ("p", prune), ("f", full))}
+            table[label] = {"nll_per_token": tot["c"], "prune": tot["p"], "full": tot["f"],
+                            "vs_prune": diff.to_json(), "gap_closed": gap_closed(tot["c"], tot["p"], tot["f"])}
+    return table
+
+
+def meter_correlation(records: dict[str, list[dict]]) -> dict:
+    """Spearman(served mass, ΔNLL per token vs full) over every response that has a served mass."""
+    from scipy.stats import spearmanr
+
+    full = records["full"]
+    xs, ys = [], []
+    for label, recs in records.items():
+        if label == "full":
+            continue
+        for r, f in zip(recs, full, strict=True):
+            if r["status"] == 200 and f["status"] == 200 and r.get("served_mass") is not None:
+                xs.append(r["served_mass"])
+                ys.append(r["nll"] / r["tokens"] - f["nll"] / f["tokens"])
+    if len(xs) < 3:
+        return {"responses": len(xs)}
+    rho, p = spearmanr(xs, ys)
+    bins = {}
+    for lo, hi in ((0, 0.8), (0.8, 0.9), (0.9, 0.95), (0.95, 0.99), (0.99, 1.01)):
+        sel = [y for x, y in zip(xs, ys, strict=True) if lo <= x < hi]
+        if sel:
+            bins[f"{lo:.2f}-{min(hi, 1):.2f}"] = {"responses": len(sel), "mean_dnll": sum(sel) / len(sel)}
+    return {"responses": len(xs), "spearman": float(rho), "p_value": float(p), "by_served_mass": bins}
+
+
+def detection(bundle, doc_chars: int) -> dict:
+    """Accuracy per domain of both detectors on held-out documents (the test split's ppl items)."""
+    import json
+
+    from lightmoe_cli.bundle.task_classifier import load_text_classifier
+    from lightmoe_cli.paths import ITEMS_DIR
+    from lightmoe_cli.serve.detect import RoutingDetector
+    from lightmoe_cli.serve.server import ServeRequest, build_server
+
+    srv = build_server(ServeRequest(bundle=bundle.path, schedule="task"), bundle)
+    tok = srv.runtime.tokenizer
+    clf = load_text_classifier(bundle.path)
+    out: dict = {}
+    for probe_tokens in (16, 64):
+        det = RoutingDetector(bundle.manifest.task_signatures, srv.runtime.layers[0].layer_index, srv.engine.probe,
+                              probe_tokens)
+        out[f"routing@{probe_tokens}"] = {}
+        for p in sorted((ITEMS_DIR / "ppl").glob("*.jsonl")):
+            docs = [json.loads(x)["text"][:doc_chars] for x in p.read_text().splitlines() if x.strip()]
+            right = sum(det.detect(tok(d, add_special_tokens=False).input_ids, d)[0] == p.stem for d in docs)
+            out[f"routing@{probe_tokens}"][p.stem] = right / len(docs)
+    if clf is not None:
+        out["text"] = {}
+        for p in sorted((ITEMS_DIR / "ppl").glob("*.jsonl")):
+            docs = [json.loads(x)["text"][:doc_chars] for x in p.read_text().splitlines() if x.strip()]
+            out["text"][p.stem] = sum(clf.predict(d)[0] == p.stem for d in docs) / len(docs)
+    srv.close()
+    for k in list(out):
+        out[k]["mean"] = sum(out[k].values()) / len(out[k])
+    return out
+
+
+def single_request(bundle, threads: int, new_tokens: int = 64, repeats: int = 5) -> dict:
+    """One request alone: `run`'s generate_one vs the server (streaming client), interleaved."""
+    import openai
+
+    from lightmoe_cli.runtime.generate import generate_one
+    from lightmoe_cli.runtime.loader import build_runtime
+    from lightmoe_cli.serve.server import ServeRequest, ThreadedServer, build_server
+
+    prompt = "12 + 7 = 19\n45 - 3 = "
+    rt = build_runtime(bundle)
+    srv = build_server(ServeRequest(bundle=bundle.path, schedule="fifo"), bundle)
+    res: dict[str, list[tuple[float, float]]] = {"run": [], "serve": []}
+    with ThreadedServer(srv) as running:
+        client = openai.OpenAI(base_url=running.url + "/v1", api_key="none", max_retries=0)
+        for _ in range(repeats):
+            r = generate_one(rt, prompt, new_tokens, [0])
+            res["run"].append((r.prefill_s, r.new_tokens / r.decode_s if r.decode_s else 0.0))
+            t0 = time.perf_counter()
+            first, n = None, 0
+            for chunk in client.completions.create(model=srv.context.model_name, prompt=prompt, max_tokens=new_tokens,
+                                                   temperature=0, stream=True):
+                if chunk.choices and chunk.choices[0].text:
+                    n += 1
+                    if first is None:
+                        first = time.perf_counter()
+            end = time.perf_counter()
+            res["serve"].append((first - t0, (n - 1) / (end - first) if n > 1 else 0.0))
+    rt.close()
+    med = {k: (statistics.median(a for a, _ in v), statistics.median(b for _, b in v)) for k, v in res.items()}
+    return {"run": {"ttft_s": med["run"][0], "decode_tok_s": med["run"][1]},
+            "serve": {"ttft_s": med["serve"][0], "decode_tok_s": med["serve"][1]},
+            "decode_ratio": med["serve"][1] / med["run"][1], "ttft_ratio": med["run"][0] / med["serve"][0],
+            "bound": 1.0, "repeats": repeats, "new_tokens": new_tokens,
+            "raw": {k: [list(x) for x in v] for k, v in res.items()}}
+
+
+def print_extras(result: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    c = Console(width=160)
+    if "nll" in result:
+        t = Table(title="held-out NLL through the server (paired vs prune, 95% interval)")
+        for col in ("config", "NLL/tok", "vs prune", "gap closed"):
+            t.add_column(col)
+        for label, r in result["nll"].items():
+            if "error" in r:
+                t.add_row(label, r["error"], "", "")
+                continue
+            d = r["vs_prune"]
+            t.add_row(label, f"{r['nll_per_token']:.4f}", f"{d['diff']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]",
+                      "-" if r["gap_closed"] is None else f"{r['gap_closed']:.0%}")
+        c.print(t)
+    if "meter" in result:
+        c.print(f"meter: {result['meter']}")
+    if "detect" in result:
+        c.print(f"detection: {result['detect']}")
+    if "single" in result:
+        c.print(f"one request alone: {result['single']['run']} (run) vs {result['single']['serve']} (serve)")
+
+
+if __name__ == "__main__":
+    main()
