@@ -79,6 +79,12 @@ bench: setup
 bench-large: setup
     {{py}} benchmarks/bench_runtime.py --random-olmoe 2 --new-tokens 16
 
+# Load test of `lightmoe serve` (docs/serving.md): the openai client, 16 clients, 200 interleaved held-out
+# documents; full, prune, task-aware FIFO+jump, task scheduling and the oracle at 25% and 50%; task detection
+# accuracy, the quality meter against real damage, one request alone vs `run` (about 15 minutes on 2 cores).
+bench-serve: corpus
+    {{py}} benchmarks/bench_serve.py --budgets 0.25,0.5 --requests 200 --clients 16
+
 # Activation budgets on the same 1.05B model (docs/activation-budgets.md): every rule vs the full top-k, one
 # request and 8 together, each ratio beside its bound (about 16 minutes on 2 cores).
 bench-activation: setup

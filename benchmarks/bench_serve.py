@@ -36,11 +36,64 @@ if str(ROOT) not in sys.path:
 from benchmarks.harness import Config, Harness, HarnessOptions, Metric, NoisePolicy, analyse  # noqa: E402
 
 
-def rss_mib() -> float:
-    for line in open("/proc/self/status"):
-        if line.startswith("VmRSS:"):
+def proc_mib(pid: int | str, key: str = "VmRSS") -> float:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith(key + ":"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+class ServerProcess:
+    """`lightmoe serve` in its own process, as users run it: the load generator never shares its interpreter
+    (or its GIL) with the server, and the server's RSS is its own."""
+
+    def __init__(self, bundle: Path, threads: int, *flags: str):
+        import subprocess
+
+        from lightmoe_cli.serve.server import free_port
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen([sys.executable, "-m", "lightmoe_cli.cli", "serve", "--bundle", str(bundle),
+                                      "--port", str(self.port), "--threads", str(threads), *flags],
+                                     stderr=subprocess.PIPE, text=True)
+
+    def __enter__(self) -> ServerProcess:
+        import httpx
+
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"server did not start: {self.proc.stderr.read()[-2000:]}")
+            time.sleep(0.2)
+
+    def metric(self, name: str) -> float:
+        import httpx
+
+        for line in httpx.get(self.url + "/metrics", timeout=10).text.splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+        return 0.0
+
+    def model(self) -> str:
+        import httpx
+
+        return httpx.get(self.url + "/v1/models", timeout=10).json()["data"][0]["id"]
+
+    def stop(self) -> int:
+        import signal
+
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=120)
+
+    def __exit__(self, *exc) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
 
 
 async def load(url: str, model: str, docs, clients: int, rate: float, max_tokens: int, name_task: bool,
@@ -99,8 +152,7 @@ def summarise_load(recs: list[dict], seconds: float) -> dict:
             "latency_p50": pct(lat, 0.5), "latency_p99": pct(lat, 0.99), "ttft_p50": pct(ttft, 0.5),
             "ttft_p99": pct(ttft, 0.99),
             "nll_per_token": sum(r["nll"] for r in ok) / max(sum(r["tokens"] for r in ok), 1),
-            "swaps_waited": sum(r.get("swaps_waited", 0) for r in ok),
-            "mib_waited": sum(r.get("expert_bytes_waited", 0) for r in ok) / 2**20}
+            "requests_after_a_swap": sum(r.get("swaps_waited", 0) > 0 for r in ok)}
 
 
 def main() -> None:
@@ -114,6 +166,8 @@ def main() -> None:
     ap.add_argument("--max-wait-ms", type=float, default=500.0)
     ap.add_argument("--doc-chars", type=int, default=1200, help="documents are cut to this many characters")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--detector", default="routing", help="the task-scheduled servers' detector (the JSON of "
+                    "2026-12-01 was measured with routing)")
     ap.add_argument("--phases", default="load,detect,meter,single")
     ap.add_argument("--out", default="serve.json")
     HarnessOptions.add_arguments(ap, repeats=1)
@@ -128,8 +182,6 @@ def main() -> None:
     from lightmoe_cli.loading import load_model_and_tokenizer, resolve_model
     from lightmoe_cli.paths import CORPUS_DIR, ITEMS_DIR
     from lightmoe_cli.profile.run import ensure_profile
-    from lightmoe_cli.serve.server import ServeRequest, ThreadedServer, build_server
-
     torch.set_num_threads(args.threads)
     if not any((ITEMS_DIR / "ppl").glob("*.jsonl")):
         build_demo_items(CORPUS_DIR, ITEMS_DIR)
@@ -155,25 +207,26 @@ def main() -> None:
                     f"task-aware task-sched {b:.0%}": (f"task-aware-{b}", "task", False),
                     f"oracle (task named) {b:.0%}": (f"task-aware-{b}", "task", True)}
     phases = set(args.phases.split(","))
-    result: dict = {"requests": args.requests, "clients": args.clients, "rate": args.rate,
+    result: dict = {"detector": args.detector, "requests": args.requests, "clients": args.clients, "rate": args.rate,
                     "max_tokens": args.max_tokens, "max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms,
                     "threads": args.threads, "doc_chars": args.doc_chars}
     records: dict[str, list[dict]] = {}
 
     def measure(label: str) -> dict:
         key, schedule, named = configs[label]
-        req = ServeRequest(bundle=bundles[key].path, max_batch=args.max_batch, max_queue=10_000,
-                           schedule=schedule, max_wait_ms=args.max_wait_ms)
-        srv = build_server(req, bundles[key])
-        rss0 = rss_mib()
-        with ThreadedServer(srv) as running:
+        flags = ["--max-batch", str(args.max_batch), "--max-queue", "10000", "--schedule", schedule,
+                 "--max-wait-ms", str(args.max_wait_ms), "--detector", args.detector]
+        with ServerProcess(bundles[key].path, args.threads, *flags) as srv:
+            rss0 = proc_mib(srv.proc.pid)
             t0 = time.perf_counter()
-            recs = asyncio.run(load(running.url, srv.context.model_name, stream, args.clients, args.rate,
-                                    args.max_tokens, named))
+            recs = asyncio.run(load(srv.url, srv.model(), stream, args.clients, args.rate, args.max_tokens, named))
             seconds = time.perf_counter() - t0
+            extra = {"rss_before_mib": rss0, "rss_after_mib": proc_mib(srv.proc.pid),
+                     "peak_rss_mib": proc_mib(srv.proc.pid, "VmHWM"), "layer_swaps": srv.metric("lightmoe_swaps"),
+                     "mib_moved": srv.metric("lightmoe_expert_bytes_loaded") / 2**20}
+            extra["exit_code"] = srv.stop()
         records.setdefault(label, recs)
-        return summarise_load(recs, seconds) | {"rss_before_mib": rss0, "rss_after_mib": rss_mib(),
-                                                "engine_swaps": srv.engine.swaps}
+        return summarise_load(recs, seconds) | extra
 
     if "load" in phases:
         runs = harness.measure(list(configs), measure, warmup=False)
@@ -191,7 +244,9 @@ def main() -> None:
                    Metric("latency_p99", "p99 s", higher_is_better=False, ratio=False),
                    Metric("ttft_p50", "TTFT p50 s", higher_is_better=False, ratio=False),
                    Metric("nll_per_token", "NLL/tok", higher_is_better=False, ratio=False, fmt=".4f"),
-                   Metric("swaps_waited", "swaps", ratio=False, fmt=",.0f"),
+                   Metric("layer_swaps", "layer swaps", ratio=False, fmt=",.0f"),
+                   Metric("mib_moved", "MiB moved", ratio=False, fmt=",.1f"),
+                   Metric("rss_before_mib", "RSS MiB before", ratio=False, fmt=",.0f"),
                    Metric("rss_after_mib", "RSS MiB after", ratio=False, fmt=",.0f")]
         rows = analyse(cfgs, runs, metrics, None)
     if "detect" in phases:
@@ -304,27 +359,27 @@ def single_request(bundle, threads: int, new_tokens: int = 64, repeats: int = 5)
 
     from lightmoe_cli.runtime.generate import generate_one
     from lightmoe_cli.runtime.loader import build_runtime
-    from lightmoe_cli.serve.server import ServeRequest, ThreadedServer, build_server
 
     prompt = "12 + 7 = 19\n45 - 3 = "
     rt = build_runtime(bundle)
-    srv = build_server(ServeRequest(bundle=bundle.path, schedule="fifo"), bundle)
     res: dict[str, list[tuple[float, float]]] = {"run": [], "serve": []}
-    with ThreadedServer(srv) as running:
-        client = openai.OpenAI(base_url=running.url + "/v1", api_key="none", max_retries=0)
+    with ServerProcess(bundle.path, threads, "--schedule", "fifo") as srv:
+        client = openai.OpenAI(base_url=srv.url + "/v1", api_key="none", max_retries=0)
+        model = srv.model()
         for _ in range(repeats):
             r = generate_one(rt, prompt, new_tokens, [0])
             res["run"].append((r.prefill_s, r.new_tokens / r.decode_s if r.decode_s else 0.0))
             t0 = time.perf_counter()
             first, n = None, 0
-            for chunk in client.completions.create(model=srv.context.model_name, prompt=prompt, max_tokens=new_tokens,
-                                                   temperature=0, stream=True):
+            for chunk in client.completions.create(model=model, prompt=prompt, max_tokens=new_tokens, temperature=0,
+                                                   stream=True):
                 if chunk.choices and chunk.choices[0].text:
                     n += 1
                     if first is None:
                         first = time.perf_counter()
             end = time.perf_counter()
             res["serve"].append((first - t0, (n - 1) / (end - first) if n > 1 else 0.0))
+        srv.stop()
     rt.close()
     med = {k: (statistics.median(a for a, _ in v), statistics.median(b for _, b in v)) for k, v in res.items()}
     return {"run": {"ttft_s": med["run"][0], "decode_tok_s": med["run"][1]},

@@ -53,7 +53,7 @@ def test_completions_chat_and_streaming_with_the_openai_client(server):
     assert r.usage.prompt_tokens > 0 and 0 < r.usage.completion_tokens <= 6
     meter = r.model_extra["lightmoe"]
     assert 0.0 <= meter["served_mass"] <= 1.0 and meter["task"] in ("arithmetic", "strings")
-    assert meter["task_source"] == "routing"
+    assert meter["task_source"] == "text"  # the bundle's classifier, the default detector
     # a list of prompts: one choice each, in order
     r2 = client.completions.create(model=_name(server), prompt=["reverse lamp -> ", "12 + 7 = "], max_tokens=6,
                                    temperature=0)
@@ -192,6 +192,14 @@ def test_one_failing_request_fails_alone(server, monkeypatch):
         t.join()
     assert out["bad"].status_code == 500 and "boom" in out["bad"].json()["error"]["message"]
     assert out["good1"].status_code == out["good2"].status_code == 200
+
+
+def test_routing_detector_names_tasks_through_the_server(bundle):
+    srv = build_server(ServeRequest(bundle=bundle.path, detector="routing"), bundle)
+    with ThreadedServer(srv) as running:
+        r = _client(running).completions.create(model=_name(running), prompt="12 + 7 = 19\n", max_tokens=2)
+        meter = r.model_extra["lightmoe"]
+        assert meter["task_source"] == "routing" and meter["task"] in ("arithmetic", "strings")
 
 
 def test_api_key_and_overload(bundle):

@@ -24,6 +24,7 @@ class BatchState:
     mask: torch.Tensor  # (B, W) 1 = real token, 0 = padding
     positions: torch.Tensor  # (B, 1) position of each row's next input token
     next_tokens: torch.Tensor  # (B, 1)
+    padded: bool = False  # some row has padding columns (the mask and positions must be passed)
 
     @property
     def size(self) -> int:
@@ -66,14 +67,15 @@ def join(state: BatchState | None, cache, length: int, next_token: int) -> Batch
     pos = torch.tensor([[length]], device=device)
     nxt = torch.tensor([[next_token]], device=device)
     if state is None:
-        return BatchState(_cache(_kv(cache)), mask, pos, nxt)
+        return BatchState(_cache(_kv(cache)), mask, pos, nxt, False)
     width = max(state.mask.shape[1], length)
     kv = [(torch.cat([_left_pad(k0, width), _left_pad(k1, width)]), torch.cat([_left_pad(v0, width),
                                                                                _left_pad(v1, width)]))
           for (k0, v0), (k1, v1) in zip(_kv(state.cache), _kv(cache), strict=True)]
     masks = torch.cat([_left_pad(state.mask[:, :, None], width)[..., 0] if state.mask.shape[1] < width
                        else state.mask, _left_pad(mask[:, :, None], width)[..., 0]])
-    return BatchState(_cache(kv), masks, torch.cat([state.positions, pos]), torch.cat([state.next_tokens, nxt]))
+    return BatchState(_cache(kv), masks, torch.cat([state.positions, pos]), torch.cat([state.next_tokens, nxt]),
+                      state.padded or state.mask.shape[1] != length)
 
 
 def keep_rows(state: BatchState, rows: list[int]) -> BatchState | None:
@@ -87,5 +89,6 @@ def keep_rows(state: BatchState, rows: list[int]) -> BatchState | None:
     start = int((mask.cumsum(-1) == 0).sum(-1).min())  # columns that are padding in every kept row
     kv = [(k.index_select(0, idx)[..., start:, :], v.index_select(0, idx)[..., start:, :])
           for k, v in _kv(state.cache)]
-    return BatchState(_cache(kv), mask[:, start:], state.positions.index_select(0, idx),
-                      state.next_tokens.index_select(0, idx))
+    mask = mask[:, start:]
+    return BatchState(_cache(kv), mask, state.positions.index_select(0, idx), state.next_tokens.index_select(0, idx),
+                      not bool(mask.all()))

@@ -313,9 +313,12 @@ class Engine:
     def _step(self) -> None:
         st = self.state
         mask = torch.cat([st.mask, st.mask.new_ones(st.size, 1)], dim=1)
-        out = self._forward([(j, 1) for j in self.rows], input_ids=st.next_tokens, attention_mask=mask,
-                            position_ids=st.positions, **{self._cache_name: st.cache})
-        st = kv.BatchState(cache_of(out), mask, st.positions + 1, st.next_tokens.clone())
+        # without padding (one row, or rows of equal length) the model's own causal mask and positions are the
+        # same, and its fast path skips building a 4-D mask every step
+        padded = {"attention_mask": mask, "position_ids": st.positions} if st.padded else {}
+        out = self._forward([(j, 1) for j in self.rows], input_ids=st.next_tokens,
+                            **padded, **{self._cache_name: st.cache})
+        st = kv.BatchState(cache_of(out), mask, st.positions + 1, st.next_tokens.clone(), st.padded)
         keep: list[int] = []
         finished_any = False
         for i, job in enumerate(self.rows):
