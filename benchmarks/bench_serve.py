@@ -373,10 +373,10 @@ def single_request(bundle, threads: int, new_tokens: int = 64, repeats: int = 5)
             first, n = None, 0
             for chunk in client.completions.create(model=model, prompt=prompt, max_tokens=new_tokens, temperature=0,
                                                    stream=True):
-                if chunk.choices and chunk.choices[0].text:
-                    n += 1
-                    if first is None:
-                        first = time.perf_counter()
+                if first is None and chunk.choices and chunk.choices[0].text:
+                    first = time.perf_counter()  # the first token is sent at once
+                if chunk.usage is not None:  # the last chunk: tokens generated (deltas are coalesced)
+                    n = chunk.usage.completion_tokens
             end = time.perf_counter()
             res["serve"].append((first - t0, (n - 1) / (end - first) if n > 1 else 0.0))
         srv.stop()

@@ -61,6 +61,8 @@ class Job:
     choices: list[Choice] = field(default_factory=list)
     prompt_choices: list[Choice | None] = field(default_factory=list)
     text: str = ""
+    pending: str = ""  # text decoded but not yet sent (deltas are coalesced, see Engine.stream_interval_s)
+    last_sent: float | None = None
     mass_served: float = 0.0
     mass_tokens: int = 0
     mass_known: bool = True
@@ -82,11 +84,12 @@ class Engine:
     """Owns the runtime; one thread decodes every request."""
 
     def __init__(self, rt: Runtime, scheduler, detector=None, max_queue: int = 256, metrics=None,
-                 jump_at_boundaries: bool = False, max_context: int | None = None):
+                 jump_at_boundaries: bool = False, max_context: int | None = None, stream_interval_s: float = 0.02):
         self.rt, self.scheduler, self.detector = rt, scheduler, detector
         self.max_queue, self.metrics = max_queue, metrics
         self.jump_at_boundaries = jump_at_boundaries  # FIFO + the bundle's task-jump manager
         self.max_context = max_context
+        self.stream_interval_s = stream_interval_s
         self.inbox: queue.Queue[Job] = queue.Queue()
         self.waiting: dict[int, Job] = {}
         self.rows: list[Job] = []
@@ -305,9 +308,19 @@ class Engine:
         return False
 
     def _emit_text(self, job: Job, text: str, choice: Choice) -> None:
-        delta = text[len(job.text):] if text.startswith(job.text) else text
+        job.pending += text[len(job.text):] if text.startswith(job.text) else text
         job.text = text
-        job.emit({"type": "delta", "text": delta, "choice": choice})
+        now = time.monotonic()
+        if job.last_sent is None or now - job.last_sent >= self.stream_interval_s:
+            self._flush(job, now)
+
+    def _flush(self, job: Job, now: float) -> None:
+        """Send the text decoded since the last delta: the first token at once, then at most one delta per
+        `stream_interval_s`, because every delta wakes the HTTP loop, which shares the interpreter with this
+        thread (one delta per token cost ~30% of single-request decode speed on the demo model)."""
+        if job.pending:
+            job.emit({"type": "delta", "text": job.pending})
+            job.pending, job.last_sent = "", now
 
     @torch.no_grad()
     def _step(self) -> None:
@@ -352,6 +365,7 @@ class Engine:
 
     def _finish(self, job: Job, reason: str, emit: bool = True) -> None:
         if emit:
+            self._flush(job, time.monotonic())
             job.emit({"type": "done", "finish_reason": reason, "job": job})
         if self.metrics:
             self.metrics.finished(job, reason)

@@ -44,6 +44,9 @@ class ServeRequest(Threads):
                            "routing against the task signatures; 95%), or auto (text when the bundle has a "
                            "classifier, else routing).", choices=DETECTORS)
     probe_tokens: int = option(64, "Prompt tokens the routing detector reads.", minimum=1, maximum=100_000)
+    stream_interval_ms: float = option(20.0, "Streaming: the first token is sent at once, then the tokens decoded "
+                                       "since the last chunk at most every this many ms (0: one chunk per token).",
+                                       minimum=0)
     shutdown_timeout: float = option(30.0, "Seconds in-flight requests get to finish after SIGTERM.", minimum=0)
     device: str = option("cpu", "cpu or cuda.")
 
@@ -106,7 +109,8 @@ def build_server(req: ServeRequest, bundle=None) -> Server:
         raise LightMoEError(f"--schedule task: the {bundle.policy} bundle cannot switch resident sets")
     config = AutoConfig.from_pretrained(bundle.path / "model")
     sched = SCHEDULERS[schedule](req.max_batch, req.max_wait_ms / 1000.0)
-    engine = Engine(rt, sched, None, max_queue=req.max_queue, jump_at_boundaries=rt.jump is not None)
+    engine = Engine(rt, sched, None, max_queue=req.max_queue, jump_at_boundaries=rt.jump is not None,
+                    stream_interval_s=req.stream_interval_ms / 1000.0)
     detector = None
     if schedule == "task":
         classifier = load_text_classifier(bundle.path) if req.detector in ("auto", "text") else None
