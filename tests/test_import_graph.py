@@ -92,6 +92,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("policies",),  # pure: statistics -> plans
     ("analysis",),  # pure: statistics, outlooks, metrics
     ("models",),  # adapters over transformers' MoE layers
+    ("fit",),  # config.json -> counts and plans on the meta device (the models' adapters, no weights)
     ("identity",),
     ("profile",),  # data in -> trace -> statistics
     ("predict", "demo"),

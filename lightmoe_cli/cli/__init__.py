@@ -12,6 +12,7 @@ from lightmoe_cli.cli import (  # noqa: F401 - each module registers its command
     demo,
     eval,
     export,
+    fit,
     lm_eval,
     models,
     policies,

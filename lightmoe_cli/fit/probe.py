@@ -1,0 +1,57 @@
+"""Short bandwidth probes of this machine: what a decode step can stream from RAM, and from disk.
+
+The memory probe is benchmarks/harness.py's (an fp32 matvec over a matrix far above the caches, median of a few
+reps), re-stated here because the package never imports benchmarks/. The disk probe reads the model's own weight
+files after asking the kernel to drop them from its page cache, so it measures the disk, not RAM.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from pathlib import Path
+
+
+def probe_memory_bandwidth(mib: int = 256, threads: int | None = None, reps: int = 5) -> float:
+    """Bytes/s an fp32 matvec streams through RAM with `threads` torch threads (default: all cores)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads or os.cpu_count() or 1)
+    try:
+        cols = 4096
+        a = torch.ones(max(1, mib * 2**20 // (4 * cols)), cols, dtype=torch.float32)
+        x = torch.ones(cols, dtype=torch.float32)
+        torch.mv(a, x)  # warm-up: pages touched, threads up
+        rates = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            torch.mv(a, x)
+            rates.append(a.numel() * 4 / (time.perf_counter() - t0))
+        return statistics.median(rates)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def probe_disk_bandwidth(files: list[Path], limit: int = 256 * 2**20, block: int = 8 * 2**20) -> float | None:
+    """Bytes/s reading up to `limit` bytes of `files` (the model's weights) with their cached pages dropped
+    first; None without files or when too little was read to time."""
+    done, seconds = 0, 0.0
+    for path in files:
+        if done >= limit:
+            break
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            if hasattr(os, "posix_fadvise"):
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            t0 = time.perf_counter()
+            while done < limit and (chunk := os.read(fd, block)):
+                done += len(chunk)
+            seconds += time.perf_counter() - t0
+        finally:
+            os.close(fd)
+    return done / seconds if done >= 16 * 2**20 and seconds > 0 else None
