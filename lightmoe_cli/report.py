@@ -100,6 +100,19 @@ def policies_table() -> Table:
     return t
 
 
+def recovery_warning(bundle) -> str | None:
+    """One line when a recovery (replace, prune-lora) went over its text more than once: its recipe was shorter
+    than steps x batch x sequence length."""
+    rep = bundle.manifest.replacement
+    rec = rep.recovery if rep is not None else {}
+    epochs = rec.get("epochs")
+    if not epochs or epochs <= 1.0:
+        return None
+    return (f"the recovery text holds {rec['tokens']:,} training tokens for the {rec['tokens_needed']:,} its "
+            f"{rec['steps']} steps read: it went over it {epochs:.1f} times (give --recover-tasks a recipe with "
+            "more text, or fewer --recover-steps)")
+
+
 def bundle_table(bundle) -> Table:
     """build-bundle summary: per layer slots, covered calibration gate mass, redirected and dropped experts."""
     b = bundle.manifest.budget

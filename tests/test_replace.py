@@ -251,3 +251,84 @@ def test_similarity_selection_replaces_near_duplicates_before_rarely_used_unique
     assert v[2] > v[0] and v[3] > v[1]  # the unique experts are worth more than the duplicates, mass notwithstanding
     alone = keep_value(mass, torch.eye(4).numpy())  # no neighbour alike: the value is the mass share
     assert alone / alone.sum() == pytest.approx(mass / mass.sum())
+
+
+def test_recovery_reads_its_own_text_budget_not_the_profiles_and_scores_a_heldout_slice(prof, tiny_moe, tmp_path):
+    """The profile kept 600 tokens per task; a recovery of 6 x 8 x 64 = 3,072 tokens reads that much text of the
+    recipe (plus its held-out slice), records the held-out loss before, during and after, and says how many
+    times it went over its text."""
+    root, model, tok = tiny_moe
+    assert prof.manifest.recipe["tasks"][0]["max_tokens"] == 600
+    b = build_bundle(prof, model, tok, str(root / "model"), tmp_path / "r",
+                     BuildOptions(policy="replace", params={"compression": 0.3, "rank": 2, "recover_steps": 6,
+                                                            "lr": 5e-3}))
+    rec = b.manifest.replacement.recovery
+    assert rec["tokens_needed"] == 6 * 8 * 128
+    assert rec["tokens"] + rec["heldout_tokens"] > 2 * 600  # more than the profile's text
+    assert rec["tokens"] >= rec["tokens_needed"] or rec["epochs"] > 1.0
+    assert rec["epochs"] == pytest.approx(rec["tokens_needed"] / rec["tokens"], rel=1e-3)
+    steps = [s for s, _ in rec["heldout_losses"]]
+    assert steps[0] == 0 and steps[-1] == 6 and rec["heldout_before"] == rec["heldout_losses"][0][1]
+    assert rec["heldout_after"] == min(x for _, x in rec["heldout_losses"]) <= rec["heldout_before"]
+
+
+def test_a_recovery_that_gets_worse_keeps_its_starting_factors(tiny_moe, monkeypatch):
+    """Scored on held-out windows, a run whose steps wreck the factors ends with the SVD initialisation."""
+    root, model, tok = tiny_moe
+    layers = get_adapter(model).moe_layers(model)
+    bases = {m.layer_index: {1: 0, 3: 2} for m in layers}
+    windows = calibration_windows(tok, load_recipe(root / "calib.yaml"), 32)
+    settings = RecoverySettings(steps=6, lr=1e-3, anneal=0.0, batch_size=4, seq_len=32, eval_every=3)
+    gen = torch.Generator().manual_seed(0)
+
+    @torch.no_grad()
+    def wreck(self, closure=None):  # every step throws the factors far off: held-out loss only rises
+        for group in self.param_groups:
+            for p in group["params"]:
+                p.add_(torch.randn(p.shape, generator=gen) * 50)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", wreck)
+    start = init_states(layers, bases, rank=2)
+    states = init_states(layers, bases, rank=2)
+    rec = recover(model, layers, states, windows[4:], settings, heldout=windows[:4])
+    assert rec.heldout_best_step == 0 and rec.heldout_after == rec.heldout_before
+    assert [s for s, _ in rec.heldout_losses] == [0, 3, 6]
+    for li in states:
+        for (n, p), (_, q) in zip(states[li].factors.named_parameters(), start[li].factors.named_parameters(),
+                                  strict=True):
+            assert torch.equal(p, q), n
+
+
+def test_a_short_recovery_recipe_is_reported_in_one_warning_line(prof, tiny_moe, tmp_path):
+    from lightmoe_cli.report import recovery_warning
+
+    root, model, tok = tiny_moe
+    (tmp_path / "short.jsonl").write_text('{"text": "' + "12 + 7 = 19. " * 40 + '"}\n')
+    (tmp_path / "short.yaml").write_text("tasks:\n  - {name: arithmetic, source: {type: jsonl, path: short.jsonl}}\n")
+    b = build_bundle(prof, model, tok, str(root / "model"), tmp_path / "r",
+                     BuildOptions(policy="replace", params={"compression": 0.3, "rank": 2, "recover_steps": 4,
+                                                            "recover_tasks": str(tmp_path / "short.yaml")}))
+    rec = b.manifest.replacement.recovery
+    assert rec["epochs"] > 1.0
+    line = recovery_warning(b)
+    assert line is not None and "\n" not in line and f"{rec['epochs']:.1f} times" in line
+    long = build_bundle(prof, model, tok, str(root / "model"), tmp_path / "ok",
+                        BuildOptions(policy="replace", params={"compression": 0.3, "rank": 2, "recover_steps": 1}))
+    assert long.manifest.replacement.recovery["epochs"] <= 1.0 and recovery_warning(long) is None
+
+
+def test_eval_rows_carry_each_bundles_own_memory(prof, tiny_moe, tmp_path):
+    """A full bundle (built with a --budget it ignores) is a row at 1.00; a replace bundle at its own fraction."""
+    from lightmoe_cli.evaluation.render import _mem
+    from lightmoe_cli.evaluation.run import _configs_from_bundles
+
+    root, model, tok = tiny_moe
+    full = build_bundle(prof, model, tok, str(root / "model"), tmp_path / "full",
+                        BuildOptions(policy="full", fraction=0.5))
+    rep = build_bundle(prof, model, tok, str(root / "model"), tmp_path / "rep",
+                       BuildOptions(policy="replace", params={"compression": 0.3, "rank": 2, "recover_steps": 0}))
+    configs = _configs_from_bundles([full.path, rep.path])
+    assert [c.budget for c in configs] == [1.0, pytest.approx(0.7)]
+    row = {"budget_fraction": 0.7, "resident_fraction": rep.manifest.budget.resident_fraction}
+    assert _mem(row) == f"{rep.manifest.budget.resident_fraction:.2f}" and _mem({"budget_fraction": 0.5}) == "0.50"
+    assert full.manifest.budget.resident_fraction == 1.0

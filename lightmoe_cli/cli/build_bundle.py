@@ -21,7 +21,7 @@ def build_bundle_cmd(policy_params: dict | None = None, **options: Any) -> None:
     from rich.console import Console
 
     from lightmoe_cli.bundle.build import build_bundle_request
-    from lightmoe_cli.report import bundle_table, token_progress
+    from lightmoe_cli.report import bundle_table, recovery_warning, token_progress
 
     console = Console()
     try:
@@ -36,6 +36,9 @@ def build_bundle_cmd(policy_params: dict | None = None, **options: Any) -> None:
     except LightMoEError as e:
         fail(e)
     console.print(bundle_table(bundle))
+    warning = recovery_warning(bundle)
+    if warning:
+        Console(stderr=True).print(f"[yellow]warning:[/] {warning}")
     console.print(f"bundle written to {bundle.path}")
 
 

@@ -126,9 +126,13 @@ def run_comparison(configs: list[EvalConfig], tasks: list[str], include_path: li
             results.append(result_of(p))
             if progress:
                 progress.advance(bar)
+    from lightmoe_cli.bundle.artifact import load_bundle
+
     rows = []
     for c, r in zip(configs, results, strict=True):
-        r["budget_fraction"] = c.budget
+        r["budget_fraction"] = c.budget  # the budget asked for: rows at one budget are compared with prune's
+        # what the bundle itself holds (full: 1.00; replace: kept experts + low-rank terms), for the tables
+        r["resident_fraction"] = load_bundle(c.bundle, verify=False).manifest.budget.resident_fraction
         r["replicate"] = c.replicate
         if c.activation or c.tag:
             r["policy"], r["activation"], r["active"] = c.label, c.activation, c.active

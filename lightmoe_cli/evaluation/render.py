@@ -44,7 +44,7 @@ def summary_table(rows: list[dict]) -> Table:
     for r in rows:
         gap = r.get("gap_closed", {})
         g = gap.get("nll", gap.get("acc"))
-        t.add_row(r["policy"], f"{r['budget_fraction']:.2f}", _num(r.get("average"), ".3f"),
+        t.add_row(r["policy"], _mem(r), _num(r.get("average"), ".3f"),
                   _iv(r.get("vs_prune", {}).get("acc"), 100), _num(r.get("nll_per_token"), ".3f"),
                   _iv(r.get("vs_prune", {}).get("nll"), 1, 3), "-" if g is None else f"{g:.0%}",
                   f"{r['resident_expert_bytes'] / 2**20:.1f}", f"{r['decode_tokens_per_s']:.0f}")
@@ -60,7 +60,7 @@ def versus_full_table(rows: list[dict]) -> Table:
         if r["policy"] == "full":
             continue
         vs = r.get("vs_full", {})
-        t.add_row(r["policy"], f"{r['budget_fraction']:.2f}", _iv(vs.get("acc"), 100), _iv(vs.get("nll"), 1, 3),
+        t.add_row(r["policy"], _mem(r), _iv(vs.get("acc"), 100), _iv(vs.get("nll"), 1, 3),
                   str(r["swaps"]), f"{r['bytes_loaded'] / 2**20:,.0f}", f"{r['reroute_or_drop_rate']:.0%}",
                   f"{r['miss_rate']:.0%}")
     return t
@@ -76,7 +76,7 @@ def per_task_table(rows: list[dict], tasks: list[str], key: str, title: str, fmt
     for x in tasks:
         t.add_column(x.removeprefix("demo_").removesuffix("_ppl")[:8], justify="right")
     for r in rows:
-        t.add_row(r["policy"], f"{r['budget_fraction']:.2f}", *[_num(r.get(key, {}).get(x), fmt) for x in tasks])
+        t.add_row(r["policy"], _mem(r), *[_num(r.get(key, {}).get(x), fmt) for x in tasks])
     return t
 
 
@@ -131,7 +131,7 @@ def markdown_report(payload: dict) -> str:
            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         g = r.get("gap_closed", {}).get("nll")
-        out.append(f"| {r['policy']} | {r['budget_fraction']:.2f} | {_num(r.get('average'), '.3f')} | "
+        out.append(f"| {r['policy']} | {_mem(r)} | {_num(r.get('average'), '.3f')} | "
                    f"{_md_iv(r.get('vs_prune', {}).get('acc'), 100)} | {_num(r.get('nll_per_token'), '.3f')} | "
                    f"{_md_iv(r.get('vs_prune', {}).get('nll'), 1, 3)} | {_md_iv(r.get('vs_full', {}).get('nll'), 1, 3)}"
                    f" | {'-' if g is None else f'{g:.0%}'} | {r['resident_expert_bytes'] / 2**20:.1f} | "
@@ -149,3 +149,8 @@ def markdown_report(payload: dict) -> str:
                        f" | {'-' if g is None else f'{g:.0%}'} | {'-' if o is None else f'{o:.0%}'} | {r['swaps']} | "
                        f"{r['bytes_loaded'] / 2**20:.1f} |")
     return "\n".join(out) + "\n"
+
+
+def _mem(r: dict) -> str:
+    """A row's expert memory: what its bundle holds (full 1.00), else the budget it was built for."""
+    return f"{r.get('resident_fraction', r['budget_fraction']):.2f}"

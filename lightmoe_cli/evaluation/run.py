@@ -267,12 +267,15 @@ def run_streams(configs, req: EvalRequest, full_bundle: Path | None) -> list:
 def _configs_from_bundles(bundles: list[Path]) -> list:
     from lightmoe_cli.bundle.artifact import load_bundle
     from lightmoe_cli.evaluation.compare import EvalConfig
+    from lightmoe_cli.policies.registry import get_policy
 
     configs, seen = [], set()
     for b in bundles:
         bb = load_bundle(b)
         act = bb.manifest.activation
-        c = EvalConfig(bb.policy, bb.manifest.budget.requested_fraction or 1.0, Path(b), 0,
+        # a policy without a budget (full) holds every expert: its row is at 1.00, whatever --budget it was built with
+        budget = (bb.manifest.budget.requested_fraction or 1.0) if get_policy(bb.policy).uses_budget else 1.0
+        c = EvalConfig(bb.policy, budget, Path(b), 0,
                        act.rule if act else None, act.active if act else 1.0)
         key = (c.label, c.budget)
         if key in seen:  # a second bundle of one policy at one budget (an ablation): named by its folder

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -55,21 +56,25 @@ def init_states(layers, bases: dict[int, dict[int, int]], rank: int) -> dict[int
     return states
 
 
-def calibration_windows(tokenizer, recipe, seq_len: int) -> torch.Tensor:
-    """(N, seq_len) token windows: each task's documents joined by EOS and cut to full windows (up to its
-    max_tokens), tasks interleaved so every batch mixes them."""
+def calibration_windows(tokenizer, recipe, seq_len: int, budget_tokens: int | None = None) -> torch.Tensor:
+    """(N, seq_len) token windows: each task's documents joined by EOS and cut to full windows, tasks interleaved
+    so every batch mixes them. `budget_tokens`: read the tasks up to that many tokens in all (an equal share
+    each), whatever the recipe's own max_tokens (the recovery's text is sized by the recovery, not by the profile
+    that happened to use the recipe); None: each task's max_tokens."""
     from lightmoe_cli.recipes import iter_task_texts
 
     per_task = []
     eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+    share = -(-budget_tokens // max(len(recipe.tasks), 1)) if budget_tokens else None
     for task in recipe.tasks:
+        cap = share if share is not None else task.max_tokens
         ids: list[int] = []
         for text in iter_task_texts(recipe, task):
             if text.strip():
                 ids += tokenizer(text, add_special_tokens=False)["input_ids"] + [eos]
-            if len(ids) >= task.max_tokens:
+            if len(ids) >= cap:
                 break
-        ids = ids[: task.max_tokens]
+        ids = ids[:cap]
         n = len(ids) // seq_len
         if n:
             per_task.append(torch.tensor(ids[: n * seq_len]).view(n, seq_len))
@@ -79,6 +84,39 @@ def calibration_windows(tokenizer, recipe, seq_len: int) -> torch.Tensor:
     for i in range(max(len(t) for t in per_task)):
         rows += [t[i] for t in per_task if i < len(t)]
     return torch.stack(rows)
+
+
+@dataclass
+class RecoveryText:
+    """The recovery's windows, split: training windows and a held-out slice spread over tasks and positions."""
+
+    train: torch.Tensor
+    heldout: torch.Tensor
+    needed_tokens: int  # steps x batch x seq_len: what the recovery trains on
+
+    @property
+    def epochs(self) -> float:
+        """How many times the recovery goes over its training text (above 1: it repeats it)."""
+        return self.needed_tokens / max(self.train.numel(), 1)
+
+
+def recovery_text(tokenizer, recipe, settings: RecoverySettings) -> RecoveryText:
+    """Read the recipe up to what the recovery needs (plus its held-out share) and hold a slice out."""
+    needed = settings.steps * settings.batch_size * settings.seq_len
+    train_windows = -(-needed // settings.seq_len)
+    heldout_windows = max(settings.batch_size, round(settings.heldout_share * train_windows)) \
+        if settings.heldout_share > 0 else 0
+    windows = calibration_windows(tokenizer, recipe, settings.seq_len,
+                                  (train_windows + heldout_windows) * settings.seq_len)
+    n = windows.shape[0]
+    h = min(heldout_windows, n // 2)  # short text: at most half of it is held out
+    if h == 0:
+        return RecoveryText(windows, windows[:0], needed)
+    stride = n / h
+    held = sorted({int(i * stride + stride / 2) for i in range(h)})  # every k-th window: all tasks, all positions
+    mask = torch.zeros(n, dtype=torch.bool)
+    mask[held] = True
+    return RecoveryText(windows[~mask], windows[mask], needed)
 
 
 def run_key(bases: dict[int, dict[int, int]], rank: int, settings: RecoverySettings, fingerprint: str,
@@ -97,15 +135,17 @@ def build_replacement(model, tokenizer, layers, plan_layers, rank: int, settings
     bases, and the recovery record. `ckpt` holds the resumable checkpoint; it is removed once the run ends."""
     bases = replaced_bases(plan_layers)
     states = init_states(layers, bases, rank)
-    windows = torch.zeros(0, settings.seq_len, dtype=torch.long)
     if rank > 0 and settings.steps > 0:
-        windows = calibration_windows(tokenizer, recipe, settings.seq_len)
-        if windows.shape[0] == 0:
+        text = recovery_text(tokenizer, recipe, settings)
+        if text.train.shape[0] == 0:
             names = ", ".join(t.name for t in recipe.tasks)
             raise LightMoEError(f"the recovery recipe (tasks {names}) yields no window of {settings.seq_len} "
                                 "tokens: give --recover-tasks a recipe with text, or --recover-steps 0")
-        record = recover(model, layers, states, windows.to(next(model.parameters()).device), settings, ckpt,
-                         run_key(bases, rank, settings, fingerprint, windows), progress)
+        device = next(model.parameters()).device
+        record = recover(model, layers, states, text.train.to(device), settings, ckpt,
+                         run_key(bases, rank, settings, fingerprint, torch.cat([text.train, text.heldout])),
+                         progress, heldout=text.heldout.to(device))
+        record.tokens_needed, record.epochs = text.needed_tokens, round(text.epochs, 3)
         shutil.rmtree(ckpt, ignore_errors=True)
     else:
         record = recover(model, layers, states, torch.zeros(1, 1, dtype=torch.long),
@@ -157,14 +197,16 @@ def lora_experts(model, tokenizer, adapter, plan_layers, rank: int, settings: Re
             f.gate_up_b.normal_(0.0, hidden ** -0.5, generator=gen)
             f.down_b.normal_(0.0, inter ** -0.5, generator=gen)
         states[m.layer_index] = LayerReplacement({j: j for j in range(n)}, f)
-    windows = calibration_windows(tokenizer, recipe, settings.seq_len)
-    if windows.shape[0] == 0:
+    text = recovery_text(tokenizer, recipe, settings)
+    if text.train.shape[0] == 0:
         raise LightMoEError(f"the fine-tuning recipe yields no window of {settings.seq_len} tokens: give "
                             "--recover-tasks a recipe with text")
     settings = RecoverySettings(**{**settings.__dict__, "anneal": 0.0})
-    record = recover(pruned, layers, states, windows, settings, ckpt,
+    record = recover(pruned, layers, states, text.train, settings, ckpt,
                      run_key({li: {j: j for j in range(len(k))} for li, k in kept.items()}, rank, settings,
-                             fingerprint + ":lora", windows), progress)
+                             fingerprint + ":lora", torch.cat([text.train, text.heldout])), progress,
+                     heldout=text.heldout)
+    record.tokens_needed, record.epochs = text.needed_tokens, round(text.epochs, 3)
     shutil.rmtree(ckpt, ignore_errors=True)
     out: dict[int, dict[int, dict]] = {}
     with torch.no_grad():

@@ -193,9 +193,14 @@ def create_app(ctx: ServerContext) -> FastAPI:
         lp = completion_logprobs(job, body) if body.logprobs is not None else None
         return {"index": index, "text": text, "logprobs": lp, "finish_reason": reason}
 
+    token_texts: dict[int, str] = {}  # id -> its text; a scored document asks for hundreds per response
+
     def token_text(t: int) -> str:
-        with tok_lock:
-            return ctx.tokenizer.decode([t])
+        s = token_texts.get(t)
+        if s is None:
+            with tok_lock:
+                s = token_texts[t] = ctx.tokenizer.decode([t])
+        return s
 
     def completion_logprobs(job: Job, body: CompletionBody) -> dict:
         items: list[tuple[int, Choice | None]] = []
