@@ -83,7 +83,7 @@ bench-large: setup
 # documents; full, prune, task-aware FIFO+jump, task scheduling and the oracle at 25% and 50%; task detection
 # accuracy, the quality meter against real damage, one request alone vs `run` (about 15 minutes on 2 cores).
 bench-serve: corpus
-    {{py}} benchmarks/bench_serve.py --budgets 0.25,0.5 --requests 200 --clients 16
+    {{py}} benchmarks/bench_serve.py --budgets 0.25,0.5 --requests 200 --clients 16 --rate 12
 
 # Activation budgets on the same 1.05B model (docs/activation-budgets.md): every rule vs the full top-k, one
 # request and 8 together, each ratio beside its bound (about 16 minutes on 2 cores).
