@@ -4,6 +4,7 @@ events; they never touch the model or the runtime."""
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import threading
 import time
@@ -68,7 +69,8 @@ def create_app(ctx: ServerContext) -> FastAPI:
     @app.middleware("http")
     async def _auth(request: Request, call_next):
         if ctx.api_key and request.url.path != "/health":
-            if request.headers.get("authorization", "") != f"Bearer {ctx.api_key}":
+            given = request.headers.get("authorization", "").encode()
+            if not hmac.compare_digest(given, f"Bearer {ctx.api_key}".encode()):  # constant time
                 return JSONResponse(error_body("missing or wrong API key: send 'Authorization: Bearer <key>'",
                                                "authentication_error", code="invalid_api_key"), status_code=401)
         return await call_next(request)
