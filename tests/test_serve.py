@@ -259,3 +259,19 @@ def test_sigterm_finishes_in_flight_requests_and_exits_0(bundle, tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_a_port_in_use_is_one_line_before_anything_loads(bundle):
+    import socket
+
+    from typer.testing import CliRunner
+
+    from lightmoe_cli.cli import app
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        r = CliRunner().invoke(app, ["serve", "--bundle", str(bundle.path), "--port", str(port)])
+    assert r.exit_code == 1 and f"cannot listen on 127.0.0.1:{port}" in r.output and "--port" in r.output
+    assert "Traceback" not in r.output

@@ -146,6 +146,16 @@ class _TextDetector:
         return self.classifier.predict(text)
 
 
+def _check_port(host: str, port: int) -> None:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise LightMoEError(f"cannot listen on {host}:{port} ({e.strerror}): pick another --port (0: any free "
+                                "one) or stop what holds it") from e
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
@@ -222,8 +232,10 @@ def serve(req: ServeRequest, console=None) -> None:
     """Run until SIGTERM/SIGINT; in-flight requests finish within --shutdown-timeout."""
     import uvicorn
 
-    server = build_server(req)
+    req.validate()
     port = req.port or free_port(req.host)
+    _check_port(req.host, port)  # before minutes of loading, not after
+    server = build_server(req)
     if console is not None:
         i = server.info
         console.print(f"serving [bold]{server.context.model_name}[/] ({i['policy']}, schedule {i['schedule']}"
