@@ -63,14 +63,14 @@ class Job:
     text: str = ""
     pending: str = ""  # text decoded but not yet sent (deltas are coalesced, see Engine.stream_interval_s)
     last_sent: float | None = None
-    mass_served: float = 0.0
+    mass_served: float | torch.Tensor = 0.0
     mass_tokens: int = 0
     mass_known: bool = True
     gen: torch.Generator | None = None
 
     @property
     def served_mass(self) -> float | None:
-        return self.mass_served / self.mass_tokens if self.mass_known and self.mass_tokens else None
+        return float(self.mass_served) / self.mass_tokens if self.mass_known and self.mass_tokens else None
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -149,9 +149,9 @@ class Engine:
             return
         w = weights.float()
         served = ((w * mask).sum(-1) / w.sum(-1).clamp_min(1e-12)).reshape(-1)
-        if len(layout) == 1:
+        if len(layout) == 1:  # summed as a tensor: no sync with the device per layer and step
             job, n = layout[0]
-            job.mass_served += float(served.sum()) / len(self.rt.layers)
+            job.mass_served = job.mass_served + served.sum() / len(self.rt.layers)
             job.mass_tokens += n / len(self.rt.layers)
             return
         values = served.tolist()

@@ -29,15 +29,17 @@ class Sampling:
 @dataclass
 class Choice:
     token: int
-    logprob: float
+    logprob: float  # NaN when the request asked for no logprobs
     top: list[tuple[int, float]]  # the `logprobs` most likely tokens and their logprobs (empty when not asked)
 
 
 def choose(logits: torch.Tensor, s: Sampling, gen: torch.Generator | None) -> Choice:
-    """(V,) logits -> the next token. Greedy at temperature 0 (or top_p 0), else sampled with `gen`."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    if s.temperature <= 0 or s.top_p <= 0:
-        token = int(torch.argmax(logp))
+    """(V,) logits -> the next token. Greedy at temperature 0 (or top_p 0), else sampled with `gen`. The
+    log-softmax over the vocabulary is computed only when the request asked for logprobs (its logprob is NaN
+    otherwise): per decoded token it was 5% of a demo-model step."""
+    greedy = s.temperature <= 0 or s.top_p <= 0
+    if greedy:
+        token = int(torch.argmax(logits))
     else:
         probs = torch.softmax(logits.float() / s.temperature, dim=-1)
         if s.top_p < 1.0:
@@ -45,6 +47,9 @@ def choose(logits: torch.Tensor, s: Sampling, gen: torch.Generator | None) -> Ch
             keep = sorted_p.cumsum(-1) - sorted_p < s.top_p  # the smallest prefix whose mass reaches top_p
             probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
         token = int(torch.multinomial(probs, 1, generator=gen))
+    if s.logprobs is None:
+        return Choice(token, float("nan"), [])
+    logp = torch.log_softmax(logits.float(), dim=-1)
     top: list[tuple[int, float]] = []
     if s.logprobs:
         vals, ids = logp.topk(min(s.logprobs, logp.shape[-1]))
