@@ -102,6 +102,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("export", "evaluation", "serve"),  # serve: bundle -> HTTP (the runtime behind an engine thread)
     ("selftest",),  # drives the whole pipeline on tiny models
     ("report",),
+    ("tune",),  # policy x budget x activation searched on held-out text (drives bundle + runtime)
     ("cli",),
     ("lightmoe_cli",),
 ]

@@ -21,6 +21,7 @@ from lightmoe_cli.cli import (  # noqa: F401 - each module registers its command
     run,
     serve,
     simulate,
+    tune,
 )
 from lightmoe_cli.cli.app import app
 
