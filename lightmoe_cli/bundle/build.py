@@ -151,9 +151,10 @@ def _write_expert_store(adapter, layers, folder: Path, meta: dict[str, str], pro
 
 
 def build_bundle(prof: Profile, model, tokenizer, model_name: str, out: Path, opts: BuildOptions | ResolvedBuild,
-                 progress=None, force: bool = False) -> Bundle:
+                 progress=None, force: bool = False, task_classifier: bool = True) -> Bundle:
     """Write the bundle for `opts.policy` into `out` (via `<out>.tmp`, swapped in at the end; an `out` that is not
-    a bundle is replaced only with `force`)."""
+    a bundle is replaced only with `force`). `task_classifier=False` skips the serving detector (seconds of
+    training): for bundles that are only scored, never served (`lightmoe tune`'s candidates)."""
     from lightmoe_cli.bundle.transforms import WEIGHT_TRANSFORMS, TransformInputs
     from lightmoe_cli.models import get_adapter
     from lightmoe_cli.replace.construct import expert_shape
@@ -183,7 +184,7 @@ def build_bundle(prof: Profile, model, tokenizer, model_name: str, out: Path, op
             save_tensors(weights.lowrank, tmp / "lowrank.safetensors", {FINGERPRINT_KEY: identity.fingerprint})
         _write_bundle(tmp, Path(out), prof, model, tokenizer, adapter, layers, identity, opts, plan, budget,
                       progress, activation, weights.record if weights else None,
-                      weights.overrides if weights else None, force)
+                      weights.overrides if weights else None, force, task_classifier)
     return load_bundle(out, verify=False)
 
 
@@ -222,7 +223,7 @@ def _copy_predictor(src: Path, dst: Path) -> None:
 def _write_bundle(tmp: Path, out: Path, prof: Profile, model, tokenizer, adapter, layers, identity,
                   opts: ResolvedBuild, plan: BundlePlan, budget: BudgetRecord, progress, activation,
                   replacement: ReplacementRecord | None = None, overrides: dict | None = None,
-                  force: bool = False) -> None:
+                  force: bool = False, task_classifier: bool = True) -> None:
     policy, params = opts.policy, opts.params
     meta = {FINGERPRINT_KEY: identity.fingerprint}
     (tmp / "model").mkdir(parents=True)
@@ -236,7 +237,7 @@ def _write_bundle(tmp: Path, out: Path, prof: Profile, model, tokenizer, adapter
         save_tensors({f"layer.{m.layer_index}": prof.similarity(m.layer_index, kind).float() for m in layers},
                      tmp / "similarity.safetensors", meta)
 
-    if plan.task_resident:
+    if plan.task_resident and task_classifier:
         _write_task_classifier(prof, tmp, meta)
     manifest = BundleManifest(
         kind=BundleManifest.KIND, schema_version=SCHEMA_VERSION, created=BundleManifest.now(), model=identity,

@@ -16,8 +16,8 @@ def tune_cmd(req: TuneRequest) -> None:
     from rich.markup import escape
 
     from lightmoe_cli.report import token_progress
-    from lightmoe_cli.tune.render import candidates_table, frontier_table
-    from lightmoe_cli.tune.request import run_tune, write_sidecars
+    from lightmoe_cli.tune.render import candidates_table, frontier_table, write_sidecars
+    from lightmoe_cli.tune.request import run_tune
 
     console = Console()
     with token_progress(console, unit="doc") as progress:

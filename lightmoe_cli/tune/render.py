@@ -75,3 +75,18 @@ def frontier_plot(report: TuneReport, path: Path) -> None:
                  + (f", traffic blocks:{report.traffic}" if report.traffic else ""))
     ax.legend(fontsize=8)
     _save(fig, path)
+
+
+def write_sidecars(report: TuneReport, force: bool = False) -> tuple[Path, Path | None]:
+    """tune.json (every candidate, its figures, why the pick) and the frontier PNG, beside the bundle."""
+    import json
+
+    from lightmoe_cli.files import write_output
+    from lightmoe_cli.tune.request import TUNE_KIND
+
+    out = Path(report.bundle)
+    js = out.with_name(out.name + ".tune.json")
+    write_output(js, json.dumps(report.to_json(), indent=1), TUNE_KIND, force, flag="--out")
+    png = out.with_name(out.name + ".frontier.png")
+    frontier_plot(report, png)
+    return js, png

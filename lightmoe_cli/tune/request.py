@@ -47,10 +47,10 @@ class TuneRequest(ModelChoice, Force):
                                     default_factory=lambda: ["none", "topk:0.75", "lexi:0.75"])
     budget_steps: list[float] = option(help="Resident budgets searched, as shares of the memory's.",
                                        default_factory=lambda: [1.0, 0.75])
-    docs_per_task: int = option(12, "Held-out documents per task for the final rung (the calibration text past "
+    docs_per_task: int = option(25, "Held-out documents per task for the final rung (the calibration text past "
                                 "what the profile read).", minimum=1)
-    doc_tokens: int = option(128, "Tokens scored per held-out document (longer ones are cut).", minimum=8)
-    eta: int = option(4, "Successive halving: keep 1 in ETA candidates per rung, ETA x the documents.", minimum=2)
+    doc_tokens: int = option(96, "Tokens scored per held-out document (longer ones are cut).", minimum=8)
+    eta: int = option(5, "Successive halving: keep 1 in ETA candidates per rung, ETA x the documents.", minimum=2)
     finalists: int = option(2, "Candidates whose decode speed is measured.", minimum=1)
     decode_tokens: int = option(32, "New tokens per prompt when decode speed is measured (2 prompts).", minimum=1)
     exhaustive: bool = option(False, "Score every candidate of the grid on every document (no outlook pruning, no "
@@ -61,6 +61,7 @@ class TuneRequest(ModelChoice, Force):
     threads: int | None = option(None, "torch CPU threads (default: all cores).", minimum=1)
 
     def validate(self) -> None:
+        """Bounds, the exclusive targets and the list options' syntax, before anything loads."""
         check_bounds(self)
         if not self.memory:
             raise LightMoEError("--memory is required: a size such as 40MiB or a share of the experts such as 50%")
@@ -151,8 +152,9 @@ def _resident_fraction(memory: str, non_expert: float, routed: float, model: str
         return share
     value = parse_memory(text, "--memory")
     if value < non_expert:
-        raise LightMoEError(f"--memory {memory} is too small: {model} needs at least {non_expert / GiB:.2f} GiB "
-                            "for the non-expert weights alone (fp32)")
+        need = f"{non_expert / GiB:.2f} GiB" if non_expert >= 0.01 * GiB else f"{non_expert / 2**20:.2f} MiB"
+        raise LightMoEError(f"--memory {memory} is too small: {model} needs at least {need} for the non-expert "
+                            "weights alone (fp32)")
     return min(1.0, (value - non_expert) / routed)
 
 
@@ -331,7 +333,7 @@ def run_tune(req: TuneRequest, progress=None) -> TuneReport:
                 path = tmp / f"b{len(bundles)}"
                 opts = BuildOptions(policy=c.policy, fraction=c.budget if c.policy != "full" else None,
                                     params=dict(c.params)).resolve()
-                build_bundle(prof, lm, tok, str(model), path, opts)
+                build_bundle(prof, lm, tok, str(model), path, opts, task_classifier=False)
                 bundles[c.build_key] = path
                 seconds["build"] += time.perf_counter() - t0
             return bundles[c.build_key]
@@ -440,22 +442,3 @@ def run_tune(req: TuneRequest, progress=None) -> TuneReport:
     report = TuneReport(str(model), str(prof.path), req.memory, fraction, block, list(figures.values()), full_tps,
                         pick, why, line, front, schedule, pruned, seconds, out, n_docs, req.exhaustive)
     return report
-
-
-def write_sidecars(report: TuneReport, force: bool = False) -> tuple[Path, Path | None]:
-    """tune.json (every candidate, its figures, why the pick) and the frontier PNG, beside the bundle."""
-    import json
-
-    from lightmoe_cli.files import write_output
-
-    out = Path(report.bundle)
-    js = out.with_name(out.name + ".tune.json")
-    write_output(js, json.dumps(report.to_json(), indent=1), TUNE_KIND, force, flag="--out")
-    png = out.with_name(out.name + ".frontier.png")
-    try:
-        from lightmoe_cli.tune.render import frontier_plot
-
-        frontier_plot(report, png)
-    except ImportError:  # pragma: no cover - matplotlib is a dependency of the plots
-        png = None
-    return js, png

@@ -100,7 +100,7 @@ def interleave(counts: dict[str, int], block: int | None) -> list[tuple[int, int
     return out
 
 
-def rungs(n_candidates: int, n_docs: int, eta: int = 4, finalists: int = 2, min_docs: int = 4) -> list[tuple[int, int]]:
+def rungs(n_candidates: int, n_docs: int, eta: int = 4, finalists: int = 2, min_docs: int = 1) -> list[tuple[int, int]]:
     """The successive-halving schedule: (candidates kept, documents scored) per rung. The last rung scores
     `finalists` or fewer on every document; each earlier rung keeps `eta` times more candidates on `eta` times
     fewer documents (at least `min_docs`). A single rung when the grid is already small."""
