@@ -71,6 +71,7 @@ def test_grid_leaves_out_per_token_rules_a_policy_refuses():
     assert [c.name for c in cands] == ["prune 50%", "prune 50% naee@0.5", "lru 50%"]
     ta = grid({"task-aware": [{"swap_rule": "jump"}, {"swap_rule": "incremental"}]}, [0.5, 0.25], [(None, 1.0)])
     assert len(ta) == 4 and len({c.build_key for c in ta}) == 4
+    assert ta[0].name == "task-aware(jump) 50%"
 
 
 def test_interleave_uses_every_document_once_in_runs():
@@ -139,6 +140,16 @@ def test_tiny_tune_exhaustive_scores_everything_on_every_document(tiny_moe, prof
     report = run_tune(_request(tiny_moe, prof, tmp_path / "grid", exhaustive=True, policies=["prune"]))
     assert len(report.rungs) == 1 and all(f.evidence == report.documents for f in report.figures)
     assert report.pick.nll == min(f.nll for f in report.figures)
+
+
+def test_tiny_tune_targets_pick_among_the_timed(tiny_moe, prof, tmp_path):
+    from lightmoe_cli.tune.request import run_tune
+
+    fast = run_tune(_request(tiny_moe, prof, tmp_path / "fast", max_nll_increase=100.0, policies=["prune"]))
+    timed = [f for f in fast.figures if f.decode_tps]
+    assert fast.pick.decode_tps == max(f.decode_tps for f in timed) and "fastest" in fast.why
+    slow = run_tune(_request(tiny_moe, prof, tmp_path / "slow", min_decode_tps=1.0, policies=["prune"]))
+    assert slow.pick.decode_tps >= 1.0 and "tokens/s" in slow.why
 
 
 # ---- bad inputs: one line, nothing written ----

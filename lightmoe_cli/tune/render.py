@@ -16,7 +16,8 @@ def candidates_table(report: TuneReport) -> Table:
     t = Table(title=f"tune: {len(report.figures)} candidates at --memory {report.memory} "
                     f"({report.fraction:.0%} of the experts resident at most)")
     for col in ("candidate", "memory MiB", "docs", "NLL vs full", "decode tok/s", "status"):
-        t.add_column(col, justify="left" if col in ("candidate", "status") else "right")
+        t.add_column(col, justify="left" if col in ("candidate", "status") else "right",
+                     no_wrap=col == "candidate")
     rows = sorted(report.figures, key=lambda f: (-f.evidence, f.nll if f.nll is not None else 1e9))
     for f in rows:
         if not f.nll_increase:
@@ -42,7 +43,7 @@ def _status(f) -> str:
 def frontier_table(report: TuneReport) -> Table:
     t = Table(title="Pareto frontier (memory, NLL increase over full, decode speed)")
     for col in ("configuration", "memory MiB", "NLL vs full", "decode tok/s"):
-        t.add_column(col, justify="left" if col == "configuration" else "right")
+        t.add_column(col, justify="left" if col == "configuration" else "right", no_wrap=col == "configuration")
     for f in sorted(report.frontier, key=lambda f: f.memory_bytes):
         t.add_row(("* " if f is report.pick else "") + f.candidate.name, f"{f.memory_bytes / MiB:.1f}",
                   f"{f.nll:+.4f}", f"{f.decode_tps:.1f}")

@@ -27,7 +27,7 @@ class Candidate:
 
     @property
     def name(self) -> str:
-        extra = "".join(f" {k}={v}" for k, v in self.params)
+        extra = f"({','.join(str(v) for _, v in self.params)})" if self.params else ""
         act = f" {self.activation}@{self.active:g}" if self.activation else ""
         return f"{self.policy}{extra} {self.budget:.0%}{act}"
 
