@@ -17,7 +17,9 @@ from lightmoe_cli.tune.search import (
     interleave,
     keep_best,
     pareto_front,
+    payoff_block,
     rungs,
+    sweep_advice,
 )
 
 # ---- the pure search ----
@@ -88,6 +90,15 @@ def test_advice_says_whether_task_awareness_paid_off():
     assert "only one kind" in advice({"prune": 0.7}, 1)
 
 
+def test_payoff_block_is_the_shortest_run_from_which_task_aware_keeps_winning():
+    assert payoff_block({1: 0.70, 2: 0.695, 4: 0.40, 8: 0.20}, static=0.70) == 4
+    assert payoff_block({1: 0.70, 2: 0.50, 4: 0.72, 8: 0.20}, static=0.70) == 8  # must hold at every longer run
+    assert payoff_block({1: 0.70, 8: 0.70}, static=0.70) is None
+    assert "8+ requests" in sweep_advice({1: 0.70, 8: 0.20}, 0.70)
+    assert "does not pay off" in sweep_advice({1: 0.70, 8: 0.71}, 0.70)
+    assert "even when the task changes every 1" in sweep_advice({1: 0.5, 8: 0.2}, 0.70)
+
+
 # ---- end to end on the tiny model ----
 
 
@@ -125,6 +136,8 @@ def test_tiny_tune_writes_the_pick_and_tune_json(tiny_moe, prof, tmp_path):
     assert data["kind"] == "lightmoe-tune" and data["pick"] == report.pick.candidate.name
     assert bundle.policy == report.pick.candidate.policy
     assert data["traffic_block"] == 2 and data["why"] and data["advice"]
+    if data["advice_sweep"]:  # task-aware was measured: the advice comes from run lengths 1, 2, 4
+        assert set(data["advice_sweep"]["task_aware_by_block"]) == {"1", "2", "4"}
     # prune + task-aware x 2 swap rules, x 2 budgets x 2 activation rules: measured or pruned by the outlook
     assert len(data["candidates"]) + len(data["pruned_before_measuring"]) == 3 * 2 * 2
     scored = [c for c in data["candidates"] if c["nll_increase"]]

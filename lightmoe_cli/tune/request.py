@@ -18,7 +18,17 @@ from typing import Any
 
 from lightmoe_cli.errors import LightMoEError
 from lightmoe_cli.options import Force, ModelChoice, check_bounds, option, split_list
-from lightmoe_cli.tune.search import Candidate, Figures, advice, choose, grid, keep_best, pareto_front, rungs
+from lightmoe_cli.tune.search import (
+    Candidate,
+    Figures,
+    advice,
+    choose,
+    grid,
+    keep_best,
+    pareto_front,
+    rungs,
+    sweep_advice,
+)
 
 TUNE_KIND = "lightmoe-tune"
 BUNDLE_KIND = "lightmoe-bundle"
@@ -123,6 +133,7 @@ class TuneReport:
     bundle: Path | None = None
     documents: int = 0
     exhaustive: bool = False
+    sweep: dict[str, Any] = field(default_factory=dict)  # task-aware vs prune by run length (the advice's evidence)
 
     def to_json(self) -> dict[str, Any]:
         return {"kind": TUNE_KIND, "model": self.model, "profile": self.profile, "memory": self.memory,
@@ -133,6 +144,7 @@ class TuneReport:
                 "bundle": str(self.bundle) if self.bundle else None, "full_decode_tps": self.full_tps,
                 "frontier": [f.candidate.name for f in self.frontier], "seconds": self.seconds,
                 "pruned_before_measuring": [{"name": n, "why": w} for n, w in self.pruned],
+                "advice_sweep": self.sweep,
                 "candidates": [f.to_json() for f in self.figures]}
 
 
@@ -429,6 +441,31 @@ def run_tune(req: TuneRequest, progress=None) -> TuneReport:
             if f.nll is not None and f.candidate.activation is None and f.candidate.budget == max(budgets):
                 best_by_policy[f.candidate.policy] = min(best_by_policy.get(f.candidate.policy, math.inf), f.nll)
         line = advice(best_by_policy, block)
+        t0 = time.perf_counter()
+        sweep = {}
+        managed = [f for f in figures.values() if f.candidate.policy == "task-aware" and f.nll is not None
+                   and f.candidate.activation is None and f.candidate.budget == max(budgets)]
+        if managed:
+            # task-aware's best against prune at the same budget, by run length: the advice's evidence
+            best = min(managed, key=lambda f: f.nll).candidate
+            prune = Candidate("prune", best.budget)
+            sub = {t: v[:min(per_task, 8)] for t, v in docs.items()}
+
+            def increase(c: Candidate, b: int) -> float:
+                rt = runtime_for(c)
+                stream = _stream(sub, b)
+                scores = _score(rt, stream)
+                rt.close()
+                ref = sum(full_nll[(r.domain, r.text)][0] for r in stream)
+                return (sum(s for s, _ in scores) - ref) / sum(t for _, t in scores)
+
+            lengths = sorted({b for b in (1, 2, 4, 8) if b <= len(next(iter(sub.values())))})
+            by_block = {b: increase(best, b) for b in lengths}
+            static = increase(prune, 1)  # prune has no state: one order serves every run length
+            line = sweep_advice(by_block, static)
+            sweep = {"task_aware": best.name, "prune": prune.name, "documents_per_task": len(next(iter(sub.values()))),
+                     "task_aware_by_block": {str(b): v for b, v in by_block.items()}, "prune_nll_increase": static}
+        seconds["advice"] = time.perf_counter() - t0
 
         # the pick's bundle, written under the usual rules (atomic, refused over a non-bundle unless --force)
         c = pick.candidate
@@ -440,5 +477,5 @@ def run_tune(req: TuneRequest, progress=None) -> TuneReport:
         shutil.rmtree(tmp, ignore_errors=True)
     seconds["total"] = time.perf_counter() - t_start
     report = TuneReport(str(model), str(prof.path), req.memory, fraction, block, list(figures.values()), full_tps,
-                        pick, why, line, front, schedule, pruned, seconds, out, n_docs, req.exhaustive)
+                        pick, why, line, front, schedule, pruned, seconds, out, n_docs, req.exhaustive, sweep)
     return report

@@ -174,3 +174,32 @@ def advice(scores: dict[str, float], block: int | None, managed: str = "task-awa
                 "it needs traffic that stays on one task for several requests (re-check with --traffic blocks:N)")
     return (f"task-aware residency does not pay off on {traffic} ({gain:+.3f} nats/token vs static pruning): "
             "serve a static resident set unless your traffic stays on one task for many requests")
+
+
+def payoff_block(managed: dict[int, float], static: float, margin: float = 0.01) -> int | None:
+    """The shortest run length (requests per task) from which the managed policy's NLL increase beats static
+    pruning's by more than `margin`, at that length and at every longer one measured; None if it never does."""
+    found = None
+    for block in sorted(managed, reverse=True):
+        if static - managed[block] <= margin:
+            break
+        found = block
+    return found
+
+
+def sweep_advice(managed: dict[int, float], static: float) -> str:
+    """One line from task-aware's NLL increase per run length (`managed`: requests per task -> nats/token) against
+    static pruning's (`static`, which has no state, so one figure serves every run length)."""
+    longest, shortest = max(managed), min(managed)
+    block = payoff_block(managed, static)
+    gain = {b: round(static - v, 3) + 0.0 for b, v in managed.items()}  # + 0.0: no "-0.000"
+    if block is None:
+        return (f"task-aware residency does not pay off on runs of up to {longest} requests per task "
+                f"({gain[longest]:+.3f} nats/token vs static pruning at {longest}): serve a static "
+                "resident set")
+    if block == shortest:
+        return (f"task-aware residency pays off even when the task changes every {block} request(s) "
+                f"({gain[block]:.3f} nats/token better than static pruning)")
+    return (f"task-aware residency pays off only if your traffic stays on one task for {block}+ requests "
+            f"({gain[block]:.3f} nats/token better than static pruning at {block}, "
+            f"{gain[shortest]:+.3f} at {shortest})")
