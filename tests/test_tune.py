@@ -62,6 +62,12 @@ def test_choose_follows_the_target():
     assert choose(fs)[0].candidate.policy == "b"
     assert choose(fs, min_decode_tps=35)[0].candidate.policy == "c"
     assert choose(fs, max_nll_increase=0.35)[0].candidate.policy == "a"
+    tie = [_fig("managed", 0.5, 300), _fig("static", 0.5, 290)]
+    tie[0].moving_parts = 1
+    pick, why = choose(tie)
+    assert pick.candidate.policy == "static" and "tied with managed" in why  # 3% faster is noise
+    tie[0].decode_tps = 400
+    assert choose(tie)[0].candidate.policy == "managed"  # clearly faster wins the tie
     pick, why = choose(fs, min_decode_tps=80)
     assert pick is None and "fastest measured: 50.0" in why
     pick, why = choose(fs, max_nll_increase=0.05)

@@ -398,8 +398,11 @@ def run_tune(req: TuneRequest, progress=None) -> TuneReport:
                 tokens = sum(t for _, t in scores)
                 reference = sum(full_nll[(r.domain, r.text)][0] for r in stream)
                 figures[c].nll_increase[n * len(docs)] = (sum(s for s, _ in scores) - reference) / tokens
-                resident = load_bundle(bundle_for(c), verify=False).manifest.budget.resident_expert_bytes
-                figures[c].memory_bytes = sizes.non_expert + resident
+                built = load_bundle(bundle_for(c), verify=False)
+                figures[c].memory_bytes = sizes.non_expert + built.manifest.budget.resident_expert_bytes
+                spec = built.runtime_spec
+                figures[c].moving_parts = int(spec.manager is not None or spec.serving.value in (
+                    "on_demand", "background"))
                 if progress is not None:
                     progress.advance(task, n * len(docs))
         last = {c: figures[c].nll for c in alive if figures[c].dropped is None}

@@ -13,6 +13,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+TIE_NATS = 1e-4  # NLL increases this close are equal (the same routing served two ways)
+SPEED_NOISE = 0.05  # decode speeds this close are equal (timing noise on a shared machine)
+
 
 @dataclass(frozen=True)
 class Candidate:
@@ -51,6 +54,7 @@ class Figures:
     decode_tps: float | None = None
     memory_bytes: float = 0.0  # non-expert weights + resident experts
     dropped: str | None = None
+    moving_parts: int = 0  # 0: static serving; 1: a manager swaps or experts load at run time (a tie goes to 0)
 
     @property
     def evidence(self) -> int:
@@ -157,8 +161,18 @@ def choose(finalists: list[Figures], min_decode_tps: float | None = None,
         pick = max(ok, key=lambda f: (f.decode_tps or 0.0, -f.nll))
         return pick, (f"fastest decode ({pick.decode_tps or 0:.1f} tokens/s) among the configurations within "
                       f"{max_nll_increase:g} nats/token of the full model ({pick.nll:+.3f})")
-    pick = min(done, key=lambda f: (round(f.nll, 4), -(f.decode_tps or 0.0)))
-    return pick, f"lowest held-out NLL increase ({pick.nll:+.3f} nats/token over the full model)"
+    best = min(f.nll for f in done)
+    tied = [f for f in done if f.nll - best <= TIE_NATS]
+    fastest = max((f.decode_tps or 0.0) for f in tied)
+    # among equal NLL: clearly faster first, then the simpler serving (no manager, no run-time loads), then faster
+    pick = min(tied, key=lambda f: ((f.decode_tps or 0.0) < fastest / (1 + SPEED_NOISE), f.moving_parts,
+                                    -(f.decode_tps or 0.0)))
+    why = f"lowest held-out NLL increase ({pick.nll:+.3f} nats/token over the full model)"
+    if len(tied) > 1:
+        others = ", ".join(f.candidate.name for f in tied if f is not pick)
+        why += (f"; tied with {others} (within {TIE_NATS:g} nats/token): the simpler serving wins unless another "
+                f"decodes over {SPEED_NOISE:.0%} faster")
+    return pick, why
 
 
 def advice(scores: dict[str, float], block: int | None, managed: str = "task-aware",
