@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.harness import RESULTS, sample_load  # noqa: E402
+from benchmarks.harness import RESULTS, demo_model_and_profile, sample_load  # noqa: E402
 
 KINDS = ("output", "weight", "coactivation")
 
@@ -148,31 +148,23 @@ def main() -> None:
         return
 
     import numpy as np
-    import torch
     from rich.console import Console
     from rich.table import Table
 
     from lightmoe_cli.analysis.paired import paired_bootstrap
     from lightmoe_cli.bundle.build import BuildOptions, build_bundle
-    from lightmoe_cli.evaluation.tasks import build_demo_items, read_items
+    from lightmoe_cli.evaluation.tasks import read_items
     from lightmoe_cli.files import atomic_write_json
-    from lightmoe_cli.loading import load_model_and_tokenizer, resolve_model
-    from lightmoe_cli.paths import CORPUS_DIR, ITEMS_DIR, model_slug
-    from lightmoe_cli.profile.run import ensure_profile
+    from lightmoe_cli.paths import ITEMS_DIR, model_slug
     from lightmoe_cli.runtime.loader import build_runtime
 
-    torch.set_num_threads(args.threads)
     load_before = sample_load()
-    if not any((ITEMS_DIR / "ppl").glob("*.jsonl")):
-        build_demo_items(CORPUS_DIR, ITEMS_DIR)
+    name, model, tok, prof = demo_model_and_profile(args.threads, args.model)
     docs = {p.stem: [r["text"] for r in map(__import__("json").loads, p.read_text().splitlines()[:args.docs])]
             for p in sorted((ITEMS_DIR / "ppl").glob("*.jsonl"))}
     items = {p.stem: read_items(p)[:args.items] for p in sorted(ITEMS_DIR.glob("*.jsonl"))}
 
-    name = resolve_model(args.model)
     slug = model_slug(name)
-    model, tok = load_model_and_tokenizer(name)
-    prof = ensure_profile(model, tok, name)
     work = ROOT / "runs" / "bench-redirect" / slug
     configs: list[tuple[float, str, str, float | None, dict]] = []  # budget, label, kind, threshold, params
     for budget in [float(b) for b in args.budgets.split(",")]:

@@ -33,7 +33,15 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.harness import Config, Harness, HarnessOptions, Metric, NoisePolicy, analyse  # noqa: E402
+from benchmarks.harness import (  # noqa: E402
+    Config,
+    Harness,
+    HarnessOptions,
+    Metric,
+    NoisePolicy,
+    analyse,
+    demo_model_and_profile,
+)
 
 
 def proc_mib(pid: int | str, key: str = "VmRSS") -> float:
@@ -175,20 +183,11 @@ def main() -> None:
     args = ap.parse_args()
     harness = Harness("bench_serve", args.threads, HarnessOptions.from_args(args), NoisePolicy(min_repeats=1))
 
-    import torch
-
     from lightmoe_cli.bundle.build import BuildOptions, build_bundle
     from lightmoe_cli.evaluation.stream import build_stream
-    from lightmoe_cli.evaluation.tasks import build_demo_items
-    from lightmoe_cli.loading import load_model_and_tokenizer, resolve_model
-    from lightmoe_cli.paths import CORPUS_DIR, ITEMS_DIR
-    from lightmoe_cli.profile.run import ensure_profile
-    torch.set_num_threads(args.threads)
-    if not any((ITEMS_DIR / "ppl").glob("*.jsonl")):
-        build_demo_items(CORPUS_DIR, ITEMS_DIR)
-    name = resolve_model(None)
-    model, tok = load_model_and_tokenizer(name)
-    prof = ensure_profile(model, tok, name)
+    from lightmoe_cli.paths import ITEMS_DIR
+
+    name, model, tok, prof = demo_model_and_profile(args.threads)
     work = ROOT / "runs" / "bench-serve"
     budgets = [float(b) for b in args.budgets.split(",")]
     bundles = {"full": build_bundle(prof, model, tok, name, work / "full", BuildOptions(policy="full"), force=True)}

@@ -360,26 +360,29 @@ def baseline_spreads(rows: Sequence[Row], metrics: Sequence[Metric]) -> dict[str
 def probe_bandwidth(mib: int = 512, threads: int = 2, reps: int = 7) -> Summary:
     """Memory bandwidth in GB/s: an fp32 matvec over a `mib` MiB matrix (far above the caches), median of `reps`
     after a warm-up, with `threads` torch threads (set explicitly, then restored): the most a decode step can
-    stream through those cores."""
+    stream through those cores (lightmoe_cli.fit.probe's matvec, which `lightmoe fit` uses too)."""
+    from lightmoe_cli.fit.probe import matvec_rates
+
+    return summarise([r / 1e9 for r in matvec_rates(mib, threads, reps)])
+
+
+def demo_model_and_profile(threads: int, model: str | None = None):
+    """(name, model, tokenizer, profile) of the demo model (or `model`) with its default profile, `threads` torch
+    threads, and the demo's held-out documents built under data/tasks if they are not there yet: the set-up of
+    every benchmark that serves held-out text through bundles of one profile."""
     import torch
 
-    previous = torch.get_num_threads()
+    from lightmoe_cli.evaluation.tasks import build_demo_items
+    from lightmoe_cli.loading import load_model_and_tokenizer, resolve_model
+    from lightmoe_cli.paths import CORPUS_DIR, ITEMS_DIR
+    from lightmoe_cli.profile.run import ensure_profile
+
     torch.set_num_threads(threads)
-    try:
-        cols = 4096
-        rows = max(1, mib * 2**20 // (4 * cols))
-        a = torch.ones(rows, cols, dtype=torch.float32)
-        x = torch.ones(cols, dtype=torch.float32)
-        torch.mv(a, x)  # warm-up: pages touched, threads up
-        rates = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            torch.mv(a, x)
-            rates.append(a.numel() * 4 / (time.perf_counter() - t0) / 1e9)
-        del a
-        return summarise(rates)
-    finally:
-        torch.set_num_threads(previous)
+    if not any((ITEMS_DIR / "ppl").glob("*.jsonl")):
+        build_demo_items(CORPUS_DIR, ITEMS_DIR)
+    name = resolve_model(model)
+    loaded, tok = load_model_and_tokenizer(name)
+    return name, loaded, tok, ensure_profile(loaded, tok, name)
 
 
 def _ratio_cell(check: RatioCheck | None) -> str:

@@ -43,11 +43,10 @@ def _kv(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return out
 
 
-def _left_pad(t: torch.Tensor, width: int) -> torch.Tensor:
-    pad = width - t.shape[-2]
-    if pad <= 0:
-        return t
-    return torch.cat([t.new_zeros(*t.shape[:-2], pad, t.shape[-1]), t], dim=-2)
+def _left_pad(t: torch.Tensor, width: int, axis: int) -> torch.Tensor:
+    """Zeros before `t`'s entries along `axis` (counted from the end) up to `width`."""
+    pad = [0, 0] * (-axis - 1) + [max(width - t.shape[axis], 0), 0]
+    return torch.nn.functional.pad(t, pad)
 
 
 def _cache(kv: list[tuple[torch.Tensor, torch.Tensor]]):
@@ -69,11 +68,10 @@ def join(state: BatchState | None, cache, length: int, next_token: int) -> Batch
     if state is None:
         return BatchState(_cache(_kv(cache)), mask, pos, nxt, False)
     width = max(state.mask.shape[1], length)
-    kv = [(torch.cat([_left_pad(k0, width), _left_pad(k1, width)]), torch.cat([_left_pad(v0, width),
-                                                                               _left_pad(v1, width)]))
+    kv = [(torch.cat([_left_pad(k0, width, -2), _left_pad(k1, width, -2)]),
+           torch.cat([_left_pad(v0, width, -2), _left_pad(v1, width, -2)]))
           for (k0, v0), (k1, v1) in zip(_kv(state.cache), _kv(cache), strict=True)]
-    masks = torch.cat([_left_pad(state.mask[:, :, None], width)[..., 0] if state.mask.shape[1] < width
-                       else state.mask, _left_pad(mask[:, :, None], width)[..., 0]])
+    masks = torch.cat([_left_pad(state.mask, width, -1), _left_pad(mask, width, -1)])
     return BatchState(_cache(kv), masks, torch.cat([state.positions, pos]), torch.cat([state.next_tokens, nxt]),
                       state.padded or state.mask.shape[1] != length)
 

@@ -84,11 +84,10 @@ class Engine:
     """Owns the runtime; one thread decodes every request."""
 
     def __init__(self, rt: Runtime, scheduler, detector=None, max_queue: int = 256, metrics=None,
-                 jump_at_boundaries: bool = False, max_context: int | None = None, stream_interval_s: float = 0.02):
+                 jump_at_boundaries: bool = False, stream_interval_s: float = 0.02):
         self.rt, self.scheduler, self.detector = rt, scheduler, detector
         self.max_queue, self.metrics = max_queue, metrics
         self.jump_at_boundaries = jump_at_boundaries  # FIFO + the bundle's task-jump manager
-        self.max_context = max_context
         self.stream_interval_s = stream_interval_s
         self.inbox: queue.Queue[Job] = queue.Queue()
         self.waiting: dict[int, Job] = {}
@@ -99,7 +98,6 @@ class Engine:
         self._stop = False
         self._layout: list[tuple[Job, int]] | None = None
         self._probe: list | None = None
-        self._tokens = 0
         self._since_check = 0
         self._cache_name = cache_kwarg_name(rt.model)
         self.can_batch = True
@@ -292,7 +290,6 @@ class Engine:
             return True
         job.generated.append(choice.token)
         job.choices.append(choice)
-        self._tokens += 1
         text = tok.decode(job.generated, skip_special_tokens=True)
         for s in job.stop:
             cut = text.find(s, max(len(job.text) - len(s), 0))

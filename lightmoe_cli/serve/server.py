@@ -131,7 +131,6 @@ def build_server(req: ServeRequest, bundle=None) -> Server:
             "max_batch": req.max_batch}
     ctx = ServerContext(engine, rt.tokenizer, bundle.path.name, _max_context(config, rt.tokenizer), metrics,
                         sorted(man.task_resident), req.api_key, info)
-    engine.max_context = ctx.max_context
     engine.start()
     return Server(create_app(ctx), engine, ctx, rt, schedule, info)
 
@@ -198,16 +197,15 @@ class ThreadedServer:
         self.stop()
 
 
-def _graceful_server_class():
+def _graceful_server(config):
+    """uvicorn re-raises SIGTERM after its graceful shutdown, so the process would end by the signal (-15); a
+    server that finished its requests should exit 0, so here the signal only asks uvicorn to stop."""
     import contextlib
     import signal
 
     import uvicorn
 
     class GracefulServer(uvicorn.Server):
-        """uvicorn re-raises SIGTERM after its graceful shutdown, so the process would end by the signal (-15);
-        a server that finished its requests should exit 0, so the signal only asks uvicorn to stop."""
-
         @contextlib.contextmanager
         def capture_signals(self):
             if threading.current_thread() is not threading.main_thread():
@@ -221,11 +219,7 @@ def _graceful_server_class():
                 for s, h in old.items():
                     signal.signal(s, h)
 
-    return GracefulServer
-
-
-def _GracefulServer(config):  # noqa: N802 - a class made on demand (uvicorn is imported only to serve)
-    return _graceful_server_class()(config)
+    return GracefulServer(config)
 
 
 def serve(req: ServeRequest, console=None) -> None:
@@ -244,7 +238,7 @@ def serve(req: ServeRequest, console=None) -> None:
     config = uvicorn.Config(server.app, host=req.host, port=port, log_level="warning",
                             timeout_graceful_shutdown=req.shutdown_timeout)
     try:
-        _GracefulServer(config).run()
+        _graceful_server(config).run()
     finally:
         server.engine.stop(timeout=req.shutdown_timeout)
         server.runtime.close()
