@@ -47,3 +47,16 @@ def tiny_moe(tmp_path_factory) -> tuple[Path, object, object]:
         + "".join(f"  - {{name: {d}, source: {{type: jsonl, path: corpus/{d}/train.jsonl}}}}\n"
                   for d in ("arithmetic", "strings")))
     return root, model, tok
+
+
+@pytest.fixture(scope="session")
+def tiny_profile(tiny_moe, tmp_path_factory):
+    """The tiny model's profile over its calibration recipe (batches of 4 x 64 tokens, 128 sampled states per
+    layer): one profile shared by every test module that only reads it."""
+    from lightmoe_cli.profile.run import ProfileSettings, run_profile
+    from lightmoe_cli.recipes import load_recipe
+
+    root, model, tok = tiny_moe
+    return run_profile(model, tok, str(root / "model"), load_recipe(root / "calib.yaml"),
+                       tmp_path_factory.mktemp("tiny-profile") / "p",
+                       ProfileSettings(batch_size=4, seq_len=64, sample_tokens=128))

@@ -16,12 +16,11 @@ TEXTS = ["12 + 7 = 19\n45 - 3 = 42", "reverse lamp -> pmal\nupper dog -> DOG", "
 
 
 @pytest.fixture(scope="module")
-def bundles(tiny_moe, tmp_path_factory):
+def bundles(tiny_moe, tiny_profile, tmp_path_factory):
     root, model, tok = tiny_moe
     work = tmp_path_factory.mktemp("bg")
-    prof = run_profile(model, tok, str(root / "model"), load_recipe(root / "calib.yaml"), work / "p",
-                       ProfileSettings(batch_size=4, seq_len=64, sample_tokens=128))
-    return {p: build_bundle(prof, model, tok, str(root / "model"), work / p, BuildOptions(policy=p, fraction=0.25))
+    return {p: build_bundle(tiny_profile, model, tok, str(root / "model"), work / p,
+                            BuildOptions(policy=p, fraction=0.25))
             for p in ("swap", "prune", "lru", "lightmoe")}
 
 

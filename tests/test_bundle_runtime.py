@@ -22,11 +22,8 @@ from lightmoe_cli.runtime.loader import build_runtime
 
 
 @pytest.fixture(scope="module")
-def prof(tiny_moe, tmp_path_factory):
-    root, model, tok = tiny_moe
-    out = tmp_path_factory.mktemp("prof") / "p"
-    return run_profile(model, tok, str(root / "model"), load_recipe(root / "calib.yaml"), out,
-                       ProfileSettings(batch_size=4, seq_len=64, sample_tokens=128))
+def prof(tiny_profile):
+    return tiny_profile
 
 
 def _bundle(prof, tiny_moe, tmp_path, policy="lightmoe", fraction=0.5, ranking="gate_mass", **params):

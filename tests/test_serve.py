@@ -13,20 +13,16 @@ import pytest
 import torch
 
 from lightmoe_cli.bundle.build import BuildOptions, build_bundle
-from lightmoe_cli.profile.run import ProfileSettings, run_profile
-from lightmoe_cli.recipes import load_recipe
 from lightmoe_cli.serve.server import ServeRequest, ThreadedServer, build_server, free_port
 
 openai = pytest.importorskip("openai")
 
 
 @pytest.fixture(scope="module")
-def bundle(tiny_moe, tmp_path_factory):
+def bundle(tiny_moe, tiny_profile, tmp_path_factory):
     root, model, tok = tiny_moe
     tmp = tmp_path_factory.mktemp("serve")
-    prof = run_profile(model, tok, str(root / "model"), load_recipe(root / "calib.yaml"), tmp / "p",
-                       ProfileSettings(batch_size=4, seq_len=64, sample_tokens=128))
-    return build_bundle(prof, model, tok, str(root / "model"), tmp / "b",
+    return build_bundle(tiny_profile, model, tok, str(root / "model"), tmp / "b",
                         BuildOptions(policy="lightmoe", fraction=0.5, ranking="gate_mass", params={}))
 
 

@@ -109,14 +109,8 @@ def test_payoff_block_is_the_shortest_run_from_which_task_aware_keeps_winning():
 
 
 @pytest.fixture(scope="module")
-def prof(tiny_moe, tmp_path_factory):
-    from lightmoe_cli.profile.run import ProfileSettings, run_profile
-    from lightmoe_cli.recipes import load_recipe
-
-    root, model, tok = tiny_moe
-    out = tmp_path_factory.mktemp("prof") / "p"
-    return run_profile(model, tok, str(root / "model"), load_recipe(root / "calib.yaml"), out,
-                       ProfileSettings(batch_size=4, seq_len=64, sample_tokens=128))
+def prof(tiny_profile):
+    return tiny_profile
 
 
 def _request(tiny_moe, prof, out, **kw):
