@@ -1,0 +1,242 @@
+"""A fleet of replicas past this machine, as a discrete-event model (pure: numbers in, numbers out).
+
+Why a model: this machine has two cores, so a real fleet stops at two replicas; whether affinity routing keeps
+paying at 64 replicas and 64 tasks is a question of queues, batches and moves, which a model answers from
+per-request costs measured on the real server. The model is built from the real parts, not a re-statement of
+them: each replica plans with the server's own `TaskScheduler` (serve/scheduler.py) and requests are placed by
+the same router objects the ingress uses (router.py). What it leaves out: HTTP and Ray overheads beyond the
+fixed per-request latency measured with them, and cores shared between replicas.
+
+A replica's time: a set move costs `swap_s`; each admitted request is prefilled alone (`prefill_s`); a decode
+step of b rows costs `step_s + step_per_row_s * b`; a request is done after `new_tokens` steps. Clients send as
+in the load benchmark: Poisson arrivals through at most `clients` concurrent requests; latency runs from the send
+to the answer. NLL per token: a request served with its own task's set scores that task's measured oracle
+figure; one whose task was detected wrong (`accuracy`) scores the prune figure.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import random
+from dataclasses import dataclass, field
+
+from lightmoe_cli.fleet.router import Router
+from lightmoe_cli.serve.scheduler import TaskScheduler, Waiting
+
+
+@dataclass(frozen=True)
+class ServiceModel:
+    """A replica's costs in seconds (measured on the real server: benchmarks/bench_fleet.py, calibrate phase)."""
+
+    prefill_s: float  # one request's prefill (and its scoring, with echo)
+    step_s: float  # a decode step's fixed cost
+    step_per_row_s: float  # and what each row of the batch adds
+    swap_s: float  # moving the resident set to another task
+    overhead_s: float = 0.0  # per request, outside the replica (HTTP, ingress, Ray): latency only
+    layers_per_swap: float = 1.0  # layer moves per set move (to compare with the servers' swap counters)
+
+    def step(self, rows: int) -> float:
+        return self.step_s + self.step_per_row_s * rows
+
+
+@dataclass(frozen=True)
+class Workload:
+    tasks: int = 8
+    requests: int = 200
+    rate: float = 12.0  # Poisson arrivals per second (0: every request at once, the clients decide)
+    clients: int = 16
+    zipf: float = 0.0  # task popularity ~ 1 / rank**zipf (0: uniform)
+    # "random": drawn by popularity; "shift": the task changes at every request, the next one drawn among the
+    # others (the load benchmark's interleaved stream); "cyclic": 0, 1, ..., tasks-1, 0, ...
+    order: str = "random"
+    new_tokens: int = 16
+    seed: int = 0
+
+    def task_sequence(self) -> list[int]:
+        if self.order == "cyclic":
+            return [i % self.tasks for i in range(self.requests)]
+        rng = random.Random(self.seed)
+        if self.order == "shift" and self.tasks > 1:
+            out = [rng.randrange(self.tasks)]
+            while len(out) < self.requests:
+                out.append(rng.choice([t for t in range(self.tasks) if t != out[-1]]))
+            return out[: self.requests]
+        weights = [1.0 / (r + 1) ** self.zipf for r in range(self.tasks)]
+        return rng.choices(range(self.tasks), weights=weights, k=self.requests)
+
+    def arrivals(self) -> list[float]:
+        rng = random.Random(self.seed + 1)
+        out, t = [], 0.0
+        for _ in range(self.requests):
+            out.append(t)
+            t += rng.expovariate(self.rate) if self.rate > 0 else 0.0
+        return out
+
+
+@dataclass(frozen=True)
+class Quality:
+    """NLL per token per task: served with its own set (oracle) and with the wrong one (prune's figure)."""
+
+    own: tuple[float, ...]
+    wrong: tuple[float, ...]
+    tokens: tuple[float, ...] = ()  # scored tokens per request, per task (default: equal)
+    accuracy: float = 1.0  # share of requests whose task the detector names right
+
+    def of(self, task: int, right: bool) -> tuple[float, float]:
+        """(NLL summed over the request's tokens, its tokens); a simulated task past the measured ones reuses
+        them in turn."""
+        table = self.own if right else self.wrong
+        n = self.tokens[task % len(self.tokens)] if self.tokens else 1.0
+        return table[task % len(table)] * n, n
+
+
+@dataclass
+class SimResult:
+    replicas: int
+    router: str
+    requests: int
+    seconds: float
+    requests_per_s: float
+    latency_p50: float
+    latency_p99: float
+    set_moves: int
+    layer_swaps_per_request: float
+    nll_per_token: float | None
+    reassignments: int
+    overflow: int
+    mean_batch: float
+
+    def to_json(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class _Request:
+    id: int
+    task: int  # the true task
+    label: int  # the task the router and the replica are told (the detector's answer)
+    arrival: float
+    sent: float = 0.0
+    replica: int = -1
+    left: int = 0  # decode steps still to run
+
+
+@dataclass
+class _Replica:
+    scheduler: TaskScheduler
+    waiting: dict[int, _Request] = field(default_factory=dict)
+    rows: list[_Request] = field(default_factory=list)
+    current: str | None = None
+    busy_until: float = 0.0
+    ticking: bool = False
+    moves: int = 0
+    steps: int = 0
+    rows_stepped: int = 0
+
+
+def percentile(xs: list[float], q: float) -> float:
+    """The same rank rule as the load benchmark's summary (no interpolation)."""
+    xs = sorted(xs)
+    return xs[min(int(q * len(xs)), len(xs) - 1)] if xs else math.nan
+
+
+def simulate(router: Router, service: ServiceModel, workload: Workload, max_batch: int = 8,
+             max_wait_s: float = 0.5, quality: Quality | None = None) -> SimResult:
+    """Run `workload` through `router.replicas` replicas until every request is answered."""
+    rng = random.Random(workload.seed + 2)
+    tasks = workload.task_sequence()
+    arrivals = workload.arrivals()
+    acc = quality.accuracy if quality else 1.0
+    reqs = []
+    for i, (t, a) in enumerate(zip(tasks, arrivals, strict=True)):
+        label = t if acc >= 1.0 or rng.random() < acc or workload.tasks == 1 else \
+            rng.choice([x for x in range(workload.tasks) if x != t])
+        reqs.append(_Request(i, t, label, a))
+    reps = [_Replica(TaskScheduler(max_batch, max_wait_s)) for _ in range(router.replicas)]
+    events: list[tuple[float, int, str, int]] = []  # (time, order, kind, index)
+    order = 0
+
+    def push(time: float, kind: str, index: int) -> None:
+        nonlocal order
+        heapq.heappush(events, (time, order, kind, index))
+        order += 1
+
+    for r in reqs:
+        push(r.arrival, "arrive", r.id)
+    free_clients, queue_at_client = workload.clients, []
+    latencies: list[float] = []
+    nll_sum = tokens = 0.0
+    done_at = 0.0
+
+    def send(r: _Request, now: float) -> None:
+        r.sent = now
+        d = router.route(f"t{r.label}")
+        r.replica = d.replica
+        rep = reps[d.replica]
+        rep.waiting[r.id] = r
+        if not rep.ticking:
+            rep.ticking = True
+            push(max(now, rep.busy_until), "tick", d.replica)
+
+    def tick(k: int, now: float) -> None:
+        nonlocal done_at, nll_sum, tokens, free_clients
+        rep = reps[k]
+        waiting = [Waiting(r.id, f"t{r.label}", r.sent) for r in rep.waiting.values()]
+        plan = rep.scheduler.plan(waiting, rep.current, len(rep.rows), now)
+        t = now
+        if plan.switch_to is not None and not rep.rows:
+            t += service.swap_s
+            rep.current = plan.switch_to
+            rep.moves += 1
+        for rid in plan.admit:
+            if len(rep.rows) >= max_batch:
+                break
+            r = rep.waiting.pop(rid)
+            t += service.prefill_s
+            r.left = workload.new_tokens - 1  # the prefill samples the first new token
+            rep.rows.append(r)
+        if rep.rows:
+            t += service.step(len(rep.rows))
+            rep.steps += 1
+            rep.rows_stepped += len(rep.rows)
+            for r in rep.rows:
+                r.left -= 1
+            finished = [r for r in rep.rows if r.left <= 0]
+            rep.rows = [r for r in rep.rows if r.left > 0]
+            for r in finished:
+                end = t + service.overhead_s
+                latencies.append(end - r.sent)
+                done_at = max(done_at, end)
+                router.done(k)
+                if quality is not None:
+                    s, n = quality.of(r.task, r.label == r.task)
+                    nll_sum, tokens = nll_sum + s, tokens + n
+                push(end, "free", -1)
+        rep.busy_until = t
+        if rep.rows or rep.waiting:
+            # nothing admitted and nothing running (every waiting task held back): look again a little later
+            push(t if t > now else now + 0.001, "tick", k)
+        else:
+            rep.ticking = False
+
+    while events:
+        now, _, kind, index = heapq.heappop(events)
+        if kind == "arrive":
+            queue_at_client.append(reqs[index])
+        elif kind == "free":
+            free_clients += 1
+        else:
+            tick(index, now)
+        while free_clients > 0 and queue_at_client:
+            free_clients -= 1
+            send(queue_at_client.pop(0), now)
+
+    n = len(latencies)
+    moves = sum(r.moves for r in reps)
+    stepped = sum(r.steps for r in reps)
+    return SimResult(router.replicas, router.name, n, done_at, n / done_at if done_at > 0 else math.nan,
+                     percentile(latencies, 0.5), percentile(latencies, 0.99), moves,
+                     moves * service.layers_per_swap / max(n, 1),
+                     nll_sum / tokens if tokens else None, router.reassignments, router.reasons.get("overflow", 0),
+                     sum(r.rows_stepped for r in reps) / max(stepped, 1))

@@ -1,0 +1,158 @@
+"""The fleet's pure parts: task assignment, routing decisions, reassignment counting, and the fleet simulator."""
+
+import math
+
+import pytest
+
+from lightmoe_cli.errors import LightMoEError
+from lightmoe_cli.fleet.router import (
+    ROUTERS,
+    AffinityRouter,
+    Assignment,
+    RoundRobinRouter,
+    assign,
+    imbalance,
+    moves,
+)
+from lightmoe_cli.fleet.sim import Quality, ServiceModel, Workload, percentile, simulate
+
+TASKS = [f"t{i}" for i in range(8)]
+
+
+def test_assign_spreads_even_tasks_and_gives_a_hot_task_several_replicas():
+    even = assign(dict.fromkeys(TASKS, 1.0), [0, 1])
+    assert sorted(len(even.tasks_of(r)) for r in (0, 1)) == [4, 4]
+    assert all(len(rs) == 1 for rs in even.replicas_of.values())
+    # one task with 10 of 13 units of load on 4 replicas: it gets 3, the three cold ones share the fourth
+    hot = assign({"a": 10, "b": 1, "c": 1, "d": 1}, [0, 1, 2, 3])
+    assert len(hot.replicas_of["a"]) == 3
+    shared = {hot.replicas_of[t] for t in "bcd"}
+    assert len(shared) == 1 and not set(next(iter(shared))) & set(hot.replicas_of["a"])
+    assert imbalance(hot, {"a": 10, "b": 1, "c": 1, "d": 1}, [0, 1, 2, 3]) < 1.1
+
+
+def test_assign_fills_every_replica_when_replicas_outnumber_tasks_and_only_uses_live_ones():
+    a = assign({"a": 1.0, "b": 1.0}, [0, 1, 2, 3, 4])
+    used = {r for rs in a.replicas_of.values() for r in rs}
+    assert used == {0, 1, 2, 3, 4}
+    b = assign(dict.fromkeys(TASKS, 1.0), [1, 3])
+    assert {r for rs in b.replicas_of.values() for r in rs} == {1, 3}
+    assert assign({}, [0, 1]).replicas_of == {} and assign({"a": 1.0}, []).replicas_of == {}
+
+
+def test_assign_keeps_tasks_in_place_for_a_small_change_of_mix_and_moves_counts_new_pairs():
+    before = assign(dict.fromkeys(TASKS, 1.0), [0, 1])
+    after = assign({**dict.fromkeys(TASKS, 1.0), "t0": 1.2}, [0, 1], before)
+    assert after == before and moves(before, after) == 0
+    lost = assign(dict.fromkeys(TASKS, 1.0), [1], before)  # replica 0 died: its tasks go to 1
+    assert moves(before, lost) == len(before.tasks_of(0))
+    assert moves(Assignment({"a": (0,)}), Assignment({"a": (0, 1), "b": (1,)})) == 2
+
+
+def test_affinity_router_sends_each_task_to_its_replicas_round_robin_to_all():
+    aff = AffinityRouter(2, TASKS)
+    rr = RoundRobinRouter(2, TASKS)
+    seen_aff: dict[str, set[int]] = {}
+    seen_rr: dict[str, set[int]] = {}
+    for t in Workload(tasks=8, requests=160, order="shift").task_sequence():  # interleaved, answered at once
+        t = TASKS[t]
+        for router, seen in ((aff, seen_aff), (rr, seen_rr)):
+            d = router.route(t)
+            seen.setdefault(t, set()).add(d.replica)
+            router.done(d.replica)
+    assert all(len(rs) == 1 for rs in seen_aff.values())
+    assert min(aff.routed) > 40 and aff.reassignments == 0
+    assert all(rs == {0, 1} for rs in seen_rr.values()) and rr.routed == [80, 80]
+
+
+def test_overflow_goes_to_the_least_busy_replica_only_past_the_bound():
+    r = AffinityRouter(2, ["a", "b"], queue_bound=4)
+    home = r.assignment.replicas_of["a"][0]
+    got = [r.route("a") for _ in range(6)]  # none finishes
+    assert [d.replica for d in got[:4]] == [home] * 4 and all(d.reason == "affinity" for d in got[:4])
+    assert got[4].reason == "overflow" and got[4].replica != home
+    assert r.reasons["overflow"] >= 1 and r.inflight[home] >= 4
+
+
+def test_traffic_shift_reassigns_and_counts_and_a_dead_replica_gets_nothing():
+    r = AffinityRouter(4, ["a", "b", "c", "d"], rebalance_every=8, half_life=8)
+    for _ in range(200):  # all traffic on one task: it takes the fleet
+        r.done(r.route("a").replica)
+    assert len(r.assignment.replicas_of["a"]) >= 3 and r.reassignments >= 2
+    n = r.reassignments
+    r.down(0)
+    assert all(0 not in rs for rs in r.assignment.replicas_of.values())
+    assert all(r.route(t).replica != 0 for t in "abcd" * 5)
+    r.up(0)
+    assert any(0 in rs for rs in r.assignment.replicas_of.values()) and r.reassignments > n
+    for i in (1, 2, 3, 0):
+        r.down(i)
+    assert r.route("a").replica is None and r.route(None).replica is None
+
+
+def test_unknown_and_new_tasks_are_routed_never_refused():
+    r = AffinityRouter(2, ["a"])
+    assert r.route(None).reason == "any"
+    d = r.route("zzz")  # a task the bundle's list did not name
+    assert d.replica in (0, 1) and "zzz" in r.assignment.replicas_of
+
+
+def test_registry_and_bad_sizes():
+    assert ROUTERS.get("affinity") is AffinityRouter and ROUTERS.get("round-robin") is RoundRobinRouter
+    with pytest.raises(LightMoEError, match="at least 1 replica"):
+        RoundRobinRouter(0)
+
+
+SERVICE = ServiceModel(prefill_s=0.02, step_s=0.01, step_per_row_s=0.001, swap_s=0.003, overhead_s=0.01,
+                       layers_per_swap=12)
+
+
+def test_simulator_answers_every_request_and_one_replica_is_the_same_under_either_router():
+    w = Workload(tasks=8, requests=120, rate=0, clients=16, order="cyclic")
+    a = simulate(RoundRobinRouter(1, TASKS), SERVICE, w)
+    b = simulate(AffinityRouter(1, TASKS), SERVICE, w)
+    assert a.requests == b.requests == 120
+    assert a.requests_per_s == pytest.approx(b.requests_per_s) and a.set_moves == b.set_moves
+    # a lower bound from the costs alone: every request is prefilled and decoded for 15 steps of >= 1 row
+    assert a.seconds >= 120 * SERVICE.prefill_s
+    assert a.latency_p99 >= a.latency_p50 > SERVICE.overhead_s
+
+
+def test_simulator_affinity_moves_sets_less_and_batches_more_than_round_robin():
+    w = Workload(tasks=8, requests=400, rate=0, clients=32, order="shift")
+    rr = simulate(RoundRobinRouter(4, TASKS), SERVICE, w)
+    aff = simulate(AffinityRouter(4, TASKS), SERVICE, w)
+    assert aff.set_moves < rr.set_moves and aff.mean_batch > rr.mean_batch
+    assert aff.requests_per_s > rr.requests_per_s
+
+
+def test_simulator_slower_service_means_lower_throughput_and_swaps_count_layers():
+    w = Workload(tasks=4, requests=80, rate=0, clients=8)
+    fast = simulate(RoundRobinRouter(2, TASKS[:4]), SERVICE, w)
+    slow = simulate(RoundRobinRouter(2, TASKS[:4]),
+                    ServiceModel(0.04, 0.02, 0.002, 0.003, 0.01, layers_per_swap=12), w)
+    assert slow.requests_per_s < fast.requests_per_s
+    assert fast.layer_swaps_per_request == pytest.approx(fast.set_moves * 12 / 80)
+
+
+def test_simulator_nll_mixes_the_oracle_and_the_wrong_set_by_detection_accuracy():
+    w = Workload(tasks=2, requests=200, rate=0, clients=8)
+    right = simulate(AffinityRouter(2, ["t0", "t1"]), SERVICE, w, quality=Quality((2.0, 3.0), (4.0, 5.0)))
+    assert 2.0 < right.nll_per_token < 3.0  # every request with its own set
+    half = simulate(AffinityRouter(2, ["t0", "t1"]), SERVICE, w,
+                    quality=Quality((2.0, 3.0), (4.0, 5.0), accuracy=0.5))
+    assert half.nll_per_token > right.nll_per_token + 0.5
+    weighted = simulate(AffinityRouter(2, ["t0", "t1"]), SERVICE, Workload(tasks=2, requests=2, rate=0, clients=2,
+                        order="cyclic"), quality=Quality((2.0, 3.0), (4.0, 5.0), tokens=(1.0, 3.0)))
+    assert weighted.nll_per_token == pytest.approx((2.0 + 9.0) / 4)
+
+
+def test_workload_zipf_and_cyclic_orders_and_percentile():
+    z = Workload(tasks=8, requests=4000, zipf=1.0).task_sequence()
+    assert z.count(0) > 2 * z.count(3) > 0
+    assert Workload(tasks=3, requests=7, order="cyclic").task_sequence() == [0, 1, 2, 0, 1, 2, 0]
+    shift = Workload(tasks=8, requests=400, order="shift").task_sequence()
+    assert all(a != b for a, b in zip(shift, shift[1:], strict=False)) and set(shift) == set(range(8))
+    arr = Workload(requests=500, rate=10.0).arrivals()
+    assert arr == sorted(arr) and 40 < arr[-1] < 60
+    assert percentile([3.0, 1.0, 2.0], 0.5) == 2.0 and math.isnan(percentile([], 0.5))
