@@ -53,9 +53,10 @@ class LayerStrategy:
         for fn in self.observers:
             fn(self, index, weights)
 
-    def served_mask(self, index: torch.Tensor) -> torch.Tensor | None:
-        """(T, K) True where the router's pick runs on its own expert; None when this strategy cannot tell
-        (a sliced router never sees the experts it lost)."""
+    def served_table(self) -> torch.Tensor | None:
+        """(E + extra,) float, 1 where a router id runs on its own expert, 0 where it is re-routed or dropped;
+        None when this strategy cannot tell (a sliced router never sees the experts it lost). A table, not a
+        per-call mask, so the server's meter reads every layer with one gather per forward."""
         return None
 
     def activate(self, index: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -162,9 +163,8 @@ class Remap(LayerStrategy):
             handles.append(layer.router.register_forward_hook(self.keep_logits))
         return [*handles, adapter.add_routing_hook(layer, self.route)]
 
-    def served_mask(self, index: torch.Tensor) -> torch.Tensor:
-        own = self._slot[index.long()] >= 0
-        return own
+    def served_table(self) -> torch.Tensor:
+        return self._served
 
     def _rebuild_route(self) -> None:
         """Tables of the hot path, over every router id (E experts, then the pool's fixed extra ids)."""
@@ -174,6 +174,7 @@ class Remap(LayerStrategy):
         self._no_redirect = bool(((target == self._arange) | (target < 0)).all())
         self._route = pool.with_extra(route)  # (E + extra,) router id -> slot, -1 dropped
         self._slot = pool.with_extra(slot_of)  # (E + extra,) router id -> its own slot, -1 missing
+        self._served = (self._slot >= 0).float()
         bias = torch.where(slot_of >= 0, 0.0, float("-inf"))  # masked top-k over residents (extras always in)
         self._bias = torch.cat([bias, bias.new_zeros(pool.extra)]) if pool.extra else bias
 
