@@ -161,10 +161,10 @@ def test_demand_admission_rejects_an_expert_wanted_less_than_every_resident(bund
     rt = build_runtime(bundles["swap"])
     rt.close()
     m = rt.layers[0]
-    m.admission = "demand"
+    m.cache.admission = "demand"
     missing = next(e for e in range(m.num_experts) if e not in m.resident)
-    m._demand[:] = 5.0
-    m._demand[missing] = 1.0  # wanted less than every resident
+    m.cache.demand[:] = 5.0
+    m.cache.demand[missing] = 1.0  # wanted less than every resident
     flat = rt.store.read(m.layer_index, missing)
 
     class OneRead:
@@ -173,7 +173,7 @@ def test_demand_admission_rejects_an_expert_wanted_less_than_every_resident(bund
 
     m.loader = OneRead()
     assert m.install_ready() is None and m.stats.rejected == 1 and missing not in m.resident
-    m._demand[missing] = 9.0  # now wanted more than the weakest resident: installed
+    m.cache.demand[missing] = 9.0  # now wanted more than the weakest resident: installed
     assert m.install_ready() is not None and missing in m.resident and m.stats.evictions == 1
 
 

@@ -206,6 +206,6 @@ def test_the_other_tables_are_registries():
     from lightmoe_cli.runtime.strategies import STRATEGIES
 
     assert list(FORMATS) == ["hf", "gguf", "llamacpp-ot", "vllm-profile"]
-    assert list(SIM_POLICIES) == ["lru", "lfu", "belady", "static", "task", "predict"]
+    assert list(SIM_POLICIES) == ["lru", "lfu", "belady", "static", "task", "predict", "swap", "pinned"]
     assert {"topk", "lexi", "alloc", "alloc-t", "naee"} <= set(ACTIVATION_RULES)
     assert all(STRATEGIES[s].serving is s for s in Serving)

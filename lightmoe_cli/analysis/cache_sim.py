@@ -126,3 +126,55 @@ def simulate(traces: dict[int, np.ndarray], num_experts: int, fraction: float, p
         total.prefetch_loads += r.prefetch_loads
         total.prefetch_hits += r.prefetch_hits
     return total
+
+
+def simulate_region(steps: Sequence[np.ndarray], num_experts: int, resident: Sequence[int],
+                    pinned: Sequence[int] = (), eviction: str = "lru", admission: str = "always", decay: float = 0.9,
+                    max_inflight: int | None = None, lag: int = 1,
+                    prefetch: Sequence[Sequence[int]] | None = None, prefetch_lag: int = 0) -> CacheResult:
+    """Replay a non-blocking cache -- the runtime's `Background` strategy, pinned core and dynamic region --
+    over one layer's forwards, with the very decision object the runtime uses (`policies.region.RegionCache`).
+
+    steps[t]: the expert ids forward t picked (any shape; every pick sees the residents forward t starts with:
+    a miss is served elsewhere at once, never loaded first). A read started at forward t lands at the start of
+    forward t + lag (1: reads faster than a forward, as unthrottled); prefetch[t]: experts a predictor asked for
+    while the layer before ran, landing at forward t + prefetch_lag. Counts: hits / accesses as the runtime's
+    hit rate, loads = experts installed, prefetch_hits = picks of an expert resident only thanks to a prefetch."""
+    from lightmoe_cli.policies.region import RegionCache
+
+    if lag < 1 or prefetch_lag < 0:
+        raise ValueError(f"lag {lag} must be >= 1 and prefetch_lag {prefetch_lag} >= 0 forwards")
+    cache = RegionCache(num_experts, {int(e) for e in resident}, {int(e) for e in pinned}, eviction, admission,
+                        decay, max_inflight)
+    res = CacheResult("region", len(cache.resident))
+    arrivals: dict[int, list[int]] = {}
+    prefetching: set[int] = set()
+    bought: set[int] = set()
+    for t, step in enumerate(steps):
+        for e in (prefetch[t] if prefetch is not None and t < len(prefetch) else ()):
+            e = int(e)
+            room = cache.room()
+            if e in cache.resident or e in cache.inflight or room == 0:
+                continue
+            cache.started(e)
+            prefetching.add(e)
+            res.prefetch_loads += 1
+            arrivals.setdefault(t + prefetch_lag, []).append(e)
+        landed = arrivals.pop(t, [])
+        for e, victim in cache.admit(landed):
+            res.loads += 1
+            bought.discard(victim)
+            if e in prefetching:
+                bought.add(e)
+        prefetching -= set(landed)
+        ids = np.asarray(step, dtype=np.int64).reshape(-1)
+        ids = ids[ids < num_experts]
+        for e in ids.tolist():
+            res.accesses += 1
+            if e in cache.resident:
+                res.hits += 1
+                res.prefetch_hits += e in bought
+        for e in cache.observe(np.bincount(ids, minlength=num_experts)):
+            cache.started(e)
+            arrivals.setdefault(t + lag, []).append(e)
+    return res

@@ -64,7 +64,8 @@ def plan_from_profile(prof: Profile, opts: BuildOptions | ResolvedBuild, bytes_p
     sims = {li: prof.similarity(li, kind).numpy() for li in layers} if kind else {}
     plan = policy.plan(PlanInputs(_ranking_mass(prof, opts.ranking), task_mass, sims, top_k, budget.total_slots),
                        params)
-    resident_bytes = sum(lp.slots * b for lp, b in zip(plan.layers, bytes_per_expert, strict=True))
+    spare = plan.runtime.spare_slots  # rows the runtime holds past the residents (double buffering): memory too
+    resident_bytes = sum((lp.slots + spare) * b for lp, b in zip(plan.layers, bytes_per_expert, strict=True))
     record = BudgetRecord(opts.fraction, budget.budget_bytes, budget.all_expert_bytes, resident_bytes,
                           resident_bytes / budget.all_expert_bytes, budget.total_slots)
     return plan, record

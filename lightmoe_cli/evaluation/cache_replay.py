@@ -3,7 +3,8 @@
 The traces (a profile made with --save-traces, best on held-out text) are served as one stream, task after task
 (a task-shift stream with long blocks). Every policy starts from the same state -- the frequency-aware resident
 set of the statistics profile -- and has the same per-layer capacity, so hit rates compare directly. The
-policies are the entries of `SIM_POLICIES`, each a cache rule of `simulate_layer` and what it stands for.
+policies are the entries of `SIM_POLICIES`, each a cache rule of `simulate_layer` (or a non-blocking cache of
+`simulate_region`, one token per forward) and what it stands for.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lightmoe_cli.analysis.cache_sim import simulate_layer
-from lightmoe_cli.policies.resident import select_residents
+from lightmoe_cli.analysis.cache_sim import simulate_layer, simulate_region
+from lightmoe_cli.policies.region import core_of
+from lightmoe_cli.policies.resident import rank_experts, select_residents
 from lightmoe_cli.registry import Registry
 
 
@@ -24,6 +26,9 @@ class SimPolicy:
     summary: str
     cache: str | None  # simulate_layer's rule; None: the task's own set, swapped in at each task boundary
     prefetch: bool = False  # also loads the predictor's guesses for the next layer (needs predictions)
+    pinned: float | None = None  # a non-blocking cache (`simulate_region`) with this share of slots pinned
+    admission: str = "always"  # region caches: simulate_region's admission rule
+    spare: int = 0  # region caches: slots per layer kept as the spare row (double buffering), not residents
 
 
 SIM_POLICIES: Registry[SimPolicy] = Registry("simulation policy")
@@ -39,6 +44,11 @@ for _name, _policy in {
                       "it recognises the task; the swap's loads are counted)", None),
     "predict": SimPolicy("LRU plus prefetch: while layer l runs, the predictor's top-W experts of layer l+1 are "
                          "loaded (MoE-Beyond); needs predictions", "lru", prefetch=True),
+    "swap": SimPolicy("the runtime's non-blocking cache (`swap`): a miss is re-routed now and its expert read for "
+                      "the next token, evicting any resident by LRU", None, pinned=0.0),
+    "pinned": SimPolicy("`swap --pinned 0.75 --admission demand --double-buffer`: the frequency core never "
+                        "evicted, a dynamic region admitting by decayed demand, one spare row per layer", None,
+                        pinned=0.75, admission="demand", spare=1),
 }.items():
     SIM_POLICIES.register(_name, _policy)
 
@@ -82,7 +92,14 @@ def replay(traces: dict[str, dict[int, np.ndarray]], task_mass: dict[str, dict[i
         for policy in policies:
             sim = SIM_POLICIES.get(policy)
             hits = accesses = loads = 0
-            if sim.cache is None:
+            if sim.pinned is not None:
+                for li in layers:
+                    ranked = [int(e) for e in rank_experts(total_mass[li])[:max(1, cap - sim.spare)]]
+                    r = simulate_region(stream[li][:, None, :], num_experts, ranked,
+                                        core_of(ranked, len(ranked), sim.pinned), admission=sim.admission,
+                                        max_inflight=sim.spare or None)
+                    hits, accesses, loads = hits + r.hits, accesses + r.accesses, loads + r.loads
+            elif sim.cache is None:
                 own = {t: top_sets(task_mass[t], cap) if t in task_mass else start for t in tasks}
                 for li in layers:
                     current = set(start[li])

@@ -30,7 +30,8 @@ class SimulateRequest(Output):
     cache: list[float] = option(help="Cache capacities, fractions of each layer's experts.",
                                 default_factory=lambda: [0.05, 0.1, 0.25, 0.5], above=0, maximum=1)
     policies: list[str] = option(help="Cache policies: lru, lfu, belady (offline optimum), static (frequency set), "
-                                 "task (the task's own set, swapped per task).",
+                                 "task (the task's own set, swapped per task), swap (the non-blocking cache), pinned "
+                                 "(frequency core + dynamic region, double-buffered).",
                                  default_factory=lambda: ["lru", "lfu", "belady", "static", "task"])
     predictor: Path | None = option(None, "A trained predictor (lightmoe predict train): adds the `predict` "
                                     "policy, LRU + prefetch of the next layer's predicted experts.", role="input")

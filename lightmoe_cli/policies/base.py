@@ -112,6 +112,9 @@ class RuntimeSpec:
     uses_similarity: bool = False  # REMAP: re-derive the redirect table from the bundle's similarity on swaps
     min_similarity: float | None = None
     task_given: bool = False  # REMAP: the caller names each request's task; its own resident set is loaded
+    spare_slots: int = 0  # BACKGROUND: rows per layer past the residents that the loader fills (double buffering)
+    prefetch_bytes: float | None = None  # BACKGROUND with a predictor: prefetch reads per token at most (bytes)
+    prefetch_confidence: float | None = None  # BACKGROUND with a predictor: least probability a prefetch needs
 
 
 @dataclass
@@ -123,6 +126,7 @@ class LayerPlan:
     resident: list[int]
     redirect: list[int]  # (E,) expert -> resident expert, or -1 (no redirect target); identity for residents
     covered_mass: float  # share of calibration gate mass on the resident set
+    pinned: list[int] = field(default_factory=list)  # BACKGROUND: the core a cache never evicts (subset of resident)
 
 
 @dataclass

@@ -10,6 +10,10 @@ Only this thread touches the store's files for these layers (positioned reads, n
 only the main thread touches the model's tensors: the thread hands over plain host tensors under a lock.
 `io_bandwidth` throttles each read for real (a sleep per byte), so a slow link can be reproduced on any machine.
 
+Double buffering: a layer may register a `stage` function; the thread then writes each finished read of that
+layer itself, into the layer's free spare row (no route points at it), and hands over only the row, so the main
+thread installs the expert by flipping one table entry and never copies it.
+
 On CUDA the thread also does the host-to-device copy: the read lands in pinned host memory, is copied on the
 loader's own CUDA stream (non-blocking, overlapping the model's kernels) and an event is recorded; the main
 thread makes its stream wait on that event before writing the slot, so the copy is never read half done.
@@ -35,6 +39,7 @@ class ReadyExpert:
     flat: torch.Tensor  # the expert's flat weights as stored (host memory, or the device's on CUDA)
     seconds: float  # read (and throttle) time on the loader thread
     copied: object | None = None  # CUDA: the event recorded after the copy on the loader's stream
+    row: int | None = None  # double buffering: the spare row the loader thread already wrote it into
 
     def wait(self) -> torch.Tensor:
         """The weights, safe to read on the current stream."""
@@ -59,6 +64,7 @@ class BackgroundLoader:
         self._ready: dict[int, list[ReadyExpert]] = {}
         self.refused = 0  # requests refused because the queue was full
         self.error: BaseException | None = None
+        self._stages: dict[int, Callable[[int, torch.Tensor], int]] = {}  # layer -> writes a read into its spare row
         self._thread = threading.Thread(target=self._run, name="lightmoe-expert-loader", daemon=True)
         self._thread.start()
 
@@ -77,6 +83,10 @@ class BackgroundLoader:
                 self.refused += 1
             return False
         return True
+
+    def stage(self, layer_index: int, write: Callable[[int, torch.Tensor], int]) -> None:
+        """Double buffering: `write(expert, flat) -> row` is called on this thread for each read of the layer."""
+        self._stages[layer_index] = write
 
     def take(self, layer_index: int) -> list[ReadyExpert]:
         """The experts of this layer read since the last call (main thread)."""
@@ -116,13 +126,17 @@ class BackgroundLoader:
                 if self._delay is not None:
                     time.sleep(self._delay())
                 throttle(t0, flat.numel() * flat.element_size(), self.io_bandwidth)
-                flat, copied = self._to_device(flat)
+                write = self._stages.get(layer_index)
+                if write is not None:  # written into the spare row here, off the main thread
+                    row, copied = write(expert, flat), None
+                else:
+                    row, (flat, copied) = None, self._to_device(flat)
             except BaseException as e:  # reported to the main thread at its next take()
                 self.error = e
                 return
             with self._lock:
                 self._ready.setdefault(layer_index, []).append(
-                    ReadyExpert(layer_index, expert, flat, time.perf_counter() - t0, copied))
+                    ReadyExpert(layer_index, expert, flat, time.perf_counter() - t0, copied, row))
 
     def _to_device(self, flat: torch.Tensor):
         """CUDA: pinned host buffer -> device copy on the loader's stream, with the event that marks its end."""

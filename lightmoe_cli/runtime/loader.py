@@ -120,11 +120,12 @@ def _prune_skeleton(model: nn.Module, adapter, bundle: Bundle
     return model, kept
 
 
-def _slot_skeleton(model: nn.Module, adapter, bundle: Bundle) -> None:
-    """Shrink every layer's expert pool to its slots (on meta: no memory); the adapter knows the layout."""
+def _slot_skeleton(model: nn.Module, adapter, bundle: Bundle, spare: int = 0) -> None:
+    """Shrink every layer's expert pool to its slots plus `spare` rows (double buffering; on meta: no memory);
+    the adapter knows the layout."""
     plan = {lp.layer_index: lp for lp in bundle.layers}
     for m in adapter.moe_layers(model):
-        adapter.resize_expert_pool(m, plan[m.layer_index].slots)
+        adapter.resize_expert_pool(m, plan[m.layer_index].slots + spare)
 
 
 def _check_fingerprint(bundle: Bundle, config, skeleton: nn.Module, adapter, non_expert: Path) -> None:
@@ -154,8 +155,11 @@ def _strategy(bundle: Bundle, spec, m, pool: SlotPool, manager: bool, loader=Non
     lp = next(p for p in bundle.layers if p.layer_index == m.layer_index)
     cls = STRATEGIES[spec.serving]
     renormalise = bool(getattr(m.router, "norm_topk_prob", True))  # the router renormalises its top-k weights
-    if cls is Background:
-        return Background(m.layer_index, pool, lp, spec, loader, renormalise=renormalise)
+    if cls is Background:  # composed with the task-aware manager: it moves the pinned core
+        per_layer = manager and spec.manager is not None and spec.manager.mode == "incremental"
+        return Background(m.layer_index, pool, lp, spec, loader, renormalise=renormalise,
+                          manager=LayerManager(lp.num_experts, set(lp.pinned or lp.resident), spec.manager)
+                          if per_layer else None)
     if cls is Replaced:
         return Replaced(m.layer_index, pool, lp, spec, _factors(bundle, m))
     if cls is not Remap:
@@ -194,7 +198,11 @@ def _prefetcher(bundle: Bundle, spec, adapter, layers, strategies, loader):
 
     pm = load_predictor(bundle.path / "predictor", bundle.manifest.model.fingerprint)  # verified on every load
     by_layer = {s.layer_index: s for s in strategies}
-    pf = Prefetcher(pm, spec.prefetch_width or layers[0].top_k, loader, by_layer)
+    from lightmoe_cli.policies.region import PrefetchBudget
+
+    budget = PrefetchBudget(spec.prefetch_bytes, spec.prefetch_confidence or 0.0,
+                            float(max(bundle.layout(m.layer_index).bytes for m in layers)))
+    pf = Prefetcher(pm, spec.prefetch_width or layers[0].top_k, loader, by_layer, budget)
     handles = []
     for pair, (src, _) in enumerate(pm.cfg.pairs):
         layer = next(m for m in layers if m.layer_index == src)
@@ -219,7 +227,7 @@ def _assemble_model(bundle: Bundle, config, spec, device: str):
         model, kept_rows = _prune_skeleton(model, adapter, bundle)
     else:
         extra = {m.layer_index: adapter.extra_slots(m) for m in adapter.moe_layers(model)}  # before resizing
-        _slot_skeleton(model, adapter, bundle)
+        _slot_skeleton(model, adapter, bundle, spec.spare_slots)
     layers = adapter.moe_layers(model)
     dtype = getattr(torch, bundle.layout(layers[0].layer_index).dtype)
     model.to_empty(device=device)
@@ -265,7 +273,7 @@ def _task_jump(bundle: Bundle, spec):
 
     man = bundle.manifest
     return TaskJump({t: {li: np.asarray(v) for li, v in sig.items()} for t, sig in man.task_signatures.items()},
-                    man.task_resident, {lp.layer_index: lp.resident for lp in bundle.layers},
+                    man.task_resident, {lp.layer_index: lp.pinned or lp.resident for lp in bundle.layers},
                     margin=spec.manager.margin)
 
 
@@ -302,8 +310,8 @@ def build_runtime(bundle: Bundle, device: str = "cpu", check_every: int | None =
     plans = {lp.layer_index: lp for lp in bundle.layers}
     for m in layers:
         lp = plans[m.layer_index]
-        pool = SlotPool(lp.num_experts, lp.slots, SlotWriter(adapter, m, bundle.layout(m.layer_index), store),
-                        device, extra=extra[m.layer_index])
+        writer = SlotWriter(adapter, m, bundle.layout(m.layer_index), store)
+        pool = SlotPool(lp.num_experts, lp.slots + spec.spare_slots, writer, device, extra=extra[m.layer_index])
         pool.fill(lp.resident)
         strategies.append(_strategy(bundle, spec, m, pool, manager, loader))
     rt = Runtime(model, tokenizer, bundle, strategies, store,

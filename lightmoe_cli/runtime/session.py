@@ -62,7 +62,7 @@ class Runtime:
             return 0
         demand, seen, self._demand, self._tokens = self._demand, self._tokens, {}, 0
         self._clock += seen
-        decision = self.jump.decide(demand, seen, {m.layer_index: set(m.resident) for m in self.layers})
+        decision = self.jump.decide(demand, seen, {m.layer_index: m.managed() for m in self.layers})
         target = self.jump.target_sets(decision) if decision else None
         return self._move_to(target, decision.task, self.max_swap) if target else 0
 
@@ -85,7 +85,7 @@ class Runtime:
         moved = 0
         for m in self.layers:
             priority = np.asarray(signatures.get(m.layer_index, np.zeros(m.num_experts)))
-            evict, load = moves_toward(set(m.resident), target[m.layer_index], priority, max_swap)
+            evict, load = moves_toward(m.managed(), target[m.layer_index], priority, max_swap)
             moved += m.move(evict, load, self._clock) is not None
         return moved
 

@@ -28,6 +28,9 @@ class LayerStats:
     loads: int = 0  # experts copied into a slot (on-demand misses, manager swaps)
     bytes_loaded: int = 0
     load_seconds: float = 0.0
+    flips: int = 0  # double buffering: experts swapped in by index from the spare row (no copy on the main thread)
+    prefetch_reads: int = 0  # prefetch reads finished (installed or not): the bytes prefetch moved
+    prefetch_hits: int = 0  # picks served by an expert that was resident only because a prefetch brought it
 
     def rates(self) -> dict[str, float]:
         picks = max(1, self.picks)
@@ -120,6 +123,17 @@ class SlotPool:
         self.stats.loads += 1
         self.stats.bytes_loaded += self.writer.bytes_per_expert
         self.stats.load_seconds += read_seconds
+
+    def flip(self, expert: int, row: int, victim: int, read_seconds: float) -> int:
+        """Double buffering: `expert`, already written into the free `row` by the loader thread, replaces `victim`
+        by a table entry (no copy); returns the victim's row, the next free one."""
+        freed = self.evict(victim)
+        self.slot_of[expert] = row
+        self.stats.loads += 1
+        self.stats.flips += 1
+        self.stats.bytes_loaded += self.writer.bytes_per_expert
+        self.stats.load_seconds += read_seconds
+        return freed
 
     def evict(self, expert: int) -> int:
         """Mark `expert` not resident; returns the slot it freed."""

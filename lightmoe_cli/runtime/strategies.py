@@ -30,6 +30,7 @@ from lightmoe_cli.policies.base import LayerPlan, Missing, RuntimeSpec, Serving
 from lightmoe_cli.policies.cache import ExpertCache
 from lightmoe_cli.policies.manager import LayerManager
 from lightmoe_cli.policies.redirect import DROP, redirect_table
+from lightmoe_cli.policies.region import RegionCache
 from lightmoe_cli.registry import Registry
 from lightmoe_cli.runtime.slots import LayerStats, SlotPool, SlotWriter, SwapRecord
 
@@ -93,6 +94,10 @@ class LayerStrategy:
     def resident(self) -> list[int]:
         return self.pool.resident
 
+    def managed(self) -> set[int]:
+        """The experts a manager may move (every resident; a cache with a pinned core: the core)."""
+        return set(self.resident)
+
     def install(self, adapter, layer) -> list:
         """Attach to the model's MoE layer; returns removable hook handles."""
         return []
@@ -152,6 +157,7 @@ class Remap(LayerStrategy):
         self._router_logits = None  # the adapter's reader of the logits from the router's output (install)
         self._pending: list = []  # (ids, weights, tokens) of forwards since the last check point
         self._arange = torch.arange(self.num_experts, device=device)
+        self._bought: torch.Tensor | None = None  # (E,) CPU: resident only thanks to a prefetch (Background)
         self._rebuild_route()
 
     def install(self, adapter, layer) -> list:
@@ -273,6 +279,8 @@ class Remap(LayerStrategy):
         self.stats.hits += int(picks[resident].sum()) + extra
         self.stats.redirects += int(picks[redirected].sum())
         self.stats.drops += int(picks[~resident & ~redirected].sum())
+        if self._bought is not None:
+            self.stats.prefetch_hits += int(picks[self._bought & resident].sum())
         return mass, tokens
 
     def checkpoint(self) -> SwapRecord | None:
@@ -410,25 +418,39 @@ class OnDemand(LayerStrategy):
 
 class Background(Remap):
     """Non-blocking swapping: a missing pick is re-routed among the residents at once (no stall) and its expert
-    is queued on the background loader; a finished read is installed into a slot at the layer's next forward,
-    evicting the least recently (or frequently) used resident. With `admission="demand"` an expert is read and
-    installed only while its recent demand (picks per forward, decayed by `decay` each forward) beats the weakest
-    resident's, which cuts the reads of experts one forward wanted once. Counts: `drops` = picks re-routed while
-    their expert was not resident, `loads` = experts installed, `rejected` = reads finished but not admitted."""
+    is queued on the background loader; a finished read is installed at the layer's next forward, evicting a
+    resident of the dynamic region (every resident when nothing is pinned) chosen by the eviction rule. The
+    decisions are `RegionCache`'s (policies/region.py, shared with the simulator); this class moves the data.
+
+    With a spare row (`spec.spare_slots`, double buffering) the loader thread writes the expert into the free row
+    itself and the main thread only flips the table entry (`SlotPool.flip`): one read in flight per layer, no
+    expert copied on the critical path. With a manager (task-aware composed with a region) the manager moves the
+    pinned core, the cache keeps the region. Counts: `drops` = picks re-routed while their expert was not
+    resident, `loads` = experts installed (`flips` of them by index), `rejected` = reads finished but not
+    admitted, `prefetch_reads` / `prefetch_hits` = what prefetch moved and what it bought."""
 
     serving = Serving.BACKGROUND
 
     def __init__(self, layer_index: int, pool: SlotPool, plan: LayerPlan, spec: RuntimeSpec, loader,
-                 renormalise: bool = True):
-        super().__init__(layer_index, pool, plan, spec, renormalise=renormalise)
+                 renormalise: bool = True, manager: LayerManager | None = None):
+        super().__init__(layer_index, pool, plan, spec, renormalise=renormalise, manager=manager)
         self.loader = loader
-        self.eviction = spec.eviction or "lru"
-        self.admission = spec.admission or "always"
-        self.decay = spec.decay if spec.decay is not None else 0.9
-        self._clock = 0
-        self._last_use = np.zeros(self.num_experts, dtype=np.int64)
-        self._demand = np.zeros(self.num_experts)  # decayed picks per forward
+        spare = spec.spare_slots or 0
+        self.cache = RegionCache(self.num_experts, set(plan.resident), set(plan.pinned), spec.eviction or "lru",
+                                 spec.admission or "always", spec.decay if spec.decay is not None else 0.9,
+                                 max_inflight=spare or None)
+        self.spare = list(range(len(plan.resident), len(plan.resident) + spare))  # free rows (double buffering)
+        if spare:
+            if len(self.spare) != 1 or pool.slots != len(plan.resident) + 1:
+                raise ValueError(f"layer {layer_index}: double buffering needs exactly one spare row past the "
+                                 f"{len(plan.resident)} residents; the pool has {pool.slots} rows")
+            loader.stage(layer_index, self._stage)
+        self._prefetching: set[int] = set()  # reads the prefetcher started, not finished yet
+        self._bought = torch.zeros(self.num_experts, dtype=torch.bool)  # resident only thanks to a prefetch
         self.log: list[list[int]] | None = None  # when a list: the resident set each forward ran with (tests)
+
+    def managed(self) -> set[int]:
+        return set(self.cache.pinned) if self.cache.pinned else set(self.resident)
 
     def route(self, index: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self.install_ready()
@@ -436,39 +458,67 @@ class Background(Remap):
             self.log.append(self.resident)
         flat = index.reshape(-1).long()
         counts = torch.bincount(flat[flat < self.num_experts], minlength=self.num_experts).cpu().numpy()
-        self._clock += 1
-        self._demand = self._demand * self.decay + counts
-        resident = self.slot_of.cpu().numpy() >= 0
-        picked = counts > 0
-        self._last_use[picked & resident] = self._clock
-        bar = self._demand[resident].min() if self.admission == "demand" and resident.any() else -np.inf
-        for e in np.flatnonzero(picked & ~resident & (self._demand > bar)).tolist():
-            self.loader.request(self.layer_index, e)
+        for e in self.cache.observe(counts):
+            self.want(e)
         return super().route(index, weights)
 
-    def _victim(self, candidates: list[int]) -> int:
-        if self.eviction == "lfu":
-            return min(candidates, key=lambda e: (self._demand[e], self._last_use[e]))
-        return min(candidates, key=lambda e: (self._last_use[e], self._demand[e]))
+    def want(self, expert: int, prefetch: bool = False) -> bool:
+        """Start reading `expert` unless it is resident, already coming, or the layer's reads are at their limit
+        (the spare row is taken); False when no read started."""
+        expert = int(expert)
+        if expert in self.cache.inflight or expert in self.cache.resident or self.cache.room() == 0:
+            return False
+        if not self.loader.request(self.layer_index, expert):
+            return False
+        self.cache.started(expert)
+        if prefetch:
+            self._prefetching.add(expert)
+        return True
+
+    def _stage(self, expert: int, flat: torch.Tensor) -> int:
+        """Loader thread: write a finished read into the free row (no route points at it); returns the row."""
+        row = self.spare[0]
+        self.writer.write(flat, row)
+        return row
 
     def install_ready(self) -> SwapRecord | None:
         """Install the experts the loader finished for this layer (main thread, between kernels)."""
-        ready = [r for r in self.loader.take(self.layer_index) if int(self.slot_of[r.expert]) < 0]
-        ready.sort(key=lambda r: -self._demand[r.expert])  # most wanted first; more reads than slots: the rest wait
+        ready = self.loader.take(self.layer_index)
         if not ready:
             return None
+        by_expert = {r.expert: r for r in ready}
+        bought = self._prefetching & set(by_expert)
+        self._prefetching -= set(by_expert)
+        self.stats.prefetch_reads += len(bought)
+        rejected = self.cache.rejected
+        installs = self.cache.admit([r.expert for r in ready])
+        self.stats.rejected += self.cache.rejected - rejected
+        if not installs:
+            return None
         self._fold()  # count the forwards so far under the tables they ran with
-        t0, evicted, loaded = time.perf_counter(), [], []
-        for r in ready:
-            candidates = [e for e in self.resident if e not in loaded]
-            victim = self._victim(candidates) if candidates else None
-            if victim is None or (self.admission == "demand" and self._demand[r.expert] <= self._demand[victim]):
-                self.stats.rejected += 1  # not wanted more than what it would evict: the read is wasted
-                continue
-            self.pool.install(r.expert, self.pool.evict(victim), r.wait(), r.seconds)
-            evicted.append(victim)
-            loaded.append(r.expert)
-        return self._swapped(self._clock, evicted, loaded, t0)
+        t0 = time.perf_counter()
+        for e, victim in installs:
+            r = by_expert[e]
+            if r.row is not None:  # double buffering: already in the spare row, flip the table entry
+                self.spare = [self.pool.flip(e, r.row, victim, r.seconds)]
+            else:
+                self.pool.install(e, self.pool.evict(victim), r.wait(), r.seconds)
+            self._bought[victim] = False
+            self._bought[e] = e in bought
+        return self._swapped(self.cache.clock, [v for _, v in installs], [e for e, _ in installs], t0)
+
+    def move(self, evict: list[int], load: list[int], token: int = 0) -> SwapRecord | None:
+        """A manager moves the pinned core (blocking reads at a check point); a loaded expert already in the
+        region is promoted without I/O (`RegionCache.repin`)."""
+        if not load:
+            return None
+        self._fold()
+        t0 = time.perf_counter()
+        reads = self.cache.repin(list(evict), list(load))
+        for new, old in reads:
+            self.pool.load(new, self.pool.evict(old))
+            self._bought[old] = False
+        return self._swapped(token, [o for _, o in reads], [n for n, _ in reads], t0)
 
 
 class Replaced(LayerStrategy):

@@ -1,6 +1,8 @@
 """`predict`: `swap` plus prefetch (MoE-Beyond) -- while layer l runs, a learned predictor names the experts layer
 l+1 will want and the background loader starts reading the missing ones before they are asked for.
 
+`--prefetch-mib` bounds the prefetch reads per token and `--confidence` admits only confident guesses, so
+prefetch pays for its bytes (the runtime reports the hits it bought per MiB moved).
 The predictor comes from `lightmoe predict train` (`--predictor DIR`) and is copied into the bundle.
 """
 
@@ -19,6 +21,10 @@ class PredictParams(SwapParams):
     predictor: str = param("", "a trained expert predictor folder (lightmoe predict train); required", role="input")
     prefetch_width: int = param(0, "experts of the next layer prefetched per forward (0: the layer's top-k)",
                                 minimum=0)
+    prefetch_mib: float = param(0.0, "MiB of prefetch reads per token at most, over all layers (0: unbounded): "
+                                "a guess is read only while the byte budget has credit", minimum=0.0)
+    confidence: float = param(0.0, "prefetch only an expert the predictor gives at least this probability",
+                              minimum=0.0, maximum=1.0)
 
 
 @register_policy
@@ -32,4 +38,6 @@ class Predict(Swap):
 
     def runtime_spec(self, inputs: PlanInputs, params: PredictParams) -> RuntimeSpec:
         return dataclasses.replace(super().runtime_spec(inputs, params),
-                                   prefetch_width=params.prefetch_width or max(inputs.top_k.values()))
+                                   prefetch_width=params.prefetch_width or max(inputs.top_k.values()),
+                                   prefetch_bytes=params.prefetch_mib * 2**20 if params.prefetch_mib else None,
+                                   prefetch_confidence=params.confidence or None)
