@@ -1,0 +1,350 @@
+"""`lightmoe serve --replicas K` under the serve benchmark's load, on the demo model at 50% memory.
+
+Traffic and client are bench_serve.py's (imported, not copied): `--requests` held-out documents of the 8 demo
+domains, the domain changing at every request, the official `openai` async client with Poisson arrivals through
+at most `--clients` concurrent requests, each request echo + logprobs + `--max-tokens` new tokens, so the server
+scores the document (held-out NLL per token through the fleet).
+
+Phases:
+- load: one process per configuration (bench_serve's ServerProcess runs `lightmoe serve`, with `--replicas`
+  for a fleet): full and prune (NLL references), one server with FIFO + the task-jump manager (the traffic on
+  which that closes ~0% of prune's gap), a 1-replica fleet (2 threads, and 1 thread: the replica of the 2-replica
+  fleet), and 2 replicas of 1 thread with round-robin and with affinity routing. Throughput, p50/p99 latency,
+  layer swaps and set moves per request, NLL and the share of prune's gap closed.
+- calibrate: the per-request costs the fleet simulator (sim_fleet.py) is built from, measured on a 1-replica,
+  1-thread fleet: bursts of n same-task requests (n = 1, 4, 8) with 1 and with `--max-tokens` new tokens, each
+  burst once right after a set move and once again on the same set.
+- kill: a 2-replica affinity fleet under the same load; one replica is SIGKILLed `--kill-at` seconds in. Every
+  request's outcome as the client saw it (answered, refused with 503, or lost: no HTTP answer), the ingress's
+  counts (sent, answered, retried, refused, broken) and how long until the replica was back and had tasks.
+
+    python benchmarks/bench_fleet.py --requests 200 --clients 16 --rate 12
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import os
+import signal
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.bench_serve import ServerProcess, load, nll_table, summarise_load  # noqa: E402
+from benchmarks.harness import (  # noqa: E402
+    Config,
+    Harness,
+    HarnessOptions,
+    Metric,
+    NoisePolicy,
+    analyse,
+    demo_model_and_profile,
+    write_json,
+)
+
+BUDGET = 0.5
+
+
+def configs(threads: int) -> dict[str, tuple[str, int, list[str]]]:
+    """label -> (bundle key, torch threads (per replica in a fleet), extra `lightmoe serve` flags)."""
+    b = f"{BUDGET:.0%}"
+    fifo = ["--schedule", "fifo"]
+    return {"full": ("full", threads, fifo), f"prune {b}": ("prune", threads, fifo),
+            f"1 server FIFO+jump {b}": ("task-aware", threads, fifo),
+            f"1 replica x{threads} threads {b}": ("task-aware", threads, ["--replicas", "1"]),
+            f"1 replica x1 thread {b}": ("task-aware", 1, ["--replicas", "1"]),
+            f"2 replicas round-robin {b}": ("task-aware", 1, ["--replicas", "2", "--router", "round-robin"]),
+            f"2 replicas affinity {b}": ("task-aware", 1, ["--replicas", "2"])}
+
+
+class Fleet(ServerProcess):
+    """`lightmoe serve` in its own process (bench_serve's ServerProcess; with `--replicas` in the flags, a fleet,
+    whose `--threads` is per replica), ready when /health says every replica is live."""
+
+    def __enter__(self) -> Fleet:
+        import httpx
+
+        super().__enter__()
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            h = httpx.get(self.url + "/health", timeout=30).json()
+            if all(r.get("live", True) for r in h.get("replicas", [{}])):
+                return self
+            time.sleep(0.5)
+        raise SystemExit("fleet replicas did not come up")
+
+    def health(self) -> dict:
+        import httpx
+
+        return httpx.get(self.url + "/health", timeout=60).json()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--requests", type=int, default=200)
+    ap.add_argument("--clients", type=int, default=16)
+    ap.add_argument("--rate", type=float, default=12.0)
+    ap.add_argument("--max-tokens", type=int, default=16)
+    ap.add_argument("--max-batch", type=int, default=8)
+    ap.add_argument("--max-wait-ms", type=float, default=500.0)
+    ap.add_argument("--doc-chars", type=int, default=1200)
+    ap.add_argument("--threads", type=int, default=2, help="cores: the single servers' threads; 2 replicas get 1")
+    ap.add_argument("--phases", default="load,calibrate,kill")
+    ap.add_argument("--only", default="", help="comma-separated config labels of the load phase (default all)")
+    ap.add_argument("--kill-at", type=float, default=4.0)
+    ap.add_argument("--kill-requests", type=int, default=120)
+    ap.add_argument("--out", default="fleet.json")
+    HarnessOptions.add_arguments(ap, repeats=1)
+    args = ap.parse_args()
+    # Ray's processes are not this process's children: judge the machine by its load average, not CPU time
+    harness = Harness("bench_fleet", args.threads, HarnessOptions.from_args(args),
+                      NoisePolicy(min_repeats=1, cpu_margin=None))
+
+    from lightmoe_cli.bundle.build import BuildOptions, build_bundle
+    from lightmoe_cli.evaluation.stream import build_stream
+    from lightmoe_cli.paths import ITEMS_DIR
+
+    name, model, tok, prof = demo_model_and_profile(args.threads)
+    work = ROOT / "runs" / "bench-fleet"
+    bundles = {p: build_bundle(prof, model, tok, name, work / p, BuildOptions(policy=p, fraction=BUDGET) if p != "full"
+                               else BuildOptions(policy="full"), force=True) for p in ("full", "prune", "task-aware")}
+    del model
+    docs = [dataclasses.replace(d, text=d.text[: args.doc_chars])
+            for d in build_stream(ITEMS_DIR / "ppl", 1, args.requests)]
+    cfgs = configs(args.threads)
+    if args.only:
+        keep = set(args.only.split(","))
+        cfgs = {k: v for k, v in cfgs.items() if k in keep or k in ("full", f"prune {BUDGET:.0%}")}
+    common = ["--max-batch", str(args.max_batch), "--max-queue", "10000", "--max-wait-ms", str(args.max_wait_ms)]
+    phases = set(args.phases.split(","))
+    out_path = harness.options.results_dir / args.out
+    result: dict = {"requests": args.requests, "clients": args.clients, "rate": args.rate,
+                    "max_tokens": args.max_tokens, "max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms,
+                    "threads": args.threads, "doc_chars": args.doc_chars, "budget": BUDGET}
+    records: dict[str, list[dict]] = {}
+
+    def measure(label: str) -> dict:
+        key, threads, flags = cfgs[label]
+        with Fleet(bundles[key].path, threads, *common, *flags) as srv:
+            t0 = time.perf_counter()
+            recs = asyncio.run(load(srv.url, srv.model(), docs, args.clients, args.rate, args.max_tokens, False))
+            seconds = time.perf_counter() - t0
+            h = srv.health()
+            extra = {"layer_swaps": srv.metric("lightmoe_swaps"),
+                     "set_moves": srv.metric("lightmoe_fleet_set_moves") if "--replicas" in flags else None,
+                     "fleet": {k: h[k] for k in ("counts", "router") if k in h}}
+            extra["exit_code"] = srv.stop()
+        records.setdefault(label, recs)
+        s = summarise_load(recs, seconds) | extra
+        s["layer_swaps_per_request"] = s["layer_swaps"] / max(s["answered"], 1)
+        if s["set_moves"] is not None:
+            s["set_moves_per_request"] = s["set_moves"] / max(s["answered"], 1)
+        s["detected_right"] = (sum(r.get("task") == r["domain"] for r in recs if r["status"] == 200)
+                               / max(s["answered"], 1)) if "--replicas" in flags else None
+        return s
+
+    if "load" in phases:
+        runs = harness.measure(list(cfgs), measure, warmup=False)
+        result["load"] = {label: {k: statistics.median([r[k] for r in rs]) if all(
+            isinstance(r.get(k), (int, float)) for r in rs) else rs[0].get(k) for k in rs[0]}
+            for label, rs in runs.items()}
+        result["nll"] = nll_table(records, {k: None for k in cfgs}, [BUDGET])
+        result["per_domain"] = per_domain(records)
+        base = f"2 replicas round-robin {BUDGET:.0%}"
+        rows_cfg = [Config(label, baseline=base if label.startswith("2 replicas affinity") or
+                           label.startswith("1 replica") else None, bounds={"requests_per_s": None})
+                    for label in cfgs]
+        metrics = [Metric("requests_per_s", "req/s"),
+                   Metric("latency_p50", "p50 s", higher_is_better=False, ratio=False),
+                   Metric("latency_p99", "p99 s", higher_is_better=False, ratio=False),
+                   Metric("nll_per_token", "NLL/tok", higher_is_better=False, ratio=False, fmt=".4f"),
+                   Metric("layer_swaps_per_request", "layer swaps/req", ratio=False),
+                   Metric("set_moves_per_request", "set moves/req", ratio=False)]
+        rows = analyse(rows_cfg, runs, metrics, None)
+        harness.finish(rows, metrics, "lightmoe serve --replicas: 2 replicas vs 1 (x round-robin: throughput ratio)",
+                       result, out_path)
+        print_nll(result)
+    if "calibrate" in phases:
+        result["calibrate"] = calibrate(bundles["task-aware"].path, common, args)
+        print(f"calibration: {result['calibrate']['model']}")
+    if "kill" in phases:
+        result["kill"] = kill_run(bundles["task-aware"].path, common, docs[: args.kill_requests], args)
+        print(f"kill: {result['kill']['client']} ingress {result['kill']['ingress']} "
+              f"back after {result['kill']['back_after_s']} s")
+    if "load" not in phases or phases - {"load"}:
+        merged = {}
+        if out_path.exists():
+            import json
+
+            merged = json.loads(out_path.read_text())
+        write_json(out_path, merged | {k: v for k, v in result.items() if k in ("calibrate", "kill")
+                                       or "load" in phases})
+        print(f"wrote {out_path}")
+
+
+def per_domain(records: dict[str, list[dict]]) -> dict:
+    """Per config and domain: NLL per token and mean scored tokens per request (what the simulator reads)."""
+    out: dict = {}
+    for label, recs in records.items():
+        by: dict[str, list[dict]] = {}
+        for r in recs:
+            if r["status"] == 200:
+                by.setdefault(r["domain"], []).append(r)
+        out[label] = {d: {"nll_per_token": sum(r["nll"] for r in rs) / sum(r["tokens"] for r in rs),
+                          "tokens_per_request": sum(r["tokens"] for r in rs) / len(rs), "requests": len(rs)}
+                      for d, rs in sorted(by.items())}
+    return out
+
+
+def calibrate(bundle: Path, common: list[str], args) -> dict:
+    """Bursts of n same-task requests on a 1-replica, 1-thread fleet -> the simulator's ServiceModel."""
+    import json
+
+    import openai
+
+    from lightmoe_cli.paths import ITEMS_DIR
+
+    domains = {p.stem: [json.loads(x)["text"][: args.doc_chars] for x in p.read_text().splitlines() if x.strip()]
+               for p in sorted((ITEMS_DIR / "ppl").glob("*.jsonl"))}
+    sizes, raw = (1, 4, 8), []
+    with Fleet(bundle, 1, *common, "--replicas", "1") as srv:
+        model = srv.model()
+        client = openai.AsyncOpenAI(base_url=srv.url + "/v1", api_key="none", max_retries=0, timeout=600)
+
+        async def burst(domain: str, n: int, new: int, offset: int) -> float:
+            texts = [domains[domain][(offset + i) % len(domains[domain])] for i in range(n)]
+            t0 = time.perf_counter()
+            await asyncio.gather(*(client.completions.create(model=model, prompt=t, max_tokens=new, echo=True,
+                                                             logprobs=0, temperature=0) for t in texts))
+            return time.perf_counter() - t0
+
+        async def run() -> None:
+            await burst(next(iter(domains)), 2, 2, 0)  # warm-up
+            for n in sizes:
+                for new in (1, args.max_tokens):
+                    for k, d in enumerate(domains):
+                        moves0 = srv.metric("lightmoe_fleet_set_moves")
+                        swaps0 = srv.metric("lightmoe_swaps")
+                        first = await burst(d, n, new, 10 + k)  # the set moves to d first
+                        moved = srv.metric("lightmoe_fleet_set_moves") - moves0
+                        layers = srv.metric("lightmoe_swaps") - swaps0
+                        again = await burst(d, n, new, 20 + k)  # same set
+                        raw.append({"n": n, "new_tokens": new, "domain": d, "after_move_s": first, "same_set_s": again,
+                                    "set_moves": moved, "layer_swaps": layers})
+            await client.close()
+
+        asyncio.run(run())
+        srv.stop()
+    return {"raw": raw, "model": fit_service(raw, args.max_tokens)}
+
+
+def fit_service(raw: list[dict], new_tokens: int) -> dict:
+    """Least squares over the same-set bursts: T(n, 1 token) = overhead + n * prefill; T(n, m) - T(n, 1) =
+    (m - 1) * (step + n * step_per_row). A set move costs the mean of (after a move) - (same set)."""
+    import numpy as np
+
+    def med(n, m, key):
+        return statistics.median(r[key] for r in raw if r["n"] == n and r["new_tokens"] == m)
+
+    ns = sorted({r["n"] for r in raw})
+    one = np.array([med(n, 1, "same_set_s") for n in ns])
+    a = np.vstack([np.ones(len(ns)), ns]).T
+    overhead, prefill = np.linalg.lstsq(a, one, rcond=None)[0]
+    dec = np.array([med(n, new_tokens, "same_set_s") for n in ns]) - one
+    step, per_row = np.linalg.lstsq(a, dec / (new_tokens - 1), rcond=None)[0]
+    moved = [r for r in raw if r["set_moves"] > 0]
+    swap = statistics.median(r["after_move_s"] - r["same_set_s"] for r in moved) if moved else 0.0
+    layers = sum(r["layer_swaps"] for r in moved) / max(sum(r["set_moves"] for r in moved), 1)
+    return {"prefill_s": float(prefill), "step_s": float(max(step, 0.0)), "step_per_row_s": float(max(per_row, 0.0)),
+            "swap_s": float(max(swap, 0.0)), "overhead_s": float(max(overhead, 0.0)), "layers_per_swap": layers}
+
+
+def kill_run(bundle: Path, common: list[str], docs, args) -> dict:
+    """The load against a 2-replica affinity fleet, one replica SIGKILLed `--kill-at` s in."""
+    import random
+
+    import openai
+
+    outcomes: list[str] = [""] * len(docs)
+    with Fleet(bundle, 1, *common, "--replicas", "2") as srv:
+        model = srv.model()
+        h0 = srv.health()
+        victim = h0["replicas"][0]
+
+        async def run() -> float:
+            client = openai.AsyncOpenAI(base_url=srv.url + "/v1", api_key="none", max_retries=0, timeout=300)
+            rng = random.Random(0)
+            arrivals, t = [], 0.0
+            for _ in docs:
+                arrivals.append(t)
+                t += rng.expovariate(args.rate)
+            gate = asyncio.Semaphore(args.clients)
+            t0 = time.perf_counter()
+
+            async def one(i, doc):
+                await asyncio.sleep(max(arrivals[i] - (time.perf_counter() - t0), 0))
+                async with gate:
+                    try:
+                        await client.completions.create(model=model, prompt=doc.text, max_tokens=args.max_tokens,
+                                                        echo=True, logprobs=0, temperature=0)
+                        outcomes[i] = "answered"
+                    except openai.APIStatusError as e:
+                        outcomes[i] = f"status {e.status_code}"
+                    except Exception as e:  # noqa: BLE001 - no HTTP answer at all: lost
+                        outcomes[i] = f"lost ({type(e).__name__})"
+
+            async def killer():
+                await asyncio.sleep(args.kill_at)
+                os.kill(victim["pid"], signal.SIGKILL)
+                return time.perf_counter()
+
+            done = await asyncio.gather(killer(), *(one(i, d) for i, d in enumerate(docs)))
+            await client.close()
+            return done[0]
+
+        killed_at = asyncio.run(run())
+        h1 = srv.health()
+        back = None
+        while time.perf_counter() - killed_at < 300:
+            h = srv.health()
+            if all(r["live"] for r in h["replicas"]) and h["counts"]["relearned"] >= 1:
+                back = time.perf_counter() - killed_at
+                break
+            time.sleep(0.5)
+        h2 = srv.health()
+        exit_code = srv.stop()
+    client = {k: outcomes.count(k) for k in sorted(set(outcomes))}
+    return {"requests": len(docs), "kill_at_s": args.kill_at, "victim": victim, "client": client,
+            "ingress": h1["counts"], "ingress_after_restart": h2["counts"], "back_after_s": back,
+            "new_pid": h2["replicas"][0].get("pid"), "assignment_after": h2["router"].get("assignment"),
+            "reassignments": h2["router"]["reassignments"], "exit_code": exit_code}
+
+
+def print_nll(result: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title="held-out NLL through the fleet (paired vs prune, 95% interval)")
+    for col in ("config", "NLL/tok", "vs prune", "gap closed", "detected right"):
+        t.add_column(col)
+    for label, r in result["nll"].items():
+        if "error" in r:
+            t.add_row(label, r["error"], "", "", "")
+            continue
+        d = r["vs_prune"]
+        det = result["load"][label].get("detected_right")
+        t.add_row(label, f"{r['nll_per_token']:.4f}", f"{d['diff']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]",
+                  "-" if r["gap_closed"] is None else f"{r['gap_closed']:.0%}", "-" if det is None else f"{det:.1%}")
+    Console(width=160).print(t)
+
+
+if __name__ == "__main__":
+    main()

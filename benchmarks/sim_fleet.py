@@ -1,0 +1,173 @@
+"""The fleet past this machine: K = 1..64 replicas, 8..64 tasks, Zipf task popularity, Poisson arrivals, for
+round-robin and affinity routing (lightmoe_cli/fleet/sim.py, the same router objects as the ingress and the
+server's own task scheduler in every replica).
+
+Its inputs are measured, not assumed: the per-request costs (prefill, decode step and its per-row part, a set
+move, the fixed overhead outside the replica) from bench_fleet.py's calibrate phase, and per-domain NLL per
+token served with the request's own set (the 2-replica affinity run) and with prune's set, from its load phase
+(a simulated task past the 8 measured domains reuses their figures in turn). First it replays the measured
+load (same requests, order, rate, clients) at 1 and 2 replicas and prints the prediction beside the
+measurement; then the sweep. Table to the terminal, JSON to benchmarks/results/sim_fleet.json, plot to
+benchmarks/results/sim_fleet.png.
+
+    python benchmarks/sim_fleet.py                    # reads benchmarks/results/fleet.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.harness import RESULTS, write_json  # noqa: E402
+from lightmoe_cli.fleet.router import ROUTERS  # noqa: E402
+from lightmoe_cli.fleet.sim import Quality, ServiceModel, Workload, simulate  # noqa: E402
+
+CHECKS = {  # simulated point -> the measured config it must match
+    (1, "affinity"): "1 replica x1 thread 50%",
+    (2, "round-robin"): "2 replicas round-robin 50%",
+    (2, "affinity"): "2 replicas affinity 50%",
+}
+KEYS = ("requests_per_s", "latency_p50", "latency_p99", "set_moves_per_request", "nll_per_token")
+
+
+def inputs(fleet: dict) -> tuple[ServiceModel, Quality]:
+    svc = ServiceModel(**fleet["calibrate"]["model"])
+    dom = fleet["per_domain"]
+    own, prune = dom["2 replicas affinity 50%"], dom["prune 50%"]
+    names = sorted(own)
+    acc = fleet["load"]["2 replicas affinity 50%"].get("detected_right") or 1.0
+    q = Quality(tuple(own[d]["nll_per_token"] for d in names), tuple(prune[d]["nll_per_token"] for d in names),
+                tuple(own[d]["tokens_per_request"] for d in names), accuracy=acc)
+    return svc, q
+
+
+def run(k: int, router: str, tasks: int, svc: ServiceModel, q: Quality, w: Workload, max_batch: int,
+        max_wait_s: float) -> dict:
+    r = simulate(ROUTERS.get(router)(k, [f"t{i}" for i in range(tasks)]), svc, w, max_batch, max_wait_s, q)
+    return r.to_json() | {"tasks": tasks, "set_moves_per_request": r.set_moves / max(r.requests, 1)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--fleet", type=Path, default=RESULTS / "fleet.json", help="bench_fleet.py's results")
+    ap.add_argument("--replicas", default="1,2,4,8,16,32,64")
+    ap.add_argument("--tasks", default="8,16,64")
+    ap.add_argument("--zipf", type=float, default=1.0)
+    ap.add_argument("--requests-per-replica", type=int, default=200)
+    ap.add_argument("--clients-per-replica", type=int, default=8, help="the measured run: 16 clients, 2 replicas")
+    ap.add_argument("--rate-per-replica", type=float, default=6.0, help="Poisson arrivals per second per replica "
+                    "(the measured run: 12/s on 2 replicas, above their capacity)")
+    ap.add_argument("--out", type=Path, default=RESULTS / "sim_fleet.json")
+    args = ap.parse_args()
+    if not args.fleet.exists():
+        raise SystemExit(f"{args.fleet} not found: run benchmarks/bench_fleet.py first (its load and calibrate "
+                         "phases)")
+    fleet = json.loads(args.fleet.read_text())
+    if "calibrate" not in fleet or "load" not in fleet:
+        raise SystemExit(f"{args.fleet} lacks the load or calibrate phase: run bench_fleet.py --phases "
+                         "load,calibrate")
+    svc, q = inputs(fleet)
+    mb, mw = fleet["max_batch"], fleet["max_wait_ms"] / 1000
+    t0 = time.perf_counter()
+    checks = []
+    for (k, router), label in CHECKS.items():
+        w = Workload(tasks=8, requests=fleet["requests"], rate=fleet["rate"], clients=fleet["clients"],
+                     order="shift", new_tokens=fleet["max_tokens"])
+        sim = run(k, router, 8, svc, q, w, mb, mw)
+        real = fleet["load"].get(label)
+        if real is None:
+            continue
+        real = real | {"nll_per_token": fleet["nll"][label]["nll_per_token"]}
+        checks.append({"replicas": k, "router": router, "measured_config": label, "sim": {x: sim[x] for x in KEYS},
+                       "measured": {x: real.get(x) for x in KEYS},
+                       "sim_over_measured": {x: sim[x] / real[x] if real.get(x) else None for x in KEYS}})
+    sweep = []
+    for tasks in (int(x) for x in args.tasks.split(",")):
+        for k in (int(x) for x in args.replicas.split(",")):
+            w = Workload(tasks=tasks, requests=args.requests_per_replica * k, rate=args.rate_per_replica * k,
+                         clients=args.clients_per_replica * k, zipf=args.zipf, new_tokens=fleet["max_tokens"])
+            for router in ("round-robin", "affinity"):
+                sweep.append(run(k, router, tasks, svc, q, w, mb, mw) | {"zipf": args.zipf})
+    payload = {"inputs": {"service": svc.__dict__, "quality": q.__dict__, "from": str(args.fleet),
+                          "fleet_date": fleet.get("date")},
+               "settings": vars(args) | {"fleet": str(args.fleet), "out": str(args.out)}, "checks": checks,
+               "sweep": sweep, "seconds": time.perf_counter() - t0, "date": time.strftime("%Y-%m-%d")}
+    write_json(args.out, payload)
+    render(checks, sweep)
+    png = args.out.with_suffix(".png")
+    plot(sweep, png, f"fleet simulation (Zipf {args.zipf}, {args.clients_per_replica} clients and "
+                     f"{args.rate_per_replica:g} req/s per replica)")
+    print(f"wrote {args.out} and {png}")
+
+
+def render(checks: list[dict], sweep: list[dict]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    c = Console(width=170)
+    t = Table(title="simulation vs measurement (the measured load replayed)")
+    for col in ("replicas", "router", "", "req/s", "p50 s", "p99 s", "set moves/req", "NLL/tok"):
+        t.add_column(col)
+    for ch in checks:
+        for kind in ("measured", "sim"):
+            v = ch[kind]
+            t.add_row(str(ch["replicas"]), ch["router"], kind, f"{v['requests_per_s']:.2f}", f"{v['latency_p50']:.2f}",
+                      f"{v['latency_p99']:.2f}", "-" if v["set_moves_per_request"] is None else
+                      f"{v['set_moves_per_request']:.2f}", f"{v['nll_per_token']:.4f}")
+        r = ch["sim_over_measured"]
+        t.add_row("", "", "sim / measured", *(f"{r[x]:.2f}" if r[x] else "-" for x in KEYS))
+    c.print(t)
+    t = Table(title="fleet simulation: affinity vs round-robin")
+    for col in ("tasks", "replicas", "rr req/s", "aff req/s", "aff / rr", "rr p99 s", "aff p99 s", "rr moves/req",
+                "aff moves/req", "aff mean batch", "reassignments", "overflow", "NLL/tok"):
+        t.add_column(col)
+    by = {(r["tasks"], r["replicas"], r["router"]): r for r in sweep}
+    for tasks, k in sorted({(r["tasks"], r["replicas"]) for r in sweep}):
+        rr, af = by[(tasks, k, "round-robin")], by[(tasks, k, "affinity")]
+        t.add_row(str(tasks), str(k), f"{rr['requests_per_s']:,.1f}", f"{af['requests_per_s']:,.1f}",
+                  f"{af['requests_per_s'] / rr['requests_per_s']:.2f}", f"{rr['latency_p99']:.2f}",
+                  f"{af['latency_p99']:.2f}", f"{rr['set_moves_per_request']:.3f}",
+                  f"{af['set_moves_per_request']:.3f}", f"{af['mean_batch']:.2f}", str(af["reassignments"]),
+                  str(af["overflow"]), f"{af['nll_per_token']:.4f}")
+    c.print(t)
+
+
+def plot(sweep: list[dict], path: Path, title: str) -> None:
+    """Three panels against replicas (log): throughput per replica, p99 latency, set moves per request; one
+    colour per task count, solid affinity, dashed round-robin."""
+    from lightmoe_cli.evaluation.plots import _plt, _save
+
+    plt = _plt()
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5), constrained_layout=True)
+    colors = dict(zip(sorted({r["tasks"] for r in sweep}), ("tab:blue", "tab:orange", "tab:green", "tab:red"),
+                      strict=False))
+    for tasks, color in colors.items():
+        for router, style in (("affinity", "-"), ("round-robin", "--")):
+            rows = sorted((r for r in sweep if r["tasks"] == tasks and r["router"] == router),
+                          key=lambda r: r["replicas"])
+            ks = [r["replicas"] for r in rows]
+            label = f"{tasks} tasks, {router}"
+            axes[0].plot(ks, [r["requests_per_s"] / r["replicas"] for r in rows], style, color=color, marker="o",
+                         label=label)
+            axes[1].plot(ks, [r["latency_p99"] for r in rows], style, color=color, marker="o", label=label)
+            axes[2].plot(ks, [r["set_moves_per_request"] for r in rows], style, color=color, marker="o", label=label)
+    for ax, ylabel in zip(axes, ("requests/s per replica", "p99 latency (s)", "set moves per request"),
+                          strict=True):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("replicas")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(title)
+    _save(fig, path)
+
+
+if __name__ == "__main__":
+    main()
