@@ -100,6 +100,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("bundle",),  # policy -> bundle
     ("runtime",),  # bundle -> served model
     ("export", "evaluation", "serve"),  # serve: bundle -> HTTP (the runtime behind an engine thread)
+    ("fleet",),  # serve x K replicas behind a task-affinity ingress (Ray Serve), and its simulator
     ("selftest",),  # drives the whole pipeline on tiny models
     ("report",),
     ("tune",),  # policy x budget x activation searched on held-out text (drives bundle + runtime)
