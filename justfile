@@ -85,6 +85,21 @@ bench-large: setup
 bench-serve: corpus
     {{py}} benchmarks/bench_serve.py --budgets 0.25,0.5 --requests 200 --clients 16 --rate 12
 
+# Ray Serve for `lightmoe serve --replicas K` (the optional extra), when it is not installed yet.
+fleet-deps: setup
+    @{{py}} -c "import ray.serve" 2>/dev/null || {{py}} -m pip install -q -e ".[ray]"
+
+# `lightmoe serve --replicas` (docs/fleet.md): bench_serve's load against 2 replicas with affinity and with
+# round-robin routing, 1 replica, and one server with FIFO + jump, on the demo at 50%; the simulator's
+# calibration; a replica killed under load (about 12 minutes on 2 cores; JSON in benchmarks/results/fleet.json).
+bench-fleet: corpus fleet-deps
+    {{py}} benchmarks/bench_fleet.py --requests 200 --clients 16 --rate 12
+
+# The fleet simulation for K = 1..64 replicas and 8..64 tasks from bench-fleet's measurements, with its 1- and
+# 2-replica points beside the measured ones (seconds; JSON + PNG in benchmarks/results/sim_fleet.*).
+sim-fleet: setup
+    {{py}} benchmarks/sim_fleet.py
+
 # Activation budgets on the same 1.05B model (docs/activation-budgets.md): every rule vs the full top-k, one
 # request and 8 together, each ratio beside its bound (about 16 minutes on 2 cores).
 bench-activation: setup

@@ -126,7 +126,7 @@ def render(checks: list[dict], sweep: list[dict]) -> None:
     c.print(t)
     t = Table(title="fleet simulation: affinity vs round-robin")
     for col in ("tasks", "replicas", "rr req/s", "aff req/s", "aff / rr", "rr p99 s", "aff p99 s", "rr moves/req",
-                "aff moves/req", "aff mean batch", "reassignments", "overflow", "NLL/tok"):
+                "aff moves/req", "aff mean batch", "reassignments", "overflow", "NLL/tok", "prune NLL/tok"):
         t.add_column(col)
     by = {(r["tasks"], r["replicas"], r["router"]): r for r in sweep}
     for tasks, k in sorted({(r["tasks"], r["replicas"]) for r in sweep}):
@@ -135,7 +135,7 @@ def render(checks: list[dict], sweep: list[dict]) -> None:
                   f"{af['requests_per_s'] / rr['requests_per_s']:.2f}", f"{rr['latency_p99']:.2f}",
                   f"{af['latency_p99']:.2f}", f"{rr['set_moves_per_request']:.3f}",
                   f"{af['set_moves_per_request']:.3f}", f"{af['mean_batch']:.2f}", str(af["reassignments"]),
-                  str(af["overflow"]), f"{af['nll_per_token']:.4f}")
+                  str(af["overflow"]), f"{af['nll_per_token']:.4f}", f"{af['nll_prune_per_token']:.4f}")
     c.print(t)
 
 

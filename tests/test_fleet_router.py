@@ -139,6 +139,7 @@ def test_simulator_nll_mixes_the_oracle_and_the_wrong_set_by_detection_accuracy(
     w = Workload(tasks=2, requests=200, rate=0, clients=8)
     right = simulate(AffinityRouter(2, ["t0", "t1"]), SERVICE, w, quality=Quality((2.0, 3.0), (4.0, 5.0)))
     assert 2.0 < right.nll_per_token < 3.0  # every request with its own set
+    assert 4.0 < right.nll_prune_per_token < 5.0  # the same requests under prune's set
     half = simulate(AffinityRouter(2, ["t0", "t1"]), SERVICE, w,
                     quality=Quality((2.0, 3.0), (4.0, 5.0), accuracy=0.5))
     assert half.nll_per_token > right.nll_per_token + 0.5

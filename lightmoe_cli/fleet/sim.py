@@ -103,6 +103,7 @@ class SimResult:
     set_moves: int
     layer_swaps_per_request: float
     nll_per_token: float | None
+    nll_prune_per_token: float | None  # the same requests under prune's set (what FIFO with one set scores)
     reassignments: int
     overflow: int
     mean_batch: float
@@ -166,7 +167,7 @@ def simulate(router: Router, service: ServiceModel, workload: Workload, max_batc
         push(r.arrival, "arrive", r.id)
     free_clients, queue_at_client = workload.clients, []
     latencies: list[float] = []
-    nll_sum = tokens = 0.0
+    nll_sum = tokens = prune_sum = 0.0
     done_at = 0.0
 
     def send(r: _Request, now: float) -> None:
@@ -180,7 +181,7 @@ def simulate(router: Router, service: ServiceModel, workload: Workload, max_batc
             push(max(now, rep.busy_until), "tick", d.replica)
 
     def tick(k: int, now: float) -> None:
-        nonlocal done_at, nll_sum, tokens, free_clients
+        nonlocal done_at, nll_sum, tokens, prune_sum, free_clients
         rep = reps[k]
         waiting = [Waiting(r.id, f"t{r.label}", r.sent) for r in rep.waiting.values()]
         plan = rep.scheduler.plan(waiting, rep.current, len(rep.rows), now)
@@ -212,6 +213,7 @@ def simulate(router: Router, service: ServiceModel, workload: Workload, max_batc
                 if quality is not None:
                     s, n = quality.of(r.task, r.label == r.task)
                     nll_sum, tokens = nll_sum + s, tokens + n
+                    prune_sum += quality.of(r.task, False)[0]
                 push(end, "free", -1)
         rep.busy_until = t
         if rep.rows or rep.waiting:
@@ -238,5 +240,6 @@ def simulate(router: Router, service: ServiceModel, workload: Workload, max_batc
     return SimResult(router.replicas, router.name, n, done_at, n / done_at if done_at > 0 else math.nan,
                      percentile(latencies, 0.5), percentile(latencies, 0.99), moves,
                      moves * service.layers_per_swap / max(n, 1),
-                     nll_sum / tokens if tokens else None, router.reassignments, router.reasons.get("overflow", 0),
+                     nll_sum / tokens if tokens else None, prune_sum / tokens if tokens else None,
+                     router.reassignments, router.reasons.get("overflow", 0),
                      sum(r.rows_stepped for r in reps) / max(stepped, 1))
