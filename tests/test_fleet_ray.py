@@ -83,12 +83,12 @@ def test_a_killed_replica_loses_no_request_and_is_relearned(fleet):
     victim = next(r for r in before["replicas"] if r["index"] == before["router"]["assignment"]["arithmetic"][0])
     results: list[int | str] = []
     lock = threading.Lock()
-    n = 24
+    n = 32
 
     def ask(i):
         prompts = ARITH + STRINGS
         try:
-            r = httpx.post(url + "/v1/completions", json={"model": name, "prompt": prompts[i % 6], "max_tokens": 48,
+            r = httpx.post(url + "/v1/completions", json={"model": name, "prompt": prompts[i % 6], "max_tokens": 256,
                                                           "temperature": 0}, timeout=120)
             out = r.status_code
         except httpx.HTTPError as e:  # a request lost without an answer would land here
@@ -99,13 +99,17 @@ def test_a_killed_replica_loses_no_request_and_is_relearned(fleet):
     threads = [threading.Thread(target=ask, args=(i,)) for i in range(n)]
     for t in threads:
         t.start()
-    time.sleep(0.5)
+    deadline = time.monotonic() + 60
+    while _health(url)["router"]["inflight"][victim["index"]] < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)  # kill it while it holds requests
     os.kill(victim["pid"], signal.SIGKILL)
     for t in threads:
         t.join(timeout=180)
+    print(f"kill under load: client {sorted(results, key=str)}")
     assert len(results) == n and set(results) <= {200, 503}, results
     after = _health(url)
     c = {k: after["counts"][k] - counts0[k] for k in counts0}
+    print(f"ingress counts: {c}, router: {after['router']}")
     assert c["sent"] == n == c["answered"] + c["refused"] + c["broken"]
     assert results.count(200) == c["answered"] and results.count(503) == c["refused"]
     assert c["retried"] >= 1  # the kill caught requests in flight on the victim
