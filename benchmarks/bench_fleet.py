@@ -302,15 +302,23 @@ def kill_run(bundle: Path, common: list[str], docs, args) -> dict:
                         outcomes[i] = f"lost ({type(e).__name__})"
 
             async def killer():
+                import httpx
+
                 await asyncio.sleep(args.kill_at)
+                async with httpx.AsyncClient(timeout=30) as http:
+                    for _ in range(200):  # kill it while it holds requests
+                        state = (await http.get(srv.url + "/health")).json()
+                        if state["router"]["inflight"][0] >= 2:
+                            break
+                        await asyncio.sleep(0.05)
                 os.kill(victim["pid"], signal.SIGKILL)
-                return time.perf_counter()
+                return time.perf_counter(), state["router"]["inflight"]
 
             done = await asyncio.gather(killer(), *(one(i, d) for i, d in enumerate(docs)))
             await client.close()
             return done[0]
 
-        killed_at = asyncio.run(run())
+        killed_at, inflight = asyncio.run(run())
         h1 = srv.health()
         back = None
         while time.perf_counter() - killed_at < 300:
@@ -322,7 +330,8 @@ def kill_run(bundle: Path, common: list[str], docs, args) -> dict:
         h2 = srv.health()
         exit_code = srv.stop()
     client = {k: outcomes.count(k) for k in sorted(set(outcomes))}
-    return {"requests": len(docs), "kill_at_s": args.kill_at, "victim": victim, "client": client,
+    return {"requests": len(docs), "kill_at_s": args.kill_at, "victim": victim, "inflight_at_kill": inflight,
+            "client": client,
             "ingress": h1["counts"], "ingress_after_restart": h2["counts"], "back_after_s": back,
             "new_pid": h2["replicas"][0].get("pid"), "assignment_after": h2["router"].get("assignment"),
             "reassignments": h2["router"]["reassignments"], "exit_code": exit_code}
