@@ -153,6 +153,32 @@ def test_tiny_tune_exhaustive_scores_everything_on_every_document(tiny_moe, prof
     report = run_tune(_request(tiny_moe, prof, tmp_path / "grid", exhaustive=True, policies=["prune"]))
     assert len(report.rungs) == 1 and all(f.evidence == report.documents for f in report.figures)
     assert report.pick.nll == min(f.nll for f in report.figures)
+    assert all(f.decode_tps for f in report.figures)  # the grid's frontier is the whole grid's: every one timed
+
+
+def test_tiny_tune_scores_a_stateless_candidates_documents_once(tiny_moe, prof, tmp_path, monkeypatch):
+    """prune has no state, so a later rung (and the advice's sweep) reads only the documents it adds; a managed
+    policy's score depends on the stream before it, so it is scored afresh."""
+    import lightmoe_cli.tune.request as tr
+
+    seen: dict[int, list[tuple[str, str]]] = {}
+    real = tr._score
+
+    def counting(rt, stream):
+        seen.setdefault(id(rt), []).extend((r.domain, r.text) for r in stream)
+        return real(rt, stream)
+
+    monkeypatch.setattr(tr, "_score", counting)
+    report = tr.run_tune(_request(tiny_moe, prof, tmp_path / "p", policies=["prune"], activations=["none"],
+                                  budget_steps=[1.0, 0.75], eta=2, finalists=1))
+    assert [k for k, _ in report.rungs] == [2, 1] and report.rungs[-1][1] > report.rungs[0][1]
+    # the full reference reads every document once, and so does each prune candidate over all its rungs: a
+    # first-rung document is read 3 times (full, both budgets), not 4 (the survivor again in the second rung)
+    reads: dict[tuple[str, str], int] = {}
+    for docs in seen.values():
+        for d in docs:
+            reads[d] = reads.get(d, 0) + 1
+    assert max(reads.values()) == 3 and min(reads.values()) == 2
 
 
 def test_tiny_tune_targets_pick_among_the_timed(tiny_moe, prof, tmp_path):

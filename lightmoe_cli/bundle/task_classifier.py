@@ -102,7 +102,10 @@ def train_text_classifier(texts_by_task: dict[str, list[str]], settings: Classif
     if len(classes) == 1:
         coef, intercept = np.zeros((1, settings.n_features)), np.zeros(1)
     else:
-        lr = LogisticRegression(C=10.0, max_iter=2000, random_state=seed).fit(tfidf.transform(counts), labels)
+        # newton-cg: the same fit as lbfgs on the demo's 3,200 chunks (98.2% of held-out documents named right
+        # either way) in 5 iterations instead of 26-59, 0.45 s instead of 1.3-3.5 s of every build-bundle
+        lr = LogisticRegression(C=10.0, solver="newton-cg", max_iter=200, random_state=seed).fit(
+            tfidf.transform(counts), labels)
         coef, intercept = lr.coef_, lr.intercept_
         if len(classes) == 2:  # binary: sklearn keeps one row (sigmoid); two rows (-c/2, c/2) give it as a softmax
             coef, intercept = np.vstack([-coef, coef]) / 2, np.concatenate([-intercept, intercept]) / 2

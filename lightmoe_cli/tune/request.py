@@ -38,6 +38,10 @@ POLICY_SETTINGS: dict[str, list[dict[str, Any]]] = {
 }
 
 
+# the advice's run-length sweep: task-aware's best against prune on this many documents per task, in runs of these
+# lengths (the first documents of each task; prune's come from the halving when it scored them)
+SWEEP_LENGTHS = (1, 2, 4)
+
 @dataclass
 class TuneRequest(ModelChoice, Force):
     memory: str | None = option(None, "Required. Memory for the weights: a size (e.g. 40MiB: non-expert weights + "
@@ -57,14 +61,15 @@ class TuneRequest(ModelChoice, Force):
                                     default_factory=lambda: ["none", "topk:0.75", "lexi:0.75"])
     budget_steps: list[float] = option(help="Resident budgets searched, as shares of the memory's.",
                                        default_factory=lambda: [1.0, 0.75])
-    docs_per_task: int = option(25, "Held-out documents per task for the final rung (the calibration text past "
+    docs_per_task: int = option(12, "Held-out documents per task for the final rung (the calibration text past "
                                 "what the profile read).", minimum=1)
     doc_tokens: int = option(96, "Tokens scored per held-out document (longer ones are cut).", minimum=8)
     eta: int = option(5, "Successive halving: keep 1 in ETA candidates per rung, ETA x the documents.", minimum=2)
     finalists: int = option(2, "Candidates whose decode speed is measured.", minimum=1)
     decode_tokens: int = option(32, "New tokens per prompt when decode speed is measured (2 prompts).", minimum=1)
-    exhaustive: bool = option(False, "Score every candidate of the grid on every document (no outlook pruning, no "
-                              "halving): the reference tune is measured against.", flag="--exhaustive")
+    exhaustive: bool = option(False, "Score every candidate of the grid on every document and time each one "
+                              "(no outlook pruning, no halving): the reference tune is measured against.",
+                              flag="--exhaustive")
     out: Path | None = option(None, "Bundle folder of the pick (default: runs/tune/<model>-<memory>[-blocksN]); "
                               "<out>.tune.json and <out>.frontier.png are written beside it.", short="-o",
                               role="output")
@@ -377,6 +382,31 @@ def run_tune(req: TuneRequest, progress=None) -> TuneReport:
             progress.advance(task, n_docs)
 
         figures = {c: Figures(c) for c in candidates}
+        # a candidate without state (no manager, no run-time loads) scores a document the same wherever it stands
+        # in the stream: each document is scored once, and a later rung reads only the ones it adds
+        memo: dict[Candidate, dict[tuple[str, str], tuple[float, int]]] = {}
+
+        def stateless(c: Candidate) -> bool:
+            spec = load_bundle(bundle_for(c), verify=False).runtime_spec
+            return spec.manager is None and spec.serving.value not in ("on_demand", "background")
+
+        def scores_of(c: Candidate, stream) -> list[tuple[float, int]]:
+            if c not in memo:
+                rt = runtime_for(c)
+                try:
+                    return _score(rt, stream)
+                finally:
+                    rt.close()
+            known = memo[c]
+            todo = [r for r in stream if (r.domain, r.text) not in known]
+            if todo:
+                rt = runtime_for(c)
+                try:
+                    known.update({(r.domain, r.text): s for r, s in zip(todo, _score(rt, todo), strict=True)})
+                finally:
+                    rt.close()
+            return [known[(r.domain, r.text)] for r in stream]
+
         alive = list(candidates)
         for r, (keep, n) in enumerate(schedule):
             alive = alive if r == 0 else keep_best({c: figures[c].nll for c in alive}, keep)
@@ -385,20 +415,20 @@ def run_tune(req: TuneRequest, progress=None) -> TuneReport:
                     figures[c].dropped = f"halving: not in the best {keep} on {schedule[r - 1][1] * len(docs)} docs"
             for c in alive:
                 try:
-                    rt = runtime_for(c)
+                    built = load_bundle(bundle_for(c), verify=False)
+                    if c not in memo and stateless(c):
+                        memo[c] = {}
+                    t0 = time.perf_counter()
+                    stream = _stream({t: v[:n] for t, v in docs.items()}, block)
+                    scores = scores_of(c, stream)
                 except LightMoEError as e:
                     figures[c].dropped = f"cannot be built: {e}"
                     figures[c].nll_increase[n * len(docs)] = math.inf
                     continue
-                t0 = time.perf_counter()
-                stream = _stream({t: v[:n] for t, v in docs.items()}, block)
-                scores = _score(rt, stream)
-                rt.close()
                 seconds["score"] += time.perf_counter() - t0
                 tokens = sum(t for _, t in scores)
                 reference = sum(full_nll[(r.domain, r.text)][0] for r in stream)
                 figures[c].nll_increase[n * len(docs)] = (sum(s for s, _ in scores) - reference) / tokens
-                built = load_bundle(bundle_for(c), verify=False)
                 figures[c].memory_bytes = sizes.non_expert + built.manifest.budget.resident_expert_bytes
                 spec = built.runtime_spec
                 figures[c].moving_parts = int(spec.manager is not None or spec.serving.value in (
@@ -406,7 +436,8 @@ def run_tune(req: TuneRequest, progress=None) -> TuneReport:
                 if progress is not None:
                     progress.advance(task, n * len(docs))
         last = {c: figures[c].nll for c in alive if figures[c].dropped is None}
-        finalists = keep_best(last, req.finalists)
+        # the grid times every candidate (its frontier is the whole grid's); tune only its finalists
+        finalists = keep_best(last, len(last) if req.exhaustive else req.finalists)
         for c in alive:
             if c not in finalists and figures[c].dropped is None:
                 figures[c].dropped = f"not among the {req.finalists} finalists on {n_docs} docs"
@@ -452,17 +483,17 @@ def run_tune(req: TuneRequest, progress=None) -> TuneReport:
             # task-aware's best against prune at the same budget, by run length: the advice's evidence
             best = min(managed, key=lambda f: f.nll).candidate
             prune = Candidate("prune", best.budget)
-            sub = {t: v[:min(per_task, 8)] for t, v in docs.items()}
+            if prune not in memo and stateless(prune):
+                memo[prune] = {}
+            sub = {t: v[:min(per_task, max(SWEEP_LENGTHS))] for t, v in docs.items()}
 
             def increase(c: Candidate, b: int) -> float:
-                rt = runtime_for(c)
                 stream = _stream(sub, b)
-                scores = _score(rt, stream)
-                rt.close()
+                scores = scores_of(c, stream)
                 ref = sum(full_nll[(r.domain, r.text)][0] for r in stream)
                 return (sum(s for s, _ in scores) - ref) / sum(t for _, t in scores)
 
-            lengths = sorted({b for b in (1, 2, 4, 8) if b <= len(next(iter(sub.values())))})
+            lengths = sorted({b for b in SWEEP_LENGTHS if b <= len(next(iter(sub.values())))})
             by_block = {b: increase(best, b) for b in lengths}
             static = increase(prune, 1)  # prune has no state: one order serves every run length
             line = sweep_advice(by_block, static)
