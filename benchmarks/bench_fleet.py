@@ -87,6 +87,25 @@ class Fleet(ServerProcess):
         return httpx.get(self.url + "/health", timeout=60).json()
 
 
+def cpu_by_role(pid: int) -> dict[str, float]:
+    """CPU seconds so far of a server process and its descendants (Ray's processes are), by role: the
+    replicas, the ingress, Ray Serve's HTTP proxy, the `lightmoe serve` driver, Ray's other processes."""
+    import psutil
+
+    root = psutil.Process(pid)
+    out: dict[str, float] = {}
+    for p in [root, *root.children(recursive=True)]:
+        try:
+            title = " ".join(p.cmdline()[:1])
+            t = p.cpu_times()
+        except psutil.Error:
+            continue
+        role = ("driver" if p.pid == pid else "replicas" if "replica-" in title else "ingress" if "ingress" in title
+                else "proxy" if "Proxy" in title else "ray other")
+        out[role] = out.get(role, 0.0) + t.user + t.system
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=200)
@@ -134,9 +153,11 @@ def main() -> None:
     def measure(label: str) -> dict:
         key, threads, flags = cfgs[label]
         with Fleet(bundles[key].path, threads, *common, *flags) as srv:
+            cpu0, own0 = cpu_by_role(srv.proc.pid), os.times()
             t0 = time.perf_counter()
             recs = asyncio.run(load(srv.url, srv.model(), docs, args.clients, args.rate, args.max_tokens, False))
             seconds = time.perf_counter() - t0
+            cpu1, own1 = cpu_by_role(srv.proc.pid), os.times()
             h = srv.health()
             extra = {"layer_swaps": srv.metric("lightmoe_swaps"),
                      "set_moves": srv.metric("lightmoe_fleet_set_moves") if "--replicas" in flags else None,
@@ -145,6 +166,11 @@ def main() -> None:
         records.setdefault(label, recs)
         s = summarise_load(recs, seconds) | extra
         s["layer_swaps_per_request"] = s["layer_swaps"] / max(s["answered"], 1)
+        # where the cores went, per answered request (the client is this process)
+        cpu = {k: (cpu1.get(k, 0.0) - cpu0.get(k, 0.0)) / max(s["answered"], 1) for k in cpu1}
+        cpu["client"] = (own1.user + own1.system - own0.user - own0.system) / max(s["answered"], 1)
+        s["cpu_s_per_request"] = cpu
+        s["cpu_s_per_request_total"] = sum(cpu.values())
         if s["set_moves"] is not None:
             s["set_moves_per_request"] = s["set_moves"] / max(s["answered"], 1)
         s["detected_right"] = (sum(r.get("task") == r["domain"] for r in recs if r["status"] == 200)
@@ -167,7 +193,8 @@ def main() -> None:
                    Metric("latency_p99", "p99 s", higher_is_better=False, ratio=False),
                    Metric("nll_per_token", "NLL/tok", higher_is_better=False, ratio=False, fmt=".4f"),
                    Metric("layer_swaps_per_request", "layer swaps/req", ratio=False),
-                   Metric("set_moves_per_request", "set moves/req", ratio=False)]
+                   Metric("set_moves_per_request", "set moves/req", ratio=False),
+                   Metric("cpu_s_per_request_total", "CPU s/req", higher_is_better=False, ratio=False, fmt=".3f")]
         rows = analyse(rows_cfg, runs, metrics, None)
         harness.finish(rows, metrics, "lightmoe serve --replicas: 2 replicas vs 1 (x round-robin: throughput ratio)",
                        result, out_path)
