@@ -148,6 +148,26 @@ eval-swap: corpus
     {{venv}}/bin/lightmoe build-bundle --policy full --out $out/full >/dev/null
     {{venv}}/bin/lightmoe eval --bundle $out/full "${args[@]}" --tasks demo,demo_ppl --limit 48 --out artifacts/eval/demo-moe-swap
 
+# Pinned-core caches (docs/caches.md): held-out NLL on task-shift streams at 25/50% with paired intervals and the
+# simulator-vs-runtime hit rates (demo model), then decode at a throttled 1 GB/s on the 1.05B OLMoE-shaped model.
+bench-caches: corpus
+    {{py}} benchmarks/bench_caches.py quality --budgets 0.25,0.5 --blocks 1,8,30 --requests 48
+    {{py}} benchmarks/bench_caches.py decode --random-olmoe 2 --budgets 0.25,0.5 --io-bandwidth 1e9 --new-tokens 16
+
+# The pinned-core caches scored by lm-eval (batched forwards, held-out NLL, paired vs prune) at 25% and 50%.
+eval-caches: corpus
+    #!/usr/bin/env bash
+    set -euo pipefail
+    out=runs/bundles-caches; args=()
+    for b in 0.25 0.5; do
+        {{venv}}/bin/lightmoe build-bundle --policy prune --budget $b --out $out/prune-$b --force >/dev/null
+        {{venv}}/bin/lightmoe build-bundle --policy swap --budget $b --out $out/swap-$b --force >/dev/null
+        {{venv}}/bin/lightmoe build-bundle --policy swap --pinned 0.75 --admission demand --double-buffer --budget $b --out $out/pinned-$b --force >/dev/null
+        {{venv}}/bin/lightmoe build-bundle --policy swap --pinned 0.75 --admission demand --budget $b --out $out/pinned-nospare-$b --force >/dev/null
+        args+=(--bundle $out/prune-$b --bundle $out/swap-$b --bundle $out/pinned-$b --bundle $out/pinned-nospare-$b)
+    done
+    {{venv}}/bin/lightmoe eval "${args[@]}" --tasks demo_ppl --limit 48 --no-task-shift --out artifacts/eval/demo-moe-caches
+
 # Expert replacing vs prune, REAP, merging, naive replacing and prune+LoRA at 30%/50%, and its ablations.
 eval-replace: corpus
     #!/usr/bin/env bash

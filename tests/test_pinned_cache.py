@@ -57,17 +57,22 @@ def test_double_buffered_installs_never_copy_on_the_main_thread_and_never_evict_
     for m in rt.layers:
         write = m.writer.write
 
-        def spy(flat, slot, write=write):
+        def spy(flat, slot, write=write, m=m):
             writers.append(threading.current_thread().name)
+            assert slot not in m.slot_of.tolist()  # no route points at the row being written
             write(flat, slot)
         m.writer.write = spy
     core = {m.layer_index: set(m.cache.pinned) for m in rt.layers}
+    full = 0
     for i in range(12):
         _forward(rt, TEXTS[i % len(TEXTS)])
         rt.loader.wait_idle()
         for m in rt.layers:
             assert core[m.layer_index] <= set(m.resident)
-            assert m.spare[0] not in m.slot_of.tolist()  # the spare row is never routed to
+            routed = [e for e, row in enumerate(m.slot_of.tolist()) if row == m.spare[0]]
+            assert routed == ([m.cache.standby] if m.cache.standby is not None else [])  # only the standby
+            full += len(m.resident) == m.pool.slots  # between reads the spare row serves: the whole budget
+    assert full > 0
     rt.finish()
     loads = sum(m.stats.loads for m in rt.layers)
     assert loads > 0 and sum(m.stats.flips for m in rt.layers) == loads
@@ -96,7 +101,7 @@ def test_the_simulator_replays_the_runtimes_hit_rate_on_its_own_trace(bundles):
         for m in rt.layers:
             lp = plans[m.layer_index]
             r = simulate_region([np.asarray(s) for s in trace[m.layer_index]], lp.num_experts, lp.resident,
-                                lp.pinned, spec.eviction, spec.admission, spec.decay, spec.spare_slots or None)
+                                lp.pinned, spec.eviction, spec.admission, spec.decay, spare=bool(spec.spare_slots))
             sim_hits, sim_picks = sim_hits + r.hits, sim_picks + r.accesses
             assert r.loads == m.stats.loads, name
         hits, picks = sum(m.stats.hits for m in rt.layers), sum(m.stats.picks for m in rt.layers)

@@ -119,3 +119,21 @@ def test_the_region_catches_each_tasks_own_expert_at_equal_memory_spare_row_incl
     assert rows["static"].hit_rate == pytest.approx(0.75)
     assert rows["pinned"].hit_rate > rows["static"].hit_rate + 0.08  # demand admission waits ~7 tokens a block
     assert rows["pinned"].capacity == 4 and rows["pinned"].loads_per_token > 0 and rows["swap"].hit_rate > 0.75
+
+
+def test_the_spare_row_keeps_serving_its_evicted_expert_until_the_next_read_claims_it():
+    cache = RegionCache(E, {0, 1, 2}, pinned={0}, spare=True)
+    assert cache.max_inflight == 1
+    (want,) = cache.observe(counts(6))
+    assert cache.started(want) is None  # the spare row was empty
+    assert cache.admit([6]) == [(6, 1)]
+    assert cache.resident == {0, 1, 2, 6} and cache.standby == 1  # the whole budget serves: 3 rows + the spare
+    (want,) = cache.observe(counts(7))
+    assert cache.started(want) == 1 and cache.resident == {0, 2, 6}  # the read claims the row: 1 goes now
+    cache.refused(7, 1)
+    assert cache.standby == 1 and cache.resident == {0, 1, 2, 6}  # a read that never started gives it back
+    cache.started(7)
+    cache.demand[7] = -1.0  # a finished read not admitted stays in the spare row as the standby
+    cache.admission = "demand"
+    assert cache.admit([7]) == [] and cache.standby == 7 and 7 in cache.resident
+    assert cache.release() == 7 and cache.standby is None and 7 not in cache.resident

@@ -130,7 +130,7 @@ def simulate(traces: dict[int, np.ndarray], num_experts: int, fraction: float, p
 
 def simulate_region(steps: Sequence[np.ndarray], num_experts: int, resident: Sequence[int],
                     pinned: Sequence[int] = (), eviction: str = "lru", admission: str = "always", decay: float = 0.9,
-                    max_inflight: int | None = None, lag: int = 1,
+                    max_inflight: int | None = None, spare: bool = False, lag: int = 1,
                     prefetch: Sequence[Sequence[int]] | None = None, prefetch_lag: int = 0) -> CacheResult:
     """Replay a non-blocking cache -- the runtime's `Background` strategy, pinned core and dynamic region --
     over one layer's forwards, with the very decision object the runtime uses (`policies.region.RegionCache`).
@@ -139,13 +139,14 @@ def simulate_region(steps: Sequence[np.ndarray], num_experts: int, resident: Seq
     a miss is served elsewhere at once, never loaded first). A read started at forward t lands at the start of
     forward t + lag (1: reads faster than a forward, as unthrottled); prefetch[t]: experts a predictor asked for
     while the layer before ran, landing at forward t + prefetch_lag. Counts: hits / accesses as the runtime's
-    hit rate, loads = experts installed, prefetch_hits = picks of an expert resident only thanks to a prefetch."""
+    hit rate, loads = experts installed, prefetch_hits = picks of an expert resident only thanks to a prefetch;
+    spare: double buffering with its standby expert, as the runtime serves it."""
     from lightmoe_cli.policies.region import RegionCache
 
     if lag < 1 or prefetch_lag < 0:
         raise ValueError(f"lag {lag} must be >= 1 and prefetch_lag {prefetch_lag} >= 0 forwards")
     cache = RegionCache(num_experts, {int(e) for e in resident}, {int(e) for e in pinned}, eviction, admission,
-                        decay, max_inflight)
+                        decay, max_inflight, spare)
     res = CacheResult("region", len(cache.resident))
     arrivals: dict[int, list[int]] = {}
     prefetching: set[int] = set()
@@ -169,12 +170,14 @@ def simulate_region(steps: Sequence[np.ndarray], num_experts: int, resident: Seq
         prefetching -= set(landed)
         ids = np.asarray(step, dtype=np.int64).reshape(-1)
         ids = ids[ids < num_experts]
+        # the reads this forward's demand starts are asked for before its picks are served (as the runtime's
+        # routing hook does): a read that claims the spare row unmaps its standby for this forward already
+        for e in cache.observe(np.bincount(ids, minlength=num_experts)):
+            cache.started(e)
+            arrivals.setdefault(t + lag, []).append(e)
         for e in ids.tolist():
             res.accesses += 1
             if e in cache.resident:
                 res.hits += 1
                 res.prefetch_hits += e in bought
-        for e in cache.observe(np.bincount(ids, minlength=num_experts)):
-            cache.started(e)
-            arrivals.setdefault(t + lag, []).append(e)
     return res

@@ -28,8 +28,10 @@ class RegionCache:
     eviction: which region resident a finished read replaces (lru: least recently picked, lfu: least decayed
     demand); admission: "always" installs every finished read, "demand" only one whose decayed demand beats the
     weakest region resident's (and reads only such experts); decay: per-forward decay of the demand counts (a
-    window of about 1 / (1 - decay) forwards); max_inflight: reads per layer at once (1 with a spare slot: the
-    one row the loader may write)."""
+    window of about 1 / (1 - decay) forwards); max_inflight: reads per layer at once; spare: double buffering,
+    one read at a time into the one spare row. The spare row is not idle memory: after an install the evicted
+    expert stays in its old row (now the spare) as the `standby` and keeps serving until the next read claims
+    that row, so between reads the layer holds a full budget of experts and during a read one fewer."""
 
     num_experts: int
     resident: set[int]
@@ -38,6 +40,8 @@ class RegionCache:
     admission: str = "always"
     decay: float = 0.9
     max_inflight: int | None = None
+    spare: bool = False
+    standby: int | None = None  # spare: the resident in the spare row, first to go when a read claims the row
     clock: int = 0
     inflight: set[int] = field(default_factory=set)  # reads started and not yet admitted or refused
     rejected: int = 0  # finished reads not installed
@@ -52,6 +56,8 @@ class RegionCache:
         if not self.pinned <= self.resident:
             raise ValueError(f"pinned experts {sorted(self.pinned - self.resident)} are not resident")
         self.resident, self.pinned = set(self.resident), set(self.pinned)
+        if self.spare:
+            self.max_inflight = 1
         self.last_use = np.zeros(self.num_experts, dtype=np.int64)
         self.demand = np.zeros(self.num_experts)
 
@@ -73,7 +79,7 @@ class RegionCache:
         resident[sorted(self.resident)] = True
         picked = counts > 0
         self.last_use[picked & resident] = self.clock
-        region = sorted(self.region)
+        region = sorted(self.region - {self.standby})
         if not region:  # nothing may be evicted: no read could ever be installed
             return []
         bar = self.demand[region].min() if self.admission == "demand" else -np.inf
@@ -84,12 +90,30 @@ class RegionCache:
             want = sorted(want, key=lambda e: (-self.demand[e], e))[:room]
         return want
 
-    def started(self, expert: int) -> None:
+    def started(self, expert: int) -> int | None:
+        """A read of `expert` starts. With a spare row it claims the row: the standby expert there stops being
+        resident (returned, for the caller to unmap before the row is written)."""
         self.inflight.add(int(expert))
+        if not self.spare or self.standby is None:
+            return None
+        dropped, self.standby = self.standby, None
+        self.resident.discard(dropped)
+        return dropped
 
-    def refused(self, expert: int) -> None:
-        """A read that never started (the loader's queue was full) or whose result was dropped."""
+    def release(self) -> int | None:
+        """Free the spare row now (before a manager's move): the standby stops being resident; returned."""
+        dropped, self.standby = self.standby, None
+        if dropped is not None:
+            self.resident.discard(dropped)
+        return dropped
+
+    def refused(self, expert: int, dropped: int | None = None) -> None:
+        """A read that never started (the loader's queue was full); `dropped`: the standby its start unmapped,
+        back in the untouched spare row."""
         self.inflight.discard(int(expert))
+        if dropped is not None:
+            self.standby = dropped
+            self.resident.add(dropped)
 
     def victim(self, candidates: list[int]) -> int:
         if self.eviction == "lfu":
@@ -98,19 +122,27 @@ class RegionCache:
 
     def admit(self, ready: list[int]) -> list[tuple[int, int]]:
         """Finished reads -> installs (expert, evicted region resident), most wanted first; a read whose expert is
-        already resident is dropped, one not wanted more than its victim (demand admission) is rejected."""
+        already resident is dropped, one not wanted more than its victim (demand admission) is rejected. With a
+        spare row the victim stays resident as the standby (its row becomes the spare), and a rejected read
+        becomes the standby itself (it is in the spare row already)."""
         for e in ready:
             self.inflight.discard(int(e))
         fresh = sorted((int(e) for e in ready if int(e) not in self.resident), key=lambda e: -self.demand[e])
         installs: list[tuple[int, int]] = []
         loaded: set[int] = set()
         for e in fresh:
-            candidates = sorted(self.region - loaded)
+            candidates = sorted(self.region - loaded - {self.standby})
             victim = self.victim(candidates) if candidates else None
             if victim is None or (self.admission == "demand" and self.demand[e] <= self.demand[victim]):
                 self.rejected += 1
+                if self.spare and self.standby is None:
+                    self.standby = e
+                    self.resident.add(e)
                 continue
-            self.resident.discard(victim)
+            if self.spare:
+                self.standby = victim
+            else:
+                self.resident.discard(victim)
             self.resident.add(e)
             loaded.add(e)
             installs.append((e, victim))
@@ -121,6 +153,8 @@ class RegionCache:
         it, `load` join it. A loaded expert already in the region is promoted without I/O, and then the most
         wanted of the evicted stay resident in the region instead of leaving. Returns the reads as (expert,
         evicted expert whose slot it takes)."""
+        if self.standby is not None:
+            raise ValueError("release() the spare row's standby before moving the core")
         core = self.pinned if self.pinned else self.resident
         if len(evict) != len(load) or not set(evict) <= core:
             raise ValueError(f"a core move needs as many loads as evictions, all evictions from the core "

@@ -124,16 +124,15 @@ class SlotPool:
         self.stats.bytes_loaded += self.writer.bytes_per_expert
         self.stats.load_seconds += read_seconds
 
-    def flip(self, expert: int, row: int, victim: int, read_seconds: float) -> int:
-        """Double buffering: `expert`, already written into the free `row` by the loader thread, replaces `victim`
-        by a table entry (no copy); returns the victim's row, the next free one."""
-        freed = self.evict(victim)
+    def flip(self, expert: int, row: int, read_seconds: float, count: bool = True) -> None:
+        """Double buffering: `expert`, already written into the free `row` by the loader thread, becomes resident
+        there by a table entry (no copy); `count`: a run-time load (False: a rejected read kept as the standby)."""
         self.slot_of[expert] = row
-        self.stats.loads += 1
-        self.stats.flips += 1
-        self.stats.bytes_loaded += self.writer.bytes_per_expert
-        self.stats.load_seconds += read_seconds
-        return freed
+        if count:
+            self.stats.loads += 1
+            self.stats.flips += 1
+            self.stats.bytes_loaded += self.writer.bytes_per_expert
+            self.stats.load_seconds += read_seconds
 
     def evict(self, expert: int) -> int:
         """Mark `expert` not resident; returns the slot it freed."""

@@ -438,7 +438,7 @@ class Background(Remap):
         spare = spec.spare_slots or 0
         self.cache = RegionCache(self.num_experts, set(plan.resident), set(plan.pinned), spec.eviction or "lru",
                                  spec.admission or "always", spec.decay if spec.decay is not None else 0.9,
-                                 max_inflight=spare or None)
+                                 spare=bool(spare))
         self.spare = list(range(len(plan.resident), len(plan.resident) + spare))  # free rows (double buffering)
         if spare:
             if len(self.spare) != 1 or pool.slots != len(plan.resident) + 1:
@@ -464,13 +464,23 @@ class Background(Remap):
 
     def want(self, expert: int, prefetch: bool = False) -> bool:
         """Start reading `expert` unless it is resident, already coming, or the layer's reads are at their limit
-        (the spare row is taken); False when no read started."""
+        (the spare row is taken); False when no read started. With a spare row the standby expert in it is
+        unmapped first, so the loader thread never writes a row a route points at."""
         expert = int(expert)
         if expert in self.cache.inflight or expert in self.cache.resident or self.cache.room() == 0:
             return False
+        dropped = self.cache.started(expert)
+        if dropped is not None:
+            self._fold()  # the forwards so far ran with the standby mapped
+            self.pool.evict(dropped)
+            self._bought[dropped] = False
+            self._retarget()
         if not self.loader.request(self.layer_index, expert):
+            self.cache.refused(expert, dropped)
+            if dropped is not None:  # nothing was written: the standby is still in the spare row
+                self.pool.slot_of[dropped] = self.spare[0]
+                self._retarget()
             return False
-        self.cache.started(expert)
         if prefetch:
             self._prefetching.add(expert)
         return True
@@ -493,14 +503,21 @@ class Background(Remap):
         rejected = self.cache.rejected
         installs = self.cache.admit([r.expert for r in ready])
         self.stats.rejected += self.cache.rejected - rejected
-        if not installs:
+        kept = by_expert.get(self.cache.standby) if not installs else None  # a rejected read left in the spare row
+        if kept is not None and (kept.row is None or int(self.slot_of[kept.expert]) >= 0):
+            kept = None
+        if not installs and kept is None:
             return None
         self._fold()  # count the forwards so far under the tables they ran with
         t0 = time.perf_counter()
+        if kept is not None:  # not installed, but it is in the spare row: it serves as the standby until claimed
+            self.pool.flip(kept.expert, kept.row, kept.seconds, count=False)
+            self._retarget()
         for e, victim in installs:
             r = by_expert[e]
-            if r.row is not None:  # double buffering: already in the spare row, flip the table entry
-                self.spare = [self.pool.flip(e, r.row, victim, r.seconds)]
+            if r.row is not None:  # double buffering: in the spare row already, one table entry; the victim
+                self.pool.flip(e, r.row, r.seconds)  # stays in its row as the standby, now the spare
+                self.spare = [int(self.slot_of[victim])]
             else:
                 self.pool.install(e, self.pool.evict(victim), r.wait(), r.seconds)
             self._bought[victim] = False
@@ -514,6 +531,12 @@ class Background(Remap):
             return None
         self._fold()
         t0 = time.perf_counter()
+        standby = self.cache.release()  # the spare row is a spare again: the core move may not use it
+        if standby is not None:
+            self.pool.evict(standby)
+            self._bought[standby] = False
+        evict = [e for e in evict if e != standby]
+        load = load[:len(evict)]
         reads = self.cache.repin(list(evict), list(load))
         for new, old in reads:
             self.pool.load(new, self.pool.evict(old))
