@@ -37,8 +37,17 @@ CHECKS = {  # simulated point -> the measured config it must match
 KEYS = ("requests_per_s", "latency_p50", "latency_p99", "set_moves_per_request", "nll_per_token")
 
 
-def inputs(fleet: dict) -> tuple[ServiceModel, Quality]:
-    svc = ServiceModel(**fleet["calibrate"]["model"])
+def inputs(fleet: dict, calibrations: list[dict]) -> tuple[ServiceModel, Quality]:
+    """The costs fitted to the calibration bursts of every given run together (one run's fit moves with the
+    machine's noise), the CPU outside the replicas and the NLL figures from `fleet`."""
+    from benchmarks.bench_fleet import fit_service
+
+    raw = [r for c in calibrations for r in c["calibrate"]["raw"]]
+    model = fit_service(raw, fleet["max_tokens"])
+    # CPU outside the replicas per request (ingress, Ray's proxy and others, the client), from the 1-replica run
+    split = fleet["load"].get("1 replica x1 thread 50%", {}).get("cpu_s_per_request") or {}
+    outside = sum(v for k, v in split.items() if k != "replicas")
+    svc = ServiceModel(**model | {"cpu_outside_s": outside})
     dom = fleet["per_domain"]
     own, prune = dom["2 replicas affinity 50%"], dom["prune 50%"]
     names = sorted(own)
@@ -49,14 +58,16 @@ def inputs(fleet: dict) -> tuple[ServiceModel, Quality]:
 
 
 def run(k: int, router: str, tasks: int, svc: ServiceModel, q: Quality, w: Workload, max_batch: int,
-        max_wait_s: float) -> dict:
-    r = simulate(ROUTERS.get(router)(k, [f"t{i}" for i in range(tasks)]), svc, w, max_batch, max_wait_s, q)
+        max_wait_s: float, cores: float | None = None) -> dict:
+    r = simulate(ROUTERS.get(router)(k, [f"t{i}" for i in range(tasks)]), svc, w, max_batch, max_wait_s, q, cores)
     return r.to_json() | {"tasks": tasks, "set_moves_per_request": r.set_moves / max(r.requests, 1)}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--fleet", type=Path, default=RESULTS / "fleet.json", help="bench_fleet.py's results")
+    ap.add_argument("--calibrations", default="", help="comma-separated bench_fleet.py results whose calibration "
+                    "bursts are pooled for the fit (default: --fleet's own)")
     ap.add_argument("--replicas", default="1,2,4,8,16,32,64")
     ap.add_argument("--tasks", default="8,16,64")
     ap.add_argument("--zipf", type=float, default=1.0)
@@ -65,30 +76,35 @@ def main() -> None:
     ap.add_argument("--rate-per-replica", type=float, default=12.0, help="Poisson arrivals per second per "
                     "replica: above a replica's capacity (~8/s measured), so throughput is capacity, as in the "
                     "measured run (12/s offered)")
+    ap.add_argument("--machine-cores", type=float, default=2.0, help="the measuring machine's cores, shared by its "
+                    "replicas and the work outside them (the checks are simulated with and without sharing)")
     ap.add_argument("--out", type=Path, default=RESULTS / "sim_fleet.json")
     args = ap.parse_args()
     if not args.fleet.exists():
         raise SystemExit(f"{args.fleet} not found: run benchmarks/bench_fleet.py first (its load and calibrate "
                          "phases)")
     fleet = json.loads(args.fleet.read_text())
-    if "calibrate" not in fleet or "load" not in fleet:
-        raise SystemExit(f"{args.fleet} lacks the load or calibrate phase: run bench_fleet.py --phases "
-                         "load,calibrate")
-    svc, q = inputs(fleet)
+    cal_paths = [Path(p) for p in args.calibrations.split(",") if p] or [args.fleet]
+    cals = [json.loads(p.read_text()) for p in cal_paths]
+    if "load" not in fleet or any("calibrate" not in c for c in cals):
+        raise SystemExit(f"{args.fleet} lacks the load phase or a calibration file its calibrate phase: run "
+                         "bench_fleet.py --phases load,calibrate")
+    svc, q = inputs(fleet, cals)
     mb, mw = fleet["max_batch"], fleet["max_wait_ms"] / 1000
     t0 = time.perf_counter()
     checks = []
     for (k, router), label in CHECKS.items():
         w = Workload(tasks=8, requests=fleet["requests"], rate=fleet["rate"], clients=fleet["clients"],
                      order="shift", new_tokens=fleet["max_tokens"])
-        sim = run(k, router, 8, svc, q, w, mb, mw)
         real = fleet["load"].get(label)
         if real is None:
             continue
         real = real | {"nll_per_token": fleet["nll"][label]["nll_per_token"]}
-        checks.append({"replicas": k, "router": router, "measured_config": label, "sim": {x: sim[x] for x in KEYS},
-                       "measured": {x: real.get(x) for x in KEYS},
-                       "sim_over_measured": {x: sim[x] / real[x] if real.get(x) else None for x in KEYS}})
+        for cores in (None, args.machine_cores):  # a core per replica, and this machine's cores shared
+            sim = run(k, router, 8, svc, q, w, mb, mw, cores)
+            checks.append({"replicas": k, "router": router, "cores": cores, "measured_config": label,
+                           "sim": {x: sim[x] for x in KEYS}, "measured": {x: real.get(x) for x in KEYS},
+                           "sim_over_measured": {x: sim[x] / real[x] if real.get(x) else None for x in KEYS}})
     sweep = []
     for tasks in (int(x) for x in args.tasks.split(",")):
         for k in (int(x) for x in args.replicas.split(",")):
@@ -97,6 +113,7 @@ def main() -> None:
             for router in ("round-robin", "affinity"):
                 sweep.append(run(k, router, tasks, svc, q, w, mb, mw) | {"zipf": args.zipf})
     payload = {"inputs": {"service": svc.__dict__, "quality": q.__dict__, "from": str(args.fleet),
+                          "calibrations": [str(p) for p in cal_paths],
                           "fleet_date": fleet.get("date")},
                "settings": vars(args) | {"fleet": str(args.fleet), "out": str(args.out)}, "checks": checks,
                "sweep": sweep, "seconds": time.perf_counter() - t0, "date": time.strftime("%Y-%m-%d")}
@@ -116,14 +133,18 @@ def render(checks: list[dict], sweep: list[dict]) -> None:
     t = Table(title="simulation vs measurement (the measured load replayed)")
     for col in ("replicas", "router", "", "req/s", "p50 s", "p99 s", "set moves/req", "NLL/tok"):
         t.add_column(col)
+    shown = set()
     for ch in checks:
-        for kind in ("measured", "sim"):
-            v = ch[kind]
+        rows = [("measured", ch["measured"])] if ch["measured_config"] not in shown else []
+        shown.add(ch["measured_config"])
+        where = "a core each" if ch["cores"] is None else f"{ch['cores']:g} cores shared"
+        rows.append((f"sim, {where}", ch["sim"]))
+        for kind, v in rows:
             t.add_row(str(ch["replicas"]), ch["router"], kind, f"{v['requests_per_s']:.2f}", f"{v['latency_p50']:.2f}",
                       f"{v['latency_p99']:.2f}", "-" if v["set_moves_per_request"] is None else
                       f"{v['set_moves_per_request']:.2f}", f"{v['nll_per_token']:.4f}")
         r = ch["sim_over_measured"]
-        t.add_row("", "", "sim / measured", *(f"{r[x]:.2f}" if r[x] else "-" for x in KEYS))
+        t.add_row("", "", "  sim / measured", *(f"{r[x]:.2f}" if r[x] else "-" for x in KEYS))
     c.print(t)
     t = Table(title="fleet simulation: affinity vs round-robin")
     for col in ("tasks", "replicas", "rr req/s", "aff req/s", "aff / rr", "rr p99 s", "aff p99 s", "rr moves/req",

@@ -157,3 +157,14 @@ def test_workload_zipf_and_cyclic_orders_and_percentile():
     arr = Workload(requests=500, rate=10.0).arrivals()
     assert arr == sorted(arr) and 40 < arr[-1] < 60
     assert percentile([3.0, 1.0, 2.0], 0.5) == 2.0 and math.isnan(percentile([], 0.5))
+
+
+def test_simulator_shared_cores_stretch_the_replicas_costs():
+    w = Workload(tasks=8, requests=200, rate=0, clients=16, order="shift")
+    svc = ServiceModel(0.02, 0.01, 0.001, 0.003, 0.01, 12, cpu_outside_s=0.01)
+    own = simulate(RoundRobinRouter(2, TASKS), svc, w)
+    plenty = simulate(RoundRobinRouter(2, TASKS), svc, w, cores=8)
+    one = simulate(RoundRobinRouter(2, TASKS), svc, w, cores=1)
+    assert plenty.requests_per_s == pytest.approx(own.requests_per_s)
+    # two busy replicas (plus the outside work) on one core: a little under half the throughput
+    assert 0.4 * own.requests_per_s < one.requests_per_s < 0.55 * own.requests_per_s

@@ -35,6 +35,7 @@ class ServiceModel:
     swap_s: float  # moving the resident set to another task
     overhead_s: float = 0.0  # per request, outside the replica (HTTP, ingress, Ray): latency only
     layers_per_swap: float = 1.0  # layer moves per set move (to compare with the servers' swap counters)
+    cpu_outside_s: float = 0.0  # CPU seconds per request outside the replicas (ingress, proxy, client)
 
     def step(self, rows: int) -> float:
         return self.step_s + self.step_per_row_s * rows
@@ -143,8 +144,13 @@ def percentile(xs: list[float], q: float) -> float:
 
 
 def simulate(router: Router, service: ServiceModel, workload: Workload, max_batch: int = 8,
-             max_wait_s: float = 0.5, quality: Quality | None = None) -> SimResult:
-    """Run `workload` through `router.replicas` replicas until every request is answered."""
+             max_wait_s: float = 0.5, quality: Quality | None = None, cores: float | None = None) -> SimResult:
+    """Run `workload` through `router.replicas` replicas until every request is answered.
+
+    `cores`: None gives each replica a core of its own (a fleet of machines); a number makes the replicas share
+    that many cores with the work outside them (`cpu_outside_s` per request, at the rate requests finish over
+    the last second): while demand exceeds the cores, every replica's costs stretch by demand / cores (this
+    machine: 2 replicas, the ingress, Ray's proxy and the client on 2 cores)."""
     rng = random.Random(workload.seed + 2)
     tasks = workload.task_sequence()
     arrivals = workload.arrivals()
@@ -180,25 +186,35 @@ def simulate(router: Router, service: ServiceModel, workload: Workload, max_batc
             rep.ticking = True
             push(max(now, rep.busy_until), "tick", d.replica)
 
+    finished_at: list[float] = []  # completion times (the last second's rate is the outside work's load)
+
+    def stretch(now: float) -> float:
+        if cores is None:
+            return 1.0
+        busy = sum(1 for r in reps if r.rows or r.waiting)
+        recent = sum(1 for x in finished_at[-500:] if now - 1.0 <= x <= now)
+        return max(1.0, (busy + recent * service.cpu_outside_s) / cores)
+
     def tick(k: int, now: float) -> None:
         nonlocal done_at, nll_sum, tokens, prune_sum, free_clients
         rep = reps[k]
         waiting = [Waiting(r.id, f"t{r.label}", r.sent) for r in rep.waiting.values()]
         plan = rep.scheduler.plan(waiting, rep.current, len(rep.rows), now)
+        f = stretch(now)
         t = now
         if plan.switch_to is not None and not rep.rows:
-            t += service.swap_s
+            t += service.swap_s * f
             rep.current = plan.switch_to
             rep.moves += 1
         for rid in plan.admit:
             if len(rep.rows) >= max_batch:
                 break
             r = rep.waiting.pop(rid)
-            t += service.prefill_s
+            t += service.prefill_s * f
             r.left = workload.new_tokens - 1  # the prefill samples the first new token
             rep.rows.append(r)
         if rep.rows:
-            t += service.step(len(rep.rows))
+            t += service.step(len(rep.rows)) * f
             rep.steps += 1
             rep.rows_stepped += len(rep.rows)
             for r in rep.rows:
@@ -207,6 +223,7 @@ def simulate(router: Router, service: ServiceModel, workload: Workload, max_batc
             rep.rows = [r for r in rep.rows if r.left > 0]
             for r in finished:
                 end = t + service.overhead_s
+                finished_at.append(t)
                 latencies.append(end - r.sent)
                 done_at = max(done_at, end)
                 router.done(k)
