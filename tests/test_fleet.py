@@ -182,6 +182,16 @@ def test_streams_relay_and_a_death_mid_stream_ends_with_an_error_event(servers, 
     assert text == asyncio.run(_direct(servers[0], ARITH[0]))["choices"][0]["text"]
     home = fleet.front.router.assignment.replicas_of["arithmetic"][0]
 
+    async def leave_early():  # a client that reads one chunk and goes away
+        body = json.dumps({"prompt": ARITH[0], "max_tokens": 64, "temperature": 0, "stream": True}).encode()
+        out = await fleet.front.handle("POST", "/v1/completions", {"content-type": "application/json"}, body)
+        await anext(out.body)
+        await out.body.aclose()
+
+    asyncio.run(leave_early())
+    c = fleet.front.counts
+    assert c.cancelled == 1 and c.sent == c.answered + c.cancelled and fleet.front.router.inflight == [0, 0]
+
     def call(i, method, path, headers, body):  # the replica dies after its first chunk went out
         async def gen():
             n = 0

@@ -110,7 +110,8 @@ def test_a_killed_replica_loses_no_request_and_is_relearned(fleet):
     after = _health(url)
     c = {k: after["counts"][k] - counts0[k] for k in counts0}
     print(f"ingress counts: {c}, router: {after['router']}")
-    assert c["sent"] == n == c["answered"] + c["refused"] + c["broken"]
+    assert c["sent"] == n == c["answered"] + c["refused"] + c["broken"] + c["cancelled"]
+    assert c["cancelled"] == 0
     assert results.count(200) == c["answered"] and results.count(503) == c["refused"]
     assert c["retried"] >= 1  # the kill caught requests in flight on the victim
     # Ray restarts the replica; the ingress finds it and gives it tasks again

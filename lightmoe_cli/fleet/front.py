@@ -35,13 +35,14 @@ SCORED_PATHS = ("/v1/completions", "/v1/chat/completions")
 
 @dataclass
 class FleetCounts:
-    """Every request the ingress took ends in exactly one of answered / refused / broken."""
+    """Every request the ingress took ends in exactly one of answered / refused / broken / cancelled."""
 
     sent: int = 0  # requests taken (the OpenAI POST paths)
     answered: int = 0  # relayed whole with the replica's own status (200, 400, 429, ...)
     retried: int = 0  # tries moved to another replica because the one serving it died
     refused: int = 0  # 503: no replica was live
     broken: int = 0  # a stream cut after its first chunk had gone out (it ended with an error event)
+    cancelled: int = 0  # the client left in the middle of a stream (the replica is told, its jobs freed)
     relearned: int = 0  # replicas that came back and were given tasks again
 
 
@@ -177,14 +178,18 @@ class FleetFront:
             return Relayed(start.status, hdrs, self._relay(i, first, chunks))
 
     async def _relay(self, i: int, first: bytes, chunks: AsyncIterator) -> AsyncIterator[bytes]:
-        """A stream already started: pass its chunks on; a replica dying now ends it with an error event."""
+        """A stream already started: pass its chunks on; a replica dying now ends it with an error event; a
+        client leaving closes the replica's stream (so its jobs stop at the next decode step)."""
+        ended = False
         try:
             if first:
                 yield first
             async for c in chunks:
                 yield c
+            ended = True
             self.counts.answered += 1
         except Exception as e:  # noqa: BLE001 - the status line is out: all that is left is an error event
+            ended = True
             if self.is_gone(e):
                 self.router.down(i)
             self.counts.broken += 1
@@ -192,6 +197,13 @@ class FleetFront:
             yield f"data: {json.dumps(error_body(msg, 'server_error'))}\n\n".encode()
         finally:
             self.router.done(i)
+            if not ended:  # the client went away
+                self.counts.cancelled += 1
+                cancel = getattr(chunks, "cancel", None)  # a Ray Serve streaming response
+                if cancel is not None:
+                    cancel()
+                elif hasattr(chunks, "aclose"):
+                    await chunks.aclose()
 
     def annotate(self, body: bytes, replica: int, reason: str, tries: int, source: str | None) -> bytes:
         """A whole JSON answer gets where it was served: `lightmoe.fleet` = replica, route, tries; a task the
