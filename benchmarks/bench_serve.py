@@ -353,40 +353,58 @@ def detection(bundle, doc_chars: int) -> dict:
     return out
 
 
-def single_request(bundle, threads: int, new_tokens: int = 64, repeats: int = 5) -> dict:
-    """One request alone: `run`'s generate_one vs the server (streaming client), interleaved."""
+def single_request(bundle, threads: int, new_tokens: int = 64, repeats: int = 7,
+                   thread_counts: tuple[int, ...] = (1, 2)) -> dict:
+    """One request alone: `run`'s generate_one (in this process) vs the server (its own process, streamed with
+    the openai client), interleaved, at each torch thread count (both sides the same). Why several counts: on a
+    2-core machine a server with 2 intra-op threads shares its cores with its HTTP loop and the client, which a
+    bare `run` does not; 1 thread shows the engine's own cost without that contention."""
     import openai
+    import torch
 
     from lightmoe_cli.runtime.generate import generate_one
     from lightmoe_cli.runtime.loader import build_runtime
 
     prompt = "12 + 7 = 19\n45 - 3 = "
     rt = build_runtime(bundle)
-    res: dict[str, list[tuple[float, float]]] = {"run": [], "serve": []}
-    with ServerProcess(bundle.path, threads, "--schedule", "fifo") as srv:
-        client = openai.OpenAI(base_url=srv.url + "/v1", api_key="none", max_retries=0)
-        model = srv.model()
-        for _ in range(repeats):
-            r = generate_one(rt, prompt, new_tokens, [0])
-            res["run"].append((r.prefill_s, r.new_tokens / r.decode_s if r.decode_s else 0.0))
-            t0 = time.perf_counter()
-            first, n = None, 0
-            for chunk in client.completions.create(model=model, prompt=prompt, max_tokens=new_tokens, temperature=0,
-                                                   stream=True):
-                if first is None and chunk.choices and chunk.choices[0].text:
-                    first = time.perf_counter()  # the first token is sent at once
-                if chunk.usage is not None:  # the last chunk: tokens generated (deltas are coalesced)
-                    n = chunk.usage.completion_tokens
-            end = time.perf_counter()
-            res["serve"].append((first - t0, (n - 1) / (end - first) if n > 1 else 0.0))
-        srv.stop()
-    rt.close()
-    med = {k: (statistics.median(a for a, _ in v), statistics.median(b for _, b in v)) for k, v in res.items()}
-    return {"run": {"ttft_s": med["run"][0], "decode_tok_s": med["run"][1]},
+    out: dict = {"bound": 1.0, "repeats": repeats, "new_tokens": new_tokens, "threads": {}}
+    for t in sorted(set(thread_counts) | {threads}):
+        torch.set_num_threads(t)
+        res: dict[str, list[tuple[float, float]]] = {"run": [], "serve": []}
+        with ServerProcess(bundle.path, t, "--schedule", "fifo") as srv:
+            client = openai.OpenAI(base_url=srv.url + "/v1", api_key="none", max_retries=0)
+            model = srv.model()
+            for _ in range(2):  # warm-up both sides
+                generate_one(rt, prompt, 8, [0])
+                client.completions.create(model=model, prompt=prompt, max_tokens=8, temperature=0)
+            for _ in range(repeats):
+                r = generate_one(rt, prompt, new_tokens, [0])
+                res["run"].append((r.prefill_s, r.new_tokens / r.decode_s if r.decode_s else 0.0))
+                t0 = time.perf_counter()
+                first, n = None, 0
+                for chunk in client.completions.create(model=model, prompt=prompt, max_tokens=new_tokens,
+                                                       temperature=0, stream=True):
+                    if first is None and chunk.choices and chunk.choices[0].text:
+                        first = time.perf_counter()  # the first token is sent at once
+                    if chunk.usage is not None:  # the last chunk: tokens generated (deltas are coalesced)
+                        n = chunk.usage.completion_tokens
+                end = time.perf_counter()
+                res["serve"].append((first - t0, (n - 1) / (end - first) if n > 1 else 0.0))
+            srv.stop()
+        med = {k: (statistics.median(a for a, _ in v), statistics.median(b for _, b in v)) for k, v in res.items()}
+        out["threads"][str(t)] = {
+            "run": {"ttft_s": med["run"][0], "decode_tok_s": med["run"][1]},
             "serve": {"ttft_s": med["serve"][0], "decode_tok_s": med["serve"][1]},
             "decode_ratio": med["serve"][1] / med["run"][1], "ttft_ratio": med["run"][0] / med["serve"][0],
-            "bound": 1.0, "repeats": repeats, "new_tokens": new_tokens,
             "raw": {k: [list(x) for x in v] for k, v in res.items()}}
+    torch.set_num_threads(threads)
+    rt.close()
+    mine = out["threads"][str(threads)]
+    out |= {k: mine[k] for k in ("run", "serve", "decode_ratio", "ttft_ratio")}
+    best_run = max(v["run"]["decode_tok_s"] for v in out["threads"].values())
+    best_serve = max(v["serve"]["decode_tok_s"] for v in out["threads"].values())
+    out["best_ratio"] = best_serve / best_run  # each side at its fastest thread count
+    return out
 
 
 def print_extras(result: dict) -> None:
@@ -411,7 +429,15 @@ def print_extras(result: dict) -> None:
     if "detect" in result:
         c.print(f"detection: {result['detect']}")
     if "single" in result:
-        c.print(f"one request alone: {result['single']['run']} (run) vs {result['single']['serve']} (serve)")
+        t = Table(title="one request alone: serve (own process, streamed) vs run (generate_one), 64 new tokens")
+        for col in ("threads", "run tok/s", "serve tok/s", "decode ratio", "run TTFT ms", "serve TTFT ms"):
+            t.add_column(col)
+        for n, r in result["single"]["threads"].items():
+            t.add_row(n, f"{r['run']['decode_tok_s']:.0f}", f"{r['serve']['decode_tok_s']:.0f}",
+                      f"{r['decode_ratio']:.2f}x", f"{r['run']['ttft_s'] * 1e3:.1f}",
+                      f"{r['serve']['ttft_s'] * 1e3:.1f}")
+        c.print(t)
+        c.print(f"each at its fastest thread count: serve {result['single']['best_ratio']:.2f}x run")
 
 
 if __name__ == "__main__":
