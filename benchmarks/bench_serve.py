@@ -371,6 +371,7 @@ def single_request(bundle, threads: int, new_tokens: int = 64, repeats: int = 7,
     for t in sorted(set(thread_counts) | {threads}):
         torch.set_num_threads(t)
         res: dict[str, list[tuple[float, float]]] = {"run": [], "serve": []}
+        rtt: list[float] = []
         with ServerProcess(bundle.path, t, "--schedule", "fifo") as srv:
             client = openai.OpenAI(base_url=srv.url + "/v1", api_key="none", max_retries=0)
             model = srv.model()
@@ -380,6 +381,9 @@ def single_request(bundle, threads: int, new_tokens: int = 64, repeats: int = 7,
             for _ in range(repeats):
                 r = generate_one(rt, prompt, new_tokens, [0])
                 res["run"].append((r.prefill_s, r.new_tokens / r.decode_s if r.decode_s else 0.0))
+                t0 = time.perf_counter()
+                client.models.list()  # a request that does no model work: the HTTP stack's own round trip
+                rtt.append(time.perf_counter() - t0)
                 t0 = time.perf_counter()
                 first, n = None, 0
                 for chunk in client.completions.create(model=model, prompt=prompt, max_tokens=new_tokens,
@@ -396,11 +400,14 @@ def single_request(bundle, threads: int, new_tokens: int = 64, repeats: int = 7,
             "run": {"ttft_s": med["run"][0], "decode_tok_s": med["run"][1]},
             "serve": {"ttft_s": med["serve"][0], "decode_tok_s": med["serve"][1]},
             "decode_ratio": med["serve"][1] / med["run"][1], "ttft_ratio": med["run"][0] / med["serve"][0],
+            # a served first token cannot come sooner than the prefill plus one round trip of the HTTP stack
+            "http_round_trip_s": statistics.median(rtt),
+            "ttft_bound": med["run"][0] / (med["run"][0] + statistics.median(rtt)),
             "raw": {k: [list(x) for x in v] for k, v in res.items()}}
     torch.set_num_threads(threads)
     rt.close()
     mine = out["threads"][str(threads)]
-    out |= {k: mine[k] for k in ("run", "serve", "decode_ratio", "ttft_ratio")}
+    out |= {k: mine[k] for k in ("run", "serve", "decode_ratio", "ttft_ratio", "ttft_bound")}
     best_run = max(v["run"]["decode_tok_s"] for v in out["threads"].values())
     best_serve = max(v["serve"]["decode_tok_s"] for v in out["threads"].values())
     out["best_ratio"] = best_serve / best_run  # each side at its fastest thread count
@@ -430,12 +437,14 @@ def print_extras(result: dict) -> None:
         c.print(f"detection: {result['detect']}")
     if "single" in result:
         t = Table(title="one request alone: serve (own process, streamed) vs run (generate_one), 64 new tokens")
-        for col in ("threads", "run tok/s", "serve tok/s", "decode ratio", "run TTFT ms", "serve TTFT ms"):
+        for col in ("threads", "run tok/s", "serve tok/s", "decode ratio", "run TTFT ms", "serve TTFT ms",
+                    "HTTP round trip ms", "TTFT ratio (bound)"):
             t.add_column(col)
         for n, r in result["single"]["threads"].items():
             t.add_row(n, f"{r['run']['decode_tok_s']:.0f}", f"{r['serve']['decode_tok_s']:.0f}",
                       f"{r['decode_ratio']:.2f}x", f"{r['run']['ttft_s'] * 1e3:.1f}",
-                      f"{r['serve']['ttft_s'] * 1e3:.1f}")
+                      f"{r['serve']['ttft_s'] * 1e3:.1f}", f"{r['http_round_trip_s'] * 1e3:.1f}",
+                      f"{r['ttft_ratio']:.2f}x ({r['ttft_bound']:.2f})")
         c.print(t)
         c.print(f"each at its fastest thread count: serve {result['single']['best_ratio']:.2f}x run")
 
