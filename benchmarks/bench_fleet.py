@@ -47,6 +47,7 @@ from benchmarks.harness import (  # noqa: E402
     NoisePolicy,
     analyse,
     demo_model_and_profile,
+    sample_load,
     write_json,
 )
 
@@ -153,11 +154,11 @@ def main() -> None:
     def measure(label: str) -> dict:
         key, threads, flags = cfgs[label]
         with Fleet(bundles[key].path, threads, *common, *flags) as srv:
-            cpu0, own0 = cpu_by_role(srv.proc.pid), os.times()
+            cpu0, own0, m0 = cpu_by_role(srv.proc.pid), os.times(), sample_load()
             t0 = time.perf_counter()
             recs = asyncio.run(load(srv.url, srv.model(), docs, args.clients, args.rate, args.max_tokens, False))
             seconds = time.perf_counter() - t0
-            cpu1, own1 = cpu_by_role(srv.proc.pid), os.times()
+            cpu1, own1, m1 = cpu_by_role(srv.proc.pid), os.times(), sample_load()
             h = srv.health()
             extra = {"layer_swaps": srv.metric("lightmoe_swaps"),
                      "set_moves": srv.metric("lightmoe_fleet_set_moves") if "--replicas" in flags else None,
@@ -171,6 +172,10 @@ def main() -> None:
         cpu["client"] = (own1.user + own1.system - own0.user - own0.system) / max(s["answered"], 1)
         s["cpu_s_per_request"] = cpu
         s["cpu_s_per_request_total"] = sum(cpu.values())
+        # cores' worth of CPU that processes outside this benchmark (server tree and client) used meanwhile
+        ours = sum(cpu1.values()) - sum(cpu0.values()) + own1.user + own1.system - own0.user - own0.system
+        if m0.busy_s is not None and m1.busy_s is not None:
+            s["other_cores"] = max(0.0, m1.busy_s - m0.busy_s - ours) / (m1.wall - m0.wall)
         if s["set_moves"] is not None:
             s["set_moves_per_request"] = s["set_moves"] / max(s["answered"], 1)
         s["detected_right"] = (sum(r.get("task") == r["domain"] for r in recs if r["status"] == 200)
