@@ -79,6 +79,12 @@ bench: setup
 bench-large: setup
     {{py}} benchmarks/bench_runtime.py --random-olmoe 2 --new-tokens 16
 
+# Prune bundles at 25/50/75% of the demo model and of the 1.05B random OLMoE shape (about 8 minutes on 2 cores; JSON
+# in benchmarks/results/fit-rss.json; the bundles are deleted afterwards):
+# fit's predicted peak RSS of a bundle vs the measured peak RSS of `lightmoe run` (docs/fit.md).
+fit-rss: setup
+    {{py}} benchmarks/fit_rss.py --model demo --model olmoe-2L --budgets 0.25,0.5,0.75
+
 # Load test of `lightmoe serve` (docs/serving.md): the openai client, 16 clients, 200 interleaved held-out
 # documents; full, prune, task-aware FIFO+jump, task scheduling and the oracle at 25% and 50%; task detection
 # accuracy, the quality meter against real damage, one request alone vs `run` (about 15 minutes on 2 cores).

@@ -20,8 +20,10 @@ GiB = 2**30
 MiB = 2**20
 # Peak RSS of `lightmoe run` beyond the weights it holds: measured on the demo model's prune bundles at 25/50/75%
 # (fp32, 2 prompts x 32 new tokens, torch 2.13 CPU, 2026-12-01): peak RSS minus non-expert and resident expert
-# bytes was 411 MiB at each of the three budgets (imports alone: 245 MiB; the rest is the tokenizer, generation
-# workspace and allocator slack). It is the runtime's, not the model's: a bigger model adds its activations.
+# bytes was 411 MiB at each of the three budgets (torch and transformers alone: 245 MiB, with transformers' model
+# and generation code: 373 MiB; the rest is the tokenizer, generation workspace and allocator slack). It is the
+# runtime's, not the model's: on the 1.05B OLMoE shape (benchmarks/fit_rss.py, docs/fit.md) it was 432 MiB, most
+# of the extra 21 MiB glibc's slack of one freed 24 MiB expert read buffer: fit predicted 0.5-1.1% low there.
 RUNTIME_BASELINE_BYTES = 411 * MiB
 LIGHTMOE_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}  # what a bundle can store
 
