@@ -238,3 +238,18 @@ def test_fleet_options_need_replicas_and_are_bounded():
                       (["--queue-bound", "4"], "--replicas")):
         res = CliRunner().invoke(app, ["serve", *args])
         assert res.exit_code == 1 and msg in res.output and len(res.output.strip().splitlines()) == 1, res.output
+
+
+def test_an_unreachable_ray_cluster_or_busy_port_is_one_line(tmp_path):
+    pytest.importorskip("ray.serve")
+    res = CliRunner().invoke(app, ["serve", "--replicas", "2", "--ray-address", "127.0.0.1:1"])
+    assert res.exit_code == 1 and "cannot reach a Ray cluster" in res.output
+    assert len(res.output.strip().splitlines()) == 1
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        res = CliRunner().invoke(app, ["serve", "--replicas", "2", "--port", str(port)])
+    assert res.exit_code == 1 and "pick another --port" in res.output and "Traceback" not in res.output
