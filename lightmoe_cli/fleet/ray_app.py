@@ -117,8 +117,9 @@ def build_app(req, spec: FleetSpec, bundle_path: Path, model_name: str, tasks: l
     """The Ray Serve application: K replica deployments bound into the ingress."""
     from ray import serve
 
-    # each replica takes what the ingress sends (the ingress keeps the API key; queues are bounded there)
-    replica_req = replace(req, threads=spec.threads, max_queue=max(req.max_queue, 10_000), api_key=None,
+    # each replica takes what the ingress sends: the ingress checks the API key ("" here, not None, so a
+    # LIGHTMOE_API_KEY in the replicas' environment does not make them refuse the ingress)
+    replica_req = replace(req, threads=spec.threads, max_queue=max(req.max_queue, 10_000), api_key="",
                           bundle=bundle_path)
     replica = serve.deployment(ReplicaServer, ray_actor_options={"num_cpus": spec.threads},
                                max_ongoing_requests=100_000, health_check_period_s=2, health_check_timeout_s=30,
