@@ -20,6 +20,8 @@ openai = pytest.importorskip("openai")
 
 ARITH = ["12 + 7 = ", "45 - 3 = 42\n9 * 9 = ", "3 + 4 = 7\n8 + 1 = "]
 STRINGS = ["reverse lamp -> pmal\nupper dog -> ", "reverse cat -> ", "upper sky -> SKY\nreverse tree -> "]
+KEY = "fleet-secret"
+AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +34,8 @@ def fleet(tiny_moe, tiny_profile, tmp_path_factory):
     log = open(tmp / "serve.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "lightmoe_cli.cli", "serve", "--bundle", str(bundle.path),
                              "--replicas", "2", "--threads", "1", "--port", str(port), "--max-batch", "4",
-                             "--max-wait-ms", "20"], stdout=log, stderr=subprocess.STDOUT)
+                             "--max-wait-ms", "20"], stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, "LIGHTMOE_API_KEY": KEY})  # the replicas see it too
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 240
     while True:
@@ -59,7 +62,8 @@ def _health(url):
 @pytest.mark.slow
 def test_fleet_routes_by_task_through_ray_serve_with_the_openai_client(fleet):
     url, _, name = fleet
-    client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=60)
+    assert httpx.get(url + "/v1/models", timeout=30).status_code == 401  # the ingress checks the key
+    client = openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0, timeout=60)
     assert [m.id for m in client.models.list().data] == [name]
     where: dict[str, set[int]] = {}
     for p in ARITH + STRINGS:
@@ -89,7 +93,7 @@ def test_a_killed_replica_loses_no_request_and_is_relearned(fleet):
         prompts = ARITH + STRINGS
         try:
             r = httpx.post(url + "/v1/completions", json={"model": name, "prompt": prompts[i % 6], "max_tokens": 256,
-                                                          "temperature": 0}, timeout=120)
+                                                          "temperature": 0}, headers=AUTH, timeout=120)
             out = r.status_code
         except httpx.HTTPError as e:  # a request lost without an answer would land here
             out = type(e).__name__
@@ -126,7 +130,8 @@ def test_a_killed_replica_loses_no_request_and_is_relearned(fleet):
     assert h["replicas"][victim["index"]]["pid"] != victim["pid"]
     used = set()
     for p in ARITH + STRINGS:
-        r = httpx.post(url + "/v1/completions", json={"model": name, "prompt": p, "max_tokens": 2}, timeout=60)
+        r = httpx.post(url + "/v1/completions", json={"model": name, "prompt": p, "max_tokens": 2}, headers=AUTH,
+                       timeout=60)
         used.add(r.json()["lightmoe"]["fleet"]["replica"])
     assert used == {0, 1}
     proc.send_signal(signal.SIGTERM)
