@@ -50,7 +50,7 @@ CONFIGS: dict[str, tuple[str, dict]] = {
     "task-aware + region": ("task-aware", {"region": 0.25}),
 }
 CACHES = ("swap", "pinned", "pinned (no spare)")  # the dynamic caches of the seeds' comparison
-DECODE = ("prune", "swap", "pinned", "pinned (no spare)")
+DECODE = ("prune", "swap", "pinned", "pinned (no spare)", "task-aware")
 
 
 def _paired(a, b) -> dict:
@@ -77,7 +77,8 @@ def _served(rt, stream, name: str, block: int):
 
 
 def _parity(rt, trace) -> dict:
-    """The runtime's hit rate and the simulator's on the same picks (reads land one forward later)."""
+    """The runtime's hit rate and the simulator's on the same picks (reads land one forward later; the loader's
+    queue bound and the manager's core moves as the runtime applied them)."""
     import numpy as np
 
     from lightmoe_cli.analysis.cache_sim import simulate_region
@@ -86,9 +87,13 @@ def _parity(rt, trace) -> dict:
     hits = picks = 0
     for m in rt.layers:
         lp = plans[m.layer_index]
+        moves: dict[int, list] = {}
+        for clock, evict, load in m.core_moves:  # the manager's moves, before the forward they preceded
+            moves.setdefault(clock, []).append((evict, load))
         r = simulate_region([np.asarray(s) for s in trace[m.layer_index]], lp.num_experts, lp.resident, lp.pinned,
                             spec.eviction or "lru", spec.admission or "always",
-                            spec.decay if spec.decay is not None else 0.9, spare=bool(spec.spare_slots))
+                            spec.decay if spec.decay is not None else 0.9, spare=bool(spec.spare_slots),
+                            max_pending=spec.max_pending, core_moves=moves)
         hits, picks = hits + r.hits, picks + r.accesses
     run_hits, run_picks = sum(m.stats.hits for m in rt.layers), sum(m.stats.picks for m in rt.layers)
     return {"runtime_hit_rate": run_hits / max(1, run_picks), "simulated_hit_rate": hits / max(1, picks),

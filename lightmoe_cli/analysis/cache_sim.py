@@ -131,7 +131,9 @@ def simulate(traces: dict[int, np.ndarray], num_experts: int, fraction: float, p
 def simulate_region(steps: Sequence[np.ndarray], num_experts: int, resident: Sequence[int],
                     pinned: Sequence[int] = (), eviction: str = "lru", admission: str = "always", decay: float = 0.9,
                     max_inflight: int | None = None, spare: bool = False, lag: int = 1,
-                    prefetch: Sequence[Sequence[int]] | None = None, prefetch_lag: int = 0) -> CacheResult:
+                    prefetch: Sequence[Sequence[int]] | None = None, prefetch_lag: int = 0,
+                    max_pending: int | None = None,
+                    core_moves: dict[int, list[tuple[list[int], list[int]]]] | None = None) -> CacheResult:
     """Replay a non-blocking cache -- the runtime's `Background` strategy, pinned core and dynamic region --
     over one layer's forwards, with the very decision object the runtime uses (`policies.region.RegionCache`).
 
@@ -140,7 +142,9 @@ def simulate_region(steps: Sequence[np.ndarray], num_experts: int, resident: Seq
     forward t + lag (1: reads faster than a forward, as unthrottled); prefetch[t]: experts a predictor asked for
     while the layer before ran, landing at forward t + prefetch_lag. Counts: hits / accesses as the runtime's
     hit rate, loads = experts installed, prefetch_hits = picks of an expert resident only thanks to a prefetch;
-    spare: double buffering with its standby expert, as the runtime serves it."""
+    spare: double buffering with its standby expert, as the runtime serves it; max_pending: reads the loader's
+    queue accepts per forward (the rest are asked for again while still missed); core_moves[t]: a manager's moves
+    of the pinned core (evict, load) before forward t, as `RegionCache.repin` applies them."""
     from lightmoe_cli.policies.region import RegionCache
 
     if lag < 1 or prefetch_lag < 0:
@@ -161,6 +165,9 @@ def simulate_region(steps: Sequence[np.ndarray], num_experts: int, resident: Seq
             prefetching.add(e)
             res.prefetch_loads += 1
             arrivals.setdefault(t + prefetch_lag, []).append(e)
+        for evict, load in (core_moves or {}).get(t, ()):
+            cache.release()
+            cache.repin(list(evict), list(load))
         landed = arrivals.pop(t, [])
         for e, victim in cache.admit(landed):
             res.loads += 1
@@ -173,6 +180,8 @@ def simulate_region(steps: Sequence[np.ndarray], num_experts: int, resident: Seq
         # the reads this forward's demand starts are asked for before its picks are served (as the runtime's
         # routing hook does): a read that claims the spare row unmaps its standby for this forward already
         for e in cache.observe(np.bincount(ids, minlength=num_experts)):
+            if max_pending is not None and len(cache.inflight) >= max_pending:
+                break
             cache.started(e)
             arrivals.setdefault(t + lag, []).append(e)
         for e in ids.tolist():

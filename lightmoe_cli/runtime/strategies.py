@@ -448,6 +448,7 @@ class Background(Remap):
         self._prefetching: set[int] = set()  # reads the prefetcher started, not finished yet
         self._bought = torch.zeros(self.num_experts, dtype=torch.bool)  # resident only thanks to a prefetch
         self.log: list[list[int]] | None = None  # when a list: the resident set each forward ran with (tests)
+        self.core_moves: list[tuple[int, list[int], list[int]]] = []  # (forwards served, evict, load) per move
 
     def managed(self) -> set[int]:
         return set(self.cache.pinned) if self.cache.pinned else set(self.resident)
@@ -537,6 +538,7 @@ class Background(Remap):
             self._bought[standby] = False
         evict = [e for e in evict if e != standby]
         load = load[:len(evict)]
+        self.core_moves.append((self.cache.clock, list(evict), list(load)))
         reads = self.cache.repin(list(evict), list(load))
         for new, old in reads:
             self.pool.load(new, self.pool.evict(old))
