@@ -157,7 +157,8 @@ eval-swap: corpus
 # Pinned-core caches (docs/caches.md): held-out NLL on task-shift streams at 25/50% with paired intervals and the
 # simulator-vs-runtime hit rates (demo model), then decode at a throttled 1 GB/s on the 1.05B OLMoE-shaped model.
 bench-caches: corpus
-    {{py}} benchmarks/bench_caches.py quality --budgets 0.25,0.5 --blocks 1,8,30 --requests 48
+    {{py}} benchmarks/bench_caches.py quality --threads 1 --budgets 0.25,0.5 --blocks 1,8,30 --requests 48
+    {{py}} benchmarks/bench_caches.py prefetch --threads 1 --budget 0.5 --blocks 8,30
     {{py}} benchmarks/bench_caches.py decode --random-olmoe 2 --budgets 0.25,0.5 --io-bandwidth 1e9 --new-tokens 16
 
 # The pinned-core caches scored by lm-eval (batched forwards, held-out NLL, paired vs prune) at 25% and 50%.

@@ -13,7 +13,11 @@ tokens/s of prune, the old swap and the pinned-core caches at each budget, each 
 the same top-k as prune over the same bytes and only adds reads.
 
     python benchmarks/bench_caches.py quality --budgets 0.25,0.5 --blocks 1,8,30 --requests 48
+    python benchmarks/bench_caches.py prefetch --budget 0.5 --blocks 8,30 --prefetch-mib 0,0.002 --confidence 0,0.5
     python benchmarks/bench_caches.py decode --random-olmoe 2 --budgets 0.25,0.5 --io-bandwidth 1e9
+
+`prefetch` (the demo model, needs `just predict-demo`'s predictor): the pinned cache with the predictor's prefetch
+bounded by a byte budget per token and a confidence threshold: NLL vs prune, MiB prefetch read, hits it bought.
 """
 
 from __future__ import annotations
@@ -188,6 +192,73 @@ def quality(args) -> None:
     console.print(f"wrote {out}")
 
 
+def prefetch(args) -> None:
+    """Prefetch that pays for its bytes: the pinned cache with the predictor's prefetch, unbounded and under byte
+    budgets per token and a confidence threshold, on task-shift streams: NLL vs prune (paired), what prefetch
+    read and the hits it bought per MiB."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from lightmoe_cli.bundle.build import BuildOptions, build_bundle
+    from lightmoe_cli.evaluation.stream import build_stream, run_stream
+    from lightmoe_cli.paths import ITEMS_DIR
+    from lightmoe_cli.runtime.loader import build_runtime
+
+    console = Console(width=200)
+    name, model, tok, prof = demo_model_and_profile(args.threads)
+    work = ROOT / "runs" / "bench-caches"
+    pinned = CONFIGS["pinned"][1]
+    configs = {"prune": ("prune", {}), "pinned": ("swap", pinned)}
+    for mib in [float(x) for x in args.prefetch_mib.split(",")]:
+        for conf in [float(x) for x in args.confidence.split(",")]:
+            label = f"pinned + prefetch {'unbounded' if not mib else f'{mib:g} MiB/token'}, confidence {conf:g}"
+            configs[label] = ("predict", pinned | {"predictor": str(args.predictor), "prefetch_mib": mib,
+                                                   "confidence": conf})
+    bundles = {label: build_bundle(prof, model, tok, name, work / f"prefetch-{i}-{args.budget}",
+                                   BuildOptions(policy=p, fraction=args.budget, params=params), force=True)
+               for i, (label, (p, params)) in enumerate(configs.items())}
+    del model
+    rows = []
+    for block in [int(b) for b in args.blocks.split(",")]:
+        stream = build_stream(ITEMS_DIR / "ppl", block, args.requests)
+        results = {}
+        for label, b in bundles.items():
+            rt = build_runtime(b)
+            try:
+                results[label] = run_stream(rt, label, stream, block)
+                rt.finish()
+            finally:
+                rt.close()
+            per = rt.layers[0].writer.bytes_per_expert
+            reads = sum(m.stats.prefetch_reads for m in rt.layers)
+            picks = max(1, sum(m.stats.picks for m in rt.layers))
+            rows.append({"block": block, "config": label, "nll_per_token": results[label].nll_per_token,
+                         "hit_rate": sum(m.stats.hits for m in rt.layers) / picks,
+                         "prefetch_reads": reads, "prefetch_mib": reads * per / 2**20,
+                         "prefetch_hits": sum(m.stats.prefetch_hits for m in rt.layers),
+                         "mib_moved": sum(m.stats.bytes_loaded for m in rt.layers) / 2**20})
+        for r in rows:
+            if r["block"] == block and r["config"] != "prune":
+                r["vs_prune"] = _paired(results[r["config"]], results["prune"])
+    table = Table(title=f"prefetch under a byte budget (demo model, {args.budget:.0%} memory, {args.requests} "
+                        "held-out documents per stream)")
+    for col in ("block", "config", "NLL/token", "Δ vs prune", "hit rate", "prefetch MiB", "prefetch hits",
+                "hits per MiB", "MiB moved"):
+        table.add_column(col)
+    for r in rows:
+        iv = r.get("vs_prune")
+        table.add_row(str(r["block"]), r["config"], f"{r['nll_per_token']:.3f}",
+                      "-" if not iv else f"{iv['diff']:+.3f} [{iv['lo']:+.3f}, {iv['hi']:+.3f}]",
+                      f"{r['hit_rate']:.1%}", f"{r['prefetch_mib']:.1f}", str(r["prefetch_hits"]),
+                      f"{r['prefetch_hits'] / r['prefetch_mib']:.0f}" if r["prefetch_mib"] else "-",
+                      f"{r['mib_moved']:.1f}")
+    console.print(table)
+    out = ROOT / "benchmarks" / "results" / args.out
+    write_json(out, {"model": name, "budget": args.budget, "requests": args.requests, "predictor": str(args.predictor),
+                     "configs": {k: v for k, v in configs.items()}, "date": time.strftime("%Y-%m-%d"), "rows": rows})
+    console.print(f"wrote {out}")
+
+
 def _reuse(folder: Path, policy: str, params: dict, budget: float):
     """A bundle this benchmark already built with the same policy, parameters and budget (1B bundles take minutes
     to write; the profile is reused too); None otherwise."""
@@ -284,6 +355,15 @@ def main() -> None:
     q.add_argument("--configs", default=",".join(CONFIGS))
     q.add_argument("--threads", type=int, default=2)
     q.add_argument("--out", default="caches-quality-demo-moe.json")
+    f = sub.add_parser("prefetch", help="prefetch under a byte budget per token and a confidence (demo model)")
+    f.add_argument("--budget", type=float, default=0.5)
+    f.add_argument("--blocks", default="8,30")
+    f.add_argument("--requests", type=int, default=48)
+    f.add_argument("--prefetch-mib", default="0,0.002", help="MiB of prefetch per token (0: unbounded), a list")
+    f.add_argument("--confidence", default="0,0.5", help="least predicted probability of a prefetch, a list")
+    f.add_argument("--predictor", type=Path, default=ROOT / "artifacts" / "eval" / "demo-moe-predictor")
+    f.add_argument("--threads", type=int, default=2)
+    f.add_argument("--out", default="caches-prefetch-demo-moe.json")
     d = sub.add_parser("decode", help="decode speed at a throttled link (random OLMoE-shaped model)")
     d.add_argument("--random-olmoe", type=int, default=2)
     d.add_argument("--budgets", default="0.25,0.5")
@@ -295,7 +375,7 @@ def main() -> None:
     d.add_argument("--out", default="caches-decode-olmoe-2L-1GBps.json")
     HarnessOptions.add_arguments(d)
     args = ap.parse_args()
-    quality(args) if args.part == "quality" else decode(args)
+    {"quality": quality, "prefetch": prefetch, "decode": decode}[args.part](args)
 
 
 if __name__ == "__main__":
