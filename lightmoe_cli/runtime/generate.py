@@ -74,7 +74,7 @@ def cache_of(out):
     return cache if cache is not None else out.past_key_values
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def generate_one(rt: Runtime, prompt: str, max_new_tokens: int, tokens_done: list[int]) -> RequestResult:
     """Greedy decoding with a KV cache; the manager may swap every `rt.check_every` tokens, never per token."""
     tok, model = rt.tokenizer, rt.model
@@ -101,7 +101,7 @@ def generate_one(rt: Runtime, prompt: str, max_new_tokens: int, tokens_done: lis
                          prefill, decode)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def generate_batch(rt: Runtime, prompts: list[str], max_new_tokens: int) -> list[RequestResult]:
     """Greedy decoding of several requests together (left padding, one forward per step for the batch).
 

@@ -169,7 +169,7 @@ class Engine:
             job.mass_tokens += n
             offset += n
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def probe(self, ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
         """The first MoE layer's routing of `ids` (the model runs only up to that router)."""
         self._probe = []
@@ -260,7 +260,7 @@ class Engine:
         finally:
             self._layout, self._seen = None, []
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def _start(self, job: Job) -> None:
         """Prefill one job alone; it joins the batch unless it is already done."""
         if job.cancelled:
@@ -331,7 +331,7 @@ class Engine:
             job.emit({"type": "delta", "text": job.pending})
             job.pending, job.last_sent = "", now
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def _step(self) -> None:
         st = self.state
         mask = torch.cat([st.mask, st.mask.new_ones(st.size, 1)], dim=1)
