@@ -100,7 +100,11 @@ def main() -> None:
         if real is None:
             continue
         real = real | {"nll_per_token": fleet["nll"][label]["nll_per_token"]}
-        for cores in (None, args.machine_cores):  # a core per replica, and this machine's cores shared
+        # a core per replica; this machine's cores shared; and those less what other processes used meanwhile
+        options = [None, args.machine_cores]
+        if real.get("other_cores") is not None:
+            options.append(round(args.machine_cores - real["other_cores"], 2))
+        for cores in options:
             sim = run(k, router, 8, svc, q, w, mb, mw, cores)
             checks.append({"replicas": k, "router": router, "cores": cores, "measured_config": label,
                            "sim": {x: sim[x] for x in KEYS}, "measured": {x: real.get(x) for x in KEYS},
@@ -118,14 +122,14 @@ def main() -> None:
                "settings": vars(args) | {"fleet": str(args.fleet), "out": str(args.out)}, "checks": checks,
                "sweep": sweep, "seconds": time.perf_counter() - t0, "date": time.strftime("%Y-%m-%d")}
     write_json(args.out, payload)
-    render(checks, sweep)
+    render(checks, sweep, args.machine_cores)
     png = args.out.with_suffix(".png")
     plot(sweep, png, f"fleet simulation (Zipf {args.zipf}, {args.clients_per_replica} clients and "
                      f"{args.rate_per_replica:g} req/s per replica)")
     print(f"wrote {args.out} and {png}")
 
 
-def render(checks: list[dict], sweep: list[dict]) -> None:
+def render(checks: list[dict], sweep: list[dict], args_cores: float = 2.0) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -138,6 +142,8 @@ def render(checks: list[dict], sweep: list[dict]) -> None:
         rows = [("measured", ch["measured"])] if ch["measured_config"] not in shown else []
         shown.add(ch["measured_config"])
         where = "a core each" if ch["cores"] is None else f"{ch['cores']:g} cores shared"
+        if ch["cores"] is not None and ch["cores"] != args_cores:
+            where = f"{ch['cores']:g} cores left by other processes"
         rows.append((f"sim, {where}", ch["sim"]))
         for kind, v in rows:
             t.add_row(str(ch["replicas"]), ch["router"], kind, f"{v['requests_per_s']:.2f}", f"{v['latency_p50']:.2f}",
