@@ -137,3 +137,13 @@ def test_the_spare_row_keeps_serving_its_evicted_expert_until_the_next_read_clai
     cache.admission = "demand"
     assert cache.admit([7]) == [] and cache.standby == 7 and 7 in cache.resident
     assert cache.release() == 7 and cache.standby is None and 7 not in cache.resident
+
+
+def test_a_prefetched_read_skips_the_demand_test_that_a_demand_read_must_pass():
+    cache = RegionCache(E, {0, 1, 2}, pinned={0}, admission="demand", decay=1.0)
+    for _ in range(3):
+        cache.observe(counts(1, 2))
+    cache.started(6)
+    cache.started(7)
+    assert cache.admit([6, 7], prefetched={7}) == [(7, 1)]  # 6 was never wanted: rejected; 7 was predicted
+    assert cache.rejected == 1 and 7 in cache.resident and 6 not in cache.resident

@@ -169,7 +169,7 @@ def simulate_region(steps: Sequence[np.ndarray], num_experts: int, resident: Seq
             cache.release()
             cache.repin(list(evict), list(load))
         landed = arrivals.pop(t, [])
-        for e, victim in cache.admit(landed):
+        for e, victim in cache.admit(landed, prefetching & set(landed)):
             res.loads += 1
             bought.discard(victim)
             if e in prefetching:

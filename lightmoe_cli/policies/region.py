@@ -120,11 +120,13 @@ class RegionCache:
             return min(candidates, key=lambda e: (self.demand[e], self.last_use[e], e))
         return min(candidates, key=lambda e: (self.last_use[e], self.demand[e], e))
 
-    def admit(self, ready: list[int]) -> list[tuple[int, int]]:
+    def admit(self, ready: list[int], prefetched: set[int] | frozenset[int] = frozenset()) -> list[tuple[int, int]]:
         """Finished reads -> installs (expert, evicted region resident), most wanted first; a read whose expert is
         already resident is dropped, one not wanted more than its victim (demand admission) is rejected. With a
         spare row the victim stays resident as the standby (its row becomes the spare), and a rejected read
-        becomes the standby itself (it is in the spare row already)."""
+        becomes the standby itself (it is in the spare row already). A `prefetched` read skips the demand test: it
+        was bought for the demand the predictor expects, not for demand already seen (the byte budget and the
+        confidence threshold admitted it)."""
         for e in ready:
             self.inflight.discard(int(e))
         fresh = sorted((int(e) for e in ready if int(e) not in self.resident), key=lambda e: -self.demand[e])
@@ -133,7 +135,8 @@ class RegionCache:
         for e in fresh:
             candidates = sorted(self.region - loaded - {self.standby})
             victim = self.victim(candidates) if candidates else None
-            if victim is None or (self.admission == "demand" and self.demand[e] <= self.demand[victim]):
+            if victim is None or (self.admission == "demand" and e not in prefetched
+                                  and self.demand[e] <= self.demand[victim]):
                 self.rejected += 1
                 if self.spare and self.standby is None:
                     self.standby = e

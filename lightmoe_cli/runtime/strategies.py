@@ -502,7 +502,7 @@ class Background(Remap):
         self._prefetching -= set(by_expert)
         self.stats.prefetch_reads += len(bought)
         rejected = self.cache.rejected
-        installs = self.cache.admit([r.expert for r in ready])
+        installs = self.cache.admit([r.expert for r in ready], bought)
         self.stats.rejected += self.cache.rejected - rejected
         kept = by_expert.get(self.cache.standby) if not installs else None  # a rejected read left in the spare row
         if kept is not None and (kept.row is None or int(self.slot_of[kept.expert]) >= 0):
