@@ -14,6 +14,8 @@ Phases:
 - calibrate: the per-request costs the fleet simulator (sim_fleet.py) is built from, measured on a 1-replica,
   1-thread fleet: bursts of n same-task requests (n = 1, 4, 8) with 1 and with `--max-tokens` new tokens, each
   burst once right after a set move and once again on the same set.
+- shift: a 2-replica affinity fleet, `--shift-requests` interleaved documents and then as many of one domain:
+  how the assignment follows the mix (reassignments, the hot task's replicas, overflow, set moves).
 - kill: a 2-replica affinity fleet under the same load; one replica is SIGKILLed `--kill-at` seconds in. Every
   request's outcome as the client saw it (answered, refused with 503, or lost: no HTTP answer), the ingress's
   counts (sent, answered, retried, refused, broken) and how long until the replica was back and had tasks.
@@ -117,10 +119,12 @@ def main() -> None:
     ap.add_argument("--max-wait-ms", type=float, default=500.0)
     ap.add_argument("--doc-chars", type=int, default=1200)
     ap.add_argument("--threads", type=int, default=2, help="cores: the single servers' threads; 2 replicas get 1")
-    ap.add_argument("--phases", default="load,calibrate,kill")
+    ap.add_argument("--phases", default="load,calibrate,kill,shift")
     ap.add_argument("--only", default="", help="comma-separated config labels of the load phase (default all)")
     ap.add_argument("--kill-at", type=float, default=4.0)
     ap.add_argument("--kill-requests", type=int, default=120)
+    ap.add_argument("--shift-requests", type=int, default=100, help="shift phase: this many interleaved "
+                    "documents, then as many of one domain")
     ap.add_argument("--out", default="fleet.json")
     HarnessOptions.add_arguments(ap, repeats=1)
     args = ap.parse_args()
@@ -207,6 +211,9 @@ def main() -> None:
     if "calibrate" in phases:
         result["calibrate"] = calibrate(bundles["task-aware"].path, common, args)
         print(f"calibration: {result['calibrate']['model']}")
+    if "shift" in phases:
+        result["shift"] = shift_run(bundles["task-aware"].path, common, docs, args)
+        print(f"shift: {result['shift']}")
     if "kill" in phases:
         result["kill"] = kill_run(bundles["task-aware"].path, common, docs[: args.kill_requests], args)
         print(f"kill: {result['kill']['client']} ingress {result['kill']['ingress']} "
@@ -217,7 +224,7 @@ def main() -> None:
             import json
 
             merged = json.loads(out_path.read_text())
-        write_json(out_path, merged | {k: v for k, v in result.items() if k in ("calibrate", "kill")
+        write_json(out_path, merged | {k: v for k, v in result.items() if k in ("calibrate", "kill", "shift")
                                        or "load" in phases})
         print(f"wrote {out_path}")
 
@@ -297,6 +304,40 @@ def fit_service(raw: list[dict], new_tokens: int) -> dict:
     layers = sum(r["layer_swaps"] for r in moved) / max(sum(r["set_moves"] for r in moved), 1)
     return {"prefill_s": float(prefill), "step_s": float(max(step, 0.0)), "step_per_row_s": float(max(per_row, 0.0)),
             "swap_s": float(max(swap, 0.0)), "overhead_s": float(max(overhead, 0.0)), "layers_per_swap": layers}
+
+
+def shift_run(bundle: Path, common: list[str], docs, args, hot: str = "python_code") -> dict:
+    """The traffic mix changes: `--shift-requests` interleaved documents, then as many of one domain. How the
+    affinity router's assignment follows (reassignments, the hot task's replicas, overflow) and what it costs."""
+    import json
+
+    from lightmoe_cli.evaluation.stream import StreamRequest
+    from lightmoe_cli.paths import ITEMS_DIR
+
+    n = args.shift_requests
+    texts = [json.loads(x)["text"][: args.doc_chars] for x in (ITEMS_DIR / "ppl" / f"{hot}.jsonl").read_text()
+             .splitlines() if x.strip()]
+    mixed, hot_docs = docs[:n], [StreamRequest(hot, texts[i % len(texts)], 0, i) for i in range(n)]
+    out: dict = {"hot_task": hot, "requests_per_phase": n}
+    with Fleet(bundle, 1, *common, "--replicas", "2") as srv:
+        model = srv.model()
+        for name, part in (("mixed", mixed), ("hot", hot_docs)):
+            before = srv.health()
+            t0 = time.perf_counter()
+            recs = asyncio.run(load(srv.url, model, part, args.clients, args.rate, args.max_tokens, False))
+            seconds = time.perf_counter() - t0
+            after = srv.health()
+            r0, r1 = before["router"], after["router"]
+            out[name] = {"requests_per_s": summarise_load(recs, seconds)["requests_per_s"],
+                         "answered": sum(r["status"] == 200 for r in recs),
+                         "routed": [b - a for a, b in zip(r0["routed"], r1["routed"], strict=True)],
+                         "reasons": {k: v - r0["reasons"].get(k, 0) for k, v in r1["reasons"].items()},
+                         "reassignments": r1["reassignments"] - r0["reassignments"],
+                         "assignment_after": r1["assignment"],
+                         "set_moves": sum(x.get("set_moves", 0) for x in after["replicas"])
+                         - sum(x.get("set_moves", 0) for x in before["replicas"])}
+        out["exit_code"] = srv.stop()
+    return out
 
 
 def kill_run(bundle: Path, common: list[str], docs, args) -> dict:
