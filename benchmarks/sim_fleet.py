@@ -116,20 +116,50 @@ def main() -> None:
                          clients=args.clients_per_replica * k, zipf=args.zipf, new_tokens=fleet["max_tokens"])
             for router in ("round-robin", "affinity"):
                 sweep.append(run(k, router, tasks, svc, q, w, mb, mw) | {"zipf": args.zipf})
-    payload = {"inputs": {"service": svc.__dict__, "quality": q.__dict__, "from": str(args.fleet),
+    reaction = router_reaction()
+    payload = {"reaction": reaction, "inputs": {"service": svc.__dict__, "quality": q.__dict__, "from": str(args.fleet),
                           "calibrations": [str(p) for p in cal_paths],
                           "fleet_date": fleet.get("date")},
                "settings": vars(args) | {"fleet": str(args.fleet), "out": str(args.out)}, "checks": checks,
                "sweep": sweep, "seconds": time.perf_counter() - t0, "date": time.strftime("%Y-%m-%d")}
     write_json(args.out, payload)
-    render(checks, sweep, args.machine_cores)
+    render(checks, sweep, args.machine_cores, reaction)
     png = args.out.with_suffix(".png")
     plot(sweep, png, f"fleet simulation (Zipf {args.zipf}, {args.clients_per_replica} clients and "
                      f"{args.rate_per_replica:g} req/s per replica)")
     print(f"wrote {args.out} and {png}")
 
 
-def render(checks: list[dict], sweep: list[dict], args_cores: float = 2.0) -> None:
+def router_reaction(tasks: int = 8) -> list[dict]:
+    """The affinity router alone (no timing): after 200 interleaved requests, how many requests of one task it
+    takes until that task has every replica; and on 4,000 interleaved requests, how many reassignments the
+    estimate's noise causes. Defaults against shorter half-lives: reaction bought with churn."""
+    from lightmoe_cli.fleet.router import AffinityRouter
+
+    names = [f"t{i}" for i in range(tasks)]
+    out = []
+    for half_life, every in ((None, None), (32, 16), (16, 8)):
+        for k in (2, 4):
+            r = AffinityRouter(k, names, half_life=half_life, rebalance_every=every)
+            for i in Workload(tasks=tasks, requests=4000, order="shift", seed=3).task_sequence():
+                r.done(r.route(names[i]).replica)
+            churn = r.reassignments
+            r = AffinityRouter(k, names, half_life=half_life, rebalance_every=every)
+            seq = [names[i] for i in Workload(tasks=tasks, requests=200, order="shift").task_sequence()]
+            for i in seq:
+                r.done(r.route(i).replica)
+            took = None
+            for j in range(1, 1001):
+                r.done(r.route(names[5]).replica)
+                if len(r.assignment.replicas_of[names[5]]) == k:
+                    took = j
+                    break
+            out.append({"half_life": half_life or "default", "replicas": k,
+                        "requests_until_hot_task_has_every_replica": took, "reassignments_on_4000_uniform": churn})
+    return out
+
+
+def render(checks: list[dict], sweep: list[dict], args_cores: float = 2.0, reaction: list | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -152,6 +182,7 @@ def render(checks: list[dict], sweep: list[dict], args_cores: float = 2.0) -> No
         r = ch["sim_over_measured"]
         t.add_row("", "", "  sim / measured", *(f"{r[x]:.2f}" if r[x] else "-" for x in KEYS))
     c.print(t)
+    c.print(f"router reaction vs churn: {reaction}")
     t = Table(title="fleet simulation: affinity vs round-robin")
     for col in ("tasks", "replicas", "rr req/s", "aff req/s", "aff / rr", "rr p99 s", "aff p99 s", "rr moves/req",
                 "aff moves/req", "aff mean batch", "reassignments", "overflow", "NLL/tok", "prune NLL/tok"):
