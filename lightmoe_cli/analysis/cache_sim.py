@@ -177,16 +177,16 @@ def simulate_region(steps: Sequence[np.ndarray], num_experts: int, resident: Seq
         prefetching -= set(landed)
         ids = np.asarray(step, dtype=np.int64).reshape(-1)
         ids = ids[ids < num_experts]
-        # the reads this forward's demand starts are asked for before its picks are served (as the runtime's
-        # routing hook does): a read that claims the spare row unmaps its standby for this forward already
-        for e in cache.observe(np.bincount(ids, minlength=num_experts)):
-            if max_pending is not None and len(cache.inflight) >= max_pending:
-                break
-            cache.started(e)
-            arrivals.setdefault(t + lag, []).append(e)
         for e in ids.tolist():
             res.accesses += 1
             if e in cache.resident:
                 res.hits += 1
                 res.prefetch_hits += e in bought
+        # the reads this forward's demand asks for start once its experts have run (as the runtime's hook after
+        # the experts does): a read that claims the spare row unmaps its standby between forwards
+        for e in cache.observe(np.bincount(ids, minlength=num_experts)):
+            if max_pending is not None and len(cache.inflight) >= max_pending:
+                break
+            cache.started(e)
+            arrivals.setdefault(t + lag, []).append(e)
     return res

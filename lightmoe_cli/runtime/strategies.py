@@ -449,6 +449,20 @@ class Background(Remap):
         self._bought = torch.zeros(self.num_experts, dtype=torch.bool)  # resident only thanks to a prefetch
         self.log: list[list[int]] | None = None  # when a list: the resident set each forward ran with (tests)
         self.core_moves: list[tuple[int, list[int], list[int]]] = []  # (forwards served, evict, load) per move
+        self._deferred: list[int] = []  # reads this forward's demand asks for, started once its experts ran
+
+    def install(self, adapter, layer) -> list:
+        """Besides the routing hook: a hook after the experts run, where this forward's reads start, so the spare
+        row's standby serves the forward that asked for them and is unmapped only between forwards."""
+        from lightmoe_cli.models.adapter import LIGHTMOE_HOOK
+
+        def after(module, args, output) -> None:
+            wanted, self._deferred = self._deferred, []
+            for e in wanted:
+                self.want(e)
+
+        setattr(after, LIGHTMOE_HOOK, True)
+        return [*super().install(adapter, layer), layer.experts.register_forward_hook(after)]
 
     def managed(self) -> set[int]:
         return set(self.cache.pinned) if self.cache.pinned else set(self.resident)
@@ -459,8 +473,7 @@ class Background(Remap):
             self.log.append(self.resident)
         flat = index.reshape(-1).long()
         counts = torch.bincount(flat[flat < self.num_experts], minlength=self.num_experts).cpu().numpy()
-        for e in self.cache.observe(counts):
-            self.want(e)
+        self._deferred = self.cache.observe(counts)  # read once the experts have run (`install`'s hook)
         return super().route(index, weights)
 
     def want(self, expert: int, prefetch: bool = False) -> bool:
