@@ -50,11 +50,13 @@ CONFIGS: dict[str, tuple[str, dict]] = {
     "swap": ("swap", {}),
     "pinned": ("swap", {"pinned": 0.75, "admission": "demand", "double_buffer": True}),
     "pinned (no spare)": ("swap", {"pinned": 0.75, "admission": "demand"}),
+    "pinned (read budget)": ("swap", {"pinned": 0.75, "admission": "demand", "double_buffer": True,
+                                      "read_budget": 0.125}),
     "task-aware": ("task-aware", {}),
     "task-aware + region": ("task-aware", {"region": 0.25}),
 }
 CACHES = ("swap", "pinned", "pinned (no spare)")  # the dynamic caches of the seeds' comparison
-DECODE = ("prune", "swap", "pinned", "pinned (no spare)", "task-aware")
+DECODE = ("prune", "swap", "pinned", "pinned (no spare)", "pinned (read budget)", "task-aware")
 
 
 def _paired(a, b) -> dict:
@@ -74,7 +76,8 @@ def _served(rt, stream, name: str, block: int):
 
     trace: dict[int, list] = {m.layer_index: [] for m in rt.layers}
     for m in rt.layers:
-        m.observers.append(lambda s, index, weights: trace[s.layer_index].append(index.reshape(-1).tolist()))
+        m.observers.append(lambda s, index, weights: trace[s.layer_index].append(
+            index.reshape(-1, index.shape[-1]).tolist()))
     result = run_stream(rt, name, stream, block)
     rt.finish()
     return result, trace
@@ -97,7 +100,7 @@ def _parity(rt, trace) -> dict:
         r = simulate_region([np.asarray(s) for s in trace[m.layer_index]], lp.num_experts, lp.resident, lp.pinned,
                             spec.eviction or "lru", spec.admission or "always",
                             spec.decay if spec.decay is not None else 0.9, spare=bool(spec.spare_slots),
-                            max_pending=spec.max_pending, core_moves=moves)
+                            max_pending=spec.max_pending, read_budget=spec.read_budget, core_moves=moves)
         hits, picks = hits + r.hits, picks + r.accesses
     run_hits, run_picks = sum(m.stats.hits for m in rt.layers), sum(m.stats.picks for m in rt.layers)
     return {"runtime_hit_rate": run_hits / max(1, run_picks), "simulated_hit_rate": hits / max(1, picks),

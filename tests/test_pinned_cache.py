@@ -23,6 +23,7 @@ def bundles(tiny_moe, tiny_profile, tmp_path_factory):
     specs = {"swap": ("swap", {}),
              "pinned": ("swap", {"pinned": 0.5, "admission": "demand", "double_buffer": True}),
              "core-only": ("swap", {"pinned": 0.5}),
+             "budgeted": ("swap", {"pinned": 0.5, "admission": "demand", "double_buffer": True, "read_budget": 0.02}),
              "region": ("task-aware", {"region": 0.5})}
     return {name: build_bundle(tiny_profile, model, tok, str(root / "model"), work / name,
                                BuildOptions(policy=p, fraction=0.5, params=params))
@@ -84,14 +85,14 @@ def test_the_simulator_replays_the_runtimes_hit_rate_on_its_own_trace(bundles):
     """Record each layer's router picks per forward while serving; replaying them through `simulate_region` with
     reads landing one forward later (the runtime waits for its loader between forwards here) gives the
     runtime's own hit rate, for the old swap and the pinned cache."""
-    for name in ("swap", "pinned", "core-only", "region"):
+    for name in ("swap", "pinned", "core-only", "budgeted", "region"):
         rt = build_runtime(bundles[name])
         if name == "region":  # the manager moves the core: the simulator replays its moves
             rt.use_task(sorted(rt.bundle.manifest.task_resident)[-1])
         trace = {m.layer_index: [] for m in rt.layers}
         for m in rt.layers:
             m.observers.append(lambda s, index, weights, trace=trace:
-                               trace[s.layer_index].append(index.reshape(-1).tolist()))
+                               trace[s.layer_index].append(index.reshape(-1, index.shape[-1]).tolist()))
         for i in range(10):
             _forward(rt, TEXTS[i % len(TEXTS)])
             rt.loader.wait_idle()
@@ -109,7 +110,7 @@ def test_the_simulator_replays_the_runtimes_hit_rate_on_its_own_trace(bundles):
                 moves.setdefault(clock, []).append((evict, load))
             r = simulate_region([np.asarray(s) for s in trace[m.layer_index]], lp.num_experts, lp.resident,
                                 lp.pinned, spec.eviction, spec.admission, spec.decay, spare=bool(spec.spare_slots),
-                                max_pending=spec.max_pending, core_moves=moves)
+                                max_pending=spec.max_pending, read_budget=spec.read_budget, core_moves=moves)
             sim_hits, sim_picks = sim_hits + r.hits, sim_picks + r.accesses
             assert name == "region" or r.loads == m.stats.loads, name  # (the manager's reads are not the cache's)
         hits, picks = sum(m.stats.hits for m in rt.layers), sum(m.stats.picks for m in rt.layers)

@@ -147,3 +147,13 @@ def test_a_prefetched_read_skips_the_demand_test_that_a_demand_read_must_pass():
     cache.started(7)
     assert cache.admit([6, 7], prefetched={7}) == [(7, 1)]  # 6 was never wanted: rejected; 7 was predicted
     assert cache.rejected == 1 and 7 in cache.resident and 6 not in cache.resident
+
+
+def test_a_read_budget_bounds_the_reads_per_token():
+    rng = np.random.default_rng(3)
+    steps = rng.integers(0, E, size=(400, 1, 2))  # one token per forward, picks all over the layer
+    free = simulate_region(steps, E, [0, 1, 2, 3], pinned=[0, 1])
+    bounded = simulate_region(steps, E, [0, 1, 2, 3], pinned=[0, 1], read_budget=0.05)
+    assert bounded.loads <= 400 * 0.05 + 1 < free.loads
+    wide = simulate_region(steps.reshape(40, 10, 2), E, [0, 1, 2, 3], pinned=[0, 1], read_budget=0.05)
+    assert wide.loads <= 400 * 0.05 + 1  # a forward of 10 tokens earns 10 tokens' credit

@@ -132,7 +132,7 @@ def simulate_region(steps: Sequence[np.ndarray], num_experts: int, resident: Seq
                     pinned: Sequence[int] = (), eviction: str = "lru", admission: str = "always", decay: float = 0.9,
                     max_inflight: int | None = None, spare: bool = False, lag: int = 1,
                     prefetch: Sequence[Sequence[int]] | None = None, prefetch_lag: int = 0,
-                    max_pending: int | None = None,
+                    max_pending: int | None = None, read_budget: float | None = None,
                     core_moves: dict[int, list[tuple[list[int], list[int]]]] | None = None) -> CacheResult:
     """Replay a non-blocking cache -- the runtime's `Background` strategy, pinned core and dynamic region --
     over one layer's forwards, with the very decision object the runtime uses (`policies.region.RegionCache`).
@@ -142,7 +142,8 @@ def simulate_region(steps: Sequence[np.ndarray], num_experts: int, resident: Seq
     forward t + lag (1: reads faster than a forward, as unthrottled); prefetch[t]: experts a predictor asked for
     while the layer before ran, landing at forward t + prefetch_lag. Counts: hits / accesses as the runtime's
     hit rate, loads = experts installed, prefetch_hits = picks of an expert resident only thanks to a prefetch;
-    spare: double buffering with its standby expert, as the runtime serves it; max_pending: reads the loader's
+    spare: double buffering with its standby expert, as the runtime serves it; read_budget: experts per token the
+    cache may read (a (T, K) step counts T tokens, a flat one 1); max_pending: reads the loader's
     queue accepts per forward (the rest are asked for again while still missed); core_moves[t]: a manager's moves
     of the pinned core (evict, load) before forward t, as `RegionCache.repin` applies them."""
     from lightmoe_cli.policies.region import RegionCache
@@ -150,7 +151,7 @@ def simulate_region(steps: Sequence[np.ndarray], num_experts: int, resident: Seq
     if lag < 1 or prefetch_lag < 0:
         raise ValueError(f"lag {lag} must be >= 1 and prefetch_lag {prefetch_lag} >= 0 forwards")
     cache = RegionCache(num_experts, {int(e) for e in resident}, {int(e) for e in pinned}, eviction, admission,
-                        decay, max_inflight, spare)
+                        decay, max_inflight, spare, read_budget)
     res = CacheResult("region", len(cache.resident))
     arrivals: dict[int, list[int]] = {}
     prefetching: set[int] = set()
@@ -175,7 +176,9 @@ def simulate_region(steps: Sequence[np.ndarray], num_experts: int, resident: Seq
             if e in prefetching:
                 bought.add(e)
         prefetching -= set(landed)
-        ids = np.asarray(step, dtype=np.int64).reshape(-1)
+        ids = np.asarray(step, dtype=np.int64)
+        tokens = ids.shape[0] if ids.ndim == 2 else 1
+        ids = ids.reshape(-1)
         ids = ids[ids < num_experts]
         for e in ids.tolist():
             res.accesses += 1
@@ -184,7 +187,7 @@ def simulate_region(steps: Sequence[np.ndarray], num_experts: int, resident: Seq
                 res.prefetch_hits += e in bought
         # the reads this forward's demand asks for start once its experts have run (as the runtime's hook after
         # the experts does): a read that claims the spare row unmaps its standby between forwards
-        for e in cache.observe(np.bincount(ids, minlength=num_experts)):
+        for e in cache.observe(np.bincount(ids, minlength=num_experts), tokens):
             if max_pending is not None and len(cache.inflight) >= max_pending:
                 break
             cache.started(e)

@@ -112,6 +112,7 @@ class RuntimeSpec:
     uses_similarity: bool = False  # REMAP: re-derive the redirect table from the bundle's similarity on swaps
     min_similarity: float | None = None
     task_given: bool = False  # REMAP: the caller names each request's task; its own resident set is loaded
+    read_budget: float | None = None  # BACKGROUND: experts per token a layer's cache may read (None: unbounded)
     spare_slots: int = 0  # BACKGROUND: rows per layer past the residents that the loader fills (double buffering)
     prefetch_bytes: float | None = None  # BACKGROUND with a predictor: prefetch reads per token at most (bytes)
     prefetch_confidence: float | None = None  # BACKGROUND with a predictor: least probability a prefetch needs

@@ -31,7 +31,9 @@ class RegionCache:
     window of about 1 / (1 - decay) forwards); max_inflight: reads per layer at once; spare: double buffering,
     one read at a time into the one spare row. The spare row is not idle memory: after an install the evicted
     expert stays in its old row (now the spare) as the `standby` and keeps serving until the next read claims
-    that row, so between reads the layer holds a full budget of experts and during a read one fewer."""
+    that row, so between reads the layer holds a full budget of experts and during a read one fewer.
+    read_budget: experts per token the cache may read (its credit banks at most one read beyond this forward's), so on a
+    slow link or few cores the reads' cost is bounded per decoded token."""
 
     num_experts: int
     resident: set[int]
@@ -41,6 +43,8 @@ class RegionCache:
     decay: float = 0.9
     max_inflight: int | None = None
     spare: bool = False
+    read_budget: float | None = None  # experts the cache may read per token (None: unbounded); banks one read
+    credit: float = 0.0
     standby: int | None = None  # spare: the resident in the spare row, first to go when a read claims the row
     clock: int = 0
     inflight: set[int] = field(default_factory=set)  # reads started and not yet admitted or refused
@@ -69,9 +73,13 @@ class RegionCache:
         """Reads that may still start (None: unbounded)."""
         return None if self.max_inflight is None else max(0, self.max_inflight - len(self.inflight))
 
-    def observe(self, counts: np.ndarray) -> list[int]:
-        """One forward's picks per expert (E,) -> the missing experts worth reading, most wanted first (at most
-        `room()`). The caller starts the reads it can and reports them with `started`."""
+    def observe(self, counts: np.ndarray, tokens: int = 1) -> list[int]:
+        """One forward's picks per expert (E,) over `tokens` tokens -> the missing experts worth reading, most
+        wanted first (at most `room()`, and with a read budget at most what its credit pays for). The caller
+        starts the reads it can and reports them with `started`."""
+        if self.read_budget is not None:
+            earned = tokens * self.read_budget
+            self.credit = min(1.0 + earned, self.credit + earned)
         counts = np.asarray(counts, dtype=np.float64)[: self.num_experts]
         self.clock += 1
         self.demand = self.demand * self.decay + counts
@@ -86,6 +94,8 @@ class RegionCache:
         want = [e for e in np.flatnonzero(picked & ~resident & (self.demand > bar)).tolist()
                 if e not in self.inflight]
         room = self.room()
+        if self.read_budget is not None:
+            room = min(int(self.credit), len(want) if room is None else room)
         if room is not None:
             want = sorted(want, key=lambda e: (-self.demand[e], e))[:room]
         return want
@@ -94,6 +104,8 @@ class RegionCache:
         """A read of `expert` starts. With a spare row it claims the row: the standby expert there stops being
         resident (returned, for the caller to unmap before the row is written)."""
         self.inflight.add(int(expert))
+        if self.read_budget is not None:
+            self.credit -= 1.0
         if not self.spare or self.standby is None:
             return None
         dropped, self.standby = self.standby, None
@@ -111,6 +123,8 @@ class RegionCache:
         """A read that never started (the loader's queue was full); `dropped`: the standby its start unmapped,
         back in the untouched spare row."""
         self.inflight.discard(int(expert))
+        if self.read_budget is not None:
+            self.credit += 1.0
         if dropped is not None:
             self.standby = dropped
             self.resident.add(dropped)

@@ -438,7 +438,7 @@ class Background(Remap):
         spare = spec.spare_slots or 0
         self.cache = RegionCache(self.num_experts, set(plan.resident), set(plan.pinned), spec.eviction or "lru",
                                  spec.admission or "always", spec.decay if spec.decay is not None else 0.9,
-                                 spare=bool(spare))
+                                 spare=bool(spare), read_budget=spec.read_budget)
         self.spare = list(range(len(plan.resident), len(plan.resident) + spare))  # free rows (double buffering)
         if spare:
             if len(self.spare) != 1 or pool.slots != len(plan.resident) + 1:
@@ -473,7 +473,8 @@ class Background(Remap):
             self.log.append(self.resident)
         flat = index.reshape(-1).long()
         counts = torch.bincount(flat[flat < self.num_experts], minlength=self.num_experts).cpu().numpy()
-        self._deferred = self.cache.observe(counts)  # read once the experts have run (`install`'s hook)
+        tokens = index.reshape(-1, index.shape[-1]).shape[0]
+        self._deferred = self.cache.observe(counts, tokens)  # read once the experts have run (`install`'s hook)
         return super().route(index, weights)
 
     def want(self, expert: int, prefetch: bool = False) -> bool:

@@ -46,6 +46,8 @@ class SwapParams(PolicyParams):
     pinned: float = param(0.0, "share of each layer's slots pinned to its highest-mass experts, never evicted; "
                           "only the rest (the dynamic region) admits and evicts (0: every slot may be evicted)",
                           minimum=0.0, maximum=1.0)
+    read_budget: float = param(0.0, "experts per token each layer's cache may read (0: unbounded): bounds what "
+                               "the reads cost per decoded token on a slow link or few cores", minimum=0.0)
     double_buffer: bool = param(False, "a spare slot per layer that the loader thread fills; the main thread "
                                 "swaps it in by index and never copies an expert (costs one resident per layer of "
                                 "the budget)")
@@ -66,7 +68,7 @@ class Swap(Policy):
     def runtime_spec(self, inputs: PlanInputs, params: SwapParams) -> RuntimeSpec:
         return RuntimeSpec(Serving.BACKGROUND, Missing.REROUTE, eviction=params.eviction,
                            max_pending=params.max_pending, admission=params.admission, decay=params.decay,
-                           spare_slots=1 if params.double_buffer else 0)
+                           read_budget=params.read_budget or None, spare_slots=1 if params.double_buffer else 0)
 
     def plan(self, inputs: PlanInputs, params: SwapParams) -> BundlePlan:
         spec = self.runtime_spec(inputs, params)
