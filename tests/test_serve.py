@@ -271,3 +271,15 @@ def test_a_port_in_use_is_one_line_before_anything_loads(bundle):
         r = CliRunner().invoke(app, ["serve", "--bundle", str(bundle.path), "--port", str(port)])
     assert r.exit_code == 1 and f"cannot listen on 127.0.0.1:{port}" in r.output and "--port" in r.output
     assert "Traceback" not in r.output
+
+
+def test_the_engine_leaves_a_core_to_the_http_side_by_default():
+    from lightmoe_cli.serve.server import engine_threads
+
+    assert [engine_threads(n) for n in (1, 2, 4, 16)] == [1, 1, 3, 15]
+
+
+def test_health_names_the_engine_threads(server):
+    from lightmoe_cli.serve.server import engine_threads
+
+    assert httpx.get(server.url + "/health", timeout=10).json()["threads"] == engine_threads()
