@@ -132,6 +132,10 @@ def test_tiny_tune_writes_the_pick_and_tune_json(tiny_moe, prof, tmp_path):
     report = run_tune(_request(tiny_moe, prof, out, traffic="blocks:2"))
     js, png = write_sidecars(report)
     bundle = load_bundle(out)  # verified: a whole bundle, hashes and all
+    from lightmoe_cli.bundle.task_classifier import load_text_classifier
+
+    # the serving detector, trained in a background process during the search, is stored with a task-set pick
+    assert (load_text_classifier(out) is not None) == bool(bundle.manifest.task_resident)
     data = json.loads(js.read_text())
     assert data["kind"] == "lightmoe-tune" and data["pick"] == report.pick.candidate.name
     assert bundle.policy == report.pick.candidate.policy
