@@ -159,6 +159,7 @@ eval-swap: corpus
 bench-caches: corpus
     {{py}} benchmarks/bench_caches.py quality --threads 1 --budgets 0.25,0.5 --blocks 1,8,30 --requests 48
     {{py}} benchmarks/bench_caches.py prefetch --threads 1 --budget 0.5 --blocks 8,30
+    {{py}} benchmarks/bench_caches.py decode-quality
     {{py}} benchmarks/bench_caches.py decode --random-olmoe 2 --budgets 0.25,0.5 --io-bandwidth 1e9 --new-tokens 16
 
 # The pinned-core caches scored by lm-eval (batched forwards, held-out NLL, paired vs prune) at 25% and 50%.

@@ -14,6 +14,7 @@ the same top-k as prune over the same bytes and only adds reads.
 
     python benchmarks/bench_caches.py quality --budgets 0.25,0.5 --blocks 1,8,30 --requests 48
     python benchmarks/bench_caches.py prefetch --budget 0.5 --blocks 8,30 --prefetch-mib 0,0.002 --confidence 0,0.5
+    python benchmarks/bench_caches.py decode-quality --budgets 0.25,0.5   # NLL one token per forward
     python benchmarks/bench_caches.py decode --random-olmoe 2 --budgets 0.25,0.5 --io-bandwidth 1e9
 
 `prefetch` (the demo model, needs `just predict-demo`'s predictor): the pinned cache with the predictor's prefetch
@@ -262,6 +263,61 @@ def prefetch(args) -> None:
     console.print(f"wrote {out}")
 
 
+def decode_quality(args) -> None:
+    """Held-out NLL when every forward is one token (decode with a KV cache): where a read budget binds, unlike
+    whole-document forwards. Task-shift stream of `--requests` documents, each cut to `--tokens` tokens."""
+    import numpy as np
+    import torch
+    from rich.console import Console
+
+    from lightmoe_cli.bundle.build import BuildOptions, build_bundle
+    from lightmoe_cli.evaluation.stream import build_stream
+    from lightmoe_cli.paths import ITEMS_DIR
+    from lightmoe_cli.runtime.loader import build_runtime
+
+    console = Console(width=200)
+    name, model, tok, prof = demo_model_and_profile(args.threads)
+    stream = build_stream(ITEMS_DIR / "ppl", args.block, args.requests)
+    rows, results = [], {}
+    for budget in [float(b) for b in args.budgets.split(",")]:
+        for label in args.configs.split(","):
+            policy, params = CONFIGS[label]
+            b = build_bundle(prof, model, tok, name, ROOT / "runs" / "bench-caches" /
+                             f"decode-{label.replace(' ', '_')}-{budget}",
+                             BuildOptions(policy=policy, fraction=budget, params=params), force=True)
+            rt = build_runtime(b)
+            nll, tokens = [], []
+            with torch.no_grad():
+                for req in stream:
+                    ids = rt.tokenizer(req.text, return_tensors="pt").input_ids[:, :args.tokens]
+                    past, total = None, 0.0
+                    for t in range(ids.shape[1] - 1):
+                        out = rt.model(input_ids=ids[:, t:t + 1], past_key_values=past, use_cache=True)
+                        past = out.past_key_values
+                        total += float(-out.logits[0, -1].float().log_softmax(-1)[ids[0, t + 1]])
+                    nll.append(total)
+                    tokens.append(ids.shape[1] - 1)
+                    rt.checkpoint()
+            rt.finish()
+            rt.close()
+            results[(label, budget)] = (np.array(nll), np.array(tokens, dtype=np.float64))
+            row = {"budget": budget, "config": label, "nll_per_token": float(np.sum(nll) / np.sum(tokens)),
+                   "loads": sum(m.stats.loads for m in rt.layers)}
+            if label != "prune" and ("prune", budget) in results:
+                from lightmoe_cli.analysis.paired import paired_bootstrap
+
+                p_nll, p_tok = results[("prune", budget)]
+                row["vs_prune"] = paired_bootstrap({"s": np.array(nll)}, {"s": p_nll}, {"s": p_tok}).to_json()
+            rows.append(row)
+            iv = row.get("vs_prune")
+            console.print(f"{budget:.2f} {label}: NLL/token {row['nll_per_token']:.4f}, loads {row['loads']}"
+                          + (f", vs prune {iv['diff']:+.3f} [{iv['lo']:+.3f}, {iv['hi']:+.3f}]" if iv else ""))
+    out = ROOT / "benchmarks" / "results" / args.out
+    write_json(out, {"model": name, "block": args.block, "requests": args.requests, "tokens": args.tokens,
+                     "date": time.strftime("%Y-%m-%d"), "rows": rows})
+    console.print(f"wrote {out}")
+
+
 def _reuse(folder: Path, policy: str, params: dict, budget: float):
     """A bundle this benchmark already built with the same policy, parameters and budget (1B bundles take minutes
     to write; the profile is reused too); None otherwise."""
@@ -367,6 +423,14 @@ def main() -> None:
     f.add_argument("--predictor", type=Path, default=ROOT / "artifacts" / "eval" / "demo-moe-predictor")
     f.add_argument("--threads", type=int, default=2)
     f.add_argument("--out", default="caches-prefetch-demo-moe.json")
+    dq = sub.add_parser("decode-quality", help="held-out NLL one token per forward (demo model, KV cache)")
+    dq.add_argument("--budgets", default="0.25,0.5")
+    dq.add_argument("--configs", default="prune,pinned,pinned (read budget)")
+    dq.add_argument("--block", type=int, default=8)
+    dq.add_argument("--requests", type=int, default=24)
+    dq.add_argument("--tokens", type=int, default=96)
+    dq.add_argument("--threads", type=int, default=1)
+    dq.add_argument("--out", default="caches-decode-quality-demo-moe.json")
     d = sub.add_parser("decode", help="decode speed at a throttled link (random OLMoE-shaped model)")
     d.add_argument("--random-olmoe", type=int, default=2)
     d.add_argument("--budgets", default="0.25,0.5")
@@ -378,7 +442,7 @@ def main() -> None:
     d.add_argument("--out", default="caches-decode-olmoe-2L-1GBps.json")
     HarnessOptions.add_arguments(d)
     args = ap.parse_args()
-    {"quality": quality, "prefetch": prefetch, "decode": decode}[args.part](args)
+    {"quality": quality, "prefetch": prefetch, "decode-quality": decode_quality, "decode": decode}[args.part](args)
 
 
 if __name__ == "__main__":
