@@ -134,7 +134,7 @@ def test_tiny_tune_writes_the_pick_and_tune_json(tiny_moe, prof, tmp_path):
     bundle = load_bundle(out)  # verified: a whole bundle, hashes and all
     from lightmoe_cli.bundle.task_classifier import load_text_classifier
 
-    # the serving detector, trained in a background process during the search, is stored with a task-set pick
+    # the serving detector is stored with a task-set pick
     assert (load_text_classifier(out) is not None) == bool(bundle.manifest.task_resident)
     data = json.loads(js.read_text())
     assert data["kind"] == "lightmoe-tune" and data["pick"] == report.pick.candidate.name

@@ -258,36 +258,6 @@ def _decode_tps(rt, prompts: list[str], new_tokens: int) -> float:
     return toks / secs if secs > 0 else 0.0
 
 
-def _train_profile_classifier(profile_path: str):
-    from lightmoe_cli.bundle.build import profile_text_classifier
-    from lightmoe_cli.profile.artifact import load_profile
-
-    return profile_text_classifier(load_profile(Path(profile_path)))
-
-
-class _ClassifierInBackground:
-    """`profile_text_classifier` in a spawned process (a forked one would inherit torch's thread pools), so its
-    seconds of hashing and fitting overlap tune's scoring on the other core. `result()` is what build_bundle's
-    `task_classifier` takes: the classifier, None (no readable calibration text), or True (the process failed:
-    train it in this one)."""
-
-    def __init__(self, profile_path: Path):
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        self.pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
-        self.future = self.pool.submit(_train_profile_classifier, str(profile_path))
-
-    def result(self):
-        try:
-            return self.future.result()
-        except Exception:  # a broken worker must not lose the search: the pick's build trains it instead
-            return True
-
-    def close(self) -> None:
-        self.pool.shutdown(wait=False, cancel_futures=True)
-
-
 def run_tune(req: TuneRequest, progress=None) -> TuneReport:
     """Search, measure, choose, write the pick's bundle and its tune.json. `progress`: a rich Progress (or None)."""
     import shutil
@@ -355,11 +325,6 @@ def run_tune(req: TuneRequest, progress=None) -> TuneReport:
     pruned: list[tuple[str, str]] = []
     if not req.exhaustive:
         candidates, pruned = _outlook_pruned(prof, candidates)
-
-    # the pick's serving detector depends on the profile only: trained in another process while this one loads and
-    # scores (NLL does not depend on timing), collected before anything is timed
-    # (only a bundle with task sets stores it; started unless the grid is the full model alone)
-    detector = _ClassifierInBackground(prof.path) if any(c.policy != "full" for c in candidates) else None
 
     lm, tok = load_model_and_tokenizer(model)
     docs = _heldout_docs(prof, tok, req.docs_per_task, req.doc_tokens)
@@ -477,7 +442,6 @@ def run_tune(req: TuneRequest, progress=None) -> TuneReport:
             if c not in finalists and figures[c].dropped is None:
                 figures[c].dropped = f"not among the {req.finalists} finalists on {n_docs} docs"
 
-        classifier = detector.result() if detector is not None else True
         # (3) decode speed, finalists only (and more, in NLL order, while a speed target is not met)
         prompts = [everything[0].text[:200], everything[-1].text[:200]]
         t0 = time.perf_counter()
@@ -542,11 +506,9 @@ def run_tune(req: TuneRequest, progress=None) -> TuneReport:
         opts = BuildOptions(policy=c.policy, fraction=c.budget if c.policy != "full" else None,
                             params=dict(c.params), activation=c.activation,
                             active=c.active if c.activation else 1.0).resolve()
-        build_bundle(prof, lm, tok, str(model), out, opts, force=req.force, task_classifier=classifier)
+        build_bundle(prof, lm, tok, str(model), out, opts, force=req.force)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        if detector is not None:
-            detector.close()
     seconds["total"] = time.perf_counter() - t_start
     report = TuneReport(str(model), str(prof.path), req.memory, fraction, block, list(figures.values()), full_tps,
                         pick, why, line, front, schedule, pruned, seconds, out, n_docs, req.exhaustive, sweep)
