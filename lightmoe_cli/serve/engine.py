@@ -252,7 +252,7 @@ class Engine:
             job.bytes_waited += loaded
 
     def _forward(self, layout: list[tuple[Job, int]], **kw):
-        self._layout, self._seen = layout, []
+        self._layout = layout
         try:
             out = self.rt.model(use_cache=True, **kw)
             self._meter(layout)

@@ -36,11 +36,10 @@ BUNDLE_KIND = "lightmoe-bundle"
 POLICY_SETTINGS: dict[str, list[dict[str, Any]]] = {
     "task-aware": [{"swap_rule": "jump"}, {"swap_rule": "incremental"}],
 }
-
-
 # the advice's run-length sweep: task-aware's best against prune on this many documents per task, in runs of these
 # lengths (the first documents of each task; prune's come from the halving when it scored them)
 SWEEP_LENGTHS = (1, 2, 4)
+
 
 @dataclass
 class TuneRequest(ModelChoice, Force):
@@ -247,6 +246,12 @@ def _score(rt, stream) -> list[tuple[float, int]]:
     return [(s.nll, s.tokens) for s in res.scores]
 
 
+def _has_state(spec) -> bool:
+    """A manager or run-time loads: the serving changes as it goes, so a document's score depends on the stream
+    before it (no memo across rungs), and a tie goes to a candidate without (the simpler serving)."""
+    return spec.manager is not None or spec.serving.value in ("on_demand", "background")
+
+
 def _decode_tps(rt, prompts: list[str], new_tokens: int) -> float:
     from lightmoe_cli.runtime.generate import generate_one
 
@@ -386,10 +391,6 @@ def run_tune(req: TuneRequest, progress=None) -> TuneReport:
         # in the stream: each document is scored once, and a later rung reads only the ones it adds
         memo: dict[Candidate, dict[tuple[str, str], tuple[float, int]]] = {}
 
-        def stateless(c: Candidate) -> bool:
-            spec = load_bundle(bundle_for(c), verify=False).runtime_spec
-            return spec.manager is None and spec.serving.value not in ("on_demand", "background")
-
         def scores_of(c: Candidate, stream) -> list[tuple[float, int]]:
             if c not in memo:
                 rt = runtime_for(c)
@@ -416,8 +417,8 @@ def run_tune(req: TuneRequest, progress=None) -> TuneReport:
             for c in alive:
                 try:
                     built = load_bundle(bundle_for(c), verify=False)
-                    if c not in memo and stateless(c):
-                        memo[c] = {}
+                    if not _has_state(built.runtime_spec):
+                        memo.setdefault(c, {})
                     t0 = time.perf_counter()
                     stream = _stream({t: v[:n] for t, v in docs.items()}, block)
                     scores = scores_of(c, stream)
@@ -430,9 +431,7 @@ def run_tune(req: TuneRequest, progress=None) -> TuneReport:
                 reference = sum(full_nll[(r.domain, r.text)][0] for r in stream)
                 figures[c].nll_increase[n * len(docs)] = (sum(s for s, _ in scores) - reference) / tokens
                 figures[c].memory_bytes = sizes.non_expert + built.manifest.budget.resident_expert_bytes
-                spec = built.runtime_spec
-                figures[c].moving_parts = int(spec.manager is not None or spec.serving.value in (
-                    "on_demand", "background"))
+                figures[c].moving_parts = int(_has_state(built.runtime_spec))
                 if progress is not None:
                     progress.advance(task, n * len(docs))
         last = {c: figures[c].nll for c in alive if figures[c].dropped is None}
@@ -483,8 +482,8 @@ def run_tune(req: TuneRequest, progress=None) -> TuneReport:
             # task-aware's best against prune at the same budget, by run length: the advice's evidence
             best = min(managed, key=lambda f: f.nll).candidate
             prune = Candidate("prune", best.budget)
-            if prune not in memo and stateless(prune):
-                memo[prune] = {}
+            if not _has_state(load_bundle(bundle_for(prune), verify=False).runtime_spec):
+                memo.setdefault(prune, {})
             sub = {t: v[:min(per_task, max(SWEEP_LENGTHS))] for t, v in docs.items()}
 
             def increase(c: Candidate, b: int) -> float:
