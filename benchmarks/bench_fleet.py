@@ -13,7 +13,9 @@ Phases:
   layer swaps and set moves per request, NLL and the share of prune's gap closed.
 - calibrate: the per-request costs the fleet simulator (sim_fleet.py) is built from, measured on a 1-replica,
   1-thread fleet: bursts of n same-task requests (n = 1, 4, 8) with 1 and with `--max-tokens` new tokens, each
-  burst once right after a set move and once again on the same set.
+  burst once right after a set move and once again on the same set; per burst its prompt tokens and the time
+  each request spent outside the replica's engine (latency - the replica's own arrival-to-first-token), and
+  over the phase the cores other processes used (a calibration on a busy machine reads every cost high).
 - shift: a 2-replica affinity fleet, `--shift-requests` interleaved documents and then as many of one domain:
   how the assignment follows the mix (reassignments, the hot task's replicas, overflow, set moves).
 - kill: a 2-replica affinity fleet under the same load; one replica is SIGKILLed `--kill-at` seconds in. Every
@@ -258,12 +260,21 @@ def calibrate(bundle: Path, common: list[str], args) -> dict:
         model = srv.model()
         client = openai.AsyncOpenAI(base_url=srv.url + "/v1", api_key="none", max_retries=0, timeout=600)
 
-        async def burst(domain: str, n: int, new: int, offset: int) -> float:
+        async def timed(text: str, new: int) -> tuple[float, object]:
+            t0 = time.perf_counter()
+            r = await client.completions.create(model=model, prompt=text, max_tokens=new, echo=True, logprobs=0,
+                                                temperature=0)
+            return time.perf_counter() - t0, r
+
+        async def burst(domain: str, n: int, new: int, offset: int) -> tuple[float, dict]:
             texts = [domains[domain][(offset + i) % len(domains[domain])] for i in range(n)]
             t0 = time.perf_counter()
-            await asyncio.gather(*(client.completions.create(model=model, prompt=t, max_tokens=new, echo=True,
-                                                             logprobs=0, temperature=0) for t in texts))
-            return time.perf_counter() - t0
+            got = await asyncio.gather(*(timed(t, new) for t in texts))
+            seconds = time.perf_counter() - t0
+            ttft = [r.model_extra["lightmoe"].get("first_token_seconds") for _, r in got]
+            outside = [lat - f for (lat, _), f in zip(got, ttft, strict=True) if f is not None]
+            return seconds, {"prompt_tokens": sum(r.usage.prompt_tokens for _, r in got),
+                             "outside_s": statistics.median(outside) if outside else None}
 
         async def run() -> None:
             await burst(next(iter(domains)), 2, 2, 0)  # warm-up
@@ -272,37 +283,69 @@ def calibrate(bundle: Path, common: list[str], args) -> dict:
                     for k, d in enumerate(domains):
                         moves0 = srv.metric("lightmoe_fleet_set_moves")
                         swaps0 = srv.metric("lightmoe_swaps")
-                        first = await burst(d, n, new, 10 + k)  # the set moves to d first
+                        first, _ = await burst(d, n, new, 20 + k)  # the set moves to d first
                         moved = srv.metric("lightmoe_fleet_set_moves") - moves0
                         layers = srv.metric("lightmoe_swaps") - swaps0
-                        again = await burst(d, n, new, 20 + k)  # same set
+                        again, seen = await burst(d, n, new, 20 + k)  # the same documents on the same set
                         raw.append({"n": n, "new_tokens": new, "domain": d, "after_move_s": first, "same_set_s": again,
-                                    "set_moves": moved, "layer_swaps": layers})
+                                    "set_moves": moved, "layer_swaps": layers} | seen)
             await client.close()
 
+        cpu0, own0, m0 = cpu_by_role(srv.proc.pid), os.times(), sample_load()
         asyncio.run(run())
+        cpu1, own1, m1 = cpu_by_role(srv.proc.pid), os.times(), sample_load()
         srv.stop()
-    return {"raw": raw, "model": fit_service(raw, args.max_tokens)}
+    ours = sum(cpu1.values()) - sum(cpu0.values()) + own1.user + own1.system - own0.user - own0.system
+    other = (max(0.0, m1.busy_s - m0.busy_s - ours) / (m1.wall - m0.wall)
+             if m0.busy_s is not None and m1.busy_s is not None else None)
+    return {"raw": raw, "model": fit_service(raw, args.max_tokens), "other_cores": other,
+            "load1": [m0.load1, m1.load1]}
 
 
-def fit_service(raw: list[dict], new_tokens: int) -> dict:
-    """Least squares over the same-set bursts: T(n, 1 token) = overhead + n * prefill; T(n, m) - T(n, 1) =
-    (m - 1) * (step + n * step_per_row). A set move costs the mean of (after a move) - (same set)."""
+def fit_service(raw: list[dict], new_tokens: int, prompt_tokens: dict[str, float] | None = None) -> dict:
+    """Least squares over the same-set bursts. One new token: T(n) = overhead + n * prefill, plus
+    prefill_per_token * (the burst's prompt tokens) when they are known (recorded per burst, or `prompt_tokens`
+    per domain: a prefill's cost follows its prompt, 295-495 tokens across the demo's domains). Decode:
+    T(n, m) - T(n, 1) of the same documents = (m - 1) * (step + n * step_per_row), the median over domains per n.
+    A set move costs the median of (after a move) - (same set). The fixed latency outside the replica's engine
+    is the lone 1-token requests' median of latency - the replica's arrival-to-first-token where it was recorded,
+    else the first fit's intercept."""
     import numpy as np
 
-    def med(n, m, key):
-        return statistics.median(r[key] for r in raw if r["n"] == n and r["new_tokens"] == m)
+    def tokens(r: dict) -> float | None:
+        if r.get("prompt_tokens") is not None:
+            return float(r["prompt_tokens"])
+        return r["n"] * prompt_tokens[r["domain"]] if prompt_tokens and r["domain"] in prompt_tokens else None
 
     ns = sorted({r["n"] for r in raw})
-    one = np.array([med(n, 1, "same_set_s") for n in ns])
-    a = np.vstack([np.ones(len(ns)), ns]).T
-    overhead, prefill = np.linalg.lstsq(a, one, rcond=None)[0]
-    dec = np.array([med(n, new_tokens, "same_set_s") for n in ns]) - one
-    step, per_row = np.linalg.lstsq(a, dec / (new_tokens - 1), rcond=None)[0]
+    one = [r for r in raw if r["new_tokens"] == 1]
+    per_token = 0.0
+    if one and all(tokens(r) is not None for r in one):
+        a = np.array([[1.0, r["n"], tokens(r)] for r in one])
+        overhead, prefill, per_token = np.linalg.lstsq(a, np.array([r["same_set_s"] for r in one]), rcond=None)[0]
+    else:
+        t1 = [statistics.median(r["same_set_s"] for r in one if r["n"] == n) for n in ns]
+        overhead, prefill = np.linalg.lstsq(np.vstack([np.ones(len(ns)), ns]).T, np.array(t1), rcond=None)[0]
+    # each m-token burst against the 1-token burst of the same documents (the k-th of its kind in `raw`: runs
+    # pooled in order)
+    seen: dict[tuple, list[dict]] = {}
+    for r in raw:
+        seen.setdefault((r["n"], r["domain"], r["new_tokens"]), []).append(r)
+    per_n = []
+    for n in ns:
+        diffs = [(b["same_set_s"] - a["same_set_s"]) / (new_tokens - 1)
+                 for (n_, d, m), rs in seen.items() if n_ == n and m == new_tokens
+                 for a, b in zip(seen.get((n, d, 1), []), rs, strict=False)]
+        per_n.append(statistics.median(diffs))
+    step, per_row = np.linalg.lstsq(np.vstack([np.ones(len(ns)), ns]).T, np.array(per_n), rcond=None)[0]
+    lone = [r["outside_s"] for r in one if r["n"] == ns[0] and r.get("outside_s") is not None]
+    if lone:
+        overhead = statistics.median(lone)
     moved = [r for r in raw if r["set_moves"] > 0]
     swap = statistics.median(r["after_move_s"] - r["same_set_s"] for r in moved) if moved else 0.0
     layers = sum(r["layer_swaps"] for r in moved) / max(sum(r["set_moves"] for r in moved), 1)
-    return {"prefill_s": float(prefill), "step_s": float(max(step, 0.0)), "step_per_row_s": float(max(per_row, 0.0)),
+    return {"prefill_s": float(max(prefill, 0.0)), "prefill_per_token_s": float(max(per_token, 0.0)),
+            "step_s": float(max(step, 0.0)), "step_per_row_s": float(max(per_row, 0.0)),
             "swap_s": float(max(swap, 0.0)), "overhead_s": float(max(overhead, 0.0)), "layers_per_swap": layers}
 
 

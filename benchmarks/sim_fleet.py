@@ -2,15 +2,17 @@
 round-robin and affinity routing (lightmoe_cli/fleet/sim.py, the same router objects as the ingress and the
 server's own task scheduler in every replica).
 
-Its inputs are measured, not assumed: the per-request costs (prefill, decode step and its per-row part, a set
-move, the fixed overhead outside the replica) from bench_fleet.py's calibrate phase, and per-domain NLL per
-token served with the request's own set (the 2-replica affinity run) and with prune's set, from its load phase
-(a simulated task past the 8 measured domains reuses their figures in turn). First it replays the measured
-load (same requests, order, rate, clients) at 1 and 2 replicas and prints the prediction beside the
-measurement; then the sweep. Table to the terminal, JSON to benchmarks/results/sim_fleet.json, plot to
-benchmarks/results/sim_fleet.png.
+Its inputs are measured, not assumed: the per-request costs (prefill, fixed and per prompt token, decode step
+and its per-row part, a set move, the fixed overhead outside the replica) from bench_fleet.py's calibrate phase,
+and per-domain prompt tokens and NLL per token served with the request's own set (the 2-replica affinity run)
+and with prune's set, from its load phase (a simulated task past the 8 measured domains reuses their figures in
+turn). First it replays the measured load (the same domain order, the client's own send times, the same
+clients) at 1 and 2 replicas and prints the prediction beside the measurement; then the sweep. Table to the
+terminal, JSON to benchmarks/results/sim_fleet.json, plot to benchmarks/results/sim_fleet.png.
 
     python benchmarks/sim_fleet.py                    # reads benchmarks/results/fleet.json
+    python benchmarks/sim_fleet.py --fleet benchmarks/results/fleet-quiet.json \
+        --calibrations benchmarks/results/fleet.json,benchmarks/results/fleet-run2.json
 """
 
 from __future__ import annotations
@@ -34,7 +36,21 @@ CHECKS = {  # simulated point -> the measured config it must match
     (2, "round-robin"): "2 replicas round-robin 50%",
     (2, "affinity"): "2 replicas affinity 50%",
 }
-KEYS = ("requests_per_s", "latency_p50", "latency_p99", "set_moves_per_request", "nll_per_token")
+KEYS = ("requests_per_s", "latency_p50", "latency_p99", "set_moves_per_request", "nll_per_token",
+        "replica_s_per_request")
+
+
+def prompt_tokens(fleet: dict) -> dict[str, float]:
+    """Mean prompt tokens per request per domain in the measured load (scored tokens + the first)."""
+    return {d: v["tokens_per_request"] + 1 for d, v in fleet["per_domain"]["2 replicas affinity 50%"].items()}
+
+
+def measured_order(fleet: dict, names: list[str]) -> tuple[int, ...]:
+    """The load's domain order, as indices into `names`: bench_fleet's own documents (the same call)."""
+    from lightmoe_cli.evaluation.stream import build_stream
+    from lightmoe_cli.paths import ITEMS_DIR
+
+    return tuple(names.index(d.domain) for d in build_stream(ITEMS_DIR / "ppl", 1, fleet["requests"]))
 
 
 def inputs(fleet: dict, calibrations: list[dict]) -> tuple[ServiceModel, Quality]:
@@ -43,7 +59,7 @@ def inputs(fleet: dict, calibrations: list[dict]) -> tuple[ServiceModel, Quality
     from benchmarks.bench_fleet import fit_service
 
     raw = [r for c in calibrations for r in c["calibrate"]["raw"]]
-    model = fit_service(raw, fleet["max_tokens"])
+    model = fit_service(raw, fleet["max_tokens"], prompt_tokens(fleet))
     # CPU outside the replicas per request (ingress, Ray's proxy and others, the client), from the 1-replica run
     split = fleet["load"].get("1 replica x1 thread 50%", {}).get("cpu_s_per_request") or {}
     outside = sum(v for k, v in split.items() if k != "replicas")
@@ -90,19 +106,23 @@ def main() -> None:
         raise SystemExit(f"{args.fleet} lacks the load phase or a calibration file its calibrate phase: run "
                          "bench_fleet.py --phases load,calibrate")
     svc, q = inputs(fleet, cals)
+    names = sorted(prompt_tokens(fleet))
+    lengths = tuple(prompt_tokens(fleet)[d] for d in names)
     mb, mw = fleet["max_batch"], fleet["max_wait_ms"] / 1000
     t0 = time.perf_counter()
     checks = []
     for (k, router), label in CHECKS.items():
+        # the measured load replayed: its domain order, the client's send times (seed 0), its clients
         w = Workload(tasks=8, requests=fleet["requests"], rate=fleet["rate"], clients=fleet["clients"],
-                     order="shift", new_tokens=fleet["max_tokens"])
+                     sequence=measured_order(fleet, names), prompt_tokens=lengths, new_tokens=fleet["max_tokens"])
         real = fleet["load"].get(label)
         if real is None:
             continue
-        real = real | {"nll_per_token": fleet["nll"][label]["nll_per_token"]}
+        real = real | {"nll_per_token": fleet["nll"][label]["nll_per_token"],
+                       "replica_s_per_request": (real.get("cpu_s_per_request") or {}).get("replicas")}
         # a core per replica; this machine's cores shared; and those less what other processes used meanwhile
         options = [None, args.machine_cores]
-        if real.get("other_cores") is not None:
+        if real.get("other_cores"):
             options.append(round(args.machine_cores - real["other_cores"], 2))
         for cores in options:
             sim = run(k, router, 8, svc, q, w, mb, mw, cores)
@@ -113,12 +133,16 @@ def main() -> None:
     for tasks in (int(x) for x in args.tasks.split(",")):
         for k in (int(x) for x in args.replicas.split(",")):
             w = Workload(tasks=tasks, requests=args.requests_per_replica * k, rate=args.rate_per_replica * k,
-                         clients=args.clients_per_replica * k, zipf=args.zipf, new_tokens=fleet["max_tokens"])
+                         clients=args.clients_per_replica * k, zipf=args.zipf, new_tokens=fleet["max_tokens"],
+                         prompt_tokens=lengths)
             for router in ("round-robin", "affinity"):
                 sweep.append(run(k, router, tasks, svc, q, w, mb, mw) | {"zipf": args.zipf})
     reaction = router_reaction()
     payload = {"reaction": reaction, "inputs": {"service": svc.__dict__, "quality": q.__dict__, "from": str(args.fleet),
-                          "calibrations": [str(p) for p in cal_paths],
+                          "calibrations": [str(p) for p in cal_paths], "prompt_tokens": dict(zip(names, lengths,
+                                                                                                 strict=True)),
+                          # cores other processes used while each calibration ran (None: not recorded then)
+                          "calibration_other_cores": [c["calibrate"].get("other_cores") for c in cals],
                           "fleet_date": fleet.get("date")},
                "settings": vars(args) | {"fleet": str(args.fleet), "out": str(args.out)}, "checks": checks,
                "sweep": sweep, "seconds": time.perf_counter() - t0, "date": time.strftime("%Y-%m-%d")}
@@ -165,7 +189,7 @@ def render(checks: list[dict], sweep: list[dict], args_cores: float = 2.0, react
 
     c = Console(width=170)
     t = Table(title="simulation vs measurement (the measured load replayed)")
-    for col in ("replicas", "router", "", "req/s", "p50 s", "p99 s", "set moves/req", "NLL/tok"):
+    for col in ("replicas", "router", "", "req/s", "p50 s", "p99 s", "set moves/req", "NLL/tok", "replica s/req"):
         t.add_column(col)
     shown = set()
     for ch in checks:
@@ -178,7 +202,8 @@ def render(checks: list[dict], sweep: list[dict], args_cores: float = 2.0, react
         for kind, v in rows:
             t.add_row(str(ch["replicas"]), ch["router"], kind, f"{v['requests_per_s']:.2f}", f"{v['latency_p50']:.2f}",
                       f"{v['latency_p99']:.2f}", "-" if v["set_moves_per_request"] is None else
-                      f"{v['set_moves_per_request']:.2f}", f"{v['nll_per_token']:.4f}")
+                      f"{v['set_moves_per_request']:.2f}", f"{v['nll_per_token']:.4f}",
+                      "-" if v.get("replica_s_per_request") is None else f"{v['replica_s_per_request']:.3f}")
         r = ch["sim_over_measured"]
         t.add_row("", "", "  sim / measured", *(f"{r[x]:.2f}" if r[x] else "-" for x in KEYS))
     c.print(t)

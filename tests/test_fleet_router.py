@@ -1,6 +1,7 @@
 """The fleet's pure parts: task assignment, routing decisions, reassignment counting, and the fleet simulator."""
 
 import math
+import random
 
 import pytest
 
@@ -168,3 +169,66 @@ def test_simulator_shared_cores_stretch_the_replicas_costs():
     assert plenty.requests_per_s == pytest.approx(own.requests_per_s)
     # two busy replicas (plus the outside work) on one core: a little under half the throughput
     assert 0.4 * own.requests_per_s < one.requests_per_s < 0.55 * own.requests_per_s
+
+
+def test_workload_replays_the_load_clients_send_times_and_a_measured_order():
+    # the load client (bench_serve.load) draws its gaps from random.Random(seed): seed 0 is the measured runs'
+    rng, t, client = random.Random(0), 0.0, []
+    for _ in range(50):
+        client.append(t)
+        t += rng.expovariate(12.0)
+    assert Workload(requests=50, rate=12.0, seed=0).arrivals() == client
+    order = (3, 1, 2, 0, 3)
+    assert Workload(tasks=4, requests=4, sequence=order).task_sequence() == [3, 1, 2, 0]
+    with pytest.raises(ValueError, match="replayed order"):
+        Workload(tasks=3, requests=4, sequence=order).task_sequence()
+
+
+def test_simulator_prefill_follows_the_prompt_and_one_token_requests_need_no_decode_step():
+    # one client, two tasks in turn (6 and 5 requests): every request moves the set, is prefilled alone and is
+    # answered at its prefill
+    svc = ServiceModel(prefill_s=0.01, step_s=1.0, step_per_row_s=1.0, swap_s=0.002, overhead_s=0.005,
+                       prefill_per_token_s=0.0001)
+    w = Workload(tasks=2, requests=11, rate=0, clients=1, order="cyclic", new_tokens=1, prompt_tokens=(100.0, 500.0))
+    r = simulate(RoundRobinRouter(1, ["t0", "t1"]), svc, w)
+    assert r.set_moves == 11 and r.mean_batch == 0.0  # no decode step ran (each would cost a second)
+    short, long = (0.002 + 0.01 + 0.0001 * n for n in (100.0, 500.0))
+    assert r.replica_s_per_request == pytest.approx((6 * short + 5 * long) / 11)
+    assert r.seconds == pytest.approx(6 * short + 5 * long + 11 * 0.005)  # one client: each waits for the last
+    # the longer prompt's requests are the slower ones
+    assert r.latency_p50 == pytest.approx(short + 0.005) and r.latency_p99 == pytest.approx(long + 0.005)
+
+
+def test_simulator_shared_cores_stretch_wall_time_not_the_replicas_work():
+    w = Workload(tasks=2, requests=10, rate=0, clients=1, order="cyclic", new_tokens=4)
+    own = simulate(RoundRobinRouter(1, ["t0", "t1"]), SERVICE, w)
+    half = simulate(RoundRobinRouter(1, ["t0", "t1"]), SERVICE, w, cores=0.5)  # one busy replica on half a core
+    assert half.replica_s_per_request == pytest.approx(own.replica_s_per_request)
+    outside = 10 * SERVICE.overhead_s  # one client: the requests' fixed latencies follow one another
+    assert half.seconds - outside == pytest.approx(2 * (own.seconds - outside))
+
+
+def test_fit_service_recovers_the_costs_bursts_were_made_of():
+    from benchmarks.bench_fleet import fit_service
+
+    tokens = {"a": 300.0, "b": 500.0}
+
+    def t1(n, d):  # overhead + n * fixed prefill + per token
+        return 0.02 + n * 0.01 + 0.0002 * n * tokens[d]
+
+    raw = []
+    for n in (1, 4, 8):
+        for m in (1, 16):
+            for d in tokens:
+                same = t1(n, d) + (m - 1) * (0.003 + 0.001 * n)
+                raw.append({"n": n, "new_tokens": m, "domain": d, "same_set_s": same, "after_move_s": same + 0.012,
+                            "set_moves": 1, "layer_swaps": 4})
+    fit = fit_service(raw, 16, tokens)
+    want = {"prefill_s": 0.01, "prefill_per_token_s": 0.0002, "step_s": 0.003, "step_per_row_s": 0.001,
+            "swap_s": 0.012, "overhead_s": 0.02, "layers_per_swap": 4.0}
+    assert fit == pytest.approx(want, abs=1e-9)
+    # recorded per burst instead: the prompt tokens, and the lone requests' time outside the engine as the overhead
+    recorded = [r | {"prompt_tokens": r["n"] * tokens[r["domain"]], "outside_s": 0.05} for r in raw]
+    assert fit_service(recorded, 16) == pytest.approx(want | {"overhead_s": 0.05}, abs=1e-9)
+    # without token counts the prefill is one figure per request again
+    assert fit_service(raw, 16)["prefill_per_token_s"] == 0.0

@@ -5,13 +5,17 @@ paying at 64 replicas and 64 tasks is a question of queues, batches and moves, w
 per-request costs measured on the real server. The model is built from the real parts, not a re-statement of
 them: each replica plans with the server's own `TaskScheduler` (serve/scheduler.py) and requests are placed by
 the same router objects the ingress uses (router.py). What it leaves out: HTTP and Ray overheads beyond the
-fixed per-request latency measured with them, and cores shared between replicas.
+fixed per-request latency measured with them, requests that end before `new_tokens` (an end-of-text token: 15.4
+of 16 new tokens on average on the demo's load), and what sharing cores costs beyond the share itself (caches,
+the interpreter lock).
 
-A replica's time: a set move costs `swap_s`; each admitted request is prefilled alone (`prefill_s`); a decode
-step of b rows costs `step_s + step_per_row_s * b`; a request is done after `new_tokens` steps. Clients send as
-in the load benchmark: Poisson arrivals through at most `clients` concurrent requests; latency runs from the send
-to the answer. NLL per token: a request served with its own task's set scores that task's measured oracle
-figure; one whose task was detected wrong (`accuracy`) scores the prune figure.
+A replica's time: a set move costs `swap_s`; each admitted request is prefilled alone, in `prefill_s` plus
+`prefill_per_token_s` per prompt token (its task's prompt length: the demo's domains run 295-495 tokens, and a
+prefill's cost follows them); a decode step of b rows costs `step_s + step_per_row_s * b`; a request is done
+after `new_tokens` steps. Clients send as in the load benchmark (bench_serve.load): the same Poisson arrival
+times for the same seed, through at most `clients` concurrent requests; latency runs from the send to the answer.
+NLL per token: a request served with its own task's set scores that task's measured oracle figure; one whose task
+was detected wrong (`accuracy`) scores the prune figure.
 """
 
 from __future__ import annotations
@@ -29,16 +33,20 @@ from lightmoe_cli.serve.scheduler import TaskScheduler, Waiting
 class ServiceModel:
     """A replica's costs in seconds (measured on the real server: benchmarks/bench_fleet.py, calibrate phase)."""
 
-    prefill_s: float  # one request's prefill (and its scoring, with echo)
+    prefill_s: float  # one request's prefill (and its scoring, with echo): the fixed part
     step_s: float  # a decode step's fixed cost
     step_per_row_s: float  # and what each row of the batch adds
     swap_s: float  # moving the resident set to another task
     overhead_s: float = 0.0  # per request, outside the replica (HTTP, ingress, Ray): latency only
     layers_per_swap: float = 1.0  # layer moves per set move (to compare with the servers' swap counters)
     cpu_outside_s: float = 0.0  # CPU seconds per request outside the replicas (ingress, proxy, client)
+    prefill_per_token_s: float = 0.0  # and what each prompt token adds
 
     def step(self, rows: int) -> float:
         return self.step_s + self.step_per_row_s * rows
+
+    def prefill(self, prompt_tokens: float) -> float:
+        return self.prefill_s + self.prefill_per_token_s * prompt_tokens
 
 
 @dataclass(frozen=True)
@@ -53,8 +61,15 @@ class Workload:
     order: str = "random"
     new_tokens: int = 16
     seed: int = 0
+    sequence: tuple[int, ...] = ()  # a measured task order to replay (overrides `order`)
+    prompt_tokens: tuple[float, ...] = ()  # prompt tokens per task (a task past them reuses them in turn)
 
     def task_sequence(self) -> list[int]:
+        if self.sequence:
+            if len(self.sequence) < self.requests or max(self.sequence) >= self.tasks:
+                raise ValueError(f"the replayed order has {len(self.sequence)} requests of tasks up to "
+                                 f"{max(self.sequence)}: needs {self.requests} of tasks below {self.tasks}")
+            return list(self.sequence[: self.requests])
         if self.order == "cyclic":
             return [i % self.tasks for i in range(self.requests)]
         rng = random.Random(self.seed)
@@ -66,8 +81,13 @@ class Workload:
         weights = [1.0 / (r + 1) ** self.zipf for r in range(self.tasks)]
         return rng.choices(range(self.tasks), weights=weights, k=self.requests)
 
+    def tokens_of(self, task: int) -> float:
+        return self.prompt_tokens[task % len(self.prompt_tokens)] if self.prompt_tokens else 0.0
+
     def arrivals(self) -> list[float]:
-        rng = random.Random(self.seed + 1)
+        """The load client's rule (bench_serve.load): exponential gaps from `random.Random(seed)`, so seed 0
+        gives the measured run's very send times."""
+        rng = random.Random(self.seed)
         out, t = [], 0.0
         for _ in range(self.requests):
             out.append(t)
@@ -108,6 +128,7 @@ class SimResult:
     reassignments: int
     overflow: int
     mean_batch: float
+    replica_s_per_request: float  # the replicas' own work per request, unstretched (vs measured replica CPU)
 
     def to_json(self) -> dict:
         return dict(self.__dict__)
@@ -135,6 +156,7 @@ class _Replica:
     moves: int = 0
     steps: int = 0
     rows_stepped: int = 0
+    work_s: float = 0.0  # its costs, before stretching
 
 
 def percentile(xs: list[float], q: float) -> float:
@@ -201,24 +223,27 @@ def simulate(router: Router, service: ServiceModel, workload: Workload, max_batc
         waiting = [Waiting(r.id, f"t{r.label}", r.sent) for r in rep.waiting.values()]
         plan = rep.scheduler.plan(waiting, rep.current, len(rep.rows), now)
         f = stretch(now)
-        t = now
+        work = 0.0
         if plan.switch_to is not None and not rep.rows:
-            t += service.swap_s * f
+            work += service.swap_s
             rep.current = plan.switch_to
             rep.moves += 1
         for rid in plan.admit:
             if len(rep.rows) >= max_batch:
                 break
             r = rep.waiting.pop(rid)
-            t += service.prefill_s * f
+            work += service.prefill(workload.tokens_of(r.task))
             r.left = workload.new_tokens - 1  # the prefill samples the first new token
             rep.rows.append(r)
-        if rep.rows:
-            t += service.step(len(rep.rows)) * f
+        if any(r.left > 0 for r in rep.rows):  # a request of one new token is done at its prefill
+            work += service.step(len(rep.rows))
             rep.steps += 1
             rep.rows_stepped += len(rep.rows)
             for r in rep.rows:
                 r.left -= 1
+        rep.work_s += work
+        t = now + work * f
+        if rep.rows:
             finished = [r for r in rep.rows if r.left <= 0]
             rep.rows = [r for r in rep.rows if r.left > 0]
             for r in finished:
@@ -259,4 +284,4 @@ def simulate(router: Router, service: ServiceModel, workload: Workload, max_batc
                      moves * service.layers_per_swap / max(n, 1),
                      nll_sum / tokens if tokens else None, prune_sum / tokens if tokens else None,
                      router.reassignments, router.reasons.get("overflow", 0),
-                     sum(r.rows_stepped for r in reps) / max(stepped, 1))
+                     sum(r.rows_stepped for r in reps) / max(stepped, 1), sum(r.work_s for r in reps) / max(n, 1))
