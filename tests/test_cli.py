@@ -50,3 +50,29 @@ def test_demo_model_short_names_resolve_and_a_missing_one_names_its_recipe(monke
     monkeypatch.setitem(loading.DEMO_MODELS, "demo-upcycled", tmp_path / "absent")
     with pytest.raises(LightMoEError, match="demo-upcycled.*--recipe recipes/training/demo-moe-upcycled.yaml"):
         loading.resolve_model("demo-upcycled")
+
+
+def test_exit_fast_runs_exit_handlers_flushes_and_keeps_the_code():
+    """The console entry skips only the interpreter's module teardown: atexit handlers run, buffered output is
+    written, the exit code is kept; an exit message, or a live non-daemon thread, takes the normal way out."""
+    code = ("import atexit, sys\nfrom lightmoe_cli.cli import exit_fast\n"
+            "atexit.register(lambda: print('handler ran'))\nsys.stdout.write('buffered ')\nexit_fast(3)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 3 and r.stdout == "buffered handler ran\n"
+    from lightmoe_cli.cli import exit_fast
+
+    with pytest.raises(SystemExit) as e:
+        exit_fast("a message")
+    assert e.value.code == "a message"
+    import threading
+
+    stop = threading.Event()
+    t = threading.Thread(target=stop.wait)
+    t.start()
+    try:
+        with pytest.raises(SystemExit) as e:
+            exit_fast(0)
+        assert e.value.code == 0
+    finally:
+        stop.set()
+        t.join()

@@ -74,6 +74,17 @@ def test_text_classifier_names_held_out_documents_and_round_trips_without_pickle
     assert loaded.predict("   ") == (None, 0.0)
 
 
+def test_training_chunks_take_every_documents_start_first():
+    from lightmoe_cli.bundle.task_classifier import CHUNK_CHARS
+
+    docs = ["a" * (3 * CHUNK_CHARS), "b" * CHUNK_CHARS, "   ", "c" * (2 * CHUNK_CHARS)]
+    got = chunks(iter(docs), max_chunks=5)  # a generator is read as far as needed
+    assert [c[0] for c in got] == ["a", "b", "c", "a", "c"]
+    assert all(len(c) == CHUNK_CHARS for c in got)
+    assert [c[0] for c in chunks(docs)] == ["a", "b", "c", "a", "c", "a"]  # everything when under the cap
+    assert chunks([]) == [] and chunks(["  "]) == []
+
+
 def test_two_class_classifier_gives_probabilities_that_sum_to_one():
     clf = train_text_classifier({d: chunks(generate_documents(d, 30, seed=2)) for d in ("arithmetic", "strings")})
     task, p = clf.predict(generate_documents("arithmetic", 1, seed=7)[0])

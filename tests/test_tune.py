@@ -236,6 +236,23 @@ def test_bad_input_memory_below_the_non_expert_weights(tiny_moe, prof, tmp_path)
     assert not out.exists()
 
 
+def test_bad_input_memory_below_top_k_experts_per_layer(tiny_moe, prof, tmp_path):
+    out = tmp_path / "b"  # top-2 of 8 experts: a layer needs 25% of its experts at least
+    _one_error_line(_tune(tiny_moe, prof, out, "--memory", "20%"), "use at least 25.0% of the expert weights")
+    assert not out.exists() and not out.with_name("b.tune.json").exists()
+
+
+def test_tiny_tune_leaves_out_budget_steps_below_top_k(tiny_moe, prof, tmp_path):
+    """At 25% (top-2 of 8) the 3/4 step would hold fewer than top-k experts per layer: it is not searched, where
+    every candidate would only fail to build."""
+    from lightmoe_cli.tune.request import run_tune
+
+    report = run_tune(_request(tiny_moe, prof, tmp_path / "p", memory="25%", policies=["prune"],
+                               activations=["none"], budget_steps=[1.0, 0.75]))
+    assert {f.candidate.budget for f in report.figures} == {0.25}
+    assert all(f.dropped is None or "cannot be built" not in f.dropped for f in report.figures)
+
+
 def test_bad_input_impossible_speed_target(tiny_moe, prof, tmp_path):
     out = tmp_path / "b"
     _one_error_line(_tune(tiny_moe, prof, out, "--memory", "50%", "--min-decode-tps", "1e15"),

@@ -279,7 +279,7 @@ def _task_jump(bundle: Bundle, spec):
 
 def build_runtime(bundle: Bundle, device: str = "cpu", check_every: int | None = None,
                   manager: bool = True, swap_rule: str | None = None, activation=None,
-                  io_bandwidth: float | None = None, manager_loads: str = "blocking") -> Runtime:
+                  io_bandwidth: float | None = None, manager_loads: str = "blocking", tokenizer=None) -> Runtime:
     """The bundle's model with only resident experts in memory, served as the bundle's policy says.
 
     manager=False serves a managed policy statically (its initial resident set, no swaps); swap_rule
@@ -288,7 +288,8 @@ def build_runtime(bundle: Bundle, device: str = "cpu", check_every: int | None =
     io_bandwidth (bytes/s) throttles every run-time expert read for real: a blocking cache stalls for it, a
     background loader overlaps it with compute; manager_loads="background" reads a managed policy's swaps on a
     background loader too, so a task change never stalls a request boundary (the old experts serve until the new
-    ones land)."""
+    ones land). tokenizer: the model's, already loaded (a caller that builds many runtimes of one model, tune,
+    saves reading it from the bundle each time)."""
     from transformers import AutoConfig, AutoTokenizer
 
     from lightmoe_cli.paths import offline
@@ -299,7 +300,7 @@ def build_runtime(bundle: Bundle, device: str = "cpu", check_every: int | None =
         raise LightMoEError(f"--manager-loads {manager_loads!r}: use blocking or background")
     offline()
     config = AutoConfig.from_pretrained(bundle.path / "model")
-    tokenizer = AutoTokenizer.from_pretrained(bundle.path / "model")
+    tokenizer = tokenizer or AutoTokenizer.from_pretrained(bundle.path / "model")
     spec = bundle.runtime_spec
     if swap_rule is not None and spec.manager is not None:
         spec = dataclasses.replace(spec, manager=dataclasses.replace(spec.manager, mode=swap_rule))

@@ -174,6 +174,21 @@ def _resident_fraction(memory: str, non_expert: float, routed: float, model: str
     return min(1.0, (value - non_expert) / routed)
 
 
+def _check_holds_top_k(memory: str, fraction: float, layers, non_expert: float, routed: float) -> float:
+    """Every candidate keeps at least top-k experts per MoE layer (a token's picks must have somewhere to go):
+    a memory below that is refused before the model loads, naming the least that works. Returns that least
+    share of the expert weights (smaller budget steps are left out of the grid)."""
+    from lightmoe_cli.fit.plans import GiB
+
+    need = max((m.top_k / m.num_experts for m in layers), default=0.0)
+    if fraction + 1e-9 >= need:
+        return need
+    total = non_expert + need * routed
+    size = f"{total / GiB:.2f} GiB" if total >= GiB else f"{total / 2**20:.1f} MiB"
+    raise LightMoEError(f"--memory {memory} holds fewer than top-k experts per MoE layer: use at least "
+                        f"{need:.1%} of the expert weights (--memory {size} in all)")
+
+
 def _heldout_docs(prof, tokenizer, docs_per_task: int, doc_tokens: int) -> dict[str, list[str]]:
     """Per task, the recipe's documents past the tokens the profile read (its manifest records them), each cut
     to `doc_tokens` tokens."""
@@ -296,8 +311,10 @@ def run_tune(req: TuneRequest, progress=None) -> TuneReport:
     prof = load_profile(prof_path)
     model = req.model or prof.model.name_or_path
     config, folder = read_config(model)
-    sizes, _ = sizes_of(count_model(config, folder), "fp32", 1)
+    counted = count_model(config, folder)
+    sizes, _ = sizes_of(counted, "fp32", 1)
     fraction = _resident_fraction(req.memory, sizes.non_expert, sizes.routed, str(model))
+    floor = _check_holds_top_k(req.memory, fraction, counted.moe_layers, sizes.non_expert, sizes.routed)
     if req.min_decode_tps is not None:
         from lightmoe_cli.fit.probe import probe_memory_bandwidth
 
@@ -323,7 +340,8 @@ def run_tune(req: TuneRequest, progress=None) -> TuneReport:
         budgets = [1.0]
     else:
         policies = {p: POLICY_SETTINGS.get(p, [{}]) for p in req.policies if p != "full"}
-        budgets = sorted({round(fraction * s, 4) for s in req.budget_steps}, reverse=True)
+        budgets = sorted({round(fraction * s, 4) for s in req.budget_steps if fraction * s + 1e-9 >= floor},
+                         reverse=True)
     refused = {p for p in policies if get_policy(p).per_token_refusal}
     per_token = {r for r in ACTIVATION_RULES if ACTIVATION_RULES.get(r).per_token}
     candidates = grid(policies, budgets, activations, refused, per_token)
@@ -371,8 +389,17 @@ def run_tune(req: TuneRequest, progress=None) -> TuneReport:
                 seconds["build"] += time.perf_counter() - t0
             return plans[key]
 
+        loaded: dict[Path, Any] = {}
+
+        def built(c: Candidate):
+            """The candidate's bundle, read once (its manifest holds every task's statistics)."""
+            path = bundle_for(c)
+            if path not in loaded:
+                loaded[path] = load_bundle(path, verify=False)
+            return loaded[path]
+
         def runtime_for(c: Candidate):
-            return build_runtime(load_bundle(bundle_for(c), verify=False), activation=plan_for(c))
+            return build_runtime(built(c), activation=plan_for(c), tokenizer=tok)
 
         # the full model's NLL of every document (it has no state: order does not matter), the reference each
         # increase is measured from
@@ -416,8 +443,8 @@ def run_tune(req: TuneRequest, progress=None) -> TuneReport:
                     figures[c].dropped = f"halving: not in the best {keep} on {schedule[r - 1][1] * len(docs)} docs"
             for c in alive:
                 try:
-                    built = load_bundle(bundle_for(c), verify=False)
-                    if not _has_state(built.runtime_spec):
+                    bundle = built(c)
+                    if not _has_state(bundle.runtime_spec):
                         memo.setdefault(c, {})
                     t0 = time.perf_counter()
                     stream = _stream({t: v[:n] for t, v in docs.items()}, block)
@@ -430,11 +457,15 @@ def run_tune(req: TuneRequest, progress=None) -> TuneReport:
                 tokens = sum(t for _, t in scores)
                 reference = sum(full_nll[(r.domain, r.text)][0] for r in stream)
                 figures[c].nll_increase[n * len(docs)] = (sum(s for s, _ in scores) - reference) / tokens
-                figures[c].memory_bytes = sizes.non_expert + built.manifest.budget.resident_expert_bytes
-                figures[c].moving_parts = int(_has_state(built.runtime_spec))
+                figures[c].memory_bytes = sizes.non_expert + bundle.manifest.budget.resident_expert_bytes
+                figures[c].moving_parts = int(_has_state(bundle.runtime_spec))
                 if progress is not None:
                     progress.advance(task, n * len(docs))
         last = {c: figures[c].nll for c in alive if figures[c].dropped is None}
+        if not last:
+            why_not = next(f.dropped for f in figures.values() if f.dropped and f.dropped.startswith("cannot be"))
+            raise LightMoEError(f"--memory {req.memory}: no configuration can be built "
+                                f"({why_not.removeprefix('cannot be built: ')}); give it more memory. Nothing written")
         # the grid times every candidate (its frontier is the whole grid's); tune only its finalists
         finalists = keep_best(last, len(last) if req.exhaustive else req.finalists)
         for c in alive:
@@ -482,7 +513,7 @@ def run_tune(req: TuneRequest, progress=None) -> TuneReport:
             # task-aware's best against prune at the same budget, by run length: the advice's evidence
             best = min(managed, key=lambda f: f.nll).candidate
             prune = Candidate("prune", best.budget)
-            if not _has_state(load_bundle(bundle_for(prune), verify=False).runtime_spec):
+            if not _has_state(built(prune).runtime_spec):
                 memo.setdefault(prune, {})
             sub = {t: v[:min(per_task, max(SWEEP_LENGTHS))] for t, v in docs.items()}
 

@@ -143,7 +143,9 @@ def choose(finalists: list[Figures], min_decode_tps: float | None = None,
     """The pick and why. With a speed target: the lowest NLL increase among those that reach it; with an NLL
     target: the fastest among those within it; else the lowest NLL increase (ties: the faster). None when no
     finalist meets the target (the reason says by how far)."""
-    done = [f for f in finalists if f.nll is not None]
+    done = [f for f in finalists if f.nll is not None and math.isfinite(f.nll)]
+    if not done:
+        return None, "no configuration could be built at this memory"
     if min_decode_tps is not None:
         ok = [f for f in done if (f.decode_tps or 0.0) >= min_decode_tps]
         if not ok:
