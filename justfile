@@ -85,6 +85,10 @@ bench-large: setup
 fit-rss: setup
     {{py}} benchmarks/fit_rss.py --model demo --model olmoe-2L --budgets 0.25,0.5,0.75
 
+# `lightmoe tune` against the exhaustive grid at 25/50/75% (docs/tune.md): wall ratio and the pick, ~15 min
+bench-tune: corpus
+    {{py}} benchmarks/bench_tune.py
+
 # Load test of `lightmoe serve` (docs/serving.md): the openai client, 16 clients, 200 interleaved held-out
 # documents; full, prune, task-aware FIFO+jump, task scheduling and the oracle at 25% and 50%; task detection
 # accuracy, the quality meter against real damage, one request alone vs `run` (about 15 minutes on 2 cores).
