@@ -63,6 +63,23 @@ def nll_at(data: dict, name: str) -> float | None:
     return None
 
 
+def nested_check(grid: dict) -> dict:
+    """Per serving (policy, parameters, activation rule): did the grid's largest budget score a lower NLL than
+    every smaller one? The rule tune prunes by without a target (tune/request.py:_nested_pruned)."""
+    by_serving: dict[str, list[tuple[float, float]]] = {}
+    for c in grid["candidates"]:
+        key = json.dumps([c["policy"], c["params"], c["activation"], c["active"]])
+        if c["nll_increase"]:
+            by_serving.setdefault(key, []).append((c["budget"], nll_at(grid, c["name"])))
+    pairs = held = 0
+    for points in by_serving.values():
+        top_budget, top_nll = max(points)
+        for b, nll in points:
+            if b < top_budget:
+                pairs, held = pairs + 1, held + (top_nll <= nll)
+    return {"pairs": pairs, "larger_budget_lower_nll": held}
+
+
 def compare(tune: dict, grid: dict) -> dict:
     """One memory, one repeat: wall ratio, and tune's pick judged on the grid's documents."""
     best = min((c for c in grid["tune_json"]["candidates"] if c["nll_increase"]),
@@ -73,7 +90,11 @@ def compare(tune: dict, grid: dict) -> dict:
             "tune_pick": pick, "tune_pick_nll_on_grid_docs": pick_nll, "grid_best": best["name"],
             "grid_best_nll": best_nll, "pick_gap_nats": pick_nll - best_nll,
             "tune_seconds": tune["tune_json"]["seconds"], "grid_seconds": grid["tune_json"]["seconds"],
-            "tune_rungs": tune["tune_json"]["rungs"], "grid_documents": grid["tune_json"]["documents"]}
+            "tune_rungs": tune["tune_json"]["rungs"], "grid_documents": grid["tune_json"]["documents"],
+            "tune_pruned": tune["tune_json"]["pruned_before_measuring"],
+            # every grid candidate's NLL increase on all the grid's documents: what a nested budget step scored
+            "grid_nll": {c["name"]: nll_at(grid["tune_json"], c["name"]) for c in grid["tune_json"]["candidates"]},
+            "nested_check": nested_check(grid["tune_json"])}
 
 
 def main() -> None:

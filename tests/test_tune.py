@@ -173,16 +173,39 @@ def test_tiny_tune_scores_a_stateless_candidates_documents_once(tiny_moe, prof, 
         return real(rt, stream)
 
     monkeypatch.setattr(tr, "_score", counting)
-    report = tr.run_tune(_request(tiny_moe, prof, tmp_path / "p", policies=["prune"], activations=["none"],
-                                  budget_steps=[1.0, 0.75], eta=2, finalists=1))
+    report = tr.run_tune(_request(tiny_moe, prof, tmp_path / "p", policies=["prune"],
+                                  activations=["none", "topk:0.5"], budget_steps=[1.0], eta=2, finalists=1))
     assert [k for k, _ in report.rungs] == [2, 1] and report.rungs[-1][1] > report.rungs[0][1]
     # the full reference reads every document once, and so does each prune candidate over all its rungs: a
-    # first-rung document is read 3 times (full, both budgets), not 4 (the survivor again in the second rung)
+    # first-rung document is read 3 times (full, both candidates), not 4 (the survivor again in the second rung)
     reads: dict[tuple[str, str], int] = {}
     for docs in seen.values():
         for d in docs:
             reads[d] = reads.get(d, 0) + 1
     assert max(reads.values()) == 3 and min(reads.values()) == 2
+
+
+def test_nested_budgets_leave_the_search_without_a_target():
+    from lightmoe_cli.tune.request import _nested_pruned
+
+    cands = [Candidate("prune", 0.5), Candidate("prune", 0.375), Candidate("prune", 0.375, "topk", 0.75),
+             Candidate("task-aware", 0.375, params=(("mode", "jump"),)),
+             Candidate("task-aware", 0.5, params=(("mode", "jump"),))]
+    kept, pruned = _nested_pruned(cands)
+    # the smaller budget goes only where the same serving (policy, its parameters, activation rule) runs larger
+    assert kept == [cands[0], cands[2], cands[4]]
+    assert [n for n, _ in pruned] == [cands[1].name, cands[3].name] and all("superset" in w for _, w in pruned)
+
+
+def test_tiny_tune_keeps_smaller_budgets_only_under_a_target(tiny_moe, prof, tmp_path):
+    from lightmoe_cli.tune.request import run_tune
+
+    kw = dict(policies=["prune"], activations=["none"], budget_steps=[1.0, 0.75])
+    plain = run_tune(_request(tiny_moe, prof, tmp_path / "a", **kw))
+    assert {f.candidate.budget for f in plain.figures} == {0.5}
+    assert any("nested" in why for _, why in plain.pruned)
+    targeted = run_tune(_request(tiny_moe, prof, tmp_path / "b", max_nll_increase=100.0, **kw))
+    assert {f.candidate.budget for f in targeted.figures} == {0.5, 0.375}
 
 
 def test_tiny_tune_targets_pick_among_the_timed(tiny_moe, prof, tmp_path):
