@@ -252,7 +252,7 @@ def main() -> None:
     if "detect" in phases:
         result["detect"] = detection(bundles[f"task-aware-{budgets[-1]}"], args.doc_chars)
     if "single" in phases:
-        result["single"] = single_request(bundles[f"task-aware-{budgets[-1]}"], args.threads)
+        result["single"] = single_request(bundles[f"task-aware-{budgets[-1]}"], args.threads, stream[0].text)
     if "load" in phases:
         harness.finish(rows, metrics, "lightmoe serve under load (x prune: throughput ratio)", result,
                        harness.options.results_dir / args.out)
@@ -353,64 +353,73 @@ def detection(bundle, doc_chars: int) -> dict:
     return out
 
 
-def single_request(bundle, threads: int, new_tokens: int = 64, repeats: int = 7,
+SHORT_PROMPT = "12 + 7 = 19\n45 - 3 = "
+
+
+def single_request(bundle, threads: int, document: str, new_tokens: int = 64, repeats: int = 7,
                    thread_counts: tuple[int, ...] = (1, 2)) -> dict:
     """One request alone: `run`'s generate_one (in this process) vs the server (its own process, streamed with
-    the openai client), interleaved, at each torch thread count (both sides the same). Why several counts: on a
-    2-core machine a server with 2 intra-op threads shares its cores with its HTTP loop and the client, which a
-    bare `run` does not; 1 thread shows the engine's own cost without that contention."""
+    the openai client), interleaved, at each torch thread count (both sides the same), for two prompts: a held-out
+    document as the load test sends (cut to --doc-chars), and a 12-token one, where the HTTP stack's round trip
+    is a large share of the first token's time. Why several thread counts: on a 2-core machine a server with 2
+    intra-op threads shares its cores with its HTTP loop and the client, which a bare `run` does not; 1 thread
+    shows the engine's own cost without that contention."""
     import openai
     import torch
 
     from lightmoe_cli.runtime.generate import generate_one
     from lightmoe_cli.runtime.loader import build_runtime
 
-    prompt = "12 + 7 = 19\n45 - 3 = "
+    prompts = {"document": document, "short": SHORT_PROMPT}
     rt = build_runtime(bundle)
-    out: dict = {"bound": 1.0, "repeats": repeats, "new_tokens": new_tokens, "threads": {}}
+    out: dict = {"bound": 1.0, "repeats": repeats, "new_tokens": new_tokens,
+                 "prompt_tokens": {k: len(rt.tokenizer(v).input_ids) for k, v in prompts.items()}, "prompts": {}}
     for t in sorted(set(thread_counts) | {threads}):
         torch.set_num_threads(t)
-        res: dict[str, list[tuple[float, float]]] = {"run": [], "serve": []}
+        res = {(k, side): [] for k in prompts for side in ("run", "serve")}
         rtt: list[float] = []
         with ServerProcess(bundle.path, t, "--schedule", "fifo") as srv:
             client = openai.OpenAI(base_url=srv.url + "/v1", api_key="none", max_retries=0)
             model = srv.model()
-            for _ in range(2):  # warm-up both sides
-                generate_one(rt, prompt, 8, [0])
-                client.completions.create(model=model, prompt=prompt, max_tokens=8, temperature=0)
+            for prompt in prompts.values():  # warm-up both sides
+                for _ in range(2):
+                    generate_one(rt, prompt, 8, [0])
+                    client.completions.create(model=model, prompt=prompt, max_tokens=8, temperature=0)
             for _ in range(repeats):
-                r = generate_one(rt, prompt, new_tokens, [0])
-                res["run"].append((r.prefill_s, r.new_tokens / r.decode_s if r.decode_s else 0.0))
-                t0 = time.perf_counter()
-                client.models.list()  # a request that does no model work: the HTTP stack's own round trip
-                rtt.append(time.perf_counter() - t0)
-                t0 = time.perf_counter()
-                first, n = None, 0
-                for chunk in client.completions.create(model=model, prompt=prompt, max_tokens=new_tokens,
-                                                       temperature=0, stream=True):
-                    if first is None and chunk.choices and chunk.choices[0].text:
-                        first = time.perf_counter()  # the first token is sent at once
-                    if chunk.usage is not None:  # the last chunk: tokens generated (deltas are coalesced)
-                        n = chunk.usage.completion_tokens
-                end = time.perf_counter()
-                res["serve"].append((first - t0, (n - 1) / (end - first) if n > 1 else 0.0))
+                for name, prompt in prompts.items():
+                    r = generate_one(rt, prompt, new_tokens, [0])
+                    res[name, "run"].append((r.prefill_s, r.new_tokens / r.decode_s if r.decode_s else 0.0))
+                    t0 = time.perf_counter()
+                    client.models.list()  # a request that does no model work: the HTTP stack's own round trip
+                    rtt.append(time.perf_counter() - t0)
+                    t0 = time.perf_counter()
+                    first, n = None, 0
+                    for chunk in client.completions.create(model=model, prompt=prompt, max_tokens=new_tokens,
+                                                           temperature=0, stream=True):
+                        if first is None and chunk.choices and chunk.choices[0].text:
+                            first = time.perf_counter()  # the first token is sent at once
+                        if chunk.usage is not None:  # the last chunk: tokens generated (deltas are coalesced)
+                            n = chunk.usage.completion_tokens
+                    end = time.perf_counter()
+                    res[name, "serve"].append((first - t0, (n - 1) / (end - first) if n > 1 else 0.0))
             srv.stop()
-        med = {k: (statistics.median(a for a, _ in v), statistics.median(b for _, b in v)) for k, v in res.items()}
-        out["threads"][str(t)] = {
-            "run": {"ttft_s": med["run"][0], "decode_tok_s": med["run"][1]},
-            "serve": {"ttft_s": med["serve"][0], "decode_tok_s": med["serve"][1]},
-            "decode_ratio": med["serve"][1] / med["run"][1], "ttft_ratio": med["run"][0] / med["serve"][0],
-            # a served first token cannot come sooner than the prefill plus one round trip of the HTTP stack
-            "http_round_trip_s": statistics.median(rtt),
-            "ttft_bound": med["run"][0] / (med["run"][0] + statistics.median(rtt)),
-            "raw": {k: [list(x) for x in v] for k, v in res.items()}}
+        trip = statistics.median(rtt)
+        for name in prompts:
+            med = {side: (statistics.median(a for a, _ in res[name, side]),
+                          statistics.median(b for _, b in res[name, side])) for side in ("run", "serve")}
+            out["prompts"].setdefault(name, {"threads": {}})["threads"][str(t)] = {
+                "run": {"ttft_s": med["run"][0], "decode_tok_s": med["run"][1]},
+                "serve": {"ttft_s": med["serve"][0], "decode_tok_s": med["serve"][1]},
+                "decode_ratio": med["serve"][1] / med["run"][1], "ttft_ratio": med["run"][0] / med["serve"][0],
+                # a served first token cannot come sooner than the prefill plus one round trip of the HTTP stack
+                "http_round_trip_s": trip, "ttft_bound": med["run"][0] / (med["run"][0] + trip),
+                "raw": {side: [list(x) for x in res[name, side]] for side in ("run", "serve")}}
     torch.set_num_threads(threads)
     rt.close()
-    mine = out["threads"][str(threads)]
-    out |= {k: mine[k] for k in ("run", "serve", "decode_ratio", "ttft_ratio", "ttft_bound")}
-    best_run = max(v["run"]["decode_tok_s"] for v in out["threads"].values())
-    best_serve = max(v["serve"]["decode_tok_s"] for v in out["threads"].values())
-    out["best_ratio"] = best_serve / best_run  # each side at its fastest thread count
+    for p in out["prompts"].values():
+        best_run = max(v["run"]["decode_tok_s"] for v in p["threads"].values())
+        best_serve = max(v["serve"]["decode_tok_s"] for v in p["threads"].values())
+        p["best_decode_ratio"] = best_serve / best_run  # each side at its fastest thread count
     return out
 
 
@@ -436,17 +445,21 @@ def print_extras(result: dict) -> None:
     if "detect" in result:
         c.print(f"detection: {result['detect']}")
     if "single" in result:
-        t = Table(title="one request alone: serve (own process, streamed) vs run (generate_one), 64 new tokens")
-        for col in ("threads", "run tok/s", "serve tok/s", "decode ratio", "run TTFT ms", "serve TTFT ms",
+        single = result["single"]
+        t = Table(title=f"one request alone: serve (own process, streamed) vs run (generate_one), "
+                        f"{single['new_tokens']} new tokens")
+        for col in ("prompt", "threads", "run tok/s", "serve tok/s", "decode ratio", "run TTFT ms", "serve TTFT ms",
                     "HTTP round trip ms", "TTFT ratio (bound)"):
             t.add_column(col)
-        for n, r in result["single"]["threads"].items():
-            t.add_row(n, f"{r['run']['decode_tok_s']:.0f}", f"{r['serve']['decode_tok_s']:.0f}",
-                      f"{r['decode_ratio']:.2f}x", f"{r['run']['ttft_s'] * 1e3:.1f}",
-                      f"{r['serve']['ttft_s'] * 1e3:.1f}", f"{r['http_round_trip_s'] * 1e3:.1f}",
-                      f"{r['ttft_ratio']:.2f}x ({r['ttft_bound']:.2f})")
+        for name, p in single["prompts"].items():
+            for n, r in p["threads"].items():
+                t.add_row(f"{name} ({single['prompt_tokens'][name]} tokens)", n, f"{r['run']['decode_tok_s']:.0f}",
+                          f"{r['serve']['decode_tok_s']:.0f}", f"{r['decode_ratio']:.2f}x",
+                          f"{r['run']['ttft_s'] * 1e3:.1f}", f"{r['serve']['ttft_s'] * 1e3:.1f}",
+                          f"{r['http_round_trip_s'] * 1e3:.1f}", f"{r['ttft_ratio']:.2f}x ({r['ttft_bound']:.2f})")
         c.print(t)
-        c.print(f"each at its fastest thread count: serve {result['single']['best_ratio']:.2f}x run")
+        c.print("each at its fastest thread count: " + ", ".join(
+            f"{name} serve {p['best_decode_ratio']:.2f}x run" for name, p in single["prompts"].items()))
 
 
 if __name__ == "__main__":

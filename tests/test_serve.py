@@ -109,6 +109,34 @@ def _post(server, path, body, **headers):
                       timeout=30)
 
 
+def test_without_stop_strings_text_is_decoded_per_delta_not_per_token(server, monkeypatch):
+    """The answer's text is the same whether the engine decodes it at every token (a stop string that never
+    matches forces that) or only when a delta goes out, and the second decodes fewer times than it generates."""
+    tok = server.server.engine.rt.tokenizer
+    calls = []
+    real = type(tok).decode
+
+    def counting(self, *a, **kw):
+        calls.append(1)
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(type(tok), "decode", counting)
+    monkeypatch.setattr(server.server.engine, "stream_interval_s", 10.0)  # one delta: the first token's
+    client = _client(server)
+    plain = client.completions.create(model=_name(server), prompt="12 + 7 = ", max_tokens=24, temperature=0)
+    per_plain = len(calls)
+    calls.clear()
+    stopped = client.completions.create(model=_name(server), prompt="12 + 7 = ", max_tokens=24, temperature=0,
+                                        stop=["never appears"])
+    assert plain.choices[0].text == stopped.choices[0].text
+    generated = plain.usage.completion_tokens
+    if generated > 3:
+        assert per_plain < generated <= len(calls)
+    streamed = "".join(c.choices[0].text for c in client.completions.create(
+        model=_name(server), prompt="12 + 7 = ", max_tokens=24, temperature=0, stream=True) if c.choices)
+    assert streamed == plain.choices[0].text
+
+
 @pytest.mark.parametrize("body,status,needle", [
     ("{not json", 400, "not valid JSON"),
     ({"prompt": 12}, 400, "prompt"),

@@ -190,12 +190,13 @@ class ExpertStore:
         self.bytes_read = 0
         self.io_bandwidth: float | None = None  # bytes/s: every read is slowed to it for real (a slow link)
 
-    def read(self, layer_index: int, expert: int) -> torch.Tensor:
-        """The expert's flat 1-D tensor (one positioned read, no memory map), throttled to `io_bandwidth`."""
+    def read(self, layer_index: int, expert: int, scratch: bytearray | None = None) -> torch.Tensor:
+        """The expert's flat 1-D tensor (one positioned read, no memory map), throttled to `io_bandwidth`. With
+        `scratch` it lies in that reused buffer (for a caller that copies it elsewhere before the next read)."""
         import time
 
         t0 = time.perf_counter()
-        flat = self._files[layer_index].read(f"e{expert}")
+        flat = self._files[layer_index].read(f"e{expert}", scratch)
         size = flat.numel() * flat.element_size()
         self.bytes_read += size
         throttle(t0, size, self.io_bandwidth)

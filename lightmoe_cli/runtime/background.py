@@ -49,13 +49,15 @@ class ReadyExpert:
 
 
 class BackgroundLoader:
-    def __init__(self, read: Callable[[int, int], torch.Tensor], max_pending: int = 8,
+    def __init__(self, read: Callable[..., torch.Tensor], max_pending: int = 8,
                  io_bandwidth: float | None = None, delay: Callable[[], float] | None = None,
-                 device: torch.device | str = "cpu"):
-        """read(layer, expert) -> flat tensor; max_pending: queued reads per loader (beyond it a request is
-        refused and counted); io_bandwidth: bytes/s to throttle to; delay: extra seconds per read (tests);
-        device: where the model runs (cuda: pinned buffers and a copy stream)."""
+                 device: torch.device | str = "cpu", reuse_buffer: bool = False):
+        """read(layer, expert[, scratch]) -> flat tensor; max_pending: queued reads per loader (beyond it a
+        request is refused and counted); io_bandwidth: bytes/s to throttle to; delay: extra seconds per read
+        (tests); device: where the model runs (cuda: pinned buffers and a copy stream); reuse_buffer: `read`
+        takes a scratch bytearray, and a staged (double-buffered) layer's reads go through one reused buffer."""
         self._read, self.io_bandwidth, self._delay = read, io_bandwidth, delay
+        self._reuse, self._scratch = reuse_buffer, bytearray()
         self.device = torch.device(device)
         self._stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         self._queue: queue.Queue = queue.Queue(maxsize=max_pending)
@@ -122,13 +124,16 @@ class BackgroundLoader:
             layer_index, expert = key
             t0 = time.perf_counter()
             try:
-                flat = self._read(layer_index, expert)
+                write = self._stages.get(layer_index)
+                # a staged read is copied into the spare row at once, so it may land in the reused buffer
+                flat = self._read(layer_index, expert, self._scratch) if write is not None and self._reuse \
+                    else self._read(layer_index, expert)
                 if self._delay is not None:
                     time.sleep(self._delay())
                 throttle(t0, flat.numel() * flat.element_size(), self.io_bandwidth)
-                write = self._stages.get(layer_index)
                 if write is not None:  # written into the spare row here, off the main thread
                     row, copied = write(expert, flat), None
+                    flat = flat.new_empty(0) if self._reuse else flat  # the buffer is reused: keep no view
                 else:
                     row, (flat, copied) = None, self._to_device(flat)
             except BaseException as e:  # reported to the main thread at its next take()

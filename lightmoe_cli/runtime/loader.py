@@ -250,7 +250,7 @@ def _background_loader(bundle: Bundle, spec, store: ExpertStore, device: str, ma
     # a task jump may queue a whole resident set at once: the manager's queue holds every expert
     pending = spec.max_pending or (8 if spec.serving == Serving.BACKGROUND else
                                    sum(lp.num_experts for lp in bundle.layers))
-    return BackgroundLoader(store.read, pending, device=device)  # the store throttles its reads
+    return BackgroundLoader(store.read, pending, device=device, reuse_buffer=True)  # the store throttles its reads
 
 
 def _layer_activation(activation, m) -> LayerActivation:
