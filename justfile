@@ -85,7 +85,7 @@ bench-large: setup
 fit-rss: setup
     {{py}} benchmarks/fit_rss.py --model demo --model olmoe-2L --budgets 0.25,0.5,0.75
 
-# `lightmoe tune` against the exhaustive grid at 25/50/75% (docs/tune.md): wall ratio and the pick, ~15 min
+# `lightmoe tune` against the exhaustive grid at 25/50/75% (docs/tune.md): wall ratio and the pick, ~27 min
 bench-tune: corpus
     {{py}} benchmarks/bench_tune.py
 
