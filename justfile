@@ -107,9 +107,9 @@ bench-fleet: corpus fleet-deps
 
 # The fleet simulation for K = 1..64 replicas and 8..64 tasks from bench-fleet's measurements, with its 1- and
 # 2-replica points beside the measured ones (seconds; JSON + PNG in benchmarks/results/sim_fleet.*): checked
-# against the quiet load run, with the calibrations of runs 1 and 2 (the quiet run has none of its own yet).
+# against the quiet load run, with that run's own quiet calibration.
 sim-fleet: setup
-    {{py}} benchmarks/sim_fleet.py --fleet benchmarks/results/fleet-quiet.json --calibrations benchmarks/results/fleet.json,benchmarks/results/fleet-run2.json
+    {{py}} benchmarks/sim_fleet.py --fleet benchmarks/results/fleet-quiet.json
 
 # Activation budgets on the same 1.05B model (docs/activation-budgets.md): every rule vs the full top-k, one
 # request and 8 together, each ratio beside its bound (about 16 minutes on 2 cores).

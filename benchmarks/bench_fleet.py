@@ -306,10 +306,10 @@ def fit_service(raw: list[dict], new_tokens: int, prompt_tokens: dict[str, float
     """Least squares over the same-set bursts. One new token: T(n) = overhead + n * prefill, plus
     prefill_per_token * (the burst's prompt tokens) when they are known (recorded per burst, or `prompt_tokens`
     per domain: a prefill's cost follows its prompt, 295-495 tokens across the demo's domains). Decode:
-    T(n, m) - T(n, 1) of the same documents = (m - 1) * (step + n * step_per_row), the median over domains per n.
-    A set move costs the median of (after a move) - (same set). The fixed latency outside the replica's engine
-    is the lone 1-token requests' median of latency - the replica's arrival-to-first-token where it was recorded,
-    else the first fit's intercept."""
+    T(n, m) - T(n, 1) of the same documents = (m - 1) * (step + n * step_per_row), the median over domains per n,
+    each n weighted by the inverse of its median deviation across domains. A set move costs the median of (after
+    a move) - (same set). The fixed latency outside the replica's engine is the lone 1-token requests' median of
+    latency - the replica's arrival-to-first-token where it was recorded, else the first fit's intercept."""
     import numpy as np
 
     def tokens(r: dict) -> float | None:
@@ -331,13 +331,20 @@ def fit_service(raw: list[dict], new_tokens: int, prompt_tokens: dict[str, float
     seen: dict[tuple, list[dict]] = {}
     for r in raw:
         seen.setdefault((r["n"], r["domain"], r["new_tokens"]), []).append(r)
-    per_n = []
+    per_n, spread = [], []
     for n in ns:
         diffs = [(b["same_set_s"] - a["same_set_s"]) / (new_tokens - 1)
                  for (n_, d, m), rs in seen.items() if n_ == n and m == new_tokens
                  for a, b in zip(seen.get((n, d, 1), []), rs, strict=False)]
         per_n.append(statistics.median(diffs))
-    step, per_row = np.linalg.lstsq(np.vstack([np.ones(len(ns)), ns]).T, np.array(per_n), rcond=None)[0]
+        spread.append(statistics.median(abs(x - per_n[-1]) for x in diffs))
+    # each size's median weighted by its precision: a lone request's decode is measured to ~0.1 ms per step, a
+    # burst of 4's as the difference of two 0.3 s bursts (the quiet run: median deviations 0.15, 2.3 and 1.4 ms per
+    # step for n = 1, 4, 8), and an unweighted line let the noisiest size set the 1-row step (2.4 ms against the
+    # lone requests' 2.8)
+    w = 1.0 / np.maximum(np.array(spread), max(max(spread) * 1e-3, 1e-12))
+    a = np.vstack([np.ones(len(ns)), ns]).T
+    step, per_row = np.linalg.lstsq(a * w[:, None], np.array(per_n) * w, rcond=None)[0]
     lone = [r["outside_s"] for r in one if r["n"] == ns[0] and r.get("outside_s") is not None]
     if lone:
         overhead = statistics.median(lone)

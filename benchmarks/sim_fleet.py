@@ -10,9 +10,11 @@ turn). First it replays the measured load (the same domain order, the client's o
 clients) at 1 and 2 replicas and prints the prediction beside the measurement; then the sweep. Table to the
 terminal, JSON to benchmarks/results/sim_fleet.json, plot to benchmarks/results/sim_fleet.png.
 
+The checks also give the time to first token (arrival at the replica to its first token: the replica's own
+meter, so it leaves out the ingress and the hops), which tells a replica's queue and prefill apart from the rest.
+
+    python benchmarks/sim_fleet.py --fleet benchmarks/results/fleet-quiet.json   # just sim-fleet
     python benchmarks/sim_fleet.py                    # reads benchmarks/results/fleet.json
-    python benchmarks/sim_fleet.py --fleet benchmarks/results/fleet-quiet.json \
-        --calibrations benchmarks/results/fleet.json,benchmarks/results/fleet-run2.json
 """
 
 from __future__ import annotations
@@ -36,8 +38,8 @@ CHECKS = {  # simulated point -> the measured config it must match
     (2, "round-robin"): "2 replicas round-robin 50%",
     (2, "affinity"): "2 replicas affinity 50%",
 }
-KEYS = ("requests_per_s", "latency_p50", "latency_p99", "set_moves_per_request", "nll_per_token",
-        "replica_s_per_request")
+KEYS = ("requests_per_s", "latency_p50", "latency_p99", "ttft_p50", "ttft_p99", "set_moves_per_request",
+        "nll_per_token", "replica_s_per_request")
 
 
 def prompt_tokens(fleet: dict) -> dict[str, float]:
@@ -189,7 +191,8 @@ def render(checks: list[dict], sweep: list[dict], args_cores: float = 2.0, react
 
     c = Console(width=170)
     t = Table(title="simulation vs measurement (the measured load replayed)")
-    for col in ("replicas", "router", "", "req/s", "p50 s", "p99 s", "set moves/req", "NLL/tok", "replica s/req"):
+    for col in ("replicas", "router", "", "req/s", "p50 s", "p99 s", "TTFT p50 s", "TTFT p99 s", "set moves/req",
+                "NLL/tok", "replica s/req"):
         t.add_column(col)
     shown = set()
     for ch in checks:
@@ -201,7 +204,9 @@ def render(checks: list[dict], sweep: list[dict], args_cores: float = 2.0, react
         rows.append((f"sim, {where}", ch["sim"]))
         for kind, v in rows:
             t.add_row(str(ch["replicas"]), ch["router"], kind, f"{v['requests_per_s']:.2f}", f"{v['latency_p50']:.2f}",
-                      f"{v['latency_p99']:.2f}", "-" if v["set_moves_per_request"] is None else
+                      f"{v['latency_p99']:.2f}", *("-" if v.get(x) is None else f"{v[x]:.3f}"
+                                                  for x in ("ttft_p50", "ttft_p99")),
+                      "-" if v["set_moves_per_request"] is None else
                       f"{v['set_moves_per_request']:.2f}", f"{v['nll_per_token']:.4f}",
                       "-" if v.get("replica_s_per_request") is None else f"{v['replica_s_per_request']:.3f}")
         r = ch["sim_over_measured"]

@@ -15,7 +15,7 @@ from lightmoe_cli.fleet.router import (
     imbalance,
     moves,
 )
-from lightmoe_cli.fleet.sim import Quality, ServiceModel, Workload, percentile, simulate
+from lightmoe_cli.fleet.sim import Quality, ServiceModel, Workload, percentile, replica_speed, simulate
 
 TASKS = [f"t{i}" for i in range(8)]
 
@@ -171,6 +171,17 @@ def test_simulator_shared_cores_stretch_the_replicas_costs():
     assert 0.4 * own.requests_per_s < one.requests_per_s < 0.55 * own.requests_per_s
 
 
+def test_simulator_two_busy_replicas_leave_the_outside_work_its_cores():
+    # two replicas always busy on 2 cores, outside work of 0.6 cores at their full speed: each gets (2 - D) / 2
+    # with D = throughput x CPU per request, so throughput x = 2 / (2 + 0.6) of a core each's (sharing in
+    # proportion to demand would give 0.81)
+    w = Workload(tasks=8, requests=600, rate=0, clients=16, order="shift")
+    own = simulate(RoundRobinRouter(2, TASKS), SERVICE, w)
+    svc = ServiceModel(0.02, 0.01, 0.001, 0.003, 0.01, 12, cpu_outside_s=0.6 / own.requests_per_s)
+    shared = simulate(RoundRobinRouter(2, TASKS), svc, w, cores=2)
+    assert shared.requests_per_s / own.requests_per_s == pytest.approx(2 / 2.6, abs=0.01)
+
+
 def test_workload_replays_the_load_clients_send_times_and_a_measured_order():
     # the load client (bench_serve.load) draws its gaps from random.Random(seed): seed 0 is the measured runs'
     rng, t, client = random.Random(0), 0.0, []
@@ -197,6 +208,19 @@ def test_simulator_prefill_follows_the_prompt_and_one_token_requests_need_no_dec
     assert r.seconds == pytest.approx(6 * short + 5 * long + 11 * 0.005)  # one client: each waits for the last
     # the longer prompt's requests are the slower ones
     assert r.latency_p50 == pytest.approx(short + 0.005) and r.latency_p99 == pytest.approx(long + 0.005)
+    # the first token comes at the end of the request's prefill: the fixed latency outside the replica is not in it
+    assert r.ttft_p50 == pytest.approx(short) and r.ttft_p99 == pytest.approx(long)
+
+
+def test_replica_speed_serves_the_outside_work_first():
+    # the probe on this machine (bench_core_share.py): two replicas beside 0.34 cores of bursty work got 0.82 cores
+    # each; the rule gives (2 - 0.34) / 2, below sharing in proportion to demand (2 / 2.34)
+    two = replica_speed(2.0, 2, 0.34)
+    assert two == pytest.approx(0.83) and two < 2.0 / 2.34
+    # one replica, or no other work: a core each (measured: 1.00 and 0.995)
+    assert replica_speed(2.0, 1, 0.33) == 1.0 and replica_speed(2.0, 2, 0.0) == 1.0 and replica_speed(2.0, 0, 5) == 1
+    # the other work takes no more than one more computing process would: replicas are never starved
+    assert replica_speed(2.0, 2, 5.0) == pytest.approx(2.0 / 3) and replica_speed(1.0, 2, 0.1) == pytest.approx(0.45)
 
 
 def test_simulator_shared_cores_stretch_wall_time_not_the_replicas_work():
@@ -232,3 +256,25 @@ def test_fit_service_recovers_the_costs_bursts_were_made_of():
     assert fit_service(recorded, 16) == pytest.approx(want | {"overhead_s": 0.05}, abs=1e-9)
     # without token counts the prefill is one figure per request again
     assert fit_service(raw, 16)["prefill_per_token_s"] == 0.0
+
+
+def test_fit_service_weights_each_burst_size_by_its_spread():
+    # a lone request's decode is measured to a few microseconds per step; a burst of 4 is the difference of two long
+    # bursts, here off by 2 ms per step at its median and spread over 8 ms: the fit keeps the 1-row step the lone
+    # requests measured (unweighted, the noisy size would move it by ~1 ms)
+    from benchmarks.bench_fleet import fit_service
+
+    domains = [f"d{i}" for i in range(8)]
+    jitter = [-2e-5, -1e-5, 0.0, 0.0, 1e-5, 1e-5, 2e-5, 0.0]
+    noise4 = [-0.004, -0.003, -0.0025, -0.002, -0.002, 0.0, 0.003, 0.004]
+    raw = []
+    for n in (1, 4, 8):
+        for i, d in enumerate(domains):
+            t1 = 0.02 + 0.07 * n
+            step = 0.003 + 0.001 * n + (noise4[i] if n == 4 else jitter[i])
+            for m, t in ((1, t1), (16, t1 + 15 * step)):
+                raw.append({"n": n, "new_tokens": m, "domain": d, "same_set_s": t, "after_move_s": t + 0.01,
+                            "set_moves": 1, "layer_swaps": 4})
+    fit = fit_service(raw, 16)
+    assert fit["step_s"] + fit["step_per_row_s"] == pytest.approx(0.004, abs=5e-5)
+    assert fit["step_s"] + 8 * fit["step_per_row_s"] == pytest.approx(0.011, abs=5e-5)

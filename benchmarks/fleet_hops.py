@@ -1,0 +1,152 @@
+"""Where a fleet request's time went, per request and per hop, from Ray Serve's own access logs.
+
+Why: the load client keeps one latency per request; the fleet simulator's 2-replica check needs to know whether
+the time the model misses sits outside the replicas (client, Ray's HTTP proxy, the ingress, the hops between
+them) or inside a replica. Ray Serve logs every request once per deployment it passes, with the same request id:
+the proxy's time, the ingress's, and the replica call's (which replica, when it ended). Those three per request
+give the hops (proxy - ingress, ingress - replica call) and each replica's arrivals and time in flight.
+
+Input: one Ray session per measured configuration (`/tmp/ray/session_*`, the load phase starts one fleet, so one
+session, per configuration); optionally bench_fleet.py's results, for the replicas' CPU seconds per request
+(then: the cores a replica got while the other was in flight too). Output: a JSON of per-request records and a
+summary per configuration.
+
+    python benchmarks/fleet_hops.py --fleet benchmarks/results/fleet-quiet.json \
+        "2 replicas round-robin 50%=/tmp/ray/session_2026-12-01_10-00-43_777955_17248" ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from datetime import datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.harness import RESULTS, write_json  # noqa: E402
+from lightmoe_cli.fleet.sim import percentile  # noqa: E402
+
+# INFO 2026-12-01 10:00:55,172 proxy 192.0.2.2 <request id> -- POST / 200 139.7ms
+# INFO 2026-12-01 10:00:55,166 lightmoe_replica-0 v8dpljm6 <request id> -- CALL call OK 118.6ms
+LINE = re.compile(r"^INFO (\S+ \S+) (\S+) \S+ (\S+) -- (?:POST / 200|CALL call OK) ([\d.]+)ms")
+
+
+def read_session(session: Path) -> list[dict]:
+    """Per answered request, sorted by arrival at the proxy: its arrival (s from the first), and per hop its time
+    (proxy, ingress, replica call), which replica served it, and when the replica call began."""
+    hops: dict[str, dict] = {}
+    for path in sorted((session / "logs" / "serve").glob("*.log")):
+        for line in path.read_text(errors="replace").splitlines():
+            m = LINE.match(line)
+            if not m:
+                continue
+            stamp, who, rid, ms = m.groups()
+            end = datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
+            role = "proxy" if who == "proxy" else "ingress" if who.endswith("ingress") else "replica"
+            rec = hops.setdefault(rid, {})
+            rec[role] = (end - float(ms) / 1000, float(ms) / 1000)  # (start, seconds)
+            if role == "replica":
+                rec["replica_name"] = who.split("_", 1)[-1]
+    recs = sorted((r for r in hops.values() if {"proxy", "ingress", "replica"} <= r.keys()),
+                  key=lambda r: r["proxy"][0])
+    if not recs:
+        raise SystemExit(f"{session}: no request found in Ray Serve's access logs (logs/serve/*.log)")
+    t0 = recs[0]["proxy"][0]
+    return [{"arrival_s": round(r["proxy"][0] - t0, 4), "proxy_s": r["proxy"][1], "ingress_s": r["ingress"][1],
+             "replica": r["replica_name"], "replica_start_s": round(r["replica"][0] - t0, 4),
+             "replica_s": r["replica"][1]} for r in recs]
+
+
+def in_flight(recs: list[dict]) -> dict[str, list[tuple[float, float]]]:
+    """Per replica, the merged intervals during which it had at least one call in flight."""
+    out: dict[str, list[tuple[float, float]]] = {}
+    for r in sorted(recs, key=lambda r: r["replica_start_s"]):
+        s, e = r["replica_start_s"], r["replica_start_s"] + r["replica_s"]
+        ivs = out.setdefault(r["replica"], [])
+        if ivs and s <= ivs[-1][1]:
+            ivs[-1] = (ivs[-1][0], max(ivs[-1][1], e))
+        else:
+            ivs.append((s, e))
+    return out
+
+
+def overlap(a: list[tuple[float, float]], b: list[tuple[float, float]]) -> float:
+    return sum(max(0.0, min(e, e2) - max(s, s2)) for s, e in a for s2, e2 in b)
+
+
+def summarise(recs: list[dict], replica_cpu_s: float | None = None) -> dict:
+    """Percentiles per hop; per replica its time in flight; with two replicas, the time both were in flight and
+    (given the replicas' CPU seconds) the cores a replica got while the other was in flight too, taking one core
+    while alone."""
+
+    def pcts(xs: list[float]) -> dict:
+        return {f"p{q}": percentile(xs, q / 100) for q in (10, 50, 90, 99)}
+
+    out = {"requests": len(recs),
+           "proxy_s": pcts([r["proxy_s"] for r in recs]),
+           "replica_call_s": pcts([r["replica_s"] for r in recs]),
+           # time spent in the proxy and the ingress and on the hops between them and the replica
+           "outside_replica_s": pcts([r["proxy_s"] - r["replica_s"] for r in recs]),
+           "proxy_minus_ingress_s": pcts([r["proxy_s"] - r["ingress_s"] for r in recs]),
+           "ingress_minus_replica_s": pcts([r["ingress_s"] - r["replica_s"] for r in recs])}
+    # a replica call by what else its replica held: calls already in flight when it began, calls begun during it
+    by: dict[str, list[float]] = {}
+    for r in recs:
+        s, e = r["replica_start_s"], r["replica_start_s"] + r["replica_s"]
+        same = [(x["replica_start_s"], x["replica_start_s"] + x["replica_s"]) for x in recs
+                if x["replica"] == r["replica"] and x is not r]
+        before, during = sum(s2 < s < e2 for s2, e2 in same), sum(s < s2 < e for s2, _ in same)
+        by.setdefault(f"before {min(before, 2)}{'+' if before >= 2 else ''}, during {min(during, 2)}"
+                      f"{'+' if during >= 2 else ''}", []).append(r["replica_s"])
+    out["replica_call_by_company_s"] = {k: {"requests": len(v), "p50": round(percentile(v, 0.5), 4)}
+                                         for k, v in sorted(by.items())}
+    flight = in_flight(recs)
+    out["in_flight_s"] = {k: sum(e - s for s, e in v) for k, v in flight.items()}
+    if len(flight) == 2:
+        both = overlap(*flight.values())
+        out["both_in_flight_s"] = both
+        if replica_cpu_s is not None:
+            alone = sum(out["in_flight_s"].values()) - 2 * both
+            out["replica_cpu_s"] = replica_cpu_s
+            out["cores_each_while_both_in_flight"] = (replica_cpu_s - alone) / (2 * both) if both > 0 else None
+    elif replica_cpu_s is not None:
+        out["replica_cpu_s"] = replica_cpu_s
+        out["cores_while_in_flight"] = replica_cpu_s / sum(out["in_flight_s"].values())
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("sessions", nargs="+", help="LABEL=RAY_SESSION_DIR, one per configuration (the label as in "
+                    "bench_fleet.py's results)")
+    ap.add_argument("--fleet", type=Path, help="bench_fleet.py's results (for the replicas' CPU seconds)")
+    ap.add_argument("--out", type=Path, default=RESULTS / "fleet-quiet-hops.json")
+    args = ap.parse_args()
+    fleet = json.loads(args.fleet.read_text()) if args.fleet else {}
+    payload: dict = {"fleet": str(args.fleet) if args.fleet else None, "configs": {}}
+    for item in args.sessions:
+        label, _, session = item.partition("=")
+        recs = read_session(Path(session))
+        load = fleet.get("load", {}).get(label, {})
+        cpu = (load.get("cpu_s_per_request") or {}).get("replicas")
+        summary = summarise(recs, cpu * load["answered"] if cpu is not None else None)
+        payload["configs"][label] = {"session": Path(session).name, "summary": summary, "requests": recs}
+        s = summary
+        print(f"{label}: replica call p50 {s['replica_call_s']['p50']:.3f} p99 {s['replica_call_s']['p99']:.3f} s; "
+              f"outside it p50 {s['outside_replica_s']['p50'] * 1e3:.0f} ms p99 "
+              f"{s['outside_replica_s']['p99'] * 1e3:.0f} ms; in flight "
+              + ", ".join(f"{k} {v:.1f} s" for k, v in s["in_flight_s"].items())
+              + (f"; both {s['both_in_flight_s']:.1f} s" if "both_in_flight_s" in s else "")
+              + (f"; cores each while both {s['cores_each_while_both_in_flight']:.2f}"
+                 if s.get("cores_each_while_both_in_flight") is not None else ""))
+    write_json(args.out, payload)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
