@@ -152,12 +152,10 @@ def _write_expert_store(adapter, layers, folder: Path, meta: dict[str, str], pro
 
 
 def build_bundle(prof: Profile, model, tokenizer, model_name: str, out: Path, opts: BuildOptions | ResolvedBuild,
-                 progress=None, force: bool = False, task_classifier=True) -> Bundle:
+                 progress=None, force: bool = False, task_classifier: bool = True) -> Bundle:
     """Write the bundle for `opts.policy` into `out` (via `<out>.tmp`, swapped in at the end; an `out` that is not
-    a bundle is replaced only with `force`). `task_classifier`: True trains the serving detector of a bundle with
-    task sets from the profile's text; a TextClassifier (from `profile_text_classifier`) is stored as given; False
-    skips it (seconds of training): for bundles that are only scored, never served (`lightmoe tune`'s
-    candidates)."""
+    a bundle is replaced only with `force`). `task_classifier=False` skips the serving detector (seconds of
+    training): for bundles that are only scored, never served (`lightmoe tune`'s candidates)."""
     from lightmoe_cli.bundle.transforms import WEIGHT_TRANSFORMS, TransformInputs
     from lightmoe_cli.models import get_adapter
     from lightmoe_cli.replace.construct import expert_shape
@@ -226,7 +224,7 @@ def _copy_predictor(src: Path, dst: Path) -> None:
 def _write_bundle(tmp: Path, out: Path, prof: Profile, model, tokenizer, adapter, layers, identity,
                   opts: ResolvedBuild, plan: BundlePlan, budget: BudgetRecord, progress, activation,
                   replacement: ReplacementRecord | None = None, overrides: dict | None = None,
-                  force: bool = False, task_classifier=True) -> None:
+                  force: bool = False, task_classifier: bool = True) -> None:
     policy, params = opts.policy, opts.params
     meta = {FINGERPRINT_KEY: identity.fingerprint}
     (tmp / "model").mkdir(parents=True)
@@ -240,13 +238,11 @@ def _write_bundle(tmp: Path, out: Path, prof: Profile, model, tokenizer, adapter
         save_tensors({f"layer.{m.layer_index}": prof.similarity(m.layer_index, kind).float() for m in layers},
                      tmp / "similarity.safetensors", meta)
 
-    if plan.task_resident and task_classifier is not False:
-        if task_classifier is True:
-            task_classifier = profile_text_classifier(prof)
-        if task_classifier is not None:
-            from lightmoe_cli.bundle.task_classifier import FOLDER
+    classifier = profile_text_classifier(prof) if plan.task_resident and task_classifier else None
+    if classifier is not None:
+        from lightmoe_cli.bundle.task_classifier import FOLDER
 
-            task_classifier.save(tmp / FOLDER, meta)
+        classifier.save(tmp / FOLDER, meta)
     manifest = BundleManifest(
         kind=BundleManifest.KIND, schema_version=SCHEMA_VERSION, created=BundleManifest.now(), model=identity,
         versions=library_versions(), policy=policy.name, params=params.to_json(), ranking=opts.ranking,
@@ -261,8 +257,7 @@ def _write_bundle(tmp: Path, out: Path, prof: Profile, model, tokenizer, adapter
 
 def profile_text_classifier(prof: Profile):
     """The serving detector of a bundle with task sets, trained on the profile's calibration text; None when that
-    text cannot be read any more (the server then detects tasks by routing alone). It depends on the profile
-    only, so a caller building several bundles (tune) trains it once and passes it as `task_classifier`."""
+    text cannot be read any more (the server then detects tasks by routing alone)."""
     from lightmoe_cli.bundle.task_classifier import chunks, train_text_classifier
     from lightmoe_cli.recipes import RecipeError, iter_task_texts, recipe_from_resolved
 

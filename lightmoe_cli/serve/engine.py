@@ -327,23 +327,22 @@ class Engine:
             return True
         return False
 
-    def _emit_text(self, job: Job, text: str, flush: bool = False) -> None:
+    def _emit_text(self, job: Job, text: str) -> None:
         job.pending += text[len(job.text):] if text.startswith(job.text) else text
         job.text = text
         now = time.monotonic()
-        if flush or job.last_sent is None or now - job.last_sent >= self.stream_interval_s:
+        if job.last_sent is None or now - job.last_sent >= self.stream_interval_s:
             self._flush(job, now)
 
-    def _catch_up(self, job: Job, flush: bool = True) -> None:
+    def _catch_up(self, job: Job) -> None:
         """Decode the tokens generated since the last decode into `job.text` (holding back a partial UTF-8
-        character) and, with `flush`, send them."""
+        character) and send what is pending."""
         if job.decoded < len(job.generated):
             text = self.rt.tokenizer.decode(job.generated, skip_special_tokens=True)
             job.decoded = len(job.generated)
             if not text.endswith("\ufffd"):
-                self._emit_text(job, text, flush=False)
-        if flush:
-            self._flush(job, time.monotonic())
+                self._emit_text(job, text)
+        self._flush(job, time.monotonic())
 
     def _flush(self, job: Job, now: float) -> None:
         """Send the text decoded since the last delta: the first token at once, then at most one delta per
