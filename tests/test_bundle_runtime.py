@@ -588,3 +588,22 @@ def test_batched_decoding_serves_several_requests_in_one_forward_per_step(prof, 
         layer._select = spy
         generate_batch(rt, prompts, max_new_tokens=3)
         assert widths[1:] == [len(prompts)] * (len(widths) - 1)  # every decode step routes B = 3 tokens at once
+
+
+def test_last_logits_only_gives_the_last_positions_logits(tiny_moe):
+    from lightmoe_cli.runtime.generate import last_logits_only
+
+    _, model, tok = tiny_moe
+    ids = _ids(tok)
+    kw = last_logits_only(model)
+    assert kw, "the tiny model's causal-LM head takes logits_to_keep"
+    with torch.no_grad():
+        last = model(input_ids=ids, **kw).logits
+    assert last.shape[1] == 1
+    assert torch.allclose(last[:, -1], _logits(model, ids)[:, -1], atol=1e-5)
+
+    class NoKeep(torch.nn.Module):
+        def forward(self, input_ids, use_cache=False):
+            return input_ids
+
+    assert last_logits_only(NoKeep()) == {}

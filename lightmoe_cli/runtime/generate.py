@@ -69,6 +69,22 @@ def cache_kwarg_name(model) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
+def last_logits_only(model) -> dict:
+    """Forward kwargs that make the model compute logits for the last position only, when it supports it.
+
+    Why: generation reads only the last position's logits, and the LM head over a whole prompt is a large share
+    of a prefill (the demo model, 342 tokens, 1 thread: 41.7 ms with every position's logits, 31.9 ms with the
+    last one's; its vocabulary of 6,144 makes the logits 8.4 MB). transformers' causal-LM heads take
+    `logits_to_keep` (older ones `num_logits_to_keep`); a model with neither gets all of them, as before."""
+    import inspect
+
+    params = inspect.signature(model.forward).parameters
+    for name in ("logits_to_keep", "num_logits_to_keep"):
+        if name in params:
+            return {name: 1}
+    return {}
+
+
 def cache_of(out):
     cache = getattr(out, "cache", None)
     return cache if cache is not None else out.past_key_values
@@ -81,7 +97,7 @@ def generate_one(rt: Runtime, prompt: str, max_new_tokens: int, tokens_done: lis
     device = rt.device
     ids = tok(prompt, return_tensors="pt").input_ids.to(device)
     t0 = time.perf_counter()
-    out = model(input_ids=ids, use_cache=True)
+    out = model(input_ids=ids, use_cache=True, **last_logits_only(model))
     prefill = time.perf_counter() - t0
     name = cache_kwarg_name(model)
     past, nxt = cache_of(out), out.logits[:, -1].argmax(-1, keepdim=True)
@@ -118,7 +134,8 @@ def generate_batch(rt: Runtime, prompts: list[str], max_new_tokens: int) -> list
     positions = (mask.cumsum(-1) - 1).clamp_min(0)
     name = cache_kwarg_name(model)
     t0 = time.perf_counter()
-    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                **last_logits_only(model))
     prefill = time.perf_counter() - t0
     past, nxt = cache_of(out), out.logits[:, -1].argmax(-1, keepdim=True)
     generated: list[list[int]] = [[] for _ in rows]

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from lightmoe_cli.errors import LightMoEError
-from lightmoe_cli.runtime.generate import cache_kwarg_name, cache_of
+from lightmoe_cli.runtime.generate import cache_kwarg_name, cache_of, last_logits_only
 from lightmoe_cli.runtime.session import Runtime
 from lightmoe_cli.serve import batch as kv
 from lightmoe_cli.serve.sampling import Choice, Sampling, choose, prompt_logprobs
@@ -102,6 +102,7 @@ class Engine:
         self._probe: list | None = None
         self._since_check = 0
         self._cache_name = cache_kwarg_name(rt.model)
+        self._last_only = last_logits_only(rt.model)
         self.can_batch = True
         self.swaps = 0
         self.thread = threading.Thread(target=self._run, name="lightmoe-engine", daemon=True)
@@ -273,9 +274,11 @@ class Engine:
         job.started = time.monotonic()
         try:
             ids = torch.tensor([job.prompt_ids], device=self.rt.device)
-            out = self._forward([(job, len(job.prompt_ids))], input_ids=ids)
+            echo_logprobs = job.echo and job.sampling.logprobs is not None  # needs every position's logits
+            out = self._forward([(job, len(job.prompt_ids))], input_ids=ids,
+                                **({} if echo_logprobs else self._last_only))
             logits = out.logits[0]
-            if job.echo and job.sampling.logprobs is not None:
+            if echo_logprobs:
                 job.prompt_choices = prompt_logprobs(logits, ids[0], job.sampling.logprobs)
             if job.max_tokens == 0:
                 self._finish(job, "length")
