@@ -137,6 +137,41 @@ def test_without_stop_strings_text_is_decoded_per_delta_not_per_token(server, mo
     assert streamed == plain.choices[0].text
 
 
+def test_meter_folded_in_batches_equals_the_served_mass_of_one_full_forward(server):
+    """The meter keeps a request's forwards and folds them METER_EVERY at a time: its served mass equals the one
+    computed directly from one forward over every token the request fed (prompt + generated), under the same
+    resident set."""
+    from lightmoe_cli.serve.engine import METER_EVERY, Job
+    from lightmoe_cli.serve.sampling import Sampling
+
+    engine = server.server.engine
+    rt = engine.rt
+    ids = rt.tokenizer("12 + 7 = 19\nreverse lamp -> ", add_special_tokens=False).input_ids
+    done = threading.Event()
+    job = Job(ids, METER_EVERY + 9, Sampling(temperature=1.0, seed=3), lambda ev: done.set()
+              if ev["type"] in ("done", "error") else None, task_hint="arithmetic")
+    engine.submit(job)
+    assert done.wait(60)
+    fed = len(ids) + len(job.generated) - (1 if len(job.generated) == job.max_tokens else 0)
+    assert job.mass_tokens == fed > METER_EVERY and not job.meter_backlog
+    seen = []
+
+    def record(strategy, index, weights):
+        seen.append((strategy.served_table()[index.long()], weights.float()))
+
+    for m in rt.layers:
+        m.observers.append(record)
+    try:
+        with torch.no_grad():
+            rt.model(input_ids=torch.tensor([(ids + job.generated)[:fed]]))
+    finally:
+        for m in rt.layers:
+            m.observers.remove(record)
+    per_layer = torch.stack([(w * own).sum(-1) / w.sum(-1) for own, w in seen])  # (L, T)
+    assert job.served_mass == pytest.approx(float(per_layer.mean(0).mean()), abs=1e-4)
+    assert 0.0 < job.served_mass < 1.0  # a 50% bundle: some of the mass ran on other experts
+
+
 @pytest.mark.parametrize("body,status,needle", [
     ("{not json", 400, "not valid JSON"),
     ({"prompt": 12}, 400, "prompt"),

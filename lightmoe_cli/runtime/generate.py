@@ -101,10 +101,11 @@ def generate_one(rt: Runtime, prompt: str, max_new_tokens: int, tokens_done: lis
     prefill = time.perf_counter() - t0
     name = cache_kwarg_name(model)
     past, nxt = cache_of(out), out.logits[:, -1].argmax(-1, keepdim=True)
+    eos = tok.eos_token_id  # read once: a property that converts a token each time
     generated = []
     t1 = time.perf_counter()
     for _ in range(max_new_tokens):
-        if nxt.item() == tok.eos_token_id:
+        if nxt.item() == eos:
             break
         generated.append(nxt.item())
         tokens_done[0] += 1
@@ -140,9 +141,10 @@ def generate_batch(rt: Runtime, prompts: list[str], max_new_tokens: int) -> list
     past, nxt = cache_of(out), out.logits[:, -1].argmax(-1, keepdim=True)
     generated: list[list[int]] = [[] for _ in rows]
     done = torch.zeros(len(rows), dtype=torch.bool, device=device)
+    eos = tok.eos_token_id
     t1 = time.perf_counter()
     for _ in range(max_new_tokens):
-        done |= nxt[:, 0] == tok.eos_token_id
+        done |= nxt[:, 0] == eos
         if bool(done.all()):
             break
         for i in (~done).nonzero().flatten().tolist():
