@@ -54,12 +54,12 @@ CONFIGS: dict[str, tuple[str, dict]] = {
     "pinned (read budget)": ("swap", {"pinned": 0.75, "admission": "demand", "double_buffer": True,
                                       "read_budget": 0.125}),
     # every slot serves (no spare row: the main thread copies a finished read in), reads bounded per token
-    "pinned (no spare, read budget)": ("swap", {"pinned": 0.75, "admission": "demand", "read_budget": 0.125}),
+    "pinned (no spare; read budget)": ("swap", {"pinned": 0.75, "admission": "demand", "read_budget": 0.125}),
     "task-aware": ("task-aware", {}),
     "task-aware + region": ("task-aware", {"region": 0.25}),
 }
 CACHES = ("swap", "pinned", "pinned (no spare)")  # the dynamic caches of the seeds' comparison
-DECODE = ("prune", "swap", "pinned", "pinned (no spare)", "pinned (read budget)", "pinned (no spare, read budget)",
+DECODE = ("prune", "swap", "pinned", "pinned (no spare)", "pinned (read budget)", "pinned (no spare; read budget)",
           "task-aware")
 
 
