@@ -10,7 +10,11 @@ Phases:
   for a fleet): full and prune (NLL references), one server with FIFO + the task-jump manager (the traffic on
   which that closes ~0% of prune's gap), a 1-replica fleet (2 threads, and 1 thread: the replica of the 2-replica
   fleet), and 2 replicas of 1 thread with round-robin and with affinity routing. Throughput, p50/p99 latency,
-  layer swaps and set moves per request, NLL and the share of prune's gap closed.
+  layer swaps and set moves per request, NLL and the share of prune's gap closed. Every request's record is kept
+  (`records`): its domain, detected task, prompt tokens, the replica that served it, the client's due, send and
+  answer times, the replica's meter (`queue_seconds`, `first_token_seconds`, `done_seconds`, `answer_seconds`)
+  and, for a fleet, its hops from Ray Serve's access logs (fleet_hops.py, joined by request id); `breakdown`
+  splits each configuration's latency into its parts (fleet_hops.split) by the company its replica had.
 - calibrate: the per-request costs the fleet simulator (sim_fleet.py) is built from, measured on a 1-replica,
   1-thread fleet: bursts of n same-task requests (n = 1, 4, 8) with 1 and with `--max-tokens` new tokens, each
   burst once right after a set move and once again on the same set; per burst its prompt tokens and the time
@@ -43,6 +47,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench_serve import ServerProcess, load, nll_table, summarise_load  # noqa: E402
+from benchmarks.fleet_hops import breakdown, join, latest_session  # noqa: E402
 from benchmarks.harness import (  # noqa: E402
     Config,
     Harness,
@@ -160,6 +165,7 @@ def main() -> None:
     def measure(label: str) -> dict:
         key, threads, flags = cfgs[label]
         with Fleet(bundles[key].path, threads, *common, *flags) as srv:
+            session = latest_session() if "--replicas" in flags else None  # the fleet's own Ray session
             cpu0, own0, m0 = cpu_by_role(srv.proc.pid), os.times(), sample_load()
             t0 = time.perf_counter()
             recs = asyncio.run(load(srv.url, srv.model(), docs, args.clients, args.rate, args.max_tokens, False))
@@ -170,6 +176,11 @@ def main() -> None:
                      "set_moves": srv.metric("lightmoe_fleet_set_moves") if "--replicas" in flags else None,
                      "fleet": {k: h[k] for k in ("counts", "router") if k in h}}
             extra["exit_code"] = srv.stop()
+        if session is not None:  # each request's hops (proxy, ingress, which replica, its call) from Ray's logs
+            try:
+                recs = join(recs, session)
+            except SystemExit as e:
+                print(f"{label}: no hops joined ({e})")
         records.setdefault(label, recs)
         s = summarise_load(recs, seconds) | extra
         s["layer_swaps_per_request"] = s["layer_swaps"] / max(s["answered"], 1)
@@ -195,6 +206,10 @@ def main() -> None:
             for label, rs in runs.items()}
         result["nll"] = nll_table(records, {k: None for k in cfgs}, [BUDGET])
         result["per_domain"] = per_domain(records)
+        # per request: where it was served and where its time went (fleet_hops.split; the fleets' records carry
+        # their Ray hops)
+        result["breakdown"] = {label: breakdown(recs) for label, recs in records.items()}
+        result["records"] = records
         base = f"2 replicas round-robin {BUDGET:.0%}"
         rows_cfg = [Config(label, baseline=base if label.startswith("2 replicas affinity") or
                            label.startswith("1 replica") else None, bounds={"requests_per_s": None})

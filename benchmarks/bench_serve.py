@@ -106,8 +106,12 @@ class ServerProcess:
 
 async def load(url: str, model: str, docs, clients: int, rate: float, max_tokens: int, name_task: bool,
                seed: int = 0) -> list[dict]:
-    """Send every document once; returns one record per request (status, latency, NLL sum, meter)."""
+    """Send every document once; returns one record per request (status, latency, NLL sum, meter). Each request
+    carries an `x-request-id` (its record's `request_id`: Ray Serve logs it, so a fleet's access logs join the
+    records) and its record keeps when it was due, sent and answered (`due_s`, `sent_s`, `done_s`: seconds
+    from the load's start; a whole answer has no client-side first token)."""
     import random
+    import uuid
 
     import openai
 
@@ -120,24 +124,28 @@ async def load(url: str, model: str, docs, clients: int, rate: float, max_tokens
         t += rng.expovariate(rate) if rate > 0 else 0.0
     gate = asyncio.Semaphore(clients)
     out: list[dict] = [None] * len(docs)  # type: ignore[list-item]
+    run = uuid.uuid4().hex[:8]
 
     async def one(i: int, doc) -> None:
         await asyncio.sleep(max(arrivals[i] - (time.perf_counter() - t0), 0))
         async with gate:
             start = time.perf_counter()
-            rec = {"domain": doc.domain, "status": 200}
+            rid = f"load-{run}-{i}"
+            rec = {"index": i, "request_id": rid, "domain": doc.domain, "status": 200, "due_s": arrivals[i],
+                   "sent_s": start - t0}
             try:
                 r = await client.completions.create(model=model, prompt=doc.text, max_tokens=max_tokens, echo=True,
-                                                    logprobs=0, temperature=0,
+                                                    logprobs=0, temperature=0, extra_headers={"x-request-id": rid},
                                                     extra_body={"task": doc.domain} if name_task else None)
             except openai.APIStatusError as e:
                 rec["status"] = e.status_code
                 out[i] = rec
                 return
-            rec["latency"] = time.perf_counter() - start
+            done = time.perf_counter()
+            rec |= {"latency": done - start, "done_s": done - t0}
             n = r.usage.prompt_tokens
             lps = r.choices[0].logprobs.token_logprobs[1:n]
-            rec |= {"nll": -sum(lps), "tokens": len(lps), "new_tokens": r.usage.completion_tokens,
+            rec |= {"nll": -sum(lps), "tokens": len(lps), "prompt_tokens": n, "new_tokens": r.usage.completion_tokens,
                     **{k: v for k, v in r.model_extra["lightmoe"].items() if k != "choices"}}
             out[i] = rec
 

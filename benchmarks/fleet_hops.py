@@ -37,8 +37,8 @@ LINE = re.compile(r"^INFO (\S+ \S+) (\S+) \S+ (\S+) -- (?:POST / 200|CALL call O
 
 
 def read_session(session: Path) -> list[dict]:
-    """Per answered request, sorted by arrival at the proxy: its arrival (s from the first), and per hop its time
-    (proxy, ingress, replica call), which replica served it, and when the replica call began."""
+    """Per answered request, sorted by arrival at the proxy: its request id, its arrival (s from the first), and
+    per hop its time (proxy, ingress, replica call), which replica served it, and when the replica call began."""
     hops: dict[str, dict] = {}
     for path in sorted((session / "logs" / "serve").glob("*.log")):
         for line in path.read_text(errors="replace").splitlines():
@@ -52,14 +52,22 @@ def read_session(session: Path) -> list[dict]:
             rec[role] = (end - float(ms) / 1000, float(ms) / 1000)  # (start, seconds)
             if role == "replica":
                 rec["replica_name"] = who.split("_", 1)[-1]
-    recs = sorted((r for r in hops.values() if {"proxy", "ingress", "replica"} <= r.keys()),
-                  key=lambda r: r["proxy"][0])
+    recs = sorted(((rid, r) for rid, r in hops.items() if {"proxy", "ingress", "replica"} <= r.keys()),
+                  key=lambda x: x[1]["proxy"][0])
     if not recs:
         raise SystemExit(f"{session}: no request found in Ray Serve's access logs (logs/serve/*.log)")
-    t0 = recs[0]["proxy"][0]
-    return [{"arrival_s": round(r["proxy"][0] - t0, 4), "proxy_s": r["proxy"][1], "ingress_s": r["ingress"][1],
-             "replica": r["replica_name"], "replica_start_s": round(r["replica"][0] - t0, 4),
-             "replica_s": r["replica"][1]} for r in recs]
+    t0 = recs[0][1]["proxy"][0]
+    return [{"request_id": rid, "arrival_s": round(r["proxy"][0] - t0, 4), "proxy_s": r["proxy"][1],
+             "ingress_s": r["ingress"][1], "replica": r["replica_name"],
+             "replica_start_s": round(r["replica"][0] - t0, 4), "replica_s": r["replica"][1]} for rid, r in recs]
+
+
+def latest_session(root: Path | None = None) -> Path | None:
+    """The newest local Ray session (`session_latest` under Ray's temp dir: $RAY_TMPDIR or /tmp/ray)."""
+    import os
+
+    link = (root or Path(os.environ.get("RAY_TMPDIR", "/tmp/ray"))) / "session_latest"
+    return link.resolve() if link.exists() else None
 
 
 def in_flight(recs: list[dict]) -> dict[str, list[tuple[float, float]]]:
@@ -77,6 +85,65 @@ def in_flight(recs: list[dict]) -> dict[str, list[tuple[float, float]]]:
 
 def overlap(a: list[tuple[float, float]], b: list[tuple[float, float]]) -> float:
     return sum(max(0.0, min(e, e2) - max(s, s2)) for s, e in a for s2, e2 in b)
+
+
+PARTS = ("client_s", "proxy_s", "ingress_s", "replica_http_s", "answer_s", "queue_s", "prefill_s", "decode_s")
+
+
+def split(rec: dict) -> dict[str, float] | None:
+    """One load record joined with its hops -> where its latency went (they sum to it): the client's side and
+    the network (`client_s`), Ray's proxy and the hop to the ingress, the ingress and the hop to the replica, the
+    replica's HTTP side around the engine (parsing and tokenizing before, JSON and Ray's relay after), the HTTP
+    side waking up and building the answer (`answer_s`), and in the engine: waiting, the prefill (and a set
+    move), the decode. None when a figure is missing."""
+    need = ("latency", "proxy_s", "ingress_s", "replica_s", "queue_seconds", "first_token_seconds", "done_seconds",
+            "answer_seconds")
+    if any(rec.get(k) is None for k in need):
+        return None
+    engine = rec["done_seconds"] + rec["answer_seconds"]
+    return {"client_s": rec["latency"] - rec["proxy_s"], "proxy_s": rec["proxy_s"] - rec["ingress_s"],
+            "ingress_s": rec["ingress_s"] - rec["replica_s"], "replica_http_s": rec["replica_s"] - engine,
+            "answer_s": rec["answer_seconds"], "queue_s": rec["queue_seconds"],
+            "prefill_s": rec["first_token_seconds"] - rec["queue_seconds"],
+            "decode_s": rec["done_seconds"] - rec["first_token_seconds"]}
+
+
+def company(recs: list[dict]) -> list[int]:
+    """Per record, how many other calls its replica had in flight at some time during its own call."""
+    out = []
+    for r in recs:
+        s, e = r["replica_start_s"], r["replica_start_s"] + r["replica_s"]
+        out.append(sum(x is not r and x["replica"] == r["replica"] and x["replica_start_s"] < e
+                       and x["replica_start_s"] + x["replica_s"] > s for x in recs))
+    return out
+
+
+def breakdown(recs: list[dict]) -> dict:
+    """Load records joined with their hops (`replica_start_s`, `replica_s`, `proxy_s`, `ingress_s` beside the
+    client's latency and the replica's meter) -> the mean and median of each part of the latency (`split`), for
+    all of them and by the company their replica had (0, 1, 2-3, 4+ other calls in flight during theirs)."""
+    rows = [(r, p) for r in recs if (p := split(r)) is not None]
+    if not rows:
+        return {}
+    groups: dict[str, list[dict]] = {"all": [p for _, p in rows]}
+    for (_, p), n in zip(rows, company([r for r, _ in rows]), strict=True):
+        groups.setdefault("0" if n == 0 else "1" if n == 1 else "2-3" if n <= 3 else "4+", []).append(p)
+
+    def stats(ps: list[dict]) -> dict:
+        return {"requests": len(ps), "mean": {k: sum(p[k] for p in ps) / len(ps) for k in PARTS},
+                "p50": {k: percentile([p[k] for p in ps], 0.5) for k in PARTS},
+                "latency_mean": sum(sum(p.values()) for p in ps) / len(ps),
+                "latency_p50": percentile([sum(p.values()) for p in ps], 0.5)}
+
+    return {"all": stats(groups["all"])} | {f"company {k}": stats(groups[k]) for k in ("0", "1", "2-3", "4+")
+                                            if k in groups}
+
+
+def join(recs: list[dict], session: Path) -> list[dict]:
+    """The load's records with their hops from the Ray session's access logs, by request id (a record whose id
+    is not in the logs stays as it was)."""
+    hops = {h["request_id"]: h for h in read_session(session)}
+    return [r | {k: v for k, v in hops.get(r.get("request_id"), {}).items() if k != "request_id"} for r in recs]
 
 
 def summarise(recs: list[dict], replica_cpu_s: float | None = None) -> dict:

@@ -50,6 +50,9 @@ def test_completions_chat_and_streaming_with_the_openai_client(server):
     meter = r.model_extra["lightmoe"]
     assert 0.0 <= meter["served_mass"] <= 1.0 and meter["task"] in ("arithmetic", "strings")
     assert meter["task_source"] == "text"  # the bundle's classifier, the default detector
+    # where its time went: waiting, to the first token, to the engine's last, then the answer's building
+    assert meter["done_seconds"] >= meter["first_token_seconds"] >= meter["queue_seconds"] >= 0.0
+    assert meter["answer_seconds"] >= 0.0
     # a list of prompts: one choice each, in order
     r2 = client.completions.create(model=_name(server), prompt=["reverse lamp -> ", "12 + 7 = "], max_tokens=6,
                                    temperature=0)
@@ -61,6 +64,8 @@ def test_completions_chat_and_streaming_with_the_openai_client(server):
                                             stream=True))
     assert "".join(p.choices[0].text for p in pieces if p.choices) == r.choices[0].text
     assert pieces[-1].usage.completion_tokens == r.usage.completion_tokens
+    last = pieces[-1].model_extra["lightmoe"]
+    assert last["done_seconds"] >= last["first_token_seconds"] and last["answer_seconds"] >= 0.0
     chunks = list(client.chat.completions.create(model=_name(server), messages=[{"role": "user", "content": "hi"}],
                                                  max_tokens=5, temperature=0, stream=True))
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == chat.choices[0].message.content

@@ -343,14 +343,22 @@ def usage(jobs: list[Job]) -> dict:
 
 
 def meter(jobs: list[Job]) -> dict:
-    """The quality meter: per response, what its experts were (lightmoe's extension beside `usage`)."""
+    """The quality meter: per response, what its experts were (lightmoe's extension beside `usage`), and where
+    its time went, from its arrival at the engine (after tokenizing): waiting (`queue_seconds`), to its first
+    token, to the engine handing it back (`done_seconds`), and from there to this answer built (`answer_seconds`:
+    the HTTP side waking up and building the choices and logprobs; the JSON encoding that follows is not in it)."""
+    now = time.monotonic()
+
+    def since(t: float | None, t0: float) -> float | None:
+        return None if t is None else round(t - t0, 6)
 
     def one(j: Job) -> dict:
         return {"served_mass": None if j.served_mass is None else round(j.served_mass, 6), "task": j.task,
                 "task_source": j.task_source, "swaps_waited": j.swaps_waited,
-                "expert_bytes_waited": j.bytes_waited,
-                "queue_seconds": None if j.started is None else round(j.started - j.arrival, 6),
-                "first_token_seconds": None if j.first_token_at is None else round(j.first_token_at - j.arrival, 6)}
+                "expert_bytes_waited": j.bytes_waited, "queue_seconds": since(j.started, j.arrival),
+                "first_token_seconds": since(j.first_token_at, j.arrival),
+                "done_seconds": since(j.finished_at, j.arrival),
+                "answer_seconds": None if j.finished_at is None else round(now - j.finished_at, 6)}
 
     first = one(jobs[0])
     return first if len(jobs) == 1 else first | {"choices": [one(j) for j in jobs]}

@@ -57,6 +57,7 @@ class Job:
     bytes_waited: int = 0
     started: float | None = None
     first_token_at: float | None = None
+    finished_at: float | None = None  # handed back to the HTTP side (its last token decoded, its meter folded)
     generated: list[int] = field(default_factory=list)
     choices: list[Choice] = field(default_factory=list)
     prompt_choices: list[Choice | None] = field(default_factory=list)
@@ -443,6 +444,7 @@ class Engine:
         self._fold_backlog(job)
         if emit:
             self._catch_up(job)
+            job.finished_at = time.monotonic()
             job.emit({"type": "done", "finish_reason": reason, "job": job})
         if self.metrics:
             self.metrics.finished(job, reason)
