@@ -178,7 +178,8 @@ eval-caches: corpus
         {{venv}}/bin/lightmoe build-bundle --policy swap --pinned 0.75 --admission demand --double-buffer --budget $b --out $out/pinned-$b --force >/dev/null
         {{venv}}/bin/lightmoe build-bundle --policy swap --pinned 0.75 --admission demand --budget $b --out $out/pinned-nospare-$b --force >/dev/null
         {{venv}}/bin/lightmoe build-bundle --policy swap --pinned 0.75 --admission demand --read-budget 0.125 --budget $b --out $out/pinned-nospare-rb-$b --force >/dev/null
-        args+=(--bundle $out/prune-$b --bundle $out/swap-$b --bundle $out/pinned-$b --bundle $out/pinned-nospare-$b --bundle $out/pinned-nospare-rb-$b)
+        {{venv}}/bin/lightmoe build-bundle --policy swap --pinned 0.75 --admission demand --read-budget 0.0625 --budget $b --out $out/pinned-nospare-rb16-$b --force >/dev/null
+        args+=(--bundle $out/prune-$b --bundle $out/swap-$b --bundle $out/pinned-$b --bundle $out/pinned-nospare-$b --bundle $out/pinned-nospare-rb-$b --bundle $out/pinned-nospare-rb16-$b)
     done
     {{venv}}/bin/lightmoe eval "${args[@]}" --tasks demo_ppl --limit 48 --no-task-shift --out artifacts/eval/demo-moe-caches
 
