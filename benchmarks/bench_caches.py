@@ -56,13 +56,13 @@ CONFIGS: dict[str, tuple[str, dict]] = {
     # every slot serves (no spare row: the main thread copies a finished read in), reads bounded per token
     "pinned (no spare; read budget)": ("swap", {"pinned": 0.75, "admission": "demand", "read_budget": 0.125}),
     # half the reads: at 1 GB/s each 24 MiB read costs two copies of CPU that 2 decode threads on 2 cores wait for
-    "pinned (no spare; read budget 1/16)": ("swap", {"pinned": 0.75, "admission": "demand", "read_budget": 0.0625}),
+    "pinned (no spare; read budget 0.0625)": ("swap", {"pinned": 0.75, "admission": "demand", "read_budget": 0.0625}),
     "task-aware": ("task-aware", {}),
     "task-aware + region": ("task-aware", {"region": 0.25}),
 }
 CACHES = ("swap", "pinned", "pinned (no spare)")  # the dynamic caches of the seeds' comparison
 DECODE = ("prune", "swap", "pinned", "pinned (no spare)", "pinned (read budget)", "pinned (no spare; read budget)",
-          "pinned (no spare; read budget 1/16)", "task-aware")
+          "pinned (no spare; read budget 0.0625)", "task-aware")
 
 
 def _paired(a, b) -> dict:
