@@ -60,7 +60,8 @@ CONFIGS: dict[str, tuple[str, dict]] = {
     "task-aware": ("task-aware", {}),
     "task-aware + region": ("task-aware", {"region": 0.25}),
 }
-CACHES = ("swap", "pinned", "pinned (no spare)")  # the dynamic caches of the seeds' comparison
+# the dynamic caches of the seeds' comparison
+CACHES = ("swap", "pinned", "pinned (no spare)", "pinned (no spare; read budget 0.0625)")
 DECODE = ("prune", "swap", "pinned", "pinned (no spare)", "pinned (read budget)", "pinned (no spare; read budget)",
           "pinned (no spare; read budget 0.0625)", "task-aware")
 
@@ -158,7 +159,8 @@ def quality(args) -> None:
                 console.print(f"[dim]{budget:.2f} block {block}: {label} {results[label].nll_per_token:.4f}[/dim]")
             for row in summarise_streams(list(results.values())):
                 rows.append({"budget": budget} | row)
-            for a, b in [("pinned", "swap"), ("pinned (no spare)", "swap"), ("task-aware + region", "task-aware"),
+            for a, b in [("pinned", "swap"), ("pinned (no spare)", "swap"),
+                         ("pinned (no spare; read budget 0.0625)", "swap"), ("task-aware + region", "task-aware"),
                          ("task-aware + region", "pinned")]:
                 if a in results and b in results:
                     pairs.append({"budget": budget, "block": block, "a": a, "b": b} | _paired(results[a], results[b]))
