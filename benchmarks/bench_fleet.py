@@ -371,6 +371,20 @@ def fit_service(raw: list[dict], new_tokens: int, prompt_tokens: dict[str, float
             "swap_s": float(max(swap, 0.0)), "overhead_s": float(max(overhead, 0.0)), "layers_per_swap": layers}
 
 
+def fit_overhead_growth(runs: list[list[dict]], overhead_s: float) -> float:
+    """Seconds each computing replica adds to a request's time outside the engines (the simulator's
+    `overhead_per_busy_s`), from load runs' per-request records joined with their Ray hops (one list per run:
+    each has its own clock and replicas): least squares of (latency - the replica's `done_seconds`) -
+    `overhead_s` (the lone requests' figure) on how many engines computed meanwhile (fleet_hops.busy_outside),
+    through the origin."""
+    from benchmarks.fleet_hops import busy_outside
+
+    pairs = [(b, r["latency"] - r["done_seconds"] - overhead_s) for recs in runs
+             for r, b in zip(recs, busy_outside(recs), strict=True) if b is not None]
+    den = sum(b * b for b, _ in pairs)
+    return max(sum(b * y for b, y in pairs) / den, 0.0) if den > 0 else 0.0
+
+
 def shift_run(bundle: Path, common: list[str], docs, args, hot: str = "python_code") -> dict:
     """The traffic mix changes: `--shift-requests` interleaved documents, then as many of one domain. How the
     affinity router's assignment follows (reassignments, the hot task's replicas, overflow) and what it costs."""

@@ -13,6 +13,11 @@ summary per configuration.
 
     python benchmarks/fleet_hops.py --fleet benchmarks/results/fleet-quiet.json \
         "2 replicas round-robin 50%=/tmp/ray/session_2026-12-01_10-00-43_777955_17248" ...
+    python benchmarks/fleet_hops.py --records benchmarks/results/fleet-records.json
+
+bench_fleet.py's load phase now joins its records with their hops itself (`join`, by the `x-request-id` the
+client sends) and keeps `breakdown` per configuration; `--records` reads such a file: the path outside the
+engines by the engines computing meanwhile, and the decode step in situ.
 """
 
 from __future__ import annotations
@@ -118,6 +123,102 @@ def company(recs: list[dict]) -> list[int]:
     return out
 
 
+def _merge(ivs: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    out: list[tuple[float, float]] = []
+    for s, e in sorted(ivs):
+        if out and s <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], e))
+        else:
+            out.append((s, e))
+    return out
+
+
+def engine_windows(recs: list[dict]) -> list[dict | None]:
+    """Per record joined with its hops, its times in the engine on the logs' clock (s from the first request at the
+    proxy): arrival, prefill start, first token, handed back (None when a figure is missing). The replica's HTTP
+    time around the engine (`split`'s `replica_http_s`) is taken as half before, half after: the logs do not tell
+    them apart."""
+    out: list[dict | None] = []
+    for r in recs:
+        p = split(r)
+        if p is None:
+            out.append(None)
+            continue
+        arrive = r["replica_start_s"] + p["replica_http_s"] / 2
+        out.append({"replica": r["replica"], "arrive": arrive, "start": arrive + r["queue_seconds"],
+                    "first": arrive + r["first_token_seconds"], "done": arrive + r["done_seconds"]})
+    return out
+
+
+def busy_outside(recs: list[dict]) -> list[float | None]:
+    """Per record joined with its hops, how many replicas' engines were computing, on average, while it was
+    outside the engine: from the proxy's start to its engine arrival and from the engine handing it back to the
+    proxy's end (None when a figure is missing). A replica's engine computes while it holds a request: from the
+    request's arrival at the engine to its `done_seconds`."""
+    wins = engine_windows(recs)
+    engine: dict[str, list[tuple[float, float]]] = {}
+    for w in wins:
+        if w is not None:
+            engine.setdefault(w["replica"], []).append((w["arrive"], w["done"]))
+    merged = [_merge(v) for v in engine.values()]
+    out: list[float | None] = []
+    for r, w in zip(recs, wins, strict=True):
+        if w is None:
+            out.append(None)
+            continue
+        parts = [(r["arrival_s"], w["arrive"]), (w["done"], r["arrival_s"] + r["proxy_s"])]
+        span = sum(max(e - s, 0.0) for s, e in parts)
+        out.append(sum(overlap(parts, ivs) for ivs in merged) / span if span > 0 else 0.0)
+    return out
+
+
+def decode_steps(recs: list[dict]) -> list[dict | None]:
+    """Per record joined with its hops (and at least 3 decode steps), what a decode step cost it in situ: its
+    decode time less the prefills of requests that joined its replica meanwhile, over its steps (new tokens - 1);
+    the mean rows decoded beside it (itself and the other requests in their decode meanwhile), and the share of
+    that time another replica's engine was computing."""
+    wins = engine_windows(recs)
+    engine: dict[str, list[tuple[float, float]]] = {}
+    for w in wins:
+        if w is not None:
+            engine.setdefault(w["replica"], []).append((w["start"], w["done"]))
+    out: list[dict | None] = []
+    for r, w in zip(recs, wins, strict=True):
+        steps = (r.get("new_tokens") or 0) - 1
+        if w is None or steps < 3 or w["done"] <= w["first"]:
+            out.append(None)
+            continue
+        span = [(w["first"], w["done"])]
+        same = [x for x in wins if x is not None and x is not w and x["replica"] == w["replica"]]
+        joined = sum(overlap(span, [(x["start"], x["first"])]) for x in same)
+        rows = 1.0 + sum(overlap(span, [(x["first"], x["done"])]) for x in same) / (w["done"] - w["first"])
+        others = [overlap(span, _merge(v)) for k, v in engine.items() if k != w["replica"]]
+        out.append({"step_s": (w["done"] - w["first"] - joined) / steps, "rows": rows,
+                    "other_busy": max(others) / (w["done"] - w["first"]) if others else 0.0})
+    return out
+
+
+def records_report(recs: list[dict]) -> dict:
+    """One load run's fleet records: the path outside the engine (from the proxy's start and back to its end) by
+    the engines computing meanwhile, and the in-situ decode step while another replica idled or computed."""
+    out: dict = {}
+    bins = {"none": (0.0, 0.25), "about one": (0.75, 1.25), "two": (1.75, 2.01)}
+    pairs = [(b, r["proxy_s"] - r["done_seconds"]) for r, b in zip(recs, busy_outside(recs), strict=True)
+             if b is not None]
+    out["outside_by_engines_computing"] = {
+        k: {"requests": len(v), "p50_s": percentile(v, 0.5)}
+        for k, (lo, hi) in bins.items() if (v := [y for b, y in pairs if lo <= b < hi])}
+    steps = [s for s in decode_steps(recs) if s is not None]
+    for name, keep in (("other idle", lambda s: s["other_busy"] < 0.2), ("other computing", lambda s: s["other_busy"]
+                                                                         >= 0.8)):
+        got = [s for s in steps if keep(s)]
+        if got:
+            out[f"decode_step_{name.replace(' ', '_')}"] = {
+                "requests": len(got), "step_p50_s": percentile([s["step_s"] for s in got], 0.5),
+                "rows_mean": sum(s["rows"] for s in got) / len(got)}
+    return out
+
+
 def breakdown(recs: list[dict]) -> dict:
     """Load records joined with their hops (`replica_start_s`, `replica_s`, `proxy_s`, `ingress_s` beside the
     client's latency and the replica's meter) -> the mean and median of each part of the latency (`split`), for
@@ -189,11 +290,20 @@ def summarise(recs: list[dict], replica_cpu_s: float | None = None) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("sessions", nargs="+", help="LABEL=RAY_SESSION_DIR, one per configuration (the label as in "
+    ap.add_argument("sessions", nargs="*", help="LABEL=RAY_SESSION_DIR, one per configuration (the label as in "
                     "bench_fleet.py's results)")
     ap.add_argument("--fleet", type=Path, help="bench_fleet.py's results (for the replicas' CPU seconds)")
+    ap.add_argument("--records", type=Path, help="instead: bench_fleet.py results with per-request records "
+                    "(already joined with their hops): print where the time outside the engines and the decode went")
     ap.add_argument("--out", type=Path, default=RESULTS / "fleet-quiet-hops.json")
     args = ap.parse_args()
+    if args.records:
+        for label, recs in json.loads(args.records.read_text()).get("records", {}).items():
+            if any("replica_s" in r for r in recs):
+                print(f"{label}: {json.dumps(records_report(recs))}")
+        return
+    if not args.sessions:
+        ap.error("give LABEL=RAY_SESSION_DIR sessions, or --records")
     fleet = json.loads(args.fleet.read_text()) if args.fleet else {}
     payload: dict = {"fleet": str(args.fleet) if args.fleet else None, "configs": {}}
     for item in args.sessions:

@@ -3,17 +3,24 @@ round-robin and affinity routing (lightmoe_cli/fleet/sim.py, the same router obj
 server's own task scheduler in every replica).
 
 Its inputs are measured, not assumed: the per-request costs (prefill, fixed and per prompt token, decode step
-and its per-row part, a set move, the fixed overhead outside the replica) from bench_fleet.py's calibrate phase,
-and per-domain prompt tokens and NLL per token served with the request's own set (the 2-replica affinity run)
-and with prune's set, from its load phase (a simulated task past the 8 measured domains reuses their figures in
-turn). First it replays the measured load (the same domain order, the client's own send times, the same
-clients) at 1 and 2 replicas and prints the prediction beside the measurement; then the sweep. Table to the
-terminal, JSON to benchmarks/results/sim_fleet.json, plot to benchmarks/results/sim_fleet.png.
+and its per-row part, a set move, the fixed overhead outside the replica) from bench_fleet.py's calibrate phase;
+what each computing replica adds to the path outside the engines, from a load run's per-request records
+(`--records`, bench_fleet.fit_overhead_growth); the CPU a replica loses when it shares a core, from
+bench_core_share.py (`--core-share`); and per-domain prompt tokens and NLL per token served with the request's
+own set (the 2-replica affinity run) and with prune's set, from its load phase (a simulated task past the 8
+measured domains reuses their figures in turn). First it replays the measured load (the same domain order, the
+client's own send times, the same clients) at 1 and 2 replicas and prints the prediction beside the
+measurement; then the sweep. Table to the terminal, JSON to benchmarks/results/sim_fleet.json, plot to
+benchmarks/results/sim_fleet.png.
 
 The checks also give the time to first token (arrival at the replica to its first token: the replica's own
-meter, so it leaves out the ingress and the hops), which tells a replica's queue and prefill apart from the rest.
+meter, so it leaves out the ingress and the hops), which tells a replica's queue and prefill apart from the rest,
+and the median of each part of a request's latency (waiting for its prefill, the prefill, the decode, outside
+the engine), measured where the load run kept per-request records.
 
     python benchmarks/sim_fleet.py --fleet benchmarks/results/fleet-quiet.json   # just sim-fleet
+    python benchmarks/sim_fleet.py --fleet benchmarks/results/fleet-records.json \
+        --calibrations benchmarks/results/fleet-quiet.json   # the records run checked too
     python benchmarks/sim_fleet.py                    # reads benchmarks/results/fleet.json
 """
 
@@ -31,7 +38,7 @@ if str(ROOT) not in sys.path:
 
 from benchmarks.harness import RESULTS, write_json  # noqa: E402
 from lightmoe_cli.fleet.router import ROUTERS  # noqa: E402
-from lightmoe_cli.fleet.sim import Quality, ServiceModel, Workload, simulate  # noqa: E402
+from lightmoe_cli.fleet.sim import Quality, ServiceModel, Workload, percentile, simulate  # noqa: E402
 
 CHECKS = {  # simulated point -> the measured config it must match
     (1, "affinity"): "1 replica x1 thread 50%",
@@ -55,17 +62,41 @@ def measured_order(fleet: dict, names: list[str]) -> tuple[int, ...]:
     return tuple(names.index(d.domain) for d in build_stream(ITEMS_DIR / "ppl", 1, fleet["requests"]))
 
 
-def inputs(fleet: dict, calibrations: list[dict]) -> tuple[ServiceModel, Quality]:
+def fleet_runs(records: dict) -> list[list[dict]]:
+    """A load run's per-request records of its fleet configurations (those joined with their Ray hops)."""
+    return [recs for recs in (records.get("records") or {}).values() if any("replica_s" in r for r in recs)]
+
+
+def sharing_loss(core_share: dict) -> float:
+    """The part of a replica's CPU time lost while it shares a core (bench_core_share.py: two replicas beside
+    the outside work ran at `speed` of one alone on `cores_each` cores)."""
+    c = core_share["configs"]["2 replicas + outside work"]
+    return max(1.0 - c["speed"] / c["cores_each"], 0.0)
+
+
+def measured_parts(recs: list[dict]) -> dict[str, float]:
+    """The median of each part of the latency over a load run's records (the simulator's `parts_p50`)."""
+    ok = [r for r in recs if r.get("status") == 200 and r.get("done_seconds") is not None]
+    get = {"queue_s": lambda r: r["queue_seconds"],
+           "prefill_s": lambda r: r["first_token_seconds"] - r["queue_seconds"],
+           "decode_s": lambda r: r["done_seconds"] - r["first_token_seconds"],
+           "outside_s": lambda r: r["latency"] - r["done_seconds"]}
+    return {k: percentile([f(r) for r in ok], 0.5) for k, f in get.items()} if ok else {}
+
+
+def inputs(fleet: dict, calibrations: list[dict], records: dict | None = None) -> tuple[ServiceModel, Quality]:
     """The costs fitted to the calibration bursts of every given run together (one run's fit moves with the
-    machine's noise), the CPU outside the replicas and the NLL figures from `fleet`."""
-    from benchmarks.bench_fleet import fit_service
+    machine's noise), the growth of the path outside the engines from `records`' per-request records (none: no
+    growth), the CPU outside the replicas and the NLL figures from `fleet`."""
+    from benchmarks.bench_fleet import fit_overhead_growth, fit_service
 
     raw = [r for c in calibrations for r in c["calibrate"]["raw"]]
     model = fit_service(raw, fleet["max_tokens"], prompt_tokens(fleet))
+    growth = fit_overhead_growth(fleet_runs(records), model["overhead_s"]) if records else 0.0
     # CPU outside the replicas per request (ingress, Ray's proxy and others, the client), from the 1-replica run
     split = fleet["load"].get("1 replica x1 thread 50%", {}).get("cpu_s_per_request") or {}
     outside = sum(v for k, v in split.items() if k != "replicas")
-    svc = ServiceModel(**model | {"cpu_outside_s": outside})
+    svc = ServiceModel(**model | {"cpu_outside_s": outside, "overhead_per_busy_s": growth})
     dom = fleet["per_domain"]
     own, prune = dom["2 replicas affinity 50%"], dom["prune 50%"]
     names = sorted(own)
@@ -76,8 +107,9 @@ def inputs(fleet: dict, calibrations: list[dict]) -> tuple[ServiceModel, Quality
 
 
 def run(k: int, router: str, tasks: int, svc: ServiceModel, q: Quality, w: Workload, max_batch: int,
-        max_wait_s: float, cores: float | None = None) -> dict:
-    r = simulate(ROUTERS.get(router)(k, [f"t{i}" for i in range(tasks)]), svc, w, max_batch, max_wait_s, q, cores)
+        max_wait_s: float, cores: float | None = None, loss: float = 0.0) -> dict:
+    r = simulate(ROUTERS.get(router)(k, [f"t{i}" for i in range(tasks)]), svc, w, max_batch, max_wait_s, q, cores,
+                 loss)
     return r.to_json() | {"tasks": tasks, "set_moves_per_request": r.set_moves / max(r.requests, 1)}
 
 
@@ -86,6 +118,11 @@ def main() -> None:
     ap.add_argument("--fleet", type=Path, default=RESULTS / "fleet.json", help="bench_fleet.py's results")
     ap.add_argument("--calibrations", default="", help="comma-separated bench_fleet.py results whose calibration "
                     "bursts are pooled for the fit (default: --fleet's own)")
+    ap.add_argument("--records", type=Path, default=RESULTS / "fleet-records.json", help="bench_fleet.py load "
+                    "results with per-request records joined with Ray's hops: how much each computing replica adds "
+                    "to the path outside the engines (missing: nothing)")
+    ap.add_argument("--core-share", type=Path, default=RESULTS / "core-share.json", help="bench_core_share.py's "
+                    "results: the CPU a replica loses while it shares a core (missing: none)")
     ap.add_argument("--replicas", default="1,2,4,8,16,32,64")
     ap.add_argument("--tasks", default="8,16,64")
     ap.add_argument("--zipf", type=float, default=1.0)
@@ -107,7 +144,9 @@ def main() -> None:
     if "load" not in fleet or any("calibrate" not in c for c in cals):
         raise SystemExit(f"{args.fleet} lacks the load phase or a calibration file its calibrate phase: run "
                          "bench_fleet.py --phases load,calibrate")
-    svc, q = inputs(fleet, cals)
+    records = json.loads(args.records.read_text()) if args.records.exists() else None
+    loss = sharing_loss(json.loads(args.core_share.read_text())) if args.core_share.exists() else 0.0
+    svc, q = inputs(fleet, cals, records)
     names = sorted(prompt_tokens(fleet))
     lengths = tuple(prompt_tokens(fleet)[d] for d in names)
     mb, mw = fleet["max_batch"], fleet["max_wait_ms"] / 1000
@@ -122,15 +161,17 @@ def main() -> None:
             continue
         real = real | {"nll_per_token": fleet["nll"][label]["nll_per_token"],
                        "replica_s_per_request": (real.get("cpu_s_per_request") or {}).get("replicas")}
+        parts = measured_parts((fleet.get("records") or {}).get(label, []))
         # a core per replica; this machine's cores shared; and those less what other processes used meanwhile
         options = [None, args.machine_cores]
         if real.get("other_cores"):
             options.append(round(args.machine_cores - real["other_cores"], 2))
         for cores in options:
-            sim = run(k, router, 8, svc, q, w, mb, mw, cores)
+            sim = run(k, router, 8, svc, q, w, mb, mw, cores, loss)
             checks.append({"replicas": k, "router": router, "cores": cores, "measured_config": label,
                            "sim": {x: sim[x] for x in KEYS}, "measured": {x: real.get(x) for x in KEYS},
-                           "sim_over_measured": {x: sim[x] / real[x] if real.get(x) else None for x in KEYS}})
+                           "sim_over_measured": {x: sim[x] / real[x] if real.get(x) else None for x in KEYS},
+                           "parts_p50": {"sim": sim["parts_p50"], "measured": parts or None}})
     sweep = []
     for tasks in (int(x) for x in args.tasks.split(",")):
         for k in (int(x) for x in args.replicas.split(",")):
@@ -143,6 +184,7 @@ def main() -> None:
     payload = {"reaction": reaction, "inputs": {"service": svc.__dict__, "quality": q.__dict__, "from": str(args.fleet),
                           "calibrations": [str(p) for p in cal_paths], "prompt_tokens": dict(zip(names, lengths,
                                                                                                  strict=True)),
+                          "records": str(args.records) if records else None, "sharing_loss": loss,
                           # cores other processes used while each calibration ran (None: not recorded then)
                           "calibration_other_cores": [c["calibrate"].get("other_cores") for c in cals],
                           "fleet_date": fleet.get("date")},
@@ -211,6 +253,16 @@ def render(checks: list[dict], sweep: list[dict], args_cores: float = 2.0, react
                       "-" if v.get("replica_s_per_request") is None else f"{v['replica_s_per_request']:.3f}")
         r = ch["sim_over_measured"]
         t.add_row("", "", "  sim / measured", *(f"{r[x]:.2f}" if r[x] else "-" for x in KEYS))
+    c.print(t)
+    t = Table(title="where a request's time goes (median ms: waiting for its prefill / prefill / decode / outside "
+              f"the engine), {args_cores:g} cores shared")
+    for col in ("replicas", "router", "sim", "measured"):
+        t.add_column(col)
+    for ch in checks:
+        if ch["cores"] == args_cores:
+            sim, real = ch["parts_p50"]["sim"], ch["parts_p50"]["measured"]
+            t.add_row(str(ch["replicas"]), ch["router"], " / ".join(f"{v * 1e3:.0f}" for v in sim.values()),
+                      " / ".join(f"{v * 1e3:.0f}" for v in real.values()) if real else "- (no records)")
     c.print(t)
     c.print(f"router reaction vs churn: {reaction}")
     t = Table(title="fleet simulation: affinity vs round-robin")

@@ -1,5 +1,6 @@
 """The fleet's pure parts: task assignment, routing decisions, reassignment counting, and the fleet simulator."""
 
+import dataclasses
 import math
 import random
 
@@ -278,3 +279,60 @@ def test_fit_service_weights_each_burst_size_by_its_spread():
     fit = fit_service(raw, 16)
     assert fit["step_s"] + fit["step_per_row_s"] == pytest.approx(0.004, abs=5e-5)
     assert fit["step_s"] + 8 * fit["step_per_row_s"] == pytest.approx(0.011, abs=5e-5)
+
+
+def test_replica_speed_loses_cpu_only_where_replicas_share_a_core():
+    # the probe: two replicas beside the outside work ran at 0.777 of alone's speed on 0.817 cores (4.8% lost)
+    assert replica_speed(2.0, 2, 0.34, loss=0.048) == pytest.approx(0.83 * 0.952)
+    assert replica_speed(2.0, 2, 0.0, loss=0.048) == 1.0 and replica_speed(2.0, 1, 0.34, loss=0.048) == 1.0
+
+
+def test_simulator_splits_each_latency_into_queue_prefill_decode_and_outside():
+    svc = ServiceModel(prefill_s=0.05, step_s=0.002, step_per_row_s=0.001, swap_s=0.008, overhead_s=0.02)
+    r = simulate(RoundRobinRouter(1, ["t0"]), svc, Workload(tasks=1, requests=1, rate=0, clients=1, new_tokens=4))
+    p = r.parts_p50
+    assert p == pytest.approx({"queue_s": 0.008, "prefill_s": 0.05, "decode_s": 3 * 0.003, "outside_s": 0.02})
+    assert sum(p.values()) == pytest.approx(r.latency_p50)
+
+
+def test_simulator_outside_path_grows_with_the_replicas_computing_beside_it():
+    w = Workload(tasks=8, requests=300, rate=0, clients=16, order="shift")
+    grows = dataclasses.replace(SERVICE, overhead_per_busy_s=0.01)
+    alone = Workload(tasks=1, requests=1, rate=0, clients=1)
+    # a request alone leaves with no replica computing: the lone figure
+    assert simulate(RoundRobinRouter(2, TASKS), grows, alone, cores=2).parts_p50["outside_s"] == SERVICE.overhead_s
+    # two busy replicas on one machine: each answer's way out takes 2 x 0.01 more; the replicas' work stays
+    # (clients freed later batch a little differently)
+    flat = simulate(RoundRobinRouter(2, TASKS), SERVICE, w, cores=2)
+    busy = simulate(RoundRobinRouter(2, TASKS), grows, w, cores=2)
+    assert busy.parts_p50["outside_s"] == pytest.approx(SERVICE.overhead_s + 0.02)
+    assert busy.replica_s_per_request == pytest.approx(flat.replica_s_per_request, rel=0.02)
+    assert busy.latency_p50 > flat.latency_p50
+    # a replica on a machine of its own: only its own engine is beside the answer
+    apart = simulate(RoundRobinRouter(2, TASKS), grows, w)
+    assert apart.parts_p50["outside_s"] <= SERVICE.overhead_s + 0.01 + 1e-12
+
+
+def _hop_record(replica: str, arrival: float, engine_from: float, engine_to: float, outside: float) -> dict:
+    """A load record joined with its hops: the proxy 5 ms either side of the replica call, the replica's HTTP
+    side 5 ms either side of the engine (so the engine runs [engine_from, engine_to) on the logs' clock)."""
+    done = engine_to - engine_from
+    return {"replica": replica, "arrival_s": arrival, "replica_start_s": engine_from - 0.005,
+            "replica_s": done + 0.01, "ingress_s": done + 0.012, "proxy_s": engine_to + 0.01 - arrival,
+            "queue_seconds": 0.0, "first_token_seconds": done / 2, "done_seconds": done, "answer_seconds": 0.0,
+            "latency": done + outside}
+
+
+def test_fit_overhead_growth_recovers_the_time_each_computing_engine_adds():
+    from benchmarks.bench_fleet import fit_overhead_growth
+    from benchmarks.fleet_hops import busy_outside, split
+
+    # A on replica-0 computes 0.01-0.99 s, nothing else computing while it is outside; B on replica-1 is outside
+    # its engine only while A computes: one engine beside it
+    a = _hop_record("replica-0", 0.0, 0.01, 0.99, outside=0.02)
+    b = _hop_record("replica-1", 0.4, 0.41, 0.49, outside=0.02 + 0.015)
+    assert busy_outside([a, b]) == pytest.approx([0.0, 1.0])
+    assert sum(split(b).values()) == pytest.approx(b["latency"])  # the parts add up to the client's latency
+    assert fit_overhead_growth([[a, b]], 0.02) == pytest.approx(0.015)
+    # each run keeps its own clock: B's run alone has no engine beside it, so nothing to fit
+    assert fit_overhead_growth([[a], [b]], 0.02) == 0.0

@@ -4,11 +4,16 @@ Why a model: this machine has two cores, so a real fleet stops at two replicas; 
 paying at 64 replicas and 64 tasks is a question of queues, batches and moves, which a model answers from
 per-request costs measured on the real server. The model is built from the real parts, not a re-statement of
 them: each replica plans with the server's own `TaskScheduler` (serve/scheduler.py) and requests are placed by
-the same router objects the ingress uses (router.py). What it leaves out: HTTP and Ray overheads beyond the
-fixed per-request latency measured with them, requests that end before `new_tokens` (an end-of-text token: 15.4
-of 16 new tokens on average on the demo's load), and a replica's own work outside its engine (parsing and
-tokenizing a request, building and streaming its answer), which shares the interpreter lock with the engine
-thread: the 2-replica check's residual (docs/fleet.md).
+the same router objects the ingress uses (router.py). What it leaves out: requests that end before `new_tokens`
+(an end-of-text token: 15.4 of 16 new tokens on average on the demo's load), and what a replica's own work
+outside its engine (parsing and tokenizing a request, building and relaying its answer, which share the
+interpreter lock with the engine thread) costs the engine's steps (docs/fleet.md).
+
+The path outside the engines (client, Ray's proxy, the ingress, the hops, a replica's HTTP side) takes
+`overhead_s` for a request alone, and `overhead_per_busy_s` more for each replica computing beside it when its
+answer leaves (on a shared machine every replica on it, else its own): those processes share the cores, and in
+a replica the interpreter, with the engines (measured per request from Ray Serve's logs and the replicas'
+meters: benchmarks/fleet_hops.py).
 
 A replica's time: a set move costs `swap_s`; each admitted request is prefilled alone, in `prefill_s` plus
 `prefill_per_token_s` per prompt token (its task's prompt length: the demo's domains run 295-495 tokens, and a
@@ -38,10 +43,11 @@ class ServiceModel:
     step_s: float  # a decode step's fixed cost
     step_per_row_s: float  # and what each row of the batch adds
     swap_s: float  # moving the resident set to another task
-    overhead_s: float = 0.0  # per request, outside the replica (HTTP, ingress, Ray): latency only
+    overhead_s: float = 0.0  # per request, outside the replica's engine (HTTP, ingress, Ray): latency only
     layers_per_swap: float = 1.0  # layer moves per set move (to compare with the servers' swap counters)
     cpu_outside_s: float = 0.0  # CPU seconds per request outside the replicas (ingress, proxy, client)
     prefill_per_token_s: float = 0.0  # and what each prompt token adds
+    overhead_per_busy_s: float = 0.0  # what each replica computing beside it adds to `overhead_s`
 
     def step(self, rows: int) -> float:
         return self.step_s + self.step_per_row_s * rows
@@ -132,6 +138,9 @@ class SimResult:
     replica_s_per_request: float  # the replicas' own work per request, unstretched (vs measured replica CPU)
     ttft_p50: float = math.nan  # arrival at the replica to its first token (the replica's own meter)
     ttft_p99: float = math.nan
+    # median seconds per part of a request's latency (they sum to it per request): waiting for its prefill
+    # (a set move included), the prefill, the decode, the path outside the engine
+    parts_p50: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict:
         return dict(self.__dict__)
@@ -144,6 +153,7 @@ class _Request:
     label: int  # the task the router and the replica are told (the detector's answer)
     arrival: float
     sent: float = 0.0
+    start: float = 0.0  # its prefill begins
     first: float = 0.0  # its first token (end of its prefill)
     replica: int = -1
     left: int = 0  # decode steps still to run
@@ -169,9 +179,9 @@ def percentile(xs: list[float], q: float) -> float:
     return xs[min(int(q * len(xs)), len(xs) - 1)] if xs else math.nan
 
 
-def replica_speed(cores: float, busy: int, outside: float) -> float:
-    """The share of a core each of `busy` computing replicas gets when they share `cores` with `outside` cores'
-    worth of other work (the ingress, Ray's proxy and daemons, the client).
+def replica_speed(cores: float, busy: int, outside: float, loss: float = 0.0) -> float:
+    """The speed (against one alone) of each of `busy` computing replicas when they share `cores` with `outside`
+    cores' worth of other work (the ingress, Ray's proxy and daemons, the client).
 
     The other work comes in short bursts between sleeps, and the kernel's scheduler runs a process that slept ahead
     of the ones that kept computing: it gets its demand first, the replicas share what is left. Measured on this
@@ -179,21 +189,27 @@ def replica_speed(cores: float, busy: int, outside: float) -> float:
     Python work got 0.82 cores each (this rule: 0.83; sharing in proportion to demand: 0.86), and the 2-replica
     fleet's replicas got 0.80 cores each while both were in flight (benchmarks/fleet_hops.py). The other work never
     takes more than one more computing process would (its fair share), so replicas are never starved.
+
+    A replica that shares a core runs slower than its share says: `loss` is the part of its CPU time lost to being
+    switched out and back (the probe: 0.777 of alone's speed on 0.817 cores, 4.8% lost, so the rule with it gives
+    0.79; nothing lost while each replica had a core of its own).
     """
     if busy <= 0:
         return 1.0
     left = max(cores - outside, cores * busy / (busy + 1))
-    return min(1.0, left / busy)
+    share = min(1.0, left / busy)
+    return share if share >= 1.0 else share * (1.0 - loss)
 
 
 def simulate(router: Router, service: ServiceModel, workload: Workload, max_batch: int = 8,
-             max_wait_s: float = 0.5, quality: Quality | None = None, cores: float | None = None) -> SimResult:
+             max_wait_s: float = 0.5, quality: Quality | None = None, cores: float | None = None,
+             sharing_loss: float = 0.0) -> SimResult:
     """Run `workload` through `router.replicas` replicas until every request is answered.
 
     `cores`: None gives each replica a core of its own (a fleet of machines); a number makes the replicas share
     that many cores with the work outside them (`cpu_outside_s` per request, at the rate requests finish over
-    the last second), as `replica_speed` says (this machine: 2 replicas, the ingress, Ray's proxy and the client
-    on 2 cores)."""
+    the last second), as `replica_speed` says with `sharing_loss` (this machine: 2 replicas, the ingress, Ray's
+    proxy and the client on 2 cores)."""
     rng = random.Random(workload.seed + 2)
     tasks = workload.task_sequence()
     arrivals = workload.arrivals()
@@ -217,6 +233,7 @@ def simulate(router: Router, service: ServiceModel, workload: Workload, max_batc
     free_clients, queue_at_client = workload.clients, []
     latencies: list[float] = []
     ttfts: list[float] = []
+    parts: list[tuple[float, float, float, float]] = []  # (queue, prefill, decode, outside) per request
     nll_sum = tokens = prune_sum = 0.0
     done_at = 0.0
 
@@ -237,7 +254,7 @@ def simulate(router: Router, service: ServiceModel, workload: Workload, max_batc
             return 1.0
         busy = sum(1 for r in reps if r.rows or r.waiting)
         recent = sum(1 for x in finished_at[-500:] if now - 1.0 <= x <= now)
-        return 1.0 / replica_speed(cores, busy, recent * service.cpu_outside_s)
+        return 1.0 / replica_speed(cores, busy, recent * service.cpu_outside_s, sharing_loss)
 
     def tick(k: int, now: float) -> None:
         nonlocal done_at, nll_sum, tokens, prune_sum, free_clients
@@ -254,6 +271,7 @@ def simulate(router: Router, service: ServiceModel, workload: Workload, max_batc
             if len(rep.rows) >= max_batch:
                 break
             r = rep.waiting.pop(rid)
+            r.start = now + work * f
             work += service.prefill(workload.tokens_of(r.task))
             r.first = now + work * f
             r.left = workload.new_tokens - 1  # the prefill samples the first new token
@@ -269,11 +287,16 @@ def simulate(router: Router, service: ServiceModel, workload: Workload, max_batc
         if rep.rows:
             finished = [r for r in rep.rows if r.left <= 0]
             rep.rows = [r for r in rep.rows if r.left > 0]
+            # the replicas computing beside the answer's way out: every one on a shared machine, else its own
+            # (each while it has other work)
+            computing = sum(1 for x in (reps if cores is not None else [rep]) if x.rows or x.waiting)
+            outside = service.overhead_s + service.overhead_per_busy_s * computing
             for r in finished:
-                end = t + service.overhead_s
+                end = t + outside
                 finished_at.append(t)
                 latencies.append(end - r.sent)
                 ttfts.append(r.first - r.sent)
+                parts.append((r.start - r.sent, r.first - r.start, t - r.first, outside))
                 done_at = max(done_at, end)
                 router.done(k)
                 if quality is not None:
@@ -309,4 +332,6 @@ def simulate(router: Router, service: ServiceModel, workload: Workload, max_batc
                      nll_sum / tokens if tokens else None, prune_sum / tokens if tokens else None,
                      router.reassignments, router.reasons.get("overflow", 0),
                      sum(r.rows_stepped for r in reps) / max(stepped, 1), sum(r.work_s for r in reps) / max(n, 1),
-                     percentile(ttfts, 0.5), percentile(ttfts, 0.99))
+                     percentile(ttfts, 0.5), percentile(ttfts, 0.99),
+                     {k: percentile([p[i] for p in parts], 0.5)
+                      for i, k in enumerate(("queue_s", "prefill_s", "decode_s", "outside_s"))})
