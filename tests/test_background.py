@@ -211,3 +211,32 @@ def test_manager_swaps_read_in_the_background_land_later_with_the_same_residents
     assert sum(m.stats.loads for m in small.layers) < sum(m.stats.loads for m in blocking.layers)
     assert all(len(m.resident) == m.slots for m in small.layers)
     small.close()
+
+
+def test_read_buffers_are_reused_after_their_install_and_slots_hold_exact_experts(bundles):
+    """A read waits for its install in a buffer the loader hands out again once the main thread has copied it into
+    a slot: the next reads reuse it, and every slot still holds exactly its expert's stored weights."""
+    rt = build_runtime(bundles["swap"])
+    seen_buffers = []
+    real = rt.loader._buffer
+
+    def spy():
+        buf = real()
+        seen_buffers.append(buf)  # held, so an id seen twice is the same buffer handed out again
+        return buf
+
+    rt.loader._buffer = spy
+    for text in TEXTS * 2:
+        _forward(rt, text)
+        rt.loader.wait_idle()
+    _forward(rt, TEXTS[0])  # installs the last reads
+    assert sum(m.stats.loads for m in rt.layers) > 1
+    assert len({id(b) for b in seen_buffers}) < len(seen_buffers)  # a buffer came back and was handed out again
+    for m in rt.layers:
+        store = m.writer.store
+        for e in m.resident:
+            slot = int(m.slot_of[e])
+            before = {k: t[slot].clone() for k, t in m.writer.pool().items()}
+            m.writer.write(store.read(m.layer_index, e), slot)  # a fresh read of the same expert, no buffer
+            assert all(torch.equal(before[k], t[slot]) for k, t in m.writer.pool().items())
+    rt.close()

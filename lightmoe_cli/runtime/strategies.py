@@ -353,6 +353,7 @@ class Remap(LayerStrategy):
             self.pool.install(r.expert, self.pool.evict(old), r.wait(), r.seconds)
             evicted.append(old)
             loaded.append(r.expert)
+        _recycle(self.move_loader, ready)  # copied into their slots or dropped: the loader may reuse their buffers
         if stale:
             self._resync_manager()
         return self._swapped(token, evicted, loaded, t0)
@@ -414,6 +415,15 @@ class OnDemand(LayerStrategy):
                                                               top_k_weights[start:t])
             start, group = t, set(row) if row is not None else set()
         return out
+
+
+def _recycle(loader, ready: list) -> None:
+    """Hand a loader back the buffers of a batch of its reads: installed ones are copied into their slots by now,
+    rejected ones are dropped (a loader without buffers to reuse has no `recycle`)."""
+    recycle = getattr(loader, "recycle", None)
+    if recycle is not None:
+        for r in ready:
+            recycle(r)
 
 
 class Background(Remap):
@@ -522,6 +532,7 @@ class Background(Remap):
         if kept is not None and (kept.row is None or int(self.slot_of[kept.expert]) >= 0):
             kept = None
         if not installs and kept is None:
+            self._recycle(ready)
             return None
         self._fold()  # count the forwards so far under the tables they ran with
         t0 = time.perf_counter()
@@ -537,7 +548,11 @@ class Background(Remap):
                 self.pool.install(e, self.pool.evict(victim), r.wait(), r.seconds)
             self._bought[victim] = False
             self._bought[e] = e in bought
+        self._recycle(ready)
         return self._swapped(self.cache.clock, [v for _, v in installs], [e for e, _ in installs], t0)
+
+    def _recycle(self, ready: list) -> None:
+        _recycle(self.loader, ready)
 
     def move(self, evict: list[int], load: list[int], token: int = 0) -> SwapRecord | None:
         """A manager moves the pinned core (blocking reads at a check point); a loaded expert already in the
