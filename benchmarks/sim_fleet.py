@@ -16,18 +16,26 @@ benchmarks/results/sim_fleet.png.
 The checks also give the time to first token (arrival at the replica to its first token: the replica's own
 meter, so it leaves out the ingress and the hops), which tells a replica's queue and prefill apart from the rest,
 and the median of each part of a request's latency (waiting for its prefill, the prefill, the decode, outside
-the engine), measured where the load run kept per-request records.
+the engine), measured where the load run kept per-request records. Each check is replayed under `--seeds` draws of
+the engine's costs' spread and the detector's errors: its figures are their medians, with the latencies' 5-95%
+band, and a measured figure outside the band is marked.
 
     python benchmarks/sim_fleet.py --fleet benchmarks/results/fleet-quiet.json   # just sim-fleet
     python benchmarks/sim_fleet.py --fleet benchmarks/results/fleet-records.json \
         --calibrations benchmarks/results/fleet-quiet.json   # the records run checked too
+    python benchmarks/sim_fleet.py --fleet benchmarks/results/fleet-records-2.json \
+        --records benchmarks/results/fleet-records-2.json \
+        --out benchmarks/results/sim_fleet-records-2.json   # calibration and load from one session
     python benchmarks/sim_fleet.py                    # reads benchmarks/results/fleet.json
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import math
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -84,6 +92,99 @@ def measured_parts(recs: list[dict]) -> dict[str, float]:
     return {k: percentile([f(r) for r in ok], 0.5) for k, f in get.items()} if ok else {}
 
 
+def _cv(ratios: list[float]) -> float | None:
+    """Coefficient of variation of ratios over their median (so a run slower all through counts as no spread)."""
+    if len(ratios) < 20:
+        return None
+    mid = statistics.median(ratios)
+    xs = [x / mid for x in ratios]
+    return statistics.pstdev(xs) / statistics.mean(xs)
+
+
+def cost_spread(recs: list[dict], svc: ServiceModel) -> tuple[float | None, float | None]:
+    """The spread of a replica's engine costs (coefficients of variation), from a 1-replica load run's
+    per-request records: one replica, so no other replica's work stretches its costs (the model's sharing rule
+    does that).
+
+    Prefill: each request's measured prefill (first token - start) over the model's for its prompt tokens. On
+    the records run successive requests' ratios are uncorrelated (lag-1 autocorrelation 0.03), so each prefill
+    is drawn independently. Decode step: each request's in-situ step (fleet_hops.decode_steps: its decode less
+    the prefills that joined meanwhile, over its steps; needs the records' Ray hops) over the model's step at
+    its mean rows; that is a mean over its steps, so a step's own spread is it times the square root of the
+    steps (independent steps: an upper bound if slow steps come in runs)."""
+    from benchmarks.fleet_hops import decode_steps
+
+    ok = [r for r in recs if r.get("status") == 200 and r.get("first_token_seconds") is not None
+          and r.get("prompt_tokens")]
+    prefill = _cv([(r["first_token_seconds"] - r["queue_seconds"]) / svc.prefill(r["prompt_tokens"]) for r in ok])
+    step = None
+    if ok and all("replica_start_s" in r for r in ok):
+        got = [(s, r) for s, r in zip(decode_steps(ok), ok, strict=True) if s is not None]
+        per_request = _cv([s["step_s"] / svc.step(s["rows"]) for s, _ in got])
+        if per_request is not None:
+            steps = statistics.median(r["new_tokens"] - 1 for _, r in got)
+            step = per_request * math.sqrt(steps)
+    return prefill, step
+
+
+def replayed(fleet: dict, records: dict | None, label: str, order: tuple[int, ...], names: list[str]) \
+        -> tuple[tuple[float, ...], tuple[int, ...]]:
+    """Per request of the measured load: its prompt tokens, and the task the replica was told (the detector's
+    answer), from `fleet`'s own records of `label` when it kept them; else the prompt tokens from another run's
+    records of the same documents (`records`; the detector's answers there are another detector's: not taken).
+    Empty where neither has them."""
+    own = (fleet.get("records") or {}).get(label) or []
+    if own and [names.index(r["domain"]) for r in own] == list(order):
+        tokens = tuple(float(r["prompt_tokens"]) for r in own) if all(r.get("prompt_tokens") for r in own) else ()
+        labels = tuple(names.index(r["task"]) for r in own) if all(r.get("task") in names for r in own) else ()
+        return tokens, labels
+    for recs in ((records or {}).get("records") or {}).values():
+        if [names.index(r["domain"]) for r in recs] == list(order) and all(r.get("prompt_tokens") for r in recs):
+            return tuple(float(r["prompt_tokens"]) for r in recs), ()
+    return (), ()
+
+
+def detector_errors(order: tuple[int, ...], replica_of: dict[int, int], routed: list[int], right: float,
+                    seed: int) -> tuple[int, ...]:
+    """The detector's answers for the measured order, drawn so that each replica gets the requests the measured
+    affinity run routed to it (`routed`; its assignment never changed, so a request's replica is its label's).
+    The quiet run's errors were lopsided: 6 wrong, and replica 1 got 105 of 200 where right answers give it 100,
+    so 5 requests of replica 0's tasks were named as replica 1's; drawn at random (each error to any other task)
+    they move requests both ways and nearly cancel. Which requests were wrong, and the errors that stay on their
+    replica, are drawn (`seed`)."""
+    import random
+
+    rng = random.Random(seed)
+    labels = list(order)
+    errors = round((1.0 - right) * len(order))
+    got = [0] * len(routed)
+    for t in order:
+        got[replica_of[t]] += 1
+    need = [m - g for m, g in zip(routed, got, strict=True)]  # > 0: the replica got more than right answers give
+    tasks_on = {r: [t for t, x in replica_of.items() if x == r] for r in range(len(routed))}
+    while errors > 0 and any(n > 0 for n in need):
+        to = rng.choice([r for r, n in enumerate(need) if n > 0])
+        src = [r for r, n in enumerate(need) if n < 0] or [r for r in range(len(routed)) if r != to]
+        pick = rng.choice([i for i, t in enumerate(order) if replica_of[t] in src and labels[i] == t])
+        need[replica_of[order[pick]]] += 1
+        need[to] -= 1
+        labels[pick] = rng.choice(tasks_on[to])
+        errors -= 1
+    for _ in range(errors):  # the rest stay on their replica (another of its tasks, where it has one)
+        pick = rng.choice([i for i, t in enumerate(order) if labels[i] == t])
+        others = [t for t in tasks_on[replica_of[order[pick]]] if t != order[pick]]
+        if others:
+            labels[pick] = rng.choice(others)
+    return tuple(labels)
+
+
+def band(xs: list[float]) -> dict:
+    """Median and the 5-95% band (rank rule: the 5th and 95th percentiles of the draws)."""
+    xs = sorted(x for x in xs if not math.isnan(x))
+    return {"median": statistics.median(xs), "p5": percentile(xs, 0.05), "p95": percentile(xs, 0.95),
+            "draws": len(xs)}
+
+
 def inputs(fleet: dict, calibrations: list[dict], records: dict | None = None) -> tuple[ServiceModel, Quality]:
     """The costs fitted to the calibration bursts of every given run together (one run's fit moves with the
     machine's noise), the growth of the path outside the engines from `records`' per-request records (none: no
@@ -97,6 +198,11 @@ def inputs(fleet: dict, calibrations: list[dict], records: dict | None = None) -
     split = fleet["load"].get("1 replica x1 thread 50%", {}).get("cpu_s_per_request") or {}
     outside = sum(v for k, v in split.items() if k != "replicas")
     svc = ServiceModel(**model | {"cpu_outside_s": outside, "overhead_per_busy_s": growth})
+    # the costs' spread, from the 1-replica load's records (its own run's first, then `records`' run)
+    one = (fleet.get("records") or {}).get("1 replica x1 thread 50%") or \
+        ((records or {}).get("records") or {}).get("1 replica x1 thread 50%") or []
+    prefill_cv, step_cv = cost_spread(one, svc)
+    svc = dataclasses.replace(svc, prefill_cv=prefill_cv or 0.0, step_cv=step_cv or 0.0)
     dom = fleet["per_domain"]
     own, prune = dom["2 replicas affinity 50%"], dom["prune 50%"]
     names = sorted(own)
@@ -107,10 +213,34 @@ def inputs(fleet: dict, calibrations: list[dict], records: dict | None = None) -
 
 
 def run(k: int, router: str, tasks: int, svc: ServiceModel, q: Quality, w: Workload, max_batch: int,
-        max_wait_s: float, cores: float | None = None, loss: float = 0.0) -> dict:
+        max_wait_s: float, cores: float | None = None, loss: float = 0.0, noise_seed: int = 0) -> dict:
     r = simulate(ROUTERS.get(router)(k, [f"t{i}" for i in range(tasks)]), svc, w, max_batch, max_wait_s, q, cores,
-                 loss)
+                 loss, noise_seed)
     return r.to_json() | {"tasks": tasks, "set_moves_per_request": r.set_moves / max(r.requests, 1)}
+
+
+def run_seeds(k: int, router: str, svc: ServiceModel, q: Quality, w: Workload, max_batch: int, max_wait_s: float,
+              cores: float | None, loss: float, seeds: int, routed: list[int] | None = None) -> dict:
+    """The measured load replayed under `seeds` draws of the costs' spread and the detector's errors (matching
+    the measured run's `routed` per replica where given: `detector_errors`): each figure is the draws' median
+    (parts: seed 0's), with the 5-95% band of the latencies beside it. A p99 over 200 requests is its 2nd slowest
+    request, so one draw of the noise moves it; the band says how far."""
+    runs = []
+    for s in range(max(seeds, 1)):
+        ws = w
+        if routed is not None and not w.labels:
+            replica_of = {int(t[1:]): rs[0] for t, rs in ROUTERS.get(router)(k, [f"t{i}" for i in range(w.tasks)])
+                          .assignment.replicas_of.items()}
+            ws = dataclasses.replace(w, labels=detector_errors(w.sequence, replica_of, routed, q.accuracy, s))
+        runs.append(run(k, router, 8, svc, q, ws, max_batch, max_wait_s, cores, loss, s))
+    out = dict(runs[0])
+    for x in KEYS + ("latency_p50", "latency_p99"):
+        vals = [r[x] for r in runs if isinstance(r.get(x), (int, float))]
+        if vals:
+            out[x] = statistics.median(vals)
+    out["bands"] = {x: band([r[x] for r in runs]) for x in ("latency_p50", "latency_p99", "ttft_p99",
+                                                            "requests_per_s")}
+    return out
 
 
 def main() -> None:
@@ -133,6 +263,8 @@ def main() -> None:
                     "measured run (12/s offered)")
     ap.add_argument("--machine-cores", type=float, default=2.0, help="the measuring machine's cores, shared by its "
                     "replicas and the work outside them (the checks are simulated with and without sharing)")
+    ap.add_argument("--seeds", type=int, default=40, help="draws of the costs' spread and the detector's errors per "
+                    "check (the figures are their medians, with the 5-95%% band of the latencies)")
     ap.add_argument("--out", type=Path, default=RESULTS / "sim_fleet.json")
     args = ap.parse_args()
     if not args.fleet.exists():
@@ -153,23 +285,36 @@ def main() -> None:
     t0 = time.perf_counter()
     checks = []
     for (k, router), label in CHECKS.items():
-        # the measured load replayed: its domain order, the client's send times (seed 0), its clients
+        # the measured load replayed: its domain order, the client's send times (seed 0), its clients, each
+        # request's prompt tokens and detected task where records kept them
+        order = measured_order(fleet, names)
+        tokens, labels = replayed(fleet, records, label, order, names)
         w = Workload(tasks=8, requests=fleet["requests"], rate=fleet["rate"], clients=fleet["clients"],
-                     sequence=measured_order(fleet, names), prompt_tokens=lengths, new_tokens=fleet["max_tokens"])
+                     sequence=order, prompt_tokens=lengths, new_tokens=fleet["max_tokens"], request_tokens=tokens,
+                     labels=labels)
         real = fleet["load"].get(label)
         if real is None:
             continue
         real = real | {"nll_per_token": fleet["nll"][label]["nll_per_token"],
                        "replica_s_per_request": (real.get("cpu_s_per_request") or {}).get("replicas")}
         parts = measured_parts((fleet.get("records") or {}).get(label, []))
+        # where the measured affinity run kept one assignment, its replicas' counts tell the detector's errors apart
+        state = (real.get("fleet") or {}).get("router") or {}
+        routed = state.get("routed") if router == "affinity" and k > 1 and state.get("reassignments") == 0 and \
+            len(state.get("routed") or []) == k else None
         # a core per replica; this machine's cores shared; and those less what other processes used meanwhile
         options = [None, args.machine_cores]
         if real.get("other_cores"):
             options.append(round(args.machine_cores - real["other_cores"], 2))
         for cores in options:
-            sim = run(k, router, 8, svc, q, w, mb, mw, cores, loss)
+            sim = run_seeds(k, router, svc, q, w, mb, mw, cores, loss, args.seeds, routed)
+            bands = sim["bands"]
             checks.append({"replicas": k, "router": router, "cores": cores, "measured_config": label,
                            "sim": {x: sim[x] for x in KEYS}, "measured": {x: real.get(x) for x in KEYS},
+                           "bands": bands, "replayed": {"prompt_tokens": bool(tokens), "labels": bool(labels),
+                                                        "routed": routed},
+                           "inside_band": {x: bands[x]["p5"] <= real[x] <= bands[x]["p95"] for x in bands
+                                           if isinstance(real.get(x), (int, float))},
                            "sim_over_measured": {x: sim[x] / real[x] if real.get(x) else None for x in KEYS},
                            "parts_p50": {"sim": sim["parts_p50"], "measured": parts or None}})
     sweep = []
@@ -253,6 +398,11 @@ def render(checks: list[dict], sweep: list[dict], args_cores: float = 2.0, react
                       "-" if v.get("replica_s_per_request") is None else f"{v['replica_s_per_request']:.3f}")
         r = ch["sim_over_measured"]
         t.add_row("", "", "  sim / measured", *(f"{r[x]:.2f}" if r[x] else "-" for x in KEYS))
+        if ch.get("bands"):
+            b, inside = ch["bands"], ch.get("inside_band", {})
+            t.add_row("", "", f"  sim 5-95% ({b['latency_p99']['draws']} draws)",
+                      *(f"{b[x]['p5']:.2f}-{b[x]['p95']:.2f}{'' if inside.get(x, True) else ' !'}" if x in b else ""
+                        for x in ("requests_per_s", "latency_p50", "latency_p99", "ttft_p50", "ttft_p99")))
     c.print(t)
     t = Table(title="where a request's time goes (median ms: waiting for its prefill / prefill / decode / outside "
               f"the engine), {args_cores:g} cores shared")

@@ -16,7 +16,7 @@ from lightmoe_cli.fleet.router import (
     imbalance,
     moves,
 )
-from lightmoe_cli.fleet.sim import Quality, ServiceModel, Workload, percentile, replica_speed, simulate
+from lightmoe_cli.fleet.sim import Quality, ServiceModel, Workload, noise, percentile, replica_speed, simulate
 
 TASKS = [f"t{i}" for i in range(8)]
 
@@ -336,3 +336,81 @@ def test_fit_overhead_growth_recovers_the_time_each_computing_engine_adds():
     assert fit_overhead_growth([[a, b]], 0.02) == pytest.approx(0.015)
     # each run keeps its own clock: B's run alone has no engine beside it, so nothing to fit
     assert fit_overhead_growth([[a], [b]], 0.02) == 0.0
+
+
+def test_noise_has_mean_one_and_the_asked_spread_and_none_at_zero():
+    rng = random.Random(0)
+    assert noise(rng, 0.0) == 1.0
+    xs = [noise(rng, 0.2) for _ in range(20000)]
+    mean = sum(xs) / len(xs)
+    sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / len(xs))
+    assert mean == pytest.approx(1.0, abs=0.01) and sd / mean == pytest.approx(0.2, abs=0.01)
+    assert min(xs) > 0
+
+
+def test_simulator_costs_spread_moves_latencies_per_draw_and_a_draw_replays():
+    w = Workload(tasks=8, requests=150, rate=12, clients=16, order="shift")
+    fixed = [simulate(AffinityRouter(2, TASKS), SERVICE, w, noise_seed=s) for s in (0, 1)]
+    assert fixed[0].latency_p99 == fixed[1].latency_p99  # no spread, no detector errors: one answer
+    spread = dataclasses.replace(SERVICE, prefill_cv=0.3, step_cv=0.3)
+    a, b, again = (simulate(AffinityRouter(2, TASKS), spread, w, noise_seed=s) for s in (1, 2, 1))
+    assert a.requests == b.requests == 150
+    assert [r["latency"] for r in a.records] != [r["latency"] for r in b.records]
+    assert [r["latency"] for r in a.records] == [r["latency"] for r in again.records]
+    # the spread has mean 1: the replicas' work per request stays near the fixed costs'
+    assert a.replica_s_per_request == pytest.approx(fixed[0].replica_s_per_request, rel=0.1)
+
+
+def test_simulator_replays_measured_prompt_tokens_and_detected_tasks_per_request():
+    svc = ServiceModel(prefill_s=0.0, step_s=0.002, step_per_row_s=0.0, swap_s=0.0, prefill_per_token_s=0.001)
+    w = Workload(tasks=2, requests=2, rate=0, clients=1, sequence=(0, 1), prompt_tokens=(100.0, 100.0),
+                 request_tokens=(300.0, 50.0), labels=(1, 1), new_tokens=1)
+    assert w.tokens_of(0, 0) == 300.0 and w.tokens_of(1) == 100.0 and w.tokens_of(1, 5) == 100.0
+    r = simulate(AffinityRouter(2, ["t0", "t1"]), svc, w, quality=Quality((1.0, 1.0), (2.0, 2.0)))
+    assert [x["prefill_s"] for x in r.records] == pytest.approx([0.3, 0.05])
+    # request 0 (task 0) was told task 1: routed as task 1, scored with the wrong set
+    assert [(x["task"], x["label"], x["replica"]) for x in r.records] == [(0, 1, 1), (1, 1, 1)]
+    assert r.nll_per_token == pytest.approx(1.5)
+
+
+def test_simulator_records_each_request_and_its_parts_add_up():
+    w = Workload(tasks=8, requests=60, rate=20, clients=8, order="shift")
+    r = simulate(AffinityRouter(2, TASKS), dataclasses.replace(SERVICE, prefill_cv=0.2), w, cores=2)
+    assert [x["index"] for x in r.records] == list(range(60))
+    for x in r.records:
+        assert x["queue_s"] + x["prefill_s"] + x["decode_s"] + x["outside_s"] == pytest.approx(x["latency"])
+    assert percentile([x["latency"] for x in r.records], 0.99) == r.latency_p99
+    assert "records" not in r.to_json()
+
+
+def test_cost_spread_reads_the_prefills_spread_around_the_model_and_band_ranks():
+    from benchmarks.sim_fleet import band, cost_spread
+
+    svc = ServiceModel(prefill_s=0.01, step_s=0.0, step_per_row_s=0.0, swap_s=0.0, prefill_per_token_s=0.0001)
+    # a run 1.5x slower all through, half the prefills 20% above the rest: spread only from the halves
+    recs = [{"status": 200, "prompt_tokens": n, "queue_seconds": 0.1,
+             "first_token_seconds": 0.1 + 1.5 * svc.prefill(n) * (1.2 if i % 2 else 1.0)}
+            for i, n in enumerate([300, 400] * 20)]
+    expect = 0.15 / 1.65  # ratios 1.5 and 1.8 in equal numbers: sd 0.15 around their mean 1.65
+    prefill, step = cost_spread(recs, svc)
+    assert prefill == pytest.approx(expect, rel=1e-6)
+    assert step is None  # no Ray hops joined: the in-situ decode step cannot be told apart
+    assert cost_spread(recs[:5], svc) == (None, None)
+    b = band([float(x) for x in range(1, 101)])
+    assert b["median"] == 50.5 and b["p5"] == 6.0 and b["p95"] == 96.0 and b["draws"] == 100
+
+
+def test_detector_errors_match_the_measured_replicas_counts_and_error_rate():
+    from benchmarks.sim_fleet import detector_errors
+
+    order = tuple(i % 4 for i in range(100))
+    replica_of = {0: 0, 1: 1, 2: 0, 3: 1}  # 50 requests each with right answers
+    for seed in range(5):
+        labels = detector_errors(order, replica_of, [45, 55], right=0.93, seed=seed)
+        assert [sum(replica_of[t] == r for t in labels) for r in (0, 1)] == [45, 55]
+        assert sum(a != b for a, b in zip(labels, order, strict=True)) == 7
+        # the 5 that moved were replica 0's tasks named as replica 1's; the other 2 stayed on their replica
+        moved = [(a, b) for a, b in zip(order, labels, strict=True) if replica_of[a] != replica_of[b]]
+        assert len(moved) == 5 and all(replica_of[a] == 0 for a, _ in moved)
+    assert detector_errors(order, replica_of, [45, 55], 0.93, 1) == detector_errors(order, replica_of, [45, 55],
+                                                                                    0.93, 1)

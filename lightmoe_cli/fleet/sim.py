@@ -18,8 +18,11 @@ meters: benchmarks/fleet_hops.py).
 A replica's time: a set move costs `swap_s`; each admitted request is prefilled alone, in `prefill_s` plus
 `prefill_per_token_s` per prompt token (its task's prompt length: the demo's domains run 295-495 tokens, and a
 prefill's cost follows them); a decode step of b rows costs `step_s + step_per_row_s * b`; a request is done
-after `new_tokens` steps. Clients send as in the load benchmark (bench_serve.load): the same Poisson arrival
-times for the same seed, through at most `clients` concurrent requests; latency runs from the send to the answer.
+after `new_tokens` steps. The engine's costs vary (`prefill_cv`, `step_cv`: each prefill and each step is drawn
+around its cost, independently: successive prefills' spread is uncorrelated on the real replica), and a measured
+load can be replayed request by request (its prompt tokens, the detector's answers). Clients send as in the load
+benchmark (bench_serve.load): the same Poisson arrival times for the same seed, through at most `clients`
+concurrent requests; latency runs from the send to the answer.
 NLL per token: a request served with its own task's set scores that task's measured oracle figure; one whose task
 was detected wrong (`accuracy`) scores the prune figure.
 """
@@ -48,6 +51,10 @@ class ServiceModel:
     cpu_outside_s: float = 0.0  # CPU seconds per request outside the replicas (ingress, proxy, client)
     prefill_per_token_s: float = 0.0  # and what each prompt token adds
     overhead_per_busy_s: float = 0.0  # what each replica computing beside it adds to `overhead_s`
+    # spread of the engine's costs: each prefill and each decode step takes its cost times a log-normal factor of
+    # mean 1 and this coefficient of variation (0: every cost exactly as fitted)
+    prefill_cv: float = 0.0
+    step_cv: float = 0.0
 
     def step(self, rows: int) -> float:
         return self.step_s + self.step_per_row_s * rows
@@ -70,6 +77,8 @@ class Workload:
     seed: int = 0
     sequence: tuple[int, ...] = ()  # a measured task order to replay (overrides `order`)
     prompt_tokens: tuple[float, ...] = ()  # prompt tokens per task (a task past them reuses them in turn)
+    request_tokens: tuple[float, ...] = ()  # a measured load's prompt tokens per request (overrides the above)
+    labels: tuple[int, ...] = ()  # a measured load's detected task per request (overrides drawn detector errors)
 
     def task_sequence(self) -> list[int]:
         if self.sequence:
@@ -88,7 +97,10 @@ class Workload:
         weights = [1.0 / (r + 1) ** self.zipf for r in range(self.tasks)]
         return rng.choices(range(self.tasks), weights=weights, k=self.requests)
 
-    def tokens_of(self, task: int) -> float:
+    def tokens_of(self, task: int, index: int | None = None) -> float:
+        """Request `index`'s prompt tokens where they were measured, else its task's."""
+        if index is not None and index < len(self.request_tokens):
+            return self.request_tokens[index]
         return self.prompt_tokens[task % len(self.prompt_tokens)] if self.prompt_tokens else 0.0
 
     def arrivals(self) -> list[float]:
@@ -141,9 +153,12 @@ class SimResult:
     # median seconds per part of a request's latency (they sum to it per request): waiting for its prefill
     # (a set move included), the prefill, the decode, the path outside the engine
     parts_p50: dict[str, float] = field(default_factory=dict)
+    # per request, in arrival order: its replica, task, label and latency parts (to set beside a load run's
+    # per-request records)
+    records: list[dict] = field(default_factory=list)
 
     def to_json(self) -> dict:
-        return dict(self.__dict__)
+        return {k: v for k, v in self.__dict__.items() if k != "records"}
 
 
 @dataclass
@@ -201,23 +216,36 @@ def replica_speed(cores: float, busy: int, outside: float, loss: float = 0.0) ->
     return share if share >= 1.0 else share * (1.0 - loss)
 
 
+def noise(rng: random.Random, cv: float) -> float:
+    """A log-normal factor of mean 1 and coefficient of variation `cv` (1.0 when cv is 0)."""
+    if cv <= 0:
+        return 1.0
+    sigma2 = math.log1p(cv * cv)
+    return math.exp(rng.gauss(-sigma2 / 2, math.sqrt(sigma2)))
+
+
 def simulate(router: Router, service: ServiceModel, workload: Workload, max_batch: int = 8,
              max_wait_s: float = 0.5, quality: Quality | None = None, cores: float | None = None,
-             sharing_loss: float = 0.0) -> SimResult:
+             sharing_loss: float = 0.0, noise_seed: int = 0) -> SimResult:
     """Run `workload` through `router.replicas` replicas until every request is answered.
 
     `cores`: None gives each replica a core of its own (a fleet of machines); a number makes the replicas share
     that many cores with the work outside them (`cpu_outside_s` per request, at the rate requests finish over
     the last second), as `replica_speed` says with `sharing_loss` (this machine: 2 replicas, the ingress, Ray's
-    proxy and the client on 2 cores)."""
-    rng = random.Random(workload.seed + 2)
+    proxy and the client on 2 cores). `noise_seed` draws the costs' spread (`prefill_cv`, `step_cv`) apart from
+    the workload, so the same arrivals can be replayed under several draws."""
+    rng = random.Random(workload.seed + 2 + 7919 * noise_seed)  # the detector's errors: a draw of their own too
+    jitter = random.Random(noise_seed)
     tasks = workload.task_sequence()
     arrivals = workload.arrivals()
     acc = quality.accuracy if quality else 1.0
     reqs = []
     for i, (t, a) in enumerate(zip(tasks, arrivals, strict=True)):
-        label = t if acc >= 1.0 or rng.random() < acc or workload.tasks == 1 else \
-            rng.choice([x for x in range(workload.tasks) if x != t])
+        if i < len(workload.labels):
+            label = workload.labels[i]
+        else:
+            label = t if acc >= 1.0 or rng.random() < acc or workload.tasks == 1 else \
+                rng.choice([x for x in range(workload.tasks) if x != t])
         reqs.append(_Request(i, t, label, a))
     reps = [_Replica(TaskScheduler(max_batch, max_wait_s)) for _ in range(router.replicas)]
     events: list[tuple[float, int, str, int]] = []  # (time, order, kind, index)
@@ -234,6 +262,7 @@ def simulate(router: Router, service: ServiceModel, workload: Workload, max_batc
     latencies: list[float] = []
     ttfts: list[float] = []
     parts: list[tuple[float, float, float, float]] = []  # (queue, prefill, decode, outside) per request
+    records: dict[int, dict] = {}
     nll_sum = tokens = prune_sum = 0.0
     done_at = 0.0
 
@@ -272,12 +301,12 @@ def simulate(router: Router, service: ServiceModel, workload: Workload, max_batc
                 break
             r = rep.waiting.pop(rid)
             r.start = now + work * f
-            work += service.prefill(workload.tokens_of(r.task))
+            work += service.prefill(workload.tokens_of(r.task, r.id)) * noise(jitter, service.prefill_cv)
             r.first = now + work * f
             r.left = workload.new_tokens - 1  # the prefill samples the first new token
             rep.rows.append(r)
         if any(r.left > 0 for r in rep.rows):  # a request of one new token is done at its prefill
-            work += service.step(len(rep.rows))
+            work += service.step(len(rep.rows)) * noise(jitter, service.step_cv)
             rep.steps += 1
             rep.rows_stepped += len(rep.rows)
             for r in rep.rows:
@@ -297,6 +326,9 @@ def simulate(router: Router, service: ServiceModel, workload: Workload, max_batc
                 latencies.append(end - r.sent)
                 ttfts.append(r.first - r.sent)
                 parts.append((r.start - r.sent, r.first - r.start, t - r.first, outside))
+                records[r.id] = {"index": r.id, "task": r.task, "label": r.label, "replica": k, "sent": r.sent,
+                                 "latency": end - r.sent, "queue_s": r.start - r.sent,
+                                 "prefill_s": r.first - r.start, "decode_s": t - r.first, "outside_s": outside}
                 done_at = max(done_at, end)
                 router.done(k)
                 if quality is not None:
@@ -334,4 +366,5 @@ def simulate(router: Router, service: ServiceModel, workload: Workload, max_batc
                      sum(r.rows_stepped for r in reps) / max(stepped, 1), sum(r.work_s for r in reps) / max(n, 1),
                      percentile(ttfts, 0.5), percentile(ttfts, 0.99),
                      {k: percentile([p[i] for p in parts], 0.5)
-                      for i, k in enumerate(("queue_s", "prefill_s", "decode_s", "outside_s"))})
+                      for i, k in enumerate(("queue_s", "prefill_s", "decode_s", "outside_s"))},
+                     [records[i] for i in sorted(records)])
