@@ -532,7 +532,7 @@ class Background(Remap):
         if kept is not None and (kept.row is None or int(self.slot_of[kept.expert]) >= 0):
             kept = None
         if not installs and kept is None:
-            self._recycle(ready)
+            _recycle(self.loader, ready)
             return None
         self._fold()  # count the forwards so far under the tables they ran with
         t0 = time.perf_counter()
@@ -548,11 +548,8 @@ class Background(Remap):
                 self.pool.install(e, self.pool.evict(victim), r.wait(), r.seconds)
             self._bought[victim] = False
             self._bought[e] = e in bought
-        self._recycle(ready)
-        return self._swapped(self.cache.clock, [v for _, v in installs], [e for e, _ in installs], t0)
-
-    def _recycle(self, ready: list) -> None:
         _recycle(self.loader, ready)
+        return self._swapped(self.cache.clock, [v for _, v in installs], [e for e, _ in installs], t0)
 
     def move(self, evict: list[int], load: list[int], token: int = 0) -> SwapRecord | None:
         """A manager moves the pinned core (blocking reads at a check point); a loaded expert already in the

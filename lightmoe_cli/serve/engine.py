@@ -346,7 +346,6 @@ class Engine:
 
     def _accept(self, job: Job, choice: Choice) -> bool:
         """Record a sampled token; True when the job is finished (eos, stop string, max_tokens)."""
-        tok = self.rt.tokenizer
         if job.first_token_at is None:
             job.first_token_at = time.monotonic()
         if choice.token == self._eos:
@@ -355,8 +354,7 @@ class Engine:
         job.generated.append(choice.token)
         job.choices.append(choice)
         if job.stop:  # a stop string may end the text at any token: decode every one
-            text = tok.decode(job.generated, skip_special_tokens=True)
-            job.decoded = len(job.generated)
+            text = self._decode(job)
             for s in job.stop:
                 cut = text.find(s, max(len(job.text) - len(s), 0))
                 if cut >= 0:
@@ -381,12 +379,16 @@ class Engine:
         if job.last_sent is None or now - job.last_sent >= self.stream_interval_s:
             self._flush(job, now)
 
+    def _decode(self, job: Job) -> str:
+        """The whole answer's text so far (every generated token decoded, so `job.decoded` catches up)."""
+        job.decoded = len(job.generated)
+        return self.rt.tokenizer.decode(job.generated, skip_special_tokens=True)
+
     def _catch_up(self, job: Job) -> None:
         """Decode the tokens generated since the last decode into `job.text` (holding back a partial UTF-8
         character) and send what is pending."""
         if job.decoded < len(job.generated):
-            text = self.rt.tokenizer.decode(job.generated, skip_special_tokens=True)
-            job.decoded = len(job.generated)
+            text = self._decode(job)
             if not text.endswith("\ufffd"):
                 self._emit_text(job, text)
         self._flush(job, time.monotonic())
