@@ -186,6 +186,8 @@ def main() -> None:
     ap.add_argument("--detector", default="routing", help="the task-scheduled servers' detector (the JSON of "
                     "2026-12-01 was measured with routing)")
     ap.add_argument("--phases", default="load,detect,meter,single")
+    ap.add_argument("--only", default="", help="comma-separated config labels of the load phase (default all; full "
+                    "and each one's prune baseline are kept: the NLL gap needs both)")
     ap.add_argument("--out", default="serve.json")
     HarnessOptions.add_arguments(ap, repeats=1)
     args = ap.parse_args()
@@ -214,6 +216,12 @@ def main() -> None:
                     f"task-aware FIFO+jump {b:.0%}": (f"task-aware-{b}", "fifo", False),
                     f"task-aware task-sched {b:.0%}": (f"task-aware-{b}", "task", False),
                     f"oracle (task named) {b:.0%}": (f"task-aware-{b}", "task", True)}
+    if args.only:
+        keep = set(args.only.split(","))
+        if unknown := keep - set(configs):
+            sys.exit(f"--only: unknown config(s) {', '.join(sorted(unknown))}; configs: {', '.join(configs)}")
+        keep |= {"full"} | {f"prune {label.split()[-1]}" for label in keep if label != "full"}
+        configs = {label: c for label, c in configs.items() if label in keep}
     phases = set(args.phases.split(","))
     result: dict = {"detector": args.detector, "requests": args.requests, "clients": args.clients, "rate": args.rate,
                     "max_tokens": args.max_tokens, "max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms,

@@ -110,11 +110,12 @@ class Engine:
     """Owns the runtime; one thread decodes every request."""
 
     def __init__(self, rt: Runtime, scheduler, detector=None, max_queue: int = 256, metrics=None,
-                 jump_at_boundaries: bool = False, stream_interval_s: float = 0.02):
+                 jump_at_boundaries: bool = False, stream_interval_s: float = 0.02, threads: int | None = None):
         self.rt, self.scheduler, self.detector = rt, scheduler, detector
         self.max_queue, self.metrics = max_queue, metrics
         self.jump_at_boundaries = jump_at_boundaries  # FIFO + the bundle's task-jump manager
         self.stream_interval_s = stream_interval_s
+        self.threads = threads  # torch threads of the engine thread (None: the count the process set)
         self.inbox: queue.Queue[Job] = queue.Queue()
         self.waiting: dict[int, Job] = {}
         self.rows: list[Job] = []
@@ -232,9 +233,9 @@ class Engine:
     # ---- the loop ------------------------------------------------------------------------------------------------
     def _run(self) -> None:
         # a new thread's OpenMP team starts at the library's default, not at the count the process set with
-        # torch.set_num_threads: set it again here (measured on the demo model at 1 thread: a 342-token prefill
-        # took 71 ms on a fresh thread, 60 ms on the main thread and on a thread that set it)
-        torch.set_num_threads(torch.get_num_threads())
+        # torch.set_num_threads: set it here (measured on the demo model at 1 thread: a 342-token prefill took
+        # 71 ms on a fresh thread, 60 ms on the main thread and on a thread that set it)
+        torch.set_num_threads(self.threads or torch.get_num_threads())
         while not self._stop:
             try:
                 self._tick()

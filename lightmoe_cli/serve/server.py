@@ -96,7 +96,12 @@ def build_server(req: ServeRequest, bundle=None) -> Server:
 
     req.validate()
     threads = req.threads or engine_threads()
-    torch.set_num_threads(threads)
+    # the engine thread computes with `threads`; this thread loads with one, so it never forms an OpenMP team of
+    # its own: with two teams alive, GNU OpenMP counts more threads than cores and stops spinning between
+    # parallel regions, and every region then waits for its workers to wake (on the 2-core machine, a decode
+    # step of 8 rows took 16.6 ms on an engine thread at 2 threads after the loader had used 2, 8.2 ms when it
+    # had used 1; benchmarks/bench_serve.py --phases load, docs/serving.md)
+    torch.set_num_threads(1)
     bundle = bundle or load_bundle(req.bundle or DEFAULT_BUNDLE)
     man = bundle.manifest
     remap = bundle.runtime_spec.serving == Serving.REMAP
@@ -113,7 +118,7 @@ def build_server(req: ServeRequest, bundle=None) -> Server:
     config = AutoConfig.from_pretrained(bundle.path / "model")
     sched = SCHEDULERS[schedule](req.max_batch, req.max_wait_ms / 1000.0)
     engine = Engine(rt, sched, None, max_queue=req.max_queue, jump_at_boundaries=rt.jump is not None,
-                    stream_interval_s=req.stream_interval_ms / 1000.0)
+                    stream_interval_s=req.stream_interval_ms / 1000.0, threads=threads)
     detector = None
     if schedule == "task":
         classifier = load_text_classifier(bundle.path) if req.detector in ("auto", "text") else None
