@@ -185,6 +185,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--detector", default="routing", help="the task-scheduled servers' detector (the JSON of "
                     "2026-12-01 was measured with routing)")
+    ap.add_argument("--task-groups", default="", help="comma-separated group counts: each adds a task-scheduled "
+                    "configuration serving the tasks in that many groups of shared sets (serve --task-groups)")
     ap.add_argument("--phases", default="load,detect,meter,single")
     ap.add_argument("--only", default="", help="comma-separated config labels of the load phase (default all; full "
                     "and each one's prune baseline are kept: the NLL gap needs both)")
@@ -210,12 +212,15 @@ def main() -> None:
 
     stream = [dataclasses.replace(d, text=d.text[: args.doc_chars])
               for d in build_stream(ITEMS_DIR / "ppl", 1, args.requests)]
-    configs = {"full": ("full", "fifo", False)}
+    configs: dict[str, tuple[str, str, bool, list[str]]] = {"full": ("full", "fifo", False, [])}
+    groups = [int(g) for g in args.task_groups.split(",") if g]
     for b in budgets:
-        configs |= {f"prune {b:.0%}": (f"prune-{b}", "fifo", False),
-                    f"task-aware FIFO+jump {b:.0%}": (f"task-aware-{b}", "fifo", False),
-                    f"task-aware task-sched {b:.0%}": (f"task-aware-{b}", "task", False),
-                    f"oracle (task named) {b:.0%}": (f"task-aware-{b}", "task", True)}
+        configs |= {f"prune {b:.0%}": (f"prune-{b}", "fifo", False, []),
+                    f"task-aware FIFO+jump {b:.0%}": (f"task-aware-{b}", "fifo", False, []),
+                    f"task-aware task-sched {b:.0%}": (f"task-aware-{b}", "task", False, []),
+                    f"oracle (task named) {b:.0%}": (f"task-aware-{b}", "task", True, [])}
+        configs |= {f"task-sched {g} groups {b:.0%}": (f"task-aware-{b}", "task", False, ["--task-groups", str(g)])
+                    for g in groups}
     if args.only:
         keep = set(args.only.split(","))
         if unknown := keep - set(configs):
@@ -229,9 +234,9 @@ def main() -> None:
     records: dict[str, list[dict]] = {}
 
     def measure(label: str) -> dict:
-        key, schedule, named = configs[label]
+        key, schedule, named, extra = configs[label]
         flags = ["--max-batch", str(args.max_batch), "--max-queue", "10000", "--schedule", schedule,
-                 "--max-wait-ms", str(args.max_wait_ms), "--detector", args.detector]
+                 "--max-wait-ms", str(args.max_wait_ms), "--detector", args.detector, *extra]
         with ServerProcess(bundles[key].path, args.threads, *flags) as srv:
             rss0 = proc_mib(srv.proc.pid)
             t0 = time.perf_counter()

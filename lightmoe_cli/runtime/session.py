@@ -39,6 +39,9 @@ class Runtime:
     _clock: int = 0
     loader: object | None = None  # the background expert loader (Serving.BACKGROUND, or --manager-loads background)
     prefetcher: object | None = None  # predictor-driven prefetch (the `predict` policy)
+    # sets beyond the bundle's own per-task ones (a server's task groups): name -> (layer -> residents,
+    # layer -> the mass a move ranks by)
+    shared_sets: dict[str, tuple[dict[int, list[int]], dict[int, np.ndarray]]] = field(default_factory=dict)
 
     def close(self) -> None:
         """Stop the background loader, if any (its thread is a daemon: a forgotten close costs nothing)."""
@@ -69,19 +72,22 @@ class Runtime:
     def use_task(self, task: str) -> int:
         """Serve the next requests with `task`'s own resident set (a bundle whose policy is told the task);
         returns how many layers swapped."""
-        sets = self.bundle.manifest.task_resident
+        man = self.bundle.manifest
+        sets = {t: (r, man.task_signatures.get(t, {})) for t, r in man.task_resident.items()} | self.shared_sets
         if not all(isinstance(m, Remap) for m in self.layers):
             raise LightMoEError(f"a {self.bundle.policy} bundle cannot switch resident sets by task")
         if task not in sets:
             raise LightMoEError(f"bundle has no resident set for task {task!r}; tasks: {', '.join(sorted(sets))}")
         for m in self.layers:
             m.demand()  # fold the counts under the set they were served with
-        return self._move_to(sets[task], task, None)
+        return self._move_to(sets[task][0], task, None, sets[task][1])
 
-    def _move_to(self, target: dict[int, list[int]], task: str, max_swap: int | None) -> int:
+    def _move_to(self, target: dict[int, list[int]], task: str, max_swap: int | None,
+                 signatures: dict | None = None) -> int:
         from lightmoe_cli.policies.jump import moves_toward
 
-        signatures = self.bundle.manifest.task_signatures.get(task, {})
+        if signatures is None:
+            signatures = self.bundle.manifest.task_signatures.get(task, {})
         moved = 0
         for m in self.layers:
             priority = np.asarray(signatures.get(m.layer_index, np.zeros(m.num_experts)))

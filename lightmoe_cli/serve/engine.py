@@ -110,12 +110,14 @@ class Engine:
     """Owns the runtime; one thread decodes every request."""
 
     def __init__(self, rt: Runtime, scheduler, detector=None, max_queue: int = 256, metrics=None,
-                 jump_at_boundaries: bool = False, stream_interval_s: float = 0.02, threads: int | None = None):
+                 jump_at_boundaries: bool = False, stream_interval_s: float = 0.02, threads: int | None = None,
+                 group_of: dict[str, str] | None = None):
         self.rt, self.scheduler, self.detector = rt, scheduler, detector
         self.max_queue, self.metrics = max_queue, metrics
         self.jump_at_boundaries = jump_at_boundaries  # FIFO + the bundle's task-jump manager
         self.stream_interval_s = stream_interval_s
         self.threads = threads  # torch threads of the engine thread (None: the count the process set)
+        self.group_of = group_of or {}  # task -> the shared set serving it (--task-groups); else its own
         self.inbox: queue.Queue[Job] = queue.Queue()
         self.waiting: dict[int, Job] = {}
         self.rows: list[Job] = []
@@ -250,7 +252,8 @@ class Engine:
         if self._stop:
             return
         now = time.monotonic()
-        waiting = [Waiting(j.id, j.task, j.arrival) for j in self.waiting.values()]
+        # the scheduler groups by the set that serves a request: its task's own, or its task group's
+        waiting = [Waiting(j.id, self.group_of.get(j.task, j.task), j.arrival) for j in self.waiting.values()]
         max_batch = self.scheduler.max_batch if self.can_batch else 1
         plan = self.scheduler.plan(waiting, self.current_task, len(self.rows), now)
         if plan.switch_to is not None and not self.rows:

@@ -40,6 +40,10 @@ class ServeRequest(Threads):
     schedule: str | None = option(None, "fifo (arrival order; a managed bundle's own swap rule moves experts) or "
                                   "task (group requests by detected task, move the set between groups). Default: "
                                   "task for a bundle with task sets, else fifo.", choices=("fifo", "task"))
+    task_groups: int | None = option(None, "Task schedule: serve the bundle's tasks in this many groups, each "
+                                     "with one resident set its members share (the tasks whose sets overlap "
+                                     "most; docs/serving.md). Fewer groups give larger batches, more throughput "
+                                     "and less of each task's own set. Default: a set per task.", minimum=1)
     max_wait_ms: float = option(500.0, "Longest a request waits while other tasks' groups are served (task "
                                 "schedule).", minimum=0)
     detector: str = option("auto", "How a request's task is named: text (the bundle's text classifier; 98% right "
@@ -117,8 +121,9 @@ def build_server(req: ServeRequest, bundle=None) -> Server:
         raise LightMoEError(f"--schedule task: the {bundle.policy} bundle cannot switch resident sets")
     config = AutoConfig.from_pretrained(bundle.path / "model")
     sched = SCHEDULERS[schedule](req.max_batch, req.max_wait_ms / 1000.0)
+    group_of = share_sets(rt, req.task_groups) if schedule == "task" and req.task_groups else {}
     engine = Engine(rt, sched, None, max_queue=req.max_queue, jump_at_boundaries=rt.jump is not None,
-                    stream_interval_s=req.stream_interval_ms / 1000.0, threads=threads)
+                    stream_interval_s=req.stream_interval_ms / 1000.0, threads=threads, group_of=group_of)
     detector = None
     if schedule == "task":
         classifier = load_text_classifier(bundle.path) if req.detector in ("auto", "text") else None
@@ -136,11 +141,31 @@ def build_server(req: ServeRequest, bundle=None) -> Server:
     engine.metrics = metrics
     info = {"bundle": str(bundle.path), "policy": bundle.policy, "schedule": schedule,
             "detector": detector.name if detector else None, "tasks": sorted(man.task_resident),
-            "max_batch": req.max_batch, "threads": threads}
+            "max_batch": req.max_batch, "threads": threads,
+            "task_groups": sorted(set(group_of.values())) if group_of else None}
     ctx = ServerContext(engine, rt.tokenizer, bundle.path.name, _max_context(config, rt.tokenizer), metrics,
                         sorted(man.task_resident), req.api_key, info)
     engine.start()
     return Server(create_app(ctx), engine, ctx, rt, schedule, info)
+
+
+def share_sets(rt, groups: int) -> dict[str, str]:
+    """Give the runtime one shared set per group of the bundle's tasks (serve/task_groups.py); returns task ->
+    the name of the set that serves it."""
+    import numpy as np
+
+    from lightmoe_cli.serve.task_groups import group_tasks
+
+    man = rt.bundle.manifest
+    signatures = {t: {int(li): np.asarray(v) for li, v in sig.items()} for t, sig in man.task_signatures.items()}
+    if set(signatures) != set(man.task_resident):
+        raise LightMoEError("--task-groups needs every task's signature in the bundle; rebuild it")
+    group_of = {}
+    for g in group_tasks(signatures, man.task_resident, groups):
+        if len(g.members) > 1:
+            rt.shared_sets[g.name] = (g.resident, g.signature)
+        group_of |= {t: g.name for t in g.members}
+    return group_of
 
 
 def engine_threads(cores: int | None = None) -> int:
