@@ -160,7 +160,12 @@ def main() -> None:
     result: dict = {"requests": args.requests, "clients": args.clients, "rate": args.rate,
                     "max_tokens": args.max_tokens, "max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms,
                     "threads": args.threads, "doc_chars": args.doc_chars, "budget": BUDGET}
-    records: dict[str, list[dict]] = {}
+    records: dict[str, list[dict]] = {}  # the first repeat's (what the NLL tables and per-domain figures read)
+    repeats: dict[str, list[list[dict]]] = {}  # every repeat's, in repeat order
+    # with --repeats and both phases, each repeat's load is followed by its own calibration, so the simulator can
+    # be checked against every repeat with the costs of its own session (the machine drifts between repeats)
+    per_repeat_calibration = {"load", "calibrate"} <= set(args.phases.split(",")) and harness.options.repeats > 1
+    calibrations: list[dict] = []
 
     def measure(label: str) -> dict:
         key, threads, flags = cfgs[label]
@@ -182,6 +187,7 @@ def main() -> None:
             except SystemExit as e:
                 print(f"{label}: no hops joined ({e})")
         records.setdefault(label, recs)
+        repeats.setdefault(label, []).append(recs)
         s = summarise_load(recs, seconds) | extra
         s["layer_swaps_per_request"] = s["layer_swaps"] / max(s["answered"], 1)
         # where the cores went, per answered request (the client is this process)
@@ -197,6 +203,8 @@ def main() -> None:
             s["set_moves_per_request"] = s["set_moves"] / max(s["answered"], 1)
         s["detected_right"] = (sum(r.get("task") == r["domain"] for r in recs if r["status"] == 200)
                                / max(s["answered"], 1)) if "--replicas" in flags else None
+        if per_repeat_calibration and label == list(cfgs)[-1]:  # a repeat ends: its own calibration
+            calibrations.append(calibrate(bundles["task-aware"].path, common, args))
         return s
 
     if "load" in phases:
@@ -210,6 +218,12 @@ def main() -> None:
         # their Ray hops)
         result["breakdown"] = {label: breakdown(recs) for label, recs in records.items()}
         result["records"] = records
+        if harness.options.repeats > 1:
+            # per repeat: each configuration's summary and records, and its calibration where one was taken
+            result["repeats"] = [{"load": {label: rs[i] for label, rs in runs.items()},
+                                  "records": {label: rs[i] for label, rs in repeats.items()}}
+                                 | ({"calibrate": calibrations[i]} if i < len(calibrations) else {})
+                                 for i in range(harness.options.repeats)]
         base = f"2 replicas round-robin {BUDGET:.0%}"
         rows_cfg = [Config(label, baseline=base if label.startswith("2 replicas affinity") or
                            label.startswith("1 replica") else None, bounds={"requests_per_s": None})
@@ -226,7 +240,8 @@ def main() -> None:
                        result, out_path)
         print_nll(result)
     if "calibrate" in phases:
-        result["calibrate"] = calibrate(bundles["task-aware"].path, common, args)
+        # taken with each repeat's load, the first repeat's is the file's `calibrate` (the others: `repeats`)
+        result["calibrate"] = calibrations[0] if calibrations else calibrate(bundles["task-aware"].path, common, args)
         print(f"calibration: {result['calibrate']['model']}")
     if "shift" in phases:
         result["shift"] = shift_run(bundles["task-aware"].path, common, docs, args)

@@ -414,3 +414,56 @@ def test_detector_errors_match_the_measured_replicas_counts_and_error_rate():
         assert len(moved) == 5 and all(replica_of[a] == 0 for a, _ in moved)
     assert detector_errors(order, replica_of, [45, 55], 0.93, 1) == detector_errors(order, replica_of, [45, 55],
                                                                                     0.93, 1)
+
+
+def test_simulator_charges_the_http_sides_work_to_a_computing_engine_only():
+    svc = ServiceModel(prefill_s=0.02, step_s=0.002, step_per_row_s=0.001, swap_s=0.003, overhead_s=0.01)
+    taxed = dataclasses.replace(svc, engine_per_request_s=0.005)
+    # ten requests at once: the first finds the engine idle (its HTTP work is in `overhead_s`), the other nine
+    # arrive while it computes, so the engine pays 9 x 5 ms more and nothing else changes
+    burst = Workload(tasks=1, requests=10, rate=0, clients=10)
+    a, b = (simulate(RoundRobinRouter(1, ["t0"]), s, burst) for s in (svc, taxed))
+    assert b.seconds - a.seconds == pytest.approx(9 * 0.005)
+    assert b.replica_s_per_request - a.replica_s_per_request == pytest.approx(9 * 0.005 / 10)
+    assert b.requests_per_s == pytest.approx(10 / (a.seconds + 9 * 0.005))
+    # one client: every request finds its engine idle, so the cost never reaches the engine
+    one = Workload(tasks=1, requests=10, rate=0, clients=1)
+    a, b = (simulate(RoundRobinRouter(1, ["t0"]), s, one) for s in (svc, taxed))
+    assert b.seconds == pytest.approx(a.seconds) and b.replica_s_per_request == pytest.approx(a.replica_s_per_request)
+
+
+def test_fit_engine_per_request_recovers_the_cost_a_replica_was_run_with():
+    from benchmarks.sim_fleet import fit_engine_per_request
+
+    svc = ServiceModel(prefill_s=0.02, step_s=0.002, step_per_row_s=0.001, swap_s=0.003, overhead_s=0.01)
+    w = Workload(tasks=8, requests=200, rate=30.0, clients=16, order="shift")  # saturated, as the 1-replica load
+    real = simulate(AffinityRouter(1, TASKS), dataclasses.replace(svc, engine_per_request_s=0.004), w, 8, 0.5)
+    fitted = fit_engine_per_request(svc, None, w, real.requests_per_s, 8, 0.5, None, 0.0, seeds=1)
+    assert fitted == pytest.approx(0.004, rel=0.05)
+    # a replica that served more than the model without the cost: nothing to fit
+    plain = simulate(AffinityRouter(1, TASKS), svc, w, 8, 0.5)
+    assert fit_engine_per_request(svc, None, w, plain.requests_per_s * 1.05, 8, 0.5, None, 0.0, seeds=1) == 0.0
+
+
+def test_match_rule_needs_the_band_to_overlap_the_measured_range_and_the_medians_close():
+    from benchmarks.sim_fleet import matches
+
+    measured = [1.0, 1.1, 1.3]
+    draws = [1.0 + 0.01 * i for i in range(21)]  # median 1.1, band 1.01-1.19
+    m = matches(measured, draws)
+    assert m["match"] and m["overlap"] and m["ratio"] == pytest.approx(1.0)
+    assert m["measured"] == {"median": 1.1, "min": 1.0, "max": 1.3, "values": measured}
+    far = matches(measured, [x + 0.5 for x in draws])  # band 1.51-1.69: above the measured range
+    assert not far["overlap"] and not far["match"]
+    wide = matches(measured, [0.5 + 0.05 * i for i in range(41)])  # band covers it, median 1.5: 1.36x
+    assert wide["overlap"] and not wide["match"]
+
+
+def test_prefill_in_situ_is_the_loads_prefills_over_the_calibrations():
+    from benchmarks.sim_fleet import prefill_in_situ
+
+    svc = ServiceModel(prefill_s=0.004, step_s=0.0, step_per_row_s=0.0, swap_s=0.0, prefill_per_token_s=0.0002)
+    recs = [{"status": 200, "prompt_tokens": n, "queue_seconds": 0.5,
+             "first_token_seconds": 0.5 + 0.75 * svc.prefill(n)} for n in [300, 400, 500] * 10]
+    assert prefill_in_situ(recs, svc) == pytest.approx(0.75)
+    assert prefill_in_situ(recs[:5], svc) is None  # too few to say

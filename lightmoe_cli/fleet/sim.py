@@ -5,9 +5,9 @@ paying at 64 replicas and 64 tasks is a question of queues, batches and moves, w
 per-request costs measured on the real server. The model is built from the real parts, not a re-statement of
 them: each replica plans with the server's own `TaskScheduler` (serve/scheduler.py) and requests are placed by
 the same router objects the ingress uses (router.py). What it leaves out: requests that end before `new_tokens`
-(an end-of-text token: 15.4 of 16 new tokens on average on the demo's load), and what a replica's own work
-outside its engine (parsing and tokenizing a request, building and relaying its answer, which share the
-interpreter lock with the engine thread) costs the engine's steps (docs/fleet.md).
+(an end-of-text token: 15.4 of 16 new tokens on average on the demo's load). A replica's own work outside its
+engine (parsing and tokenizing a request, building its answer, which share the interpreter lock with the engine
+thread) is one cost per request on the engine's timeline (`engine_per_request_s`), not modelled step by step.
 
 The path outside the engines (client, Ray's proxy, the ingress, the hops, a replica's HTTP side) takes
 `overhead_s` for a request alone, and `overhead_per_busy_s` more for each replica computing beside it when its
@@ -55,6 +55,14 @@ class ServiceModel:
     # mean 1 and this coefficient of variation (0: every cost exactly as fitted)
     prefill_cv: float = 0.0
     step_cv: float = 0.0
+    # the replica's HTTP side per request, on its engine's timeline: parsing and tokenizing a request and building
+    # its answer run in the replica's process and hold the interpreter lock the engine thread needs between its
+    # kernels, so a request arriving while its replica's engine computes delays that engine by this much (charged
+    # to the engine's next step). A request arriving at an idle engine costs it nothing: that time is then in
+    # `overhead_s`. The calibration's bursts cannot show it in their decode (a 1-token and a 16-token burst of
+    # the same documents carry the same HTTP work); under load the in-situ decode step was 1.15-1.44x the same
+    # session's calibration. Fitted to the 1-replica load's throughput (sim_fleet.fit_engine_per_request).
+    engine_per_request_s: float = 0.0
 
     def step(self, rows: int) -> float:
         return self.step_s + self.step_per_row_s * rows
@@ -186,6 +194,7 @@ class _Replica:
     steps: int = 0
     rows_stepped: int = 0
     work_s: float = 0.0  # its costs, before stretching
+    owed_s: float = 0.0  # its HTTP side's work on requests that arrived while its engine computed, not yet paid
 
 
 def percentile(xs: list[float], q: float) -> float:
@@ -272,7 +281,9 @@ def simulate(router: Router, service: ServiceModel, workload: Workload, max_batc
         r.replica = d.replica
         rep = reps[d.replica]
         rep.waiting[r.id] = r
-        if not rep.ticking:
+        if rep.ticking:  # its engine computes: the request's HTTP-side work delays it
+            rep.owed_s += service.engine_per_request_s
+        else:
             rep.ticking = True
             push(max(now, rep.busy_until), "tick", d.replica)
 
@@ -291,7 +302,7 @@ def simulate(router: Router, service: ServiceModel, workload: Workload, max_batc
         waiting = [Waiting(r.id, f"t{r.label}", r.sent) for r in rep.waiting.values()]
         plan = rep.scheduler.plan(waiting, rep.current, len(rep.rows), now)
         f = stretch(now)
-        work = 0.0
+        work, rep.owed_s = rep.owed_s, 0.0
         if plan.switch_to is not None and not rep.rows:
             work += service.swap_s
             rep.current = plan.switch_to
