@@ -93,7 +93,7 @@ bench-tune: corpus
 # documents; full, prune, task-aware FIFO+jump, task scheduling and the oracle at 25% and 50%; task detection
 # accuracy, the quality meter against real damage, one request alone vs `run` (about 15 minutes on 2 cores).
 bench-serve: corpus
-    {{py}} benchmarks/bench_serve.py --budgets 0.25,0.5 --requests 200 --clients 16 --rate 12
+    {{py}} benchmarks/bench_serve.py --budgets 0.25,0.5 --requests 200 --clients 16 --rate 0 --task-groups 4
 
 # Ray Serve for `lightmoe serve --replicas K` (the optional extra), when it is not installed yet.
 fleet-deps: setup

@@ -341,10 +341,10 @@ def test_a_port_in_use_is_one_line_before_anything_loads(bundle):
     assert "Traceback" not in r.output
 
 
-def test_the_engine_leaves_a_core_to_the_http_side_by_default():
+def test_the_engine_uses_every_core_by_default():
     from lightmoe_cli.serve.server import engine_threads
 
-    assert [engine_threads(n) for n in (1, 2, 4, 16)] == [1, 1, 3, 15]
+    assert [engine_threads(n) for n in (1, 2, 4, 16)] == [1, 2, 4, 16]
 
 
 def test_health_names_the_engine_threads(server):

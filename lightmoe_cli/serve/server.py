@@ -25,8 +25,7 @@ DETECTORS = ("auto", "routing", "text")
 class ServeRequest(Threads):
     """What `lightmoe serve` was asked for."""
 
-    threads: int | None = option(None, "torch CPU threads of the engine (default: all cores but one, left to the "
-                                 "HTTP loop and local clients).", minimum=1)
+    threads: int | None = option(None, "torch CPU threads of the engine (default: every core).", minimum=1)
 
     bundle: Path | None = option(None, "Bundle folder (default: the demo model's task-aware bundle at 50%).",
                                  short="-b", role="input")
@@ -169,14 +168,14 @@ def share_sets(rt, groups: int) -> dict[str, str]:
 
 
 def engine_threads(cores: int | None = None) -> int:
-    """The engine's default torch threads: every core but one. Why: intra-op threads wait for each other at every
-    op, so one preempted by the HTTP loop or a local client stalls them all; on the 2-core CPU machine one
-    request alone decoded at 386 tokens/s with 1 engine thread against 263 with 2 (`run` alone: 426 / 351),
-    and vLLM's CPU backend likewise keeps cores for its serving front end."""
+    """The engine's default torch threads: every core, as `run` uses. It was every core but one, from a
+    measurement on the 2-core machine (one request alone: 386 tokens/s at 1 engine thread, 263 at 2) made while
+    the loading thread's OpenMP team slowed the engine's (see `build_server`); with that mended, 2 threads
+    served more under load (prune at 50%, 16 clients at will: 16.0 requests/s against 12.0 at 1 thread) and one
+    request alone decoded faster (307 against 261 tokens/s; docs/serving.md)."""
     import os
 
-    cores = cores or len(os.sched_getaffinity(0))
-    return max(1, cores - 1)
+    return max(1, cores or len(os.sched_getaffinity(0)))
 
 
 class _TextDetector:
