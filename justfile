@@ -111,6 +111,11 @@ bench-fleet: corpus fleet-deps
 sim-fleet: setup
     {{py}} benchmarks/sim_fleet.py --fleet benchmarks/results/fleet-quiet.json
 
+# docs/fleet.md, "Three repeats" (about 12 s; the measurement: bench_fleet.py --phases load,calibrate --repeats 3).
+# The fleet model checked against each of 3 repeats of the load, each with its own session's calibration.
+sim-fleet-repeats: setup
+    {{py}} benchmarks/sim_fleet.py --fleet benchmarks/results/fleet-records-3.json --records benchmarks/results/fleet-records-3.json --no-sweep --out benchmarks/results/sim_fleet-records-3.json
+
 # Activation budgets on the same 1.05B model (docs/activation-budgets.md): every rule vs the full top-k, one
 # request and 8 together, each ratio beside its bound (about 16 minutes on 2 cores).
 bench-activation: setup
