@@ -19,7 +19,9 @@ Phases:
   1-thread fleet: bursts of n same-task requests (n = 1, 4, 8) with 1 and with `--max-tokens` new tokens, each
   burst once right after a set move and once again on the same set; per burst its prompt tokens and the time
   each request spent outside the replica's engine (latency - the replica's own arrival-to-first-token), and
-  over the phase the cores other processes used (a calibration on a busy machine reads every cost high).
+  over the phase the cores other processes used (a calibration on a busy machine reads every cost high). With
+  `--repeats N` and both phases, every repeat's load is followed by its own calibration, and `repeats` keeps
+  each repeat's summaries, per-request records and calibration (sim_fleet.py checks the model against each).
 - shift: a 2-replica affinity fleet, `--shift-requests` interleaved documents and then as many of one domain:
   how the assignment follows the mix (reassignments, the hot task's replicas, overflow, set moves).
 - kill: a 2-replica affinity fleet under the same load; one replica is SIGKILLed `--kill-at` seconds in. Every

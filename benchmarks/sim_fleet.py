@@ -18,7 +18,11 @@ meter, so it leaves out the ingress and the hops), which tells a replica's queue
 and the median of each part of a request's latency (waiting for its prefill, the prefill, the decode, outside
 the engine), measured where the load run kept per-request records. Each check is replayed under `--seeds` draws of
 the engine's costs' spread and the detector's errors: its figures are their medians, with the latencies' 5-95%
-band, and a measured figure outside the band is marked.
+band, and a measured figure outside the band is marked. The replica's HTTP side per request on its engine's
+timeline is fitted to the checked run's 1-replica load only (`with_engine_fit`), so the 2-replica points are
+predictions. Where the run holds several repeats (bench_fleet.py --repeats N --phases load,calibrate), the
+model is also checked against each repeat with that repeat's own inputs (`repeated_check`): per point and
+figure, the measured median [min-max] beside the simulated median [5-95%] and a match rule (`matches`).
 
     python benchmarks/sim_fleet.py --fleet benchmarks/results/fleet-quiet.json   # just sim-fleet
     python benchmarks/sim_fleet.py --fleet benchmarks/results/fleet-records.json \
@@ -26,6 +30,9 @@ band, and a measured figure outside the band is marked.
     python benchmarks/sim_fleet.py --fleet benchmarks/results/fleet-records-2.json \
         --records benchmarks/results/fleet-records-2.json \
         --out benchmarks/results/sim_fleet-records-2.json   # calibration and load from one session
+    python benchmarks/sim_fleet.py --fleet benchmarks/results/fleet-records-3.json \
+        --records benchmarks/results/fleet-records-3.json --no-sweep \
+        --out benchmarks/results/sim_fleet-records-3.json   # every repeat (just sim-fleet-repeats)
     python benchmarks/sim_fleet.py                    # reads benchmarks/results/fleet.json
 """
 
