@@ -45,7 +45,7 @@ class ServeRequest(Threads):
                                      "and less of each task's own set. Default: a set per task.", minimum=1)
     max_wait_ms: float = option(500.0, "Longest a request waits while other tasks' groups are served (task "
                                 "schedule).", minimum=0)
-    detector: str = option("auto", "How a request's task is named: text (the bundle's text classifier; 98% right "
+    detector: str = option("auto", "How a request's task is named: text (the bundle's text classifier; 99.5% right "
                            "on the demo's held-out documents, no forward pass), routing (its first MoE layer's "
                            "routing against the task signatures; 95%), or auto (text when the bundle has a "
                            "classifier, else routing).", choices=DETECTORS)
@@ -171,8 +171,9 @@ def engine_threads(cores: int | None = None) -> int:
     """The engine's default torch threads: every core, as `run` uses. It was every core but one, from a
     measurement on the 2-core machine (one request alone: 386 tokens/s at 1 engine thread, 263 at 2) made while
     the loading thread's OpenMP team slowed the engine's (see `build_server`); with that mended, 2 threads
-    served more under load (prune at 50%, 16 clients at will: 16.0 requests/s against 12.0 at 1 thread) and one
-    request alone decoded faster (307 against 261 tokens/s; docs/serving.md)."""
+    served more under load (prune at 50%, 16 clients at will: 13.6 requests/s against 12.0 at 1 thread in
+    back-to-back runs, benchmarks/results/serve-rate0-t2.json and -t1.json) and one request alone decoded faster
+    (307 against 261 tokens/s, serve-single-12.json; docs/serving.md)."""
     import os
 
     return max(1, cores or len(os.sched_getaffinity(0)))
