@@ -47,18 +47,23 @@ def test_as_many_groups_as_tasks_keeps_each_tasks_own_set():
         group_tasks(sig, own, 0)
 
 
-def test_serve_task_groups_serves_both_tasks_with_one_set(tiny_moe, tiny_profile, tmp_path_factory):
+@pytest.fixture(scope="module")
+def bundle(tiny_moe, tiny_profile, tmp_path_factory):
+    from lightmoe_cli.bundle.build import BuildOptions, build_bundle
+
+    root, model, tok = tiny_moe
+    return build_bundle(tiny_profile, model, tok, str(root / "model"), tmp_path_factory.mktemp("groups") / "b",
+                        BuildOptions(policy="lightmoe", fraction=0.5, ranking="gate_mass", params={}))
+
+
+def test_serve_task_groups_serves_both_tasks_with_one_set(bundle):
     """The tiny bundle's two tasks in one group: after the first move to the shared set, alternating tasks
     moves nothing; with a set per task the same requests move the set."""
     import torch
 
-    from lightmoe_cli.bundle.build import BuildOptions, build_bundle
     from lightmoe_cli.serve.server import ServeRequest, ThreadedServer, build_server
 
     openai = pytest.importorskip("openai")
-    root, model, tok = tiny_moe
-    bundle = build_bundle(tiny_profile, model, tok, str(root / "model"), tmp_path_factory.mktemp("groups") / "b",
-                          BuildOptions(policy="lightmoe", fraction=0.5, ranking="gate_mass", params={}))
     tasks = sorted(bundle.manifest.task_resident)
     assert len(tasks) == 2 and bundle.manifest.task_resident[tasks[0]] != bundle.manifest.task_resident[tasks[1]]
     swaps = {}
@@ -81,3 +86,11 @@ def test_serve_task_groups_serves_both_tasks_with_one_set(tiny_moe, tiny_profile
                      for t in tasks}, tuple(tasks), {li: len(v) for li, v in bundle.manifest.task_resident[
                          tasks[0]].items()})
     assert swaps[None] > swaps[1]
+
+
+def test_task_groups_without_the_task_schedule_is_one_clear_error(bundle):
+    from lightmoe_cli.errors import LightMoEError
+    from lightmoe_cli.serve.server import ServeRequest, build_server
+
+    with pytest.raises(LightMoEError, match="--task-groups .* needs --schedule task"):
+        build_server(ServeRequest(bundle=bundle.path, schedule="fifo", task_groups=2, threads=1), bundle)

@@ -120,7 +120,11 @@ def build_server(req: ServeRequest, bundle=None) -> Server:
         raise LightMoEError(f"--schedule task: the {bundle.policy} bundle cannot switch resident sets")
     config = AutoConfig.from_pretrained(bundle.path / "model")
     sched = SCHEDULERS[schedule](req.max_batch, req.max_wait_ms / 1000.0)
-    group_of = share_sets(rt, req.task_groups) if schedule == "task" and req.task_groups else {}
+    if req.task_groups and schedule != "task":
+        rt.close()
+        raise LightMoEError("--task-groups shares sets between the task schedule's groups: it needs --schedule task "
+                            "(and a bundle with per-task sets)")
+    group_of = share_sets(rt, req.task_groups) if req.task_groups else {}
     engine = Engine(rt, sched, None, max_queue=req.max_queue, jump_at_boundaries=rt.jump is not None,
                     stream_interval_s=req.stream_interval_ms / 1000.0, threads=threads, group_of=group_of)
     detector = None
