@@ -116,6 +116,11 @@ sim-fleet: setup
 sim-fleet-repeats: setup
     {{py}} benchmarks/sim_fleet.py --fleet benchmarks/results/fleet-records-3.json --records benchmarks/results/fleet-records-3.json --no-sweep --out benchmarks/results/sim_fleet-records-3.json
 
+# docs/fleet.md, "Three repeats at saturation" (about 12 s; the measurement: bench_fleet.py --phases
+# load,calibrate --repeats 3 --rate 0). The same check with the clients sending at will.
+sim-fleet-saturated: setup
+    {{py}} benchmarks/sim_fleet.py --fleet benchmarks/results/fleet-records-rate0.json --records benchmarks/results/fleet-records-rate0.json --no-sweep --out benchmarks/results/sim_fleet-records-rate0.json
+
 # Activation budgets on the same 1.05B model (docs/activation-budgets.md): every rule vs the full top-k, one
 # request and 8 together, each ratio beside its bound (about 16 minutes on 2 cores).
 bench-activation: setup
