@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from lightmoe_cli.serve.task_groups import coverage, group_set, group_tasks
+from lightmoe_cli.policies.resident import mean_covered_share
+from lightmoe_cli.serve.task_groups import group_set, group_tasks
 
 
 def _signatures():
@@ -33,7 +34,7 @@ def test_tasks_whose_sets_overlap_are_grouped_and_share_one_set_of_the_same_size
         assert 0 < g.coverage_lost < 0.2  # each member keeps most of its own mass
     # the shared set serves both members better than the other pair's set does
     ab, cd = groups
-    assert coverage(sig["a"], ab.resident) > coverage(sig["a"], cd.resident) + 0.5
+    assert mean_covered_share(sig["a"], ab.resident) > mean_covered_share(sig["a"], cd.resident) + 0.5
 
 
 def test_as_many_groups_as_tasks_keeps_each_tasks_own_set():

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lightmoe_cli.policies.resident import allocate_slots, covered_share, select_residents
+from lightmoe_cli.policies.resident import allocate_slots, mean_covered_share, select_residents
 
 PAYS_OFF = 0.05  # held-out coverage gain (share of gate mass) from which task-aware residency is worth it
 SIMILAR = 0.5  # output cosine a redirect target must reach (the outlook's threshold)
@@ -43,10 +43,6 @@ class Outlook:
     advice: str
 
 
-def _coverage(sets: dict[int, list[int]], mass: dict[int, np.ndarray]) -> float:
-    return float(np.mean([covered_share(mass[li], sets[li]) for li in sorted(mass)]))
-
-
 def redirect_reach(mass: dict[int, np.ndarray], resident: dict[int, list[int]], similarity: dict[int, np.ndarray],
                    threshold: float) -> float:
     """Share of the gate mass of NON-resident experts whose most similar resident reaches `threshold`: how much
@@ -72,16 +68,16 @@ def _row(budget: float, task_mass: dict, task_halves: dict, top_k: dict[int, int
     total = {li: sum(m[li] for m in task_mass.values()) for li in layers}
     slots = allocate_slots(total, slots_total, min_per_layer=floor)
     glob = select_residents(total, slots)
-    g_in = np.mean([_coverage(glob, m) for m in task_mass.values()])
-    t_in = np.mean([_coverage(select_residents(m, slots), m) for m in task_mass.values()])
+    g_in = np.mean([mean_covered_share(m, glob) for m in task_mass.values()])
+    t_in = np.mean([mean_covered_share(m, select_residents(m, slots)) for m in task_mass.values()])
     g_out, t_out = [], []
     for h in (0, 1):  # choose on half h, measure on the other
         total_h = {li: sum(halves[li][h] for halves in task_halves.values()) for li in layers}
         glob_h = select_residents(total_h, slots)
         for halves in task_halves.values():
             other = {li: halves[li][1 - h] for li in layers}
-            g_out.append(_coverage(glob_h, other))
-            t_out.append(_coverage(select_residents({li: halves[li][h] for li in layers}, slots), other))
+            g_out.append(mean_covered_share(other, glob_h))
+            t_out.append(mean_covered_share(other, select_residents({li: halves[li][h] for li in layers}, slots)))
     reach = redirect_reach(total, glob, similarity, threshold) if similarity else None
     return OutlookRow(budget, slots_total, float(g_in), float(t_in), float(np.mean(g_out)), float(np.mean(t_out)),
                       reach)

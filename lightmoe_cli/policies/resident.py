@@ -51,3 +51,8 @@ def covered_share(mass: np.ndarray, resident: list[int]) -> float:
     """Share of a layer's mass that lands on resident experts."""
     m = np.asarray(mass, dtype=np.float64)
     return float(m[resident].sum() / m.sum()) if m.sum() > 0 else 0.0
+
+
+def mean_covered_share(mass: dict[int, np.ndarray], resident: dict[int, list[int]]) -> float:
+    """`covered_share` averaged over the layers of `mass`: how much of a task's gate mass a per-layer set serves."""
+    return float(np.mean([covered_share(mass[li], resident[li]) for li in sorted(mass)]))

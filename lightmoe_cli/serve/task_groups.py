@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lightmoe_cli.policies.resident import covered_share, select_residents
+from lightmoe_cli.policies.resident import mean_covered_share, select_residents
 
 Signatures = dict[str, dict[int, np.ndarray]]  # task -> layer -> gate mass over experts (sums to 1)
 
@@ -38,15 +38,10 @@ def group_set(signatures: Signatures, members: tuple[str, ...], slots: dict[int,
                              for li in slots}, slots)
 
 
-def coverage(signature: dict[int, np.ndarray], resident: dict[int, list[int]]) -> float:
-    """A task's mean share (over layers) of gate mass that lands on `resident`."""
-    return float(np.mean([covered_share(signature[li], resident[li]) for li in resident]))
-
-
 def _lost(signatures: Signatures, members: tuple[str, ...], slots: dict[int, int],
           own: dict[str, float]) -> tuple[float, dict[int, list[int]]]:
     resident = group_set(signatures, members, slots)
-    return sum(own[t] - coverage(signatures[t], resident) for t in members), resident
+    return sum(own[t] - mean_covered_share(signatures[t], resident) for t in members), resident
 
 
 def group_tasks(signatures: Signatures, task_resident: dict[str, dict[int, list[int]]],
@@ -57,7 +52,7 @@ def group_tasks(signatures: Signatures, task_resident: dict[str, dict[int, list[
     if groups < 1:
         raise ValueError(f"groups must be at least 1, got {groups}")
     slots = {li: len(v) for li, v in task_resident[tasks[0]].items()}
-    own = {t: coverage(signatures[t], task_resident[t]) for t in tasks}
+    own = {t: mean_covered_share(signatures[t], task_resident[t]) for t in tasks}
     current: list[tuple[str, ...]] = [(t,) for t in tasks]
     cache: dict[tuple[str, ...], tuple[float, dict[int, list[int]]]] = {}
 
