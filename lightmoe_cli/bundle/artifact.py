@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 
 from lightmoe_cli.errors import LightMoEError
@@ -106,6 +107,11 @@ class BundleManifest(ArtifactManifest):
     profile: ProfileRef | None = None
     activation: ActivationPlan | None = None  # an activation budget: experts per token per layer
     replacement: ReplacementRecord | None = None  # expert replacing: bases, low-rank terms, recovery
+
+    def signature_arrays(self) -> dict[str, dict[int, np.ndarray]]:
+        """Each task's signature (its gate mass per layer) as arrays, as the task-jump manager and a server's task
+        groups rank experts by it."""
+        return {t: {li: np.asarray(v) for li, v in sig.items()} for t, sig in self.task_signatures.items()}
 
     def check(self, folder: Path) -> None:
         """Consistency a typed read cannot see: a policy this lightmoe knows, every layer's table naming experts

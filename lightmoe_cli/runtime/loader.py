@@ -13,7 +13,6 @@ import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -272,9 +271,8 @@ def _task_jump(bundle: Bundle, spec):
     from lightmoe_cli.policies.jump import TaskJump
 
     man = bundle.manifest
-    return TaskJump({t: {li: np.asarray(v) for li, v in sig.items()} for t, sig in man.task_signatures.items()},
-                    man.task_resident, {lp.layer_index: lp.pinned or lp.resident for lp in bundle.layers},
-                    margin=spec.manager.margin)
+    return TaskJump(man.signature_arrays(), man.task_resident,
+                    {lp.layer_index: lp.pinned or lp.resident for lp in bundle.layers}, margin=spec.manager.margin)
 
 
 def build_runtime(bundle: Bundle, device: str = "cpu", check_every: int | None = None,

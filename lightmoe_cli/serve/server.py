@@ -155,12 +155,10 @@ def build_server(req: ServeRequest, bundle=None) -> Server:
 def share_sets(rt, groups: int) -> dict[str, str]:
     """Give the runtime one shared set per group of the bundle's tasks (serve/task_groups.py); returns task ->
     the name of the set that serves it."""
-    import numpy as np
-
     from lightmoe_cli.serve.task_groups import group_tasks
 
     man = rt.bundle.manifest
-    signatures = {t: {int(li): np.asarray(v) for li, v in sig.items()} for t, sig in man.task_signatures.items()}
+    signatures = man.signature_arrays()
     if set(signatures) != set(man.task_resident):
         raise LightMoEError("--task-groups needs every task's signature in the bundle; rebuild it")
     group_of = {}
