@@ -124,6 +124,9 @@ def build_server(req: ServeRequest, bundle=None) -> Server:
         rt.close()
         raise LightMoEError("--task-groups shares sets between the task schedule's groups: it needs --schedule task "
                             "(and a bundle with per-task sets)")
+    if req.task_groups and set(man.task_signatures) != set(man.task_resident):
+        rt.close()
+        raise LightMoEError("--task-groups needs every task's signature in the bundle; rebuild it")
     group_of = share_sets(rt, req.task_groups) if req.task_groups else {}
     engine = Engine(rt, sched, None, max_queue=req.max_queue, jump_at_boundaries=rt.jump is not None,
                     stream_interval_s=req.stream_interval_ms / 1000.0, threads=threads, group_of=group_of)
@@ -158,11 +161,8 @@ def share_sets(rt, groups: int) -> dict[str, str]:
     from lightmoe_cli.serve.task_groups import group_tasks
 
     man = rt.bundle.manifest
-    signatures = man.signature_arrays()
-    if set(signatures) != set(man.task_resident):
-        raise LightMoEError("--task-groups needs every task's signature in the bundle; rebuild it")
     group_of = {}
-    for g in group_tasks(signatures, man.task_resident, groups):
+    for g in group_tasks(man.signature_arrays(), man.task_resident, groups):
         if len(g.members) > 1:
             rt.shared_sets[g.name] = (g.resident, g.signature)
         group_of |= {t: g.name for t in g.members}
