@@ -111,15 +111,23 @@ bench-fleet: corpus fleet-deps
 sim-fleet: setup
     {{py}} benchmarks/sim_fleet.py --fleet benchmarks/results/fleet-quiet.json
 
-# docs/fleet.md, "Three repeats" (about 12 s; the measurement: bench_fleet.py --phases load,calibrate --repeats 3).
-# The fleet model checked against each of 3 repeats of the load, each with its own session's calibration.
+# docs/fleet.md, "Repeats at 12 requests/s" (about 25 s): the fleet model checked against six repeats of the
+# load at 12 requests/s offered, each with its own calibration, from two sessions: fleet-records-3.json and
+# fleet-records-3b.json (each: bench_fleet.py --phases load,calibrate --repeats 3 --only "1 replica x1 thread
+# 50%,2 replicas round-robin 50%,2 replicas affinity 50%" --out FILE).
 sim-fleet-repeats: setup
-    {{py}} benchmarks/sim_fleet.py --fleet benchmarks/results/fleet-records-3.json --records benchmarks/results/fleet-records-3.json --no-sweep --out benchmarks/results/sim_fleet-records-3.json
+    {{py}} benchmarks/sim_fleet.py --fleet benchmarks/results/fleet-records-3.json --records benchmarks/results/fleet-records-3.json --more-repeats benchmarks/results/fleet-records-3b.json --no-sweep --out benchmarks/results/sim_fleet-records-3.json
 
-# docs/fleet.md, "Three repeats at saturation" (about 12 s; the measurement: bench_fleet.py --phases
-# load,calibrate --repeats 3 --rate 0). The same check with the clients sending at will.
+# docs/fleet.md, "Six repeats at saturation" and the README's fleet table: 1 replica and 2 replicas (round-robin,
+# affinity) with the clients sending at will, 3 repeats each followed by its own calibration, with every fleet
+# load's CPU timeline (about 11 minutes on 2 cores; JSON in benchmarks/results/fleet-records-rate0-b.json).
+bench-fleet-saturated: corpus fleet-deps
+    {{py}} benchmarks/bench_fleet.py --phases load,calibrate --repeats 3 --rate 0 --only "1 replica x1 thread 50%,2 replicas round-robin 50%,2 replicas affinity 50%" --out fleet-records-rate0-b.json
+
+# The fleet model checked against the six saturated repeats of two sessions (about 25 s): fleet-records-rate0.json
+# (the same command, --out fleet-records-rate0.json) and bench-fleet-saturated's.
 sim-fleet-saturated: setup
-    {{py}} benchmarks/sim_fleet.py --fleet benchmarks/results/fleet-records-rate0.json --records benchmarks/results/fleet-records-rate0.json --no-sweep --out benchmarks/results/sim_fleet-records-rate0.json
+    {{py}} benchmarks/sim_fleet.py --fleet benchmarks/results/fleet-records-rate0.json --records benchmarks/results/fleet-records-rate0.json --more-repeats benchmarks/results/fleet-records-rate0-b.json --no-sweep --out benchmarks/results/sim_fleet-records-rate0.json
 
 # Activation budgets on the same 1.05B model (docs/activation-budgets.md): every rule vs the full top-k, one
 # request and 8 together, each ratio beside its bound (about 16 minutes on 2 cores).

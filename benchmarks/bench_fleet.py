@@ -35,11 +35,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import os
+import re
 import signal
 import statistics
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -99,9 +102,10 @@ class Fleet(ServerProcess):
         return httpx.get(self.url + "/health", timeout=60).json()
 
 
-def cpu_by_role(pid: int) -> dict[str, float]:
+def cpu_by_role(pid: int, each_replica: bool = False) -> dict[str, float]:
     """CPU seconds so far of a server process and its descendants (Ray's processes are), by role: the
-    replicas, the ingress, Ray Serve's HTTP proxy, the `lightmoe serve` driver, Ray's other processes."""
+    replicas (each on its own with `each_replica`: `replica-0`, ...), the ingress, Ray Serve's HTTP proxy, the
+    `lightmoe serve` driver, Ray's other processes."""
     import psutil
 
     root = psutil.Process(pid)
@@ -112,10 +116,53 @@ def cpu_by_role(pid: int) -> dict[str, float]:
             t = p.cpu_times()
         except psutil.Error:
             continue
-        role = ("driver" if p.pid == pid else "replicas" if "replica-" in title else "ingress" if "ingress" in title
-                else "proxy" if "Proxy" in title else "ray other")
+        replica = re.search(r"replica-\d+", title)
+        role = ("driver" if p.pid == pid else (replica.group(0) if each_replica else "replicas") if replica
+                else "ingress" if "ingress" in title else "proxy" if "Proxy" in title else "ray other")
         out[role] = out.get(role, 0.0) + t.user + t.system
     return out
+
+
+def machine_cpu() -> dict[str, float]:
+    """The machine's CPU seconds so far from /proc/stat: busy, idle (with I/O wait) and steal (time the
+    hypervisor gave another guest while this one had work); {} where /proc/stat is missing."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return {}
+    tick = os.sysconf("SC_CLK_TCK")
+    user, nice, system, idle, iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    return {"busy": (user + nice + system + irq + softirq) / tick, "idle": (idle + iowait) / tick,
+            "steal": steal / tick}
+
+
+class CpuTimeline:
+    """Every `every_s` during a load: each replica's CPU seconds so far (and the other roles'), and the
+    machine's busy, idle and steal seconds. Why: a fleet's tail is set by a few seconds of it, and this says
+    whether in those seconds one replica got less of the cores, the cores idled while requests queued, or the
+    hypervisor took them (per-interval differences give cores' worth per role)."""
+
+    def __init__(self, pid: int, every_s: float = 0.5):
+        self.pid, self.every_s = pid, every_s
+        self.samples: list[dict] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        t0 = time.perf_counter()
+        while not self._stop.is_set():
+            self.samples.append({"t": round(time.perf_counter() - t0, 3),
+                                 "cpu": {k: round(v, 3) for k, v in cpu_by_role(self.pid, True).items()},
+                                 "machine": machine_cpu()})
+            self._stop.wait(self.every_s)
+
+    def __enter__(self) -> CpuTimeline:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def main() -> None:
@@ -175,7 +222,9 @@ def main() -> None:
             session = latest_session() if "--replicas" in flags else None  # the fleet's own Ray session
             cpu0, own0, m0 = cpu_by_role(srv.proc.pid), os.times(), sample_load()
             t0 = time.perf_counter()
-            recs = asyncio.run(load(srv.url, srv.model(), docs, args.clients, args.rate, args.max_tokens, False))
+            with CpuTimeline(srv.proc.pid) if "--replicas" in flags else contextlib.nullcontext() as timeline:
+                recs = asyncio.run(load(srv.url, srv.model(), docs, args.clients, args.rate, args.max_tokens,
+                                        False))
             seconds = time.perf_counter() - t0
             cpu1, own1, m1 = cpu_by_role(srv.proc.pid), os.times(), sample_load()
             h = srv.health()
@@ -197,6 +246,8 @@ def main() -> None:
         cpu["client"] = (own1.user + own1.system - own0.user - own0.system) / max(s["answered"], 1)
         s["cpu_s_per_request"] = cpu
         s["cpu_s_per_request_total"] = sum(cpu.values())
+        if timeline is not None:  # seconds from the load's start; CPU seconds so far per role, machine totals
+            s["cpu_timeline"] = timeline.samples
         # cores' worth of CPU that processes outside this benchmark (server tree and client) used meanwhile
         ours = sum(cpu1.values()) - sum(cpu0.values()) + own1.user + own1.system - own0.user - own0.system
         if m0.busy_s is not None and m1.busy_s is not None:

@@ -326,12 +326,14 @@ def main() -> None:
                     "check (the figures are their medians, with the 5-95%% band of the latencies)")
     ap.add_argument("--sweep", action=argparse.BooleanOptionalAction, default=True, help="the K-replica sweep "
                     "and its plot (--no-sweep: the checks only)")
+    ap.add_argument("--more-repeats", default="", help="comma-separated bench_fleet.py --repeats results of the "
+                    "same load whose repeats join --fleet's in the repeated check (more sessions of the same figures)")
     ap.add_argument("--out", type=Path, default=RESULTS / "sim_fleet.json")
     args = ap.parse_args()
     if not args.fleet.exists():
         raise SystemExit(f"{args.fleet} not found: run benchmarks/bench_fleet.py first (its load and calibrate "
                          "phases)")
-    fleet = json.loads(args.fleet.read_text())
+    fleet = pooled(json.loads(args.fleet.read_text()), [Path(p) for p in args.more_repeats.split(",") if p])
     cal_paths = [Path(p) for p in args.calibrations.split(",") if p] or [args.fleet]
     cals = [json.loads(p.read_text()) for p in cal_paths]
     if "load" not in fleet or any("calibrate" not in c for c in cals):
@@ -409,6 +411,24 @@ def main() -> None:
 
 
 ONE = "1 replica x1 thread 50%"
+# what must agree for repeats of two bench_fleet.py runs to be pooled: the same load
+SAME_LOAD = ("requests", "clients", "rate", "max_tokens", "max_batch", "max_wait_ms", "doc_chars", "budget")
+
+
+def pooled(fleet: dict, more: list[Path]) -> dict:
+    """`fleet` with the repeats of the runs in `more` after its own (for the repeated check); one clear error
+    where a run is missing, has no repeats or measured another load."""
+    repeats = list(fleet.get("repeats") or [])
+    for path in more:
+        if not path.exists():
+            raise SystemExit(f"{path} not found: give bench_fleet.py --repeats N results to --more-repeats")
+        other = json.loads(path.read_text())
+        differs = [k for k in SAME_LOAD if other.get(k) != fleet.get(k)]
+        if differs or not other.get("repeats"):
+            raise SystemExit(f"{path} cannot be pooled with {fleet.get('date', 'the --fleet run')}: "
+                             + (f"its {', '.join(differs)} differ" if differs else "it has no repeats"))
+        repeats += other["repeats"]
+    return fleet | {"repeats": repeats} if more else fleet
 
 
 def prefill_in_situ(recs: list[dict], svc: ServiceModel) -> float | None:

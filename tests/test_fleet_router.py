@@ -467,3 +467,50 @@ def test_prefill_in_situ_is_the_loads_prefills_over_the_calibrations():
              "first_token_seconds": 0.5 + 0.75 * svc.prefill(n)} for n in [300, 400, 500] * 10]
     assert prefill_in_situ(recs, svc) == pytest.approx(0.75)
     assert prefill_in_situ(recs[:5], svc) is None  # too few to say
+
+
+def test_pooled_repeats_join_only_runs_of_the_same_load(tmp_path):
+    import json
+
+    from benchmarks.sim_fleet import SAME_LOAD, pooled
+
+    load = {k: 1 for k in SAME_LOAD}
+    first = load | {"repeats": [{"n": 1}, {"n": 2}], "date": "a"}
+    more = tmp_path / "more.json"
+    more.write_text(json.dumps(load | {"repeats": [{"n": 3}]}))
+    assert [r["n"] for r in pooled(first, [more])["repeats"]] == [1, 2, 3]
+    assert pooled(first, []) is first
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(load | {"rate": 12, "repeats": [{"n": 4}]}))
+    with pytest.raises(SystemExit, match="its rate differ"):
+        pooled(first, [other])
+    with pytest.raises(SystemExit, match="not found"):
+        pooled(first, [tmp_path / "missing.json"])
+
+
+def test_cpu_by_role_names_each_replica_and_the_timeline_samples_the_machine():
+    import os
+    import subprocess
+    import time
+
+    from benchmarks.bench_fleet import CpuTimeline, cpu_by_role, machine_cpu
+
+    # a child titled as Ray titles a replica's actor process
+    child = subprocess.Popen(["bash", "-c", 'exec -a "ray::ServeReplica:lightmoe:replica-3" sleep 5'])
+    try:
+        deadline = time.monotonic() + 5
+        while "replica-3" not in cpu_by_role(os.getpid(), each_replica=True) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        split = cpu_by_role(os.getpid(), each_replica=True)
+        assert "replica-3" in split and "driver" in split
+        assert "replicas" in cpu_by_role(os.getpid()) and "replica-3" not in cpu_by_role(os.getpid())
+        with CpuTimeline(os.getpid(), every_s=0.05) as timeline:
+            time.sleep(0.2)
+    finally:
+        child.kill()
+        child.wait()
+    assert len(timeline.samples) >= 2
+    first, last = timeline.samples[0], timeline.samples[-1]
+    assert last["t"] > first["t"] and "replica-3" in last["cpu"]
+    if machine_cpu():  # /proc/stat: every counter only grows
+        assert all(last["machine"][k] >= first["machine"][k] for k in ("busy", "idle", "steal"))
