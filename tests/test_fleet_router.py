@@ -514,3 +514,19 @@ def test_cpu_by_role_names_each_replica_and_the_timeline_samples_the_machine():
     assert last["t"] > first["t"] and "replica-3" in last["cpu"]
     if machine_cpu():  # /proc/stat: every counter only grows
         assert all(last["machine"][k] >= first["machine"][k] for k in ("busy", "idle", "steal"))
+
+
+def test_engine_busy_time_is_the_union_of_each_replicas_windows():
+    from benchmarks.sim_fleet import engine_busy_s, measured_busy_s
+
+    # replica 0: [0, 2] and [1, 3] overlap (3 s busy), then [5, 6]; replica 1: [0, 2] counts on its own
+    windows = [(0, 0.0, 2.0), (0, 1.0, 3.0), (0, 5.0, 6.0), (1, 0.0, 2.0), (0, 1.5, 2.5)]
+    assert engine_busy_s(windows) == pytest.approx(6.0)
+    assert engine_busy_s([]) == 0.0
+    recs = [{"status": 200, "fleet": {"replica": 0}, "replica_start_s": 1.0, "queue_seconds": 0.5,
+             "done_seconds": 1.5},
+            {"status": 200, "fleet": {"replica": 0}, "replica_start_s": 1.2, "queue_seconds": 0.8,
+             "done_seconds": 2.0},
+            {"status": 503, "fleet": {"replica": 1}}]
+    assert measured_busy_s(recs) == pytest.approx(1.7)  # [1.5, 2.5] and [2.0, 3.2]
+    assert measured_busy_s([{"status": 200, "done_seconds": 1.0, "queue_seconds": 0.1}]) is None  # no hops
