@@ -124,6 +124,11 @@ sim-fleet-repeats: setup
 bench-fleet-saturated: corpus fleet-deps
     {{py}} benchmarks/bench_fleet.py --phases load,calibrate --repeats 3 --rate 0 --only "1 replica x1 thread 50%,2 replicas round-robin 50%,2 replicas affinity 50%" --out fleet-records-rate0-b.json
 
+# docs/fleet.md, "Repeats at 12 requests/s": one engine fed 4 tasks against 8, timing every step, prefill and set
+# move (about 4 minutes; JSON in benchmarks/results/task-locality.json).
+bench-task-locality: corpus
+    {{py}} benchmarks/bench_task_locality.py --repeats 5
+
 # The fleet model checked against the six saturated repeats of two sessions (about 25 s): fleet-records-rate0.json
 # (the same command, --out fleet-records-rate0.json) and bench-fleet-saturated's.
 sim-fleet-saturated: setup

@@ -530,3 +530,24 @@ def test_engine_busy_time_is_the_union_of_each_replicas_windows():
             {"status": 503, "fleet": {"replica": 1}}]
     assert measured_busy_s(recs) == pytest.approx(1.7)  # [1.5, 2.5] and [2.0, 3.2]
     assert measured_busy_s([{"status": 200, "done_seconds": 1.0, "queue_seconds": 0.1}]) is None  # no hops
+
+
+def test_task_locality_probe_fits_lines_and_times_the_engines_own_calls():
+    from types import SimpleNamespace
+
+    from benchmarks.bench_task_locality import Timed, line_fit
+
+    assert line_fit([1, 2, 3], [5.0, 7.0, 9.0]) == pytest.approx((3.0, 2.0))
+    assert line_fit([2, 2], [1.0, 3.0]) == pytest.approx((2.0, 0.0))  # no spread in x: the mean, no slope
+    calls = []
+    engine = SimpleNamespace(rows=[1, 2, 3])
+    engine._step = lambda: calls.append("step")
+    engine._start = lambda job: calls.append(("start", job.prompt_ids))
+    engine._switch = lambda task, jobs: calls.append(("switch", task))
+    timed = Timed(engine)
+    engine._step()
+    engine._start(SimpleNamespace(prompt_ids=[7] * 5))
+    engine._switch("algebra", [])
+    assert calls == ["step", ("start", [7] * 5), ("switch", "algebra")]  # the engine's own methods still run
+    assert [r for r, _ in timed.steps] == [3] and [t for t, _ in timed.prefills] == [5] and len(timed.moves) == 1
+    assert all(s >= 0 for _, s in timed.steps + timed.prefills)
