@@ -64,6 +64,7 @@ from benchmarks.harness import (  # noqa: E402
     sample_load,
     write_json,
 )
+from lightmoe_cli.serve import steplog  # noqa: E402
 
 BUDGET = 0.5
 
@@ -181,6 +182,9 @@ def main() -> None:
     ap.add_argument("--kill-requests", type=int, default=120)
     ap.add_argument("--shift-requests", type=int, default=100, help="shift phase: this many interleaved "
                     "documents, then as many of one domain")
+    ap.add_argument("--step-logs", type=Path, default=None, help="load phase: every fleet replica logs its engine's "
+                    "steps, prefills and set moves (serve/steplog.py) under DIR/<config>-<n>, n counting that "
+                    "configuration's runs")
     ap.add_argument("--out", default="fleet.json")
     HarnessOptions.add_arguments(ap, repeats=1)
     args = ap.parse_args()
@@ -216,8 +220,17 @@ def main() -> None:
     per_repeat_calibration = {"load", "calibrate"} <= set(args.phases.split(",")) and harness.options.repeats > 1
     calibrations: list[dict] = []
 
+    step_runs: dict[str, int] = {}
+
     def measure(label: str) -> dict:
         key, threads, flags = cfgs[label]
+        logs = None
+        if args.step_logs is not None and "--replicas" in flags:  # the replicas inherit the variable through Ray
+            step_runs[label] = step_runs.get(label, 0) + 1
+            logs = args.step_logs / f"{re.sub(r'[^a-z0-9]+', '-', label.lower()).strip('-')}-{step_runs[label]}"
+            os.environ[steplog.ENV] = str(logs)
+        else:
+            os.environ.pop(steplog.ENV, None)
         with Fleet(bundles[key].path, threads, *common, *flags) as srv:
             session = latest_session() if "--replicas" in flags else None  # the fleet's own Ray session
             cpu0, own0, m0 = cpu_by_role(srv.proc.pid), os.times(), sample_load()
@@ -248,6 +261,8 @@ def main() -> None:
         s["cpu_s_per_request_total"] = sum(cpu.values())
         if timeline is not None:  # seconds from the load's start; CPU seconds so far per role, machine totals
             s["cpu_timeline"] = timeline.samples
+        if logs is not None:
+            s["step_logs"] = str(logs)
         # cores' worth of CPU that processes outside this benchmark (server tree and client) used meanwhile
         ours = sum(cpu1.values()) - sum(cpu0.values()) + own1.user + own1.system - own0.user - own0.system
         if m0.busy_s is not None and m1.busy_s is not None:

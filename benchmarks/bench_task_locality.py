@@ -51,42 +51,16 @@ def line_fit(xs: list[float], ys: list[float]) -> tuple[float, float]:
     return my - slope * mx, slope
 
 
-class Timed:
-    """The engine's step, prefill and set move, each timed where the engine thread calls it."""
-
-    def __init__(self, engine):
-        self.steps: list[tuple[int, float]] = []
-        self.prefills: list[tuple[int, float]] = []
-        self.moves: list[float] = []
-        step, start, switch = engine._step, engine._start, engine._switch
-
-        def timed_step():
-            rows, t0 = len(engine.rows), time.perf_counter()
-            step()
-            self.steps.append((rows, time.perf_counter() - t0))
-
-        def timed_start(job):
-            t0 = time.perf_counter()
-            start(job)
-            self.prefills.append((len(job.prompt_ids), time.perf_counter() - t0))
-
-        def timed_switch(task, jobs):
-            t0 = time.perf_counter()
-            switch(task, jobs)
-            self.moves.append(time.perf_counter() - t0)
-
-        engine._step, engine._start, engine._switch = timed_step, timed_start, timed_switch
-
-
 def run_config(engine_parts, docs, concurrency: int, max_tokens: int) -> dict:
     """Every document through one fresh engine (same runtime), `concurrency` outstanding; its timings."""
     from lightmoe_cli.serve.engine import Engine, Job
     from lightmoe_cli.serve.sampling import Sampling
     from lightmoe_cli.serve.scheduler import TaskScheduler
+    from lightmoe_cli.serve.steplog import StepLog
 
     rt, tok, max_batch, max_wait_s = engine_parts
     engine = Engine(rt, TaskScheduler(max_batch, max_wait_s), None, max_queue=10_000, threads=1)
-    timed = Timed(engine)
+    log = StepLog().attach(engine)  # every step, prefill and set move, timed where the engine calls them
     slots = threading.Semaphore(concurrency)
     done = threading.Event()
     left = [len(docs)]
@@ -111,16 +85,19 @@ def run_config(engine_parts, docs, concurrency: int, max_tokens: int) -> dict:
     wall = time.perf_counter() - t0
     engine.stop()
     n = len(docs)
-    a, b = line_fit([r for r, _ in timed.steps], [s for _, s in timed.steps])
-    c, d = line_fit([t for t, _ in timed.prefills], [s for _, s in timed.prefills])
-    busy = sum(s for _, s in timed.steps) + sum(s for _, s in timed.prefills) + sum(timed.moves)
-    at = {k: statistics.median([s for r, s in timed.steps if r == k] or [float("nan")]) for k in (1, 2)}
+    steps = [(size, sec) for _, sec, kind, size in log.records if kind == "step"]
+    prefills = [(size, sec) for _, sec, kind, size in log.records if kind == "prefill"]
+    moves = [sec for _, sec, kind, _ in log.records if kind == "move"]
+    a, b = line_fit([r for r, _ in steps], [s for _, s in steps])
+    c, d = line_fit([t for t, _ in prefills], [s for _, s in prefills])
+    busy = sum(s for _, s in steps) + sum(s for _, s in prefills) + sum(moves)
+    at = {k: statistics.median([s for r, s in steps if r == k] or [float("nan")]) for k in (1, 2)}
     return {"requests": n, "wall_s": wall, "busy_s_per_request": busy / n, "step_fixed_s": a, "step_per_row_s": b,
             "prefill_fixed_s": c, "prefill_per_token_s": d, "step_1_row_s": at[1], "step_2_rows_s": at[2],
-            "mean_rows": statistics.fmean(r for r, _ in timed.steps), "steps": len(timed.steps),
-            "moves_per_request": len(timed.moves) / n,
-            "move_s": statistics.median(timed.moves) if timed.moves else None,
-            "prefill_s_per_token": sum(s for _, s in timed.prefills) / sum(t for t, _ in timed.prefills)}
+            "mean_rows": statistics.fmean(r for r, _ in steps), "steps": len(steps),
+            "moves_per_request": len(moves) / n,
+            "move_s": statistics.median(moves) if moves else None,
+            "prefill_s_per_token": sum(s for _, s in prefills) / sum(t for t, _ in prefills)}
 
 
 def main() -> None:

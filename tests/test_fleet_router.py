@@ -532,22 +532,44 @@ def test_engine_busy_time_is_the_union_of_each_replicas_windows():
     assert measured_busy_s([{"status": 200, "done_seconds": 1.0, "queue_seconds": 0.1}]) is None  # no hops
 
 
-def test_task_locality_probe_fits_lines_and_times_the_engines_own_calls():
-    from types import SimpleNamespace
-
-    from benchmarks.bench_task_locality import Timed, line_fit
+def test_task_locality_probe_fits_lines():
+    from benchmarks.bench_task_locality import line_fit
 
     assert line_fit([1, 2, 3], [5.0, 7.0, 9.0]) == pytest.approx((3.0, 2.0))
     assert line_fit([2, 2], [1.0, 3.0]) == pytest.approx((2.0, 0.0))  # no spread in x: the mean, no slope
+
+
+def test_step_log_times_the_engines_own_calls_and_flushes_json_lines(tmp_path, monkeypatch):
+    import json
+    import time
+    from types import SimpleNamespace
+
+    from lightmoe_cli.serve import steplog
+
     calls = []
-    engine = SimpleNamespace(rows=[1, 2, 3])
-    engine._step = lambda: calls.append("step")
-    engine._start = lambda job: calls.append(("start", job.prompt_ids))
-    engine._switch = lambda task, jobs: calls.append(("switch", task))
-    timed = Timed(engine)
+
+    def fake_engine():
+        e = SimpleNamespace(rows=[1, 2, 3])
+        e._step = lambda: calls.append("step")
+        e._start = lambda job: calls.append(("start", len(job.prompt_ids)))
+        e._switch = lambda task, jobs: calls.append(("switch", task))
+        return e
+
+    monkeypatch.delenv(steplog.ENV, raising=False)
+    assert steplog.from_env(fake_engine(), "replica-0") is None  # off unless asked for
+    monkeypatch.setenv(steplog.ENV, str(tmp_path / "logs"))
+    engine = fake_engine()
+    log = steplog.from_env(engine, "replica-0")
+    before = time.time()
     engine._step()
     engine._start(SimpleNamespace(prompt_ids=[7] * 5))
-    engine._switch("algebra", [])
-    assert calls == ["step", ("start", [7] * 5), ("switch", "algebra")]  # the engine's own methods still run
-    assert [r for r, _ in timed.steps] == [3] and [t for t, _ in timed.prefills] == [5] and len(timed.moves) == 1
-    assert all(s >= 0 for _, s in timed.steps + timed.prefills)
+    engine._switch("algebra", [1, 2])
+    assert calls == ["step", ("start", 5), ("switch", "algebra")]  # the engine's own methods still run
+    log.flush()
+    log.flush()  # nothing new: nothing written twice
+    logs = steplog.read(tmp_path / "logs")
+    (name, rows), = logs.items()
+    assert name.startswith("steps-replica-0-")
+    assert [(r["kind"], r["n"]) for r in rows] == [("step", 3), ("prefill", 5), ("move", 2)]
+    assert all(r["s"] >= 0 and r["t"] >= before - 1 for r in rows) and log.records == []
+    assert json.loads((tmp_path / "logs" / f"{name}.jsonl").read_text().splitlines()[0])["kind"] == "step"

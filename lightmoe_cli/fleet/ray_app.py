@@ -39,6 +39,7 @@ class ReplicaServer:
     def __init__(self, req, index: int):
         import torch
 
+        from lightmoe_cli.serve import steplog
         from lightmoe_cli.serve.server import build_server
 
         torch.set_num_threads(req.threads or 1)
@@ -53,6 +54,8 @@ class ReplicaServer:
             return use_task(task)
 
         rt.use_task = counted
+        # every step, prefill and set move timed, when LIGHTMOE_STEP_LOG_DIR asks for it (serve/steplog.py)
+        self.steps = steplog.from_env(self.server.engine, f"replica-{index}")
 
     async def call(self, method: str, path: str, headers: list[tuple[str, str]], body: bytes):
         from lightmoe_cli.fleet.asgi import call_asgi
@@ -62,6 +65,8 @@ class ReplicaServer:
 
     def info(self) -> dict:
         eng, rt = self.server.engine, self.server.runtime
+        if self.steps is not None:  # the engine flushes as it computes; an idle one's last steps go here
+            self.steps.flush()
         return {"index": self.index, "pid": os.getpid(), "task": eng.current_task, "layer_swaps": eng.swaps,
                 "set_moves": self.set_moves, "bytes_read": rt.store.bytes_read, "queue": eng.pending(),
                 "running": len(eng.rows)}
