@@ -129,6 +129,16 @@ bench-fleet-saturated: corpus fleet-deps
 bench-task-locality: corpus
     {{py}} benchmarks/bench_task_locality.py --repeats 5
 
+# docs/fleet.md, "Repeats at 12 requests/s": every fleet replica's engine steps, prefills and set moves timed
+# where the engine calls them (round-robin and affinity, 3 runs each; about 7 minutes), then their medians by
+# rows, with the other engine idle and computing (JSON in benchmarks/results/fleet-step-logs.json).
+fleet-steps: corpus fleet-deps
+    #!/usr/bin/env bash
+    set -euo pipefail
+    logs=runs/fleet-steps-$(date +%Y%m%d-%H%M%S)
+    {{py}} benchmarks/bench_fleet.py --phases load --rate 12 --repeats 3 --only "2 replicas round-robin 50%,2 replicas affinity 50%" --step-logs "$logs" --out fleet-steps.json
+    {{py}} benchmarks/step_logs.py "$logs"
+
 # The fleet model checked against the six saturated repeats of two sessions (about 25 s): fleet-records-rate0.json
 # (the same command, --out fleet-records-rate0.json) and bench-fleet-saturated's.
 sim-fleet-saturated: setup

@@ -188,6 +188,9 @@ def main() -> None:
     ap.add_argument("--out", default="fleet.json")
     HarnessOptions.add_arguments(ap, repeats=1)
     args = ap.parse_args()
+    if args.step_logs is not None and args.step_logs.exists() and any(args.step_logs.iterdir()):
+        raise SystemExit(f"{args.step_logs} already holds step logs (a new run's would mix with them): give "
+                         "--step-logs a new folder")
     # Ray's processes are not this process's children: judge the machine by its load average, not CPU time
     harness = Harness("bench_fleet", args.threads, HarnessOptions.from_args(args),
                       NoisePolicy(min_repeats=1, cpu_margin=None))

@@ -573,3 +573,23 @@ def test_step_log_times_the_engines_own_calls_and_flushes_json_lines(tmp_path, m
     assert [(r["kind"], r["n"]) for r in rows] == [("step", 3), ("prefill", 5), ("move", 2)]
     assert all(r["s"] >= 0 and r["t"] >= before - 1 for r in rows) and log.records == []
     assert json.loads((tmp_path / "logs" / f"{name}.jsonl").read_text().splitlines()[0])["kind"] == "step"
+
+
+def test_step_logs_split_steps_by_rows_and_by_the_other_engine():
+    from benchmarks.step_logs import busy_share, summarise
+
+    assert busy_share([(0.0, 1.0), (2.0, 3.0)], [0.0, 2.0], 0.5, 2.5) == pytest.approx(0.5)
+    assert busy_share([(0.0, 1.0)], [0.0], 1.0, 1.0) == 0.0
+    step = lambda t, s, n: {"t": t, "s": s, "kind": "step", "n": n}  # noqa: E731
+    a = [step(0.0, 0.004, 1), step(1.0, 0.006, 2), {"t": 2.0, "s": 0.01, "kind": "move", "n": 1},
+         {"t": 3.0, "s": 0.03, "kind": "prefill", "n": 300}]
+    b = [step(1.0, 0.006, 1)]  # at the very time of replica A's second step
+    runs = {f"cfg-{i}": {"steps-replica-0": a, "steps-replica-1": b} for i in (1, 2, 3, 4, 5)}
+    s = summarise(runs, least=1)["cfg"]
+    assert s["runs"] == 5
+    assert s["step"]["1 alone"]["median_s"] == pytest.approx(0.004)  # B idle meanwhile
+    assert s["step"]["2 shared"]["median_s"] == pytest.approx(0.006)  # B computing all through
+    assert s["step"]["1 shared"]["n"] == 5  # B's own step, A computing throughout
+    assert s["prefill_per_token"]["alone"]["median_s"] == pytest.approx(0.0001)
+    assert s["move"] == {"median_s": pytest.approx(0.01), "n": 5}
+    assert summarise({"lone-1": {"steps-replica-0": a}}) == {}  # one replica: nothing to compare
