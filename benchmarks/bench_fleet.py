@@ -64,6 +64,7 @@ from benchmarks.harness import (  # noqa: E402
     sample_load,
     write_json,
 )
+from benchmarks.step_logs import fit_costs  # noqa: E402
 from lightmoe_cli.serve import steplog  # noqa: E402
 
 BUDGET = 0.5
@@ -264,8 +265,9 @@ def main() -> None:
         s["cpu_s_per_request_total"] = sum(cpu.values())
         if timeline is not None:  # seconds from the load's start; CPU seconds so far per role, machine totals
             s["cpu_timeline"] = timeline.samples
-        if logs is not None:
+        if logs is not None:  # the replicas flushed their logs when /health asked them for their state
             s["step_logs"] = str(logs)
+            s["step_costs"] = fit_costs(steplog.read(logs))
         # cores' worth of CPU that processes outside this benchmark (server tree and client) used meanwhile
         ours = sum(cpu1.values()) - sum(cpu0.values()) + own1.user + own1.system - own0.user - own0.system
         if m0.busy_s is not None and m1.busy_s is not None:

@@ -355,6 +355,9 @@ def main() -> None:
                     "and its plot (--no-sweep: the checks only)")
     ap.add_argument("--more-repeats", default="", help="comma-separated bench_fleet.py --repeats results of the "
                     "same load whose repeats join --fleet's in the repeated check (more sessions of the same figures)")
+    ap.add_argument("--in-situ", action="store_true", help="the repeated check with each load's own engine costs "
+                    "from its step logs (bench_fleet.py --step-logs; the path outside the engines from "
+                    "--calibrations)")
     ap.add_argument("--out", type=Path, default=RESULTS / "sim_fleet.json")
     args = ap.parse_args()
     if not args.fleet.exists():
@@ -403,8 +406,11 @@ def main() -> None:
                                            if isinstance(real.get(x), (int, float))},
                            "sim_over_measured": {x: sim[x] / real[x] if real.get(x) else None for x in KEYS},
                            "parts_p50": {"sim": sim["parts_p50"], "measured": parts or None}})
-    repeated = repeated_check(fleet, names, lengths, loss, args.machine_cores, args.seeds) if fleet.get("repeats") \
-        else None
+    if args.in_situ:
+        repeated = in_situ_check(fleet, cals, names, lengths, args.seeds)
+    else:
+        repeated = repeated_check(fleet, names, lengths, loss, args.machine_cores, args.seeds) \
+            if fleet.get("repeats") else None
     sweep = []
     for tasks in (int(x) for x in args.tasks.split(",") if args.sweep):
         for k in (int(x) for x in args.replicas.split(",")):
@@ -561,6 +567,56 @@ def repeated_check(fleet: dict, names: list[str], lengths: tuple[float, ...], lo
             "points": points, "per_repeat": per_repeat}
 
 
+ENGINE_COSTS = ("step_s", "step_per_row_s", "prefill_s", "prefill_per_token_s", "swap_s")
+
+
+def in_situ_check(fleet: dict, calibrations: list[dict], names: list[str], lengths: tuple[float, ...],
+                  seeds: int) -> dict:
+    """The queues alone: the model against every repeat's loads, each simulated with its own replicas' engine
+    costs as their step logs timed them (`step_costs`, from `bench_fleet.py --step-logs`: sharing the cores and
+    waiting for the interpreter included, so no core-sharing stretch and no HTTP-side engine cost on top), the
+    rest of the model's inputs as in the repeated check (the path outside the engines from `calibrations`).
+
+    Why: at 75-80% of capacity a run's own engine speed moves its latency medians about three times as much
+    (`engine_busy_s`: correlation 0.92 over 12 runs), and the engines' speed moved by +-12% between interleaved
+    runs of one session. With each run's own costs, what is judged is the part the model is for: the queues that
+    its scheduler, router and batches build from those costs."""
+    per_repeat, sims, inputs_of = [], {}, []
+    mb, mw = fleet["max_batch"], fleet["max_wait_ms"] / 1000
+    for i, rep in enumerate(fleet["repeats"]):
+        view = fleet | {"load": rep["load"], "records": rep["records"]}
+        base, q = inputs(view, calibrations, view)
+        for (k, router), label in CHECKS.items():
+            costs = (rep["load"].get(label) or {}).get("step_costs")
+            if not costs:
+                continue
+            svc = dataclasses.replace(base, engine_per_request_s=0.0, **{c: costs[c] for c in ENGINE_COSTS})
+            inputs_of.append({"repeat": i + 1, "config": label} | {c: costs[c] for c in ENGINE_COSTS})
+            w = check_workload(view, view, label, names, lengths)
+            sim = run_seeds(k, router, svc, q, w, mb, mw, None, 0.0, seeds)
+            for x in FIGURES:
+                sims.setdefault(label, {}).setdefault(x, []).extend(sim["draws"][x])
+            per_repeat.append({"repeat": i + 1, "config": label,
+                               "sim_median": {x: statistics.median(sim["draws"][x]) for x in FIGURES},
+                               "measured": {x: rep["load"][label].get(x) for x in FIGURES}})
+    if not sims:
+        raise SystemExit("no load has step_costs: run bench_fleet.py --step-logs DIR (or step_logs.py DIR "
+                         "--annotate its results)")
+    points = []
+    for (k, router), label in CHECKS.items():
+        if label not in sims:
+            continue
+        measured = {x: [rep["load"][label][x] for rep in fleet["repeats"]] for x in FIGURES}
+        figs = {x: matches(measured[x], sims[label][x]) | {"fitted": False} for x in FIGURES}
+        points.append({"replicas": k, "router": router, "measured_config": label, "figures": figs,
+                       "match": all(f["match"] for f in figs.values())})
+    return {"rule": f"the simulated 5-95% band overlaps the measured [min, max] over repeats, and simulated median / "
+                    f"measured median is within {MATCH_RATIO[0]}-{MATCH_RATIO[1]}",
+            "title": "each load with its own engine costs (step logs)", "repeats": len(fleet["repeats"]),
+            "draws_per_repeat": seeds, "cores": None, "inputs": inputs_of, "points": points,
+            "per_repeat": per_repeat}
+
+
 def render_repeated(rc: dict) -> None:
     from rich.console import Console
     from rich.markup import escape
@@ -568,8 +624,9 @@ def render_repeated(rc: dict) -> None:
 
     fmt = {"requests_per_s": ".2f", "latency_p50": ".3f", "latency_p99": ".3f", "ttft_p50": ".3f",
            "ttft_p99": ".3f", "set_moves_per_request": ".3f"}
+    where = f"{rc['cores']:g} cores shared" if rc["cores"] else rc.get("title", "")
     t = Table(title=escape(f"the model against {rc['repeats']} repeats ({rc['draws_per_repeat']} draws each, "
-                           f"{rc['cores']:g} cores shared); match: {rc['rule']}"))
+                           f"{where}); match: {rc['rule']}"))
     for col in ("point", "figure", "measured median [min-max]", "sim median [5-95%]", "sim / measured",
                 "band overlaps", "match"):
         t.add_column(escape(col))
@@ -583,6 +640,8 @@ def render_repeated(rc: dict) -> None:
                       "yes" if f["match"] else "[bold]no[/bold]")
     Console(width=170).print(t)
     svc = rc["inputs"]
+    if not svc or "prefill_scale" not in svc[0]:
+        return
     print("fitted per repeat to its 1-replica load: HTTP side's engine cost per request (ms) "
           + ", ".join(f"{x['engine_per_request_s'] * 1e3:.2f}" for x in svc) + "; prefill in situ / calibration "
           + ", ".join("-" if x["prefill_scale"] is None else f"{x['prefill_scale']:.3f}" for x in svc))

@@ -74,10 +74,49 @@ def summarise(runs: dict[str, dict[str, list[dict]]], most_rows: int = 4, least:
     return summary
 
 
+def fit_costs(logs: dict[str, list[dict]]) -> dict[str, float] | None:
+    """One run's engine costs from its replicas' step logs pooled, in the fleet model's terms (seconds): a decode
+    step `step_s` + `step_per_row_s` * rows and a prefill `prefill_s` + `prefill_per_token_s` * prompt tokens
+    (least squares over every call), a set move's median `swap_s`. As they ran: sharing the cores, waiting for
+    the interpreter while the replica's HTTP side held it. None without steps and prefills."""
+    from benchmarks.bench_task_locality import line_fit
+
+    rows = [x for v in logs.values() for x in v]
+    steps = [(x["n"], x["s"]) for x in rows if x["kind"] == "step"]
+    prefills = [(x["n"], x["s"]) for x in rows if x["kind"] == "prefill"]
+    moves = [x["s"] for x in rows if x["kind"] == "move"]
+    if len(steps) < 2 or len(prefills) < 2:
+        return None
+    a, b = line_fit([n for n, _ in steps], [s for _, s in steps])
+    c, d = line_fit([n for n, _ in prefills], [s for _, s in prefills])
+    return {"step_s": max(a, 0.0), "step_per_row_s": max(b, 0.0), "prefill_s": max(c, 0.0),
+            "prefill_per_token_s": max(d, 0.0), "swap_s": statistics.median(moves) if moves else 0.0,
+            "steps": len(steps), "prefills": len(prefills), "moves": len(moves)}
+
+
+def annotate(fleet_path: Path) -> int:
+    """Put each fleet load's `step_costs` (fit_costs of its `step_logs` folder) into bench_fleet.py's results,
+    where the folder is still there; returns how many loads got them."""
+    import json
+
+    data = json.loads(fleet_path.read_text())
+    done = 0
+    for rep in data.get("repeats") or [{"load": data.get("load", {})}]:
+        for s in rep["load"].values():
+            folder = s.get("step_logs")
+            if folder and Path(folder).is_dir() and (costs := fit_costs(read(Path(folder)))):
+                s["step_costs"] = costs
+                done += 1
+    write_json(fleet_path, data)
+    return done
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("logs", type=Path, help="bench_fleet.py --step-logs DIR")
     ap.add_argument("--out", type=Path, default=RESULTS / "fleet-step-logs.json")
+    ap.add_argument("--annotate", type=Path, default=None, help="bench_fleet.py's results of the run that left DIR: "
+                    "each load gets its replicas' fitted engine costs (`step_costs`, for sim_fleet.py --in-situ)")
     args = ap.parse_args()
     if not args.logs.is_dir():
         raise SystemExit(f"{args.logs} is not a folder: give the DIR of bench_fleet.py --step-logs DIR")
@@ -108,6 +147,10 @@ def main() -> None:
     Console(width=160).print(t)
     write_json(args.out, {"from": str(args.logs), "configs": summary, "date": time.strftime("%Y-%m-%d")})
     print(f"wrote {args.out}")
+    if args.annotate is not None:
+        if not args.annotate.exists():
+            raise SystemExit(f"{args.annotate} not found: give the bench_fleet.py results of the --step-logs run")
+        print(f"{annotate(args.annotate)} loads of {args.annotate} got their engine costs (step_costs)")
 
 
 if __name__ == "__main__":

@@ -593,3 +593,32 @@ def test_step_logs_split_steps_by_rows_and_by_the_other_engine():
     assert s["prefill_per_token"]["alone"]["median_s"] == pytest.approx(0.0001)
     assert s["move"] == {"median_s": pytest.approx(0.01), "n": 5}
     assert summarise({"lone-1": {"steps-replica-0": a}}) == {}  # one replica: nothing to compare
+
+
+def test_step_costs_fit_the_models_terms_and_annotate_the_load_results(tmp_path):
+    import json
+
+    from benchmarks.step_logs import annotate, fit_costs
+
+    step = lambda n, s: {"t": 0.0, "s": s, "kind": "step", "n": n}  # noqa: E731
+    prefill = lambda n, s: {"t": 0.0, "s": s, "kind": "prefill", "n": n}  # noqa: E731
+    logs = {"steps-replica-0": [step(1, 0.005), step(3, 0.009), prefill(100, 0.03),
+                                {"t": 0.0, "s": 0.012, "kind": "move", "n": 1}],
+            "steps-replica-1": [step(2, 0.007), prefill(300, 0.07), {"t": 0.0, "s": 0.014, "kind": "move", "n": 2}]}
+    c = fit_costs(logs)
+    assert c["step_s"] == pytest.approx(0.003) and c["step_per_row_s"] == pytest.approx(0.002)
+    assert c["prefill_s"] == pytest.approx(0.01) and c["prefill_per_token_s"] == pytest.approx(0.0002)
+    assert c["swap_s"] == pytest.approx(0.013) and (c["steps"], c["prefills"], c["moves"]) == (3, 2, 2)
+    assert fit_costs({"steps-replica-0": [step(1, 0.005)]}) is None  # too little to fit
+
+    run = tmp_path / "logs" / "2-replicas-affinity-50-1"
+    run.mkdir(parents=True)
+    for name, rows in logs.items():
+        (run / f"{name}.jsonl").write_text("".join(json.dumps(x) + "\n" for x in rows))
+    results = tmp_path / "fleet.json"
+    results.write_text(json.dumps({"repeats": [{"load": {"2 replicas affinity 50%": {"step_logs": str(run)},
+                                                         "prune 50%": {}}}]}))
+    assert annotate(results) == 1
+    got = json.loads(results.read_text())["repeats"][0]["load"]
+    assert got["2 replicas affinity 50%"]["step_costs"]["swap_s"] == pytest.approx(0.013)
+    assert "step_costs" not in got["prune 50%"]
