@@ -130,14 +130,19 @@ bench-task-locality: corpus
     {{py}} benchmarks/bench_task_locality.py --repeats 5
 
 # docs/fleet.md, "Repeats at 12 requests/s": every fleet replica's engine steps, prefills and set moves timed
-# where the engine calls them (round-robin and affinity, 3 runs each; about 7 minutes), then their medians by
+# where the engine calls them (1 replica, round-robin and affinity, 3 runs each; about 9 minutes), then their medians by
 # rows, with the other engine idle and computing (JSON in benchmarks/results/fleet-step-logs.json).
 fleet-steps: corpus fleet-deps
     #!/usr/bin/env bash
     set -euo pipefail
     logs=runs/fleet-steps-$(date +%Y%m%d-%H%M%S)
-    {{py}} benchmarks/bench_fleet.py --phases load --rate 12 --repeats 3 --only "2 replicas round-robin 50%,2 replicas affinity 50%" --step-logs "$logs" --out fleet-steps.json
+    {{py}} benchmarks/bench_fleet.py --phases load --rate 12 --repeats 3 --only "1 replica x1 thread 50%,2 replicas round-robin 50%,2 replicas affinity 50%" --step-logs "$logs" --out fleet-steps.json
     {{py}} benchmarks/step_logs.py "$logs"
+
+# docs/fleet.md, "Each load with its own engine costs": the fleet model against fleet-steps' loads, each with the
+# costs its replicas' step logs timed (about 20 s; JSON in benchmarks/results/sim_fleet-steps.json).
+sim-fleet-in-situ: setup
+    {{py}} benchmarks/sim_fleet.py --fleet benchmarks/results/fleet-steps.json --records benchmarks/results/fleet-steps.json --calibrations benchmarks/results/fleet-records-3b.json --in-situ --no-sweep --out benchmarks/results/sim_fleet-steps.json
 
 # The fleet model checked against the six saturated repeats of two sessions (about 25 s): fleet-records-rate0.json
 # (the same command, --out fleet-records-rate0.json) and bench-fleet-saturated's.

@@ -581,6 +581,10 @@ def in_situ_check(fleet: dict, calibrations: list[dict], names: list[str], lengt
     (`engine_busy_s`: correlation 0.92 over 12 runs), and the engines' speed moved by +-12% between interleaved
     runs of one session. With each run's own costs, what is judged is the part the model is for: the queues that
     its scheduler, router and batches build from those costs."""
+    if not any((rep.get("load", {}).get(label) or {}).get("step_costs") for rep in fleet.get("repeats") or []
+               for label in CHECKS.values()):
+        raise SystemExit("no load has step_costs: run bench_fleet.py --repeats N --step-logs DIR (or step_logs.py "
+                         "DIR --annotate its results)")
     per_repeat, sims, inputs_of = [], {}, []
     mb, mw = fleet["max_batch"], fleet["max_wait_ms"] / 1000
     for i, rep in enumerate(fleet["repeats"]):
@@ -599,9 +603,6 @@ def in_situ_check(fleet: dict, calibrations: list[dict], names: list[str], lengt
             per_repeat.append({"repeat": i + 1, "config": label,
                                "sim_median": {x: statistics.median(sim["draws"][x]) for x in FIGURES},
                                "measured": {x: rep["load"][label].get(x) for x in FIGURES}})
-    if not sims:
-        raise SystemExit("no load has step_costs: run bench_fleet.py --step-logs DIR (or step_logs.py DIR "
-                         "--annotate its results)")
     points = []
     for (k, router), label in CHECKS.items():
         if label not in sims:

@@ -622,3 +622,13 @@ def test_step_costs_fit_the_models_terms_and_annotate_the_load_results(tmp_path)
     got = json.loads(results.read_text())["repeats"][0]["load"]
     assert got["2 replicas affinity 50%"]["step_costs"]["swap_s"] == pytest.approx(0.013)
     assert "step_costs" not in got["prune 50%"]
+
+
+def test_in_situ_check_needs_loads_with_their_step_costs():
+    from benchmarks.sim_fleet import in_situ_check
+
+    fleet = {"max_batch": 8, "max_wait_ms": 500, "repeats": [{"load": {"2 replicas affinity 50%": {}}}]}
+    with pytest.raises(SystemExit, match="--step-logs"):
+        in_situ_check(fleet, [], [], (), 1)
+    with pytest.raises(SystemExit, match="--step-logs"):
+        in_situ_check({"max_batch": 8, "max_wait_ms": 500}, [], [], (), 1)  # no repeats at all
