@@ -229,10 +229,13 @@ def engine_busy_s(windows: list[tuple[int, float, float]]) -> float:
     replicas; `windows` are (replica, start, end) per request. Why: the same requests' busy time measured and
     simulated says how far a run's engines ran from the model's costs, apart from the queues it causes (at
     75-80% of capacity a few percent of it moves the latency medians by tens of percent)."""
+    by_replica: dict[int, list[tuple[float, float]]] = {}
+    for replica, a, b in windows:
+        by_replica.setdefault(replica, []).append((a, b))
     total = 0.0
-    for replica in {w[0] for w in windows}:
+    for spans in by_replica.values():
         end = -math.inf
-        for _, a, b in sorted(w for w in windows if w[0] == replica):
+        for a, b in sorted(spans):
             if b > end:
                 total += b - max(a, end)
                 end = b
@@ -249,13 +252,17 @@ def measured_busy_s(recs: list[dict]) -> float | None:
 
 
 def run(k: int, router: str, tasks: int, svc: ServiceModel, q: Quality, w: Workload, max_batch: int,
-        max_wait_s: float, cores: float | None = None, loss: float = 0.0, noise_seed: int = 0) -> dict:
+        max_wait_s: float, cores: float | None = None, loss: float = 0.0, noise_seed: int = 0,
+        busy: bool = False) -> dict:
+    """One simulated load; with `busy`, its engines' busy time too (`engine_busy_s`: the checks set it beside the
+    measured one, the sweep has nothing to set it beside)."""
     r = simulate(ROUTERS.get(router)(k, [f"t{i}" for i in range(tasks)]), svc, w, max_batch, max_wait_s, q, cores,
                  loss, noise_seed)
-    busy = engine_busy_s([(x["replica"], x["sent"] + x["queue_s"], x["sent"] + x["queue_s"] + x["prefill_s"]
-                           + x["decode_s"]) for x in r.records])
-    return r.to_json() | {"tasks": tasks, "set_moves_per_request": r.set_moves / max(r.requests, 1),
-                          "engine_busy_s": busy}
+    out = r.to_json() | {"tasks": tasks, "set_moves_per_request": r.set_moves / max(r.requests, 1)}
+    if busy:
+        out["engine_busy_s"] = engine_busy_s([(x["replica"], x["sent"] + x["queue_s"], x["sent"] + x["queue_s"]
+                                               + x["prefill_s"] + x["decode_s"]) for x in r.records])
+    return out
 
 
 def run_seeds(k: int, router: str, svc: ServiceModel, q: Quality, w: Workload, max_batch: int, max_wait_s: float,
@@ -271,7 +278,7 @@ def run_seeds(k: int, router: str, svc: ServiceModel, q: Quality, w: Workload, m
             replica_of = {int(t[1:]): rs[0] for t, rs in ROUTERS.get(router)(k, [f"t{i}" for i in range(w.tasks)])
                           .assignment.replicas_of.items()}
             ws = dataclasses.replace(w, labels=detector_errors(w.sequence, replica_of, routed, q.accuracy, s))
-        runs.append(run(k, router, 8, svc, q, ws, max_batch, max_wait_s, cores, loss, s))
+        runs.append(run(k, router, 8, svc, q, ws, max_batch, max_wait_s, cores, loss, s, busy=True))
     out = dict(runs[0])
     for x in KEYS + ("latency_p50", "latency_p99"):
         vals = [r[x] for r in runs if isinstance(r.get(x), (int, float))]
@@ -520,6 +527,25 @@ def matches(measured: list[float], sim: list[float]) -> dict:
             "match": bool(overlap and ratio is not None and MATCH_RATIO[0] <= ratio <= MATCH_RATIO[1])}
 
 
+RULE = (f"the simulated 5-95% band overlaps the measured [min, max] over repeats, and simulated median / measured "
+        f"median is within {MATCH_RATIO[0]}-{MATCH_RATIO[1]}")
+
+
+def check_points(fleet: dict, sims: dict[str, dict[str, list[float]]],
+                 fitted: tuple[str, str] | None = None) -> list[dict]:
+    """Per checked point (config) and figure: the measured values over `fleet`'s repeats against the simulated
+    draws (`sims`: config -> figure -> draws), by `matches`; `fitted` names the (config, figure) a fit targeted."""
+    points = []
+    for (k, router), label in CHECKS.items():
+        if label not in sims:
+            continue
+        measured = {x: [rep["load"][label][x] for rep in fleet["repeats"]] for x in FIGURES}
+        figs = {x: matches(measured[x], sims[label][x]) | {"fitted": (label, x) == fitted} for x in FIGURES}
+        points.append({"replicas": k, "router": router, "measured_config": label, "figures": figs,
+                       "match": all(f["match"] for f in figs.values())})
+    return points
+
+
 def repeated_check(fleet: dict, names: list[str], lengths: tuple[float, ...], loss: float, cores: float,
                    seeds: int) -> dict:
     """The model against every repeat of a `bench_fleet.py --repeats N --phases load,calibrate` run: each repeat
@@ -552,19 +578,10 @@ def repeated_check(fleet: dict, names: list[str], lengths: tuple[float, ...], lo
                                "measured": {x: rep["load"][label].get(x) for x in FIGURES},
                                "engine_busy_s": {"measured": busy, "sim": sim_busy,
                                                  "ratio": busy / sim_busy if busy and sim_busy else None}})
-    points = []
-    for (k, router), label in CHECKS.items():
-        if label not in sims:
-            continue
-        measured = {x: [rep["load"][label][x] for rep in fleet["repeats"]] for x in FIGURES}
-        figs = {x: matches(measured[x], sims[label][x]) | {"fitted": label == ONE and x == "requests_per_s"}
-                for x in FIGURES}  # the 1-replica throughput is the fit's target (met unless the fit is 0)
-        points.append({"replicas": k, "router": router, "measured_config": label, "figures": figs,
-                       "match": all(f["match"] for f in figs.values())})
-    return {"rule": f"the simulated 5-95% band overlaps the measured [min, max] over repeats, and simulated median / "
-                    f"measured median is within {MATCH_RATIO[0]}-{MATCH_RATIO[1]}",
-            "repeats": len(fleet["repeats"]), "draws_per_repeat": seeds, "cores": cores, "inputs": inputs_of,
-            "points": points, "per_repeat": per_repeat}
+    # the 1-replica throughput is the fit's target (met unless the fit is 0)
+    points = check_points(fleet, sims, fitted=(ONE, "requests_per_s"))
+    return {"rule": RULE, "repeats": len(fleet["repeats"]), "draws_per_repeat": seeds, "cores": cores,
+            "inputs": inputs_of, "points": points, "per_repeat": per_repeat}
 
 
 ENGINE_COSTS = ("step_s", "step_per_row_s", "prefill_s", "prefill_per_token_s", "swap_s")
@@ -603,17 +620,8 @@ def in_situ_check(fleet: dict, calibrations: list[dict], names: list[str], lengt
             per_repeat.append({"repeat": i + 1, "config": label,
                                "sim_median": {x: statistics.median(sim["draws"][x]) for x in FIGURES},
                                "measured": {x: rep["load"][label].get(x) for x in FIGURES}})
-    points = []
-    for (k, router), label in CHECKS.items():
-        if label not in sims:
-            continue
-        measured = {x: [rep["load"][label][x] for rep in fleet["repeats"]] for x in FIGURES}
-        figs = {x: matches(measured[x], sims[label][x]) | {"fitted": False} for x in FIGURES}
-        points.append({"replicas": k, "router": router, "measured_config": label, "figures": figs,
-                       "match": all(f["match"] for f in figs.values())})
-    return {"rule": f"the simulated 5-95% band overlaps the measured [min, max] over repeats, and simulated median / "
-                    f"measured median is within {MATCH_RATIO[0]}-{MATCH_RATIO[1]}",
-            "title": "each load with its own engine costs (step logs)", "repeats": len(fleet["repeats"]),
+    points = check_points(fleet, sims)  # nothing fitted to a load's figures
+    return {"rule": RULE, "title": "each load with its own engine costs (step logs)", "repeats": len(fleet["repeats"]),
             "draws_per_repeat": seeds, "cores": None, "inputs": inputs_of, "points": points,
             "per_repeat": per_repeat}
 

@@ -50,10 +50,11 @@ def summarise(runs: dict[str, dict[str, list[dict]]], most_rows: int = 4, least:
         acc = out.setdefault(cfg, {"runs": 0, "step": {}, "prefill": {"alone": [], "shared": []}, "move": []})
         acc["runs"] += 1
         spans = {k: sorted((x["t"], x["t"] + x["s"]) for x in v) for k, v in logs.items()}
+        starts = {k: [a for a, _ in v] for k, v in spans.items()}  # once per log, not per record
         for me, records in logs.items():
-            others = [spans[k] for k in logs if k != me]
+            others = [k for k in logs if k != me]
             for x in records:
-                share = max(busy_share(o, [s for s, _ in o], x["t"], x["t"] + x["s"]) for o in others)
+                share = max(busy_share(spans[o], starts[o], x["t"], x["t"] + x["s"]) for o in others)
                 cond = "alone" if share < 0.1 else "shared" if share > 0.9 else None
                 if x["kind"] == "move":
                     acc["move"].append(x["s"])
