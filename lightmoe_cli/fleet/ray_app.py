@@ -37,12 +37,10 @@ class ReplicaServer:
     """One replica: the single server, built in this actor, answering raw HTTP requests in-process."""
 
     def __init__(self, req, index: int):
-        import torch
-
         from lightmoe_cli.serve import steplog
         from lightmoe_cli.serve.server import build_server
 
-        torch.set_num_threads(req.threads or 1)
+        # no torch.set_num_threads here: build_server loads at 1 thread and its engine thread sets req.threads
         self.index = index
         self.server = build_server(req)
         self.set_moves = 0
